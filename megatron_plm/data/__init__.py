@@ -1,0 +1,1 @@
+"""Data path: FASTA/JSONL readers, the amino-acid tokenizer, corpus preprocessing."""
