@@ -1,0 +1,1 @@
+"""Checkpoints: megatron-core distributed checkpoints that load at any TP/PP layout."""

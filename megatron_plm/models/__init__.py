@@ -1,0 +1,1 @@
+"""Model definitions: a typed config and the builder over megatron-core."""

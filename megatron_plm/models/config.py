@@ -1,0 +1,102 @@
+"""Typed model configuration and its mapping onto megatron-core's TransformerConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from megatron.core.transformer import TransformerConfig
+
+    from megatron_plm.runtime import ParallelConfig
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Shape of the transformer body shared by the CLM and MLM objectives."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    ffn_hidden_size: int | None = None
+    """MLP inner width; None means 4 x hidden_size (ESM-2's ratio)."""
+    seq_length: int = 1024
+    """Maximum tokens per sample, specials included."""
+    vocab_size: int = 33
+    """Tokenizer vocabulary size before padding for tensor parallelism."""
+    make_vocab_size_divisible_by: int = 64
+    """The embedding is padded to a multiple of this, independent of the parallel layout, so a
+    checkpoint saved at one TP size loads at another (it must be divisible by the TP size)."""
+    layernorm_epsilon: float = 1e-5
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    init_method_std: float = 0.02
+
+    def validate(self) -> None:
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by model.num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+
+    def padded_vocab_size(self, tensor_model_parallel_size: int = 1) -> int:
+        multiple = self.make_vocab_size_divisible_by
+        if multiple % tensor_model_parallel_size != 0:
+            raise ValueError(
+                f"model.make_vocab_size_divisible_by ({multiple}) must be divisible by "
+                f"parallel.tensor_model_parallel_size ({tensor_model_parallel_size})"
+            )
+        return -(-self.vocab_size // multiple) * multiple
+
+    def to_transformer_config(
+        self, parallel: "ParallelConfig", *, params_dtype: torch.dtype = torch.float32
+    ) -> "TransformerConfig":
+        from megatron.core.transformer import TransformerConfig
+
+        self.validate()
+        if self.num_layers % parallel.pipeline_model_parallel_size != 0:
+            raise ValueError(
+                f"model.num_layers ({self.num_layers}) must be divisible by "
+                f"parallel.pipeline_model_parallel_size ({parallel.pipeline_model_parallel_size})"
+            )
+        if self.num_attention_heads % parallel.tensor_model_parallel_size != 0:
+            raise ValueError(
+                f"model.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"parallel.tensor_model_parallel_size ({parallel.tensor_model_parallel_size})"
+            )
+        return TransformerConfig(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            ffn_hidden_size=self.ffn_hidden_size or 4 * self.hidden_size,
+            layernorm_epsilon=self.layernorm_epsilon,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
+            init_method_std=self.init_method_std,
+            tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+            context_parallel_size=parallel.context_parallel_size,
+            sequence_parallel=parallel.sequence_parallel,
+            params_dtype=params_dtype,
+            pipeline_dtype=params_dtype,
+            bf16=params_dtype == torch.bfloat16,
+            # Initialise the full matrix on the CPU and slice it per TP rank: a model
+            # built at TP=2 then starts from the same weights as at TP=1.
+            use_cpu_initialization=True,
+            calculate_per_token_loss=True,
+            # The erf GELU, as ESM-2 uses (megatron's default is also exact GELU).
+            gated_linear_unit=False,
+            add_bias_linear=True,
+            bias_activation_fusion=False,
+            masked_softmax_fusion=False,
+            bias_dropout_fusion=False,
+            apply_rope_fusion=False,
+            gradient_accumulation_fusion=False,
+        )

@@ -1,0 +1,1 @@
+"""Training: model/optimizer construction, the step, and the runs built on them."""

@@ -1,0 +1,102 @@
+"""One optimizer step through megatron-core's pipeline schedules.
+
+The forward-step / loss-function contract is megatron-core's
+(``get_forward_backward_func``): the loss function returns the *sum* of token
+losses, the number of supervised tokens, and a report; with
+``calculate_per_token_loss`` megatron-core divides the gradients once by the global
+token count (all microbatches, all data-parallel ranks), so every supervised token
+weighs the same whatever the layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from megatron_plm.runtime import Runtime
+from megatron_plm.training.build import TrainingState
+
+LOSS_KEY = "lm loss"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A microbatch. Shapes ``[b, s]``; ``loss_mask`` is 1 where a label is supervised."""
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    """Bool ``[b, 1, s, s]``, True = masked; None lets megatron-core apply its causal mask."""
+
+
+def _loss_from_token_losses(loss_mask: torch.Tensor):
+    def loss_func(token_losses: torch.Tensor):
+        # token_losses: [b, s] cross-entropy per position from GPTModel(labels=...).
+        mask = loss_mask.to(token_losses.dtype)
+        loss_sum = (token_losses.float() * mask.float()).sum()
+        num_tokens = loss_mask.sum().to(torch.int)
+        return loss_sum, num_tokens, {LOSS_KEY: torch.stack([loss_sum.detach(), num_tokens.float()])}
+
+    return loss_func
+
+
+def forward_step(data_iterator, model):
+    batch: Batch = next(data_iterator)
+    token_losses = model(
+        batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels
+    )
+    return token_losses, _loss_from_token_losses(batch.loss_mask)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Mean loss per supervised token over the global batch."""
+    tokens: int
+    """Supervised tokens in the global batch."""
+    grad_norm: float | None
+    skipped: bool
+
+
+def reduce_loss_reports(reports: list[dict], runtime: Runtime) -> tuple[float, int]:
+    """Sum the (loss_sum, tokens) reports of the last stage over microbatches and DP ranks,
+    then share the result with every rank (other pipeline stages hold no reports)."""
+    total = torch.zeros(2, dtype=torch.float64)
+    for report in reports:
+        total += report[LOSS_KEY].double()
+    groups = runtime.process_groups
+    torch.distributed.all_reduce(total, group=groups.dp_cp)
+    if runtime.parallel.pipeline_model_parallel_size > 1:
+        last_stage_rank = torch.distributed.get_global_rank(
+            groups.pp, runtime.parallel.pipeline_model_parallel_size - 1
+        )
+        torch.distributed.broadcast(total, src=last_stage_rank, group=groups.pp)
+    loss_sum, tokens = total.tolist()
+    return (loss_sum / tokens if tokens else float("nan")), int(tokens)
+
+
+def train_step(state: TrainingState, microbatches: Iterable[Batch], runtime: Runtime) -> StepResult:
+    """Forward and backward over this rank's microbatches, then one optimizer step."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    microbatches = list(microbatches)
+    first = microbatches[0]
+    for chunk in state.model:
+        chunk.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    reports = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(microbatches),
+        model=state.model,
+        num_microbatches=len(microbatches),
+        seq_length=first.tokens.shape[1],
+        micro_batch_size=first.tokens.shape[0],
+        forward_only=False,
+    )
+    success, grad_norm, _ = state.optimizer.step()
+    loss, tokens = reduce_loss_reports(reports, runtime)
+    return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=not success)
