@@ -1,0 +1,26 @@
+# The two commands of the README:  make quickstart   and   make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SAMPLE := data/uniref90_esm2_pretraining_sample_10k.fasta.gz
+
+.PHONY: setup quickstart test test-fast
+
+$(VENV)/.installed: setup.py tools/install.sh
+	tools/install.sh $(VENV)
+	touch $@
+
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(PY) -m megatron_plm env
+	$(PY) -m megatron_plm smoke --fasta $(SAMPLE) --steps 30
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$status
+
+test: setup
+	@$(call PYTEST,)
+
+test-fast: setup
+	@$(call PYTEST,-m "not slow")
