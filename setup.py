@@ -11,12 +11,36 @@ falls back to its pure-Python references.
 from __future__ import annotations
 
 import os
+import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
 
 
 def _extensions() -> list:
-    return []
+    try:
+        from pybind11.setup_helpers import Pybind11Extension
+    except ImportError:
+        print("setup.py: pybind11 not installed; skipping the C++ extensions", file=sys.stderr)
+        return []
+    return [
+        Pybind11Extension(
+            "megatron_plm.data._fasta_ext",
+            ["csrc/fasta/fasta_encode.cpp"],
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        ),
+    ]
+
+
+class OptionalBuildExt(build_ext):
+    """Build what compiles; a failed extension leaves its pure-Python reference in charge."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as error:  # compiler missing or failing: warn, do not fail the install
+            print(f"setup.py: could not build {ext.name} ({error}); using the Python fallback", file=sys.stderr)
 
 
 setup(
@@ -29,6 +53,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_plm", "megatron_plm.*"]),
     ext_modules=_extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
     install_requires=[
         # A range the CPU wheel (2.13.0 here) and NGC containers' torch both satisfy, so pip
         # never replaces an installed torch. Install torch first (tools/install.sh does).

@@ -45,12 +45,26 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from megatron_plm.data.preprocess import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-plm", description="Protein language model pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     env = commands.add_parser("env", help="report torch, megatron-core, GPU and accelerator availability")
     env.set_defaults(func=_cmd_env)
+
+    from megatron_plm.data.preprocess import add_arguments as add_preprocess_arguments
+
+    preprocess = commands.add_parser(
+        "preprocess", help="FASTA/JSONL -> megatron .bin/.idx corpus with per-sequence metadata"
+    )
+    add_preprocess_arguments(preprocess)
+    preprocess.set_defaults(func=_cmd_preprocess)
 
     smoke = commands.add_parser(
         "smoke",

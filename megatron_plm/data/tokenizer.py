@@ -58,6 +58,10 @@ def _build_lookup() -> np.ndarray:
     return table
 
 
+_BYTE_LOOKUP = _build_lookup()
+_BYTE_LOOKUP.flags.writeable = False
+
+
 @dataclass(frozen=True)
 class ProteinTokenizer:
     """Character-level protein tokenizer with named special tokens (no magic integers).
@@ -141,14 +145,16 @@ class ProteinTokenizer:
         return {"class": "megatron_plm.ProteinTokenizer", "vocab_sha256": digest}
 
     # ---- encoding ----------------------------------------------------------------------------
-    _LOOKUP = _build_lookup()
+    @property
+    def byte_lookup(self) -> np.ndarray:
+        """256-entry byte -> id table (255 = not a residue); the preprocessing encoders use it."""
+        return _BYTE_LOOKUP
 
     def encode(self, sequence: str | bytes) -> np.ndarray:
-        """Residues -> ids (uint8), no specials. Lower case is upper-cased; one trailing ``*`` is dropped."""
+        """Residues -> ids (uint8), no specials. Lower case is upper-cased; trailing ``*`` are dropped."""
         raw = sequence.encode("ascii", errors="replace") if isinstance(sequence, str) else bytes(sequence)
-        if raw.endswith(b"*"):
-            raw = raw[:-1]
-        ids = self._LOOKUP[np.frombuffer(raw, dtype=np.uint8)]
+        raw = raw.rstrip(b"*")
+        ids = _BYTE_LOOKUP[np.frombuffer(raw, dtype=np.uint8)]
         bad = np.flatnonzero(ids == 255)
         if bad.size:
             if self.unknown == "unk":

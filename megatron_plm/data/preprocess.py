@@ -1,0 +1,432 @@
+"""FASTA/JSONL corpora -> a tokenized corpus (megatron ``.bin/.idx`` + metadata).
+
+The flow, top to bottom: resolve inputs (globs, source labels) -> read each file as
+chunks of whole records -> encode chunks (C++ or reference, in worker threads or
+processes, results consumed in input order) -> drop records by the filters (invalid
+characters, length, exact duplicates) -> :class:`~megatron_plm.data.corpus.CorpusWriter`.
+Memory is bounded by ``workers x chunk size`` (plus, with ``dedup``, 16 bytes of digest
+per unique sequence and, with a cluster mapping, the mapping itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import functools
+import glob
+import hashlib
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+
+from megatron_plm import __version__
+from megatron_plm.data.clusters import ClusterMap
+from megatron_plm.data.corpus import CorpusWriter
+from megatron_plm.data.encode import EncodedChunk, RecordStatus, Unknown, encode_jsonl_chunk, fasta_chunk_encoder
+from megatron_plm.data.fasta import (
+    DEFAULT_CHUNK_BYTES,
+    InputFormatError,
+    check_text,
+    iter_chunks,
+    problem_to_error,
+)
+from megatron_plm.data.tokenizer import ProteinTokenizer
+
+SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
+_SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt")
+
+
+@dataclass(kw_only=True)
+class PreprocessConfig:
+    inputs: list[str]
+    """Input files or glob patterns (FASTA plain/gzip, or JSONL)."""
+    output_prefix: str
+    """Writes PREFIX.bin, PREFIX.idx, PREFIX.ids.txt, PREFIX.source.npy, PREFIX.meta.json (+ cluster files)."""
+    source_labels: list[str] = field(default_factory=list)
+    """One label for all inputs, or one per input pattern; default: each file's name without suffixes."""
+    input_format: Literal["auto", "fasta", "jsonl"] = "auto"
+    """``auto``: ``.jsonl``/``.json`` (optionally ``.gz``) are JSONL, everything else FASTA."""
+    json_keys: list[str] = field(default_factory=lambda: ["sequence"])
+    """JSONL: the field holding the sequence (Megatron's ``--json-keys``; one key)."""
+    json_id_key: str | None = "id"
+    """JSONL: the field holding the record id (missing: ``line<N>``)."""
+    clusters: str | None = None
+    """UniRef-style ``representative<TAB>member`` TSV joined on record id."""
+    min_length: int = 1
+    """Drop sequences with fewer residues."""
+    max_length: int | None = None
+    """Drop sequences with more residues (None: keep all; datasets crop long ones)."""
+    dedup: bool = False
+    """Drop exact duplicate sequences (after normalisation), keeping the first."""
+    unknown: Literal["error", "unk", "skip"] = "error"
+    """A character outside the alphabet: stop with an error, map it to ``<unk>``, or skip the record."""
+    workers: int = 1
+    implementation: Literal["auto", "native", "reference"] = "auto"
+    """``auto`` uses the C++ encoder when built, else the Python reference (with a warning)."""
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise ValueError("give at least one --input")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.min_length < 1:
+            raise ValueError(f"--min-length must be >= 1, got {self.min_length}")
+        if self.max_length is not None and self.max_length < self.min_length:
+            raise ValueError(f"--max-length ({self.max_length}) is below --min-length ({self.min_length})")
+        if len(self.source_labels) not in (0, 1, len(self.inputs)):
+            raise ValueError(
+                f"give one --source-label for all inputs or one per --input ({len(self.inputs)}), "
+                f"got {len(self.source_labels)}"
+            )
+        if len(self.json_keys) != 1:
+            raise ValueError(f"--json-keys takes one key (the sequence field), got {self.json_keys}")
+        if self.unknown not in ("error", "unk", "skip"):
+            raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
+        if self.chunk_bytes < 1024:
+            raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
+
+
+def default_label(path: str) -> str:
+    name = os.path.basename(path)
+    while name.endswith(_SUFFIXES):
+        name = name[: name.rindex(".")]
+    return name
+
+
+def resolve_inputs(patterns: list[str], labels: list[str]) -> list[tuple[str, str]]:
+    """``(path, source label)`` per file, patterns expanded in sorted order, in the given order."""
+    resolved = []
+    for position, pattern in enumerate(patterns):
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise FileNotFoundError(f"--input {pattern!r} matched no file")
+        for path in matches:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"input file {path} does not exist")
+            label = labels[position] if len(labels) > 1 else labels[0] if labels else default_label(path)
+            resolved.append((path, label))
+    return resolved
+
+
+def detect_format(path: str, configured: str) -> str:
+    if configured != "auto":
+        return configured
+    name = path[:-3] if path.endswith(".gz") else path
+    return "jsonl" if name.endswith((".jsonl", ".json")) else "fasta"
+
+
+@dataclass
+class SourceCounts:
+    records_read: int = 0
+    documents: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class PreprocessSummary:
+    implementation: str
+    workers: int
+    records_read: int = 0
+    documents_written: int = 0
+    residues_written: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    records_with_unk: int = 0
+    documents_without_cluster: int = 0
+    input_bytes: int = 0
+    """Uncompressed input bytes."""
+    seconds: float = 0.0
+    sources: dict[str, SourceCounts] = field(default_factory=dict)
+
+    @property
+    def megabytes_per_second(self) -> float:
+        return self.input_bytes / 1e6 / self.seconds if self.seconds else 0.0
+
+    @property
+    def sequences_per_second(self) -> float:
+        return self.records_read / self.seconds if self.seconds else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["megabytes_per_second"] = round(self.megabytes_per_second, 2)
+        out["sequences_per_second"] = round(self.sequences_per_second, 1)
+        return out
+
+    def format(self) -> str:
+        skipped = ", ".join(f"{reason} {count:,}" for reason, count in self.skipped.items() if count) or "none"
+        lines = [
+            f"records read       {self.records_read:,}",
+            f"documents written  {self.documents_written:,}",
+            f"residues written   {self.residues_written:,}",
+            f"skipped            {skipped}",
+        ]
+        if self.records_with_unk:
+            lines.append(f"mapped to <unk>    {self.records_with_unk:,} records")
+        if self.documents_without_cluster:
+            lines.append(f"without a cluster  {self.documents_without_cluster:,} documents")
+        for label, counts in self.sources.items():
+            lines.append(f"source {label!r}: {counts.documents:,} documents, {counts.tokens:,} residues")
+        lines.append(
+            f"throughput         {self.input_bytes / 1e6:,.1f} MB in {self.seconds:.2f} s = "
+            f"{self.megabytes_per_second:,.1f} MB/s, {self.sequences_per_second:,.0f} sequences/s "
+            f"({self.implementation} encoder, {self.workers} worker{'s' if self.workers > 1 else ''})"
+        )
+        return "\n".join(lines)
+
+
+def _ordered(executor, jobs: Iterator[tuple], max_in_flight: int) -> Iterator:
+    """Run ``(fn, args...)`` jobs on ``executor`` with bounded look-ahead; yield results in order."""
+    pending: collections.deque = collections.deque()
+    for fn, *args in jobs:
+        pending.append(executor.submit(fn, *args))
+        if len(pending) >= max_in_flight:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _encode_with_position(encoder, first_line: int, size: int, chunk: bytes, *args) -> tuple[int, int, EncodedChunk]:
+    return first_line, size, encoder(chunk, *args)
+
+
+class _SerialExecutor:
+    """``submit`` that runs at once: the workers=1 path, with no pool overhead."""
+
+    def submit(self, fn, *args):
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
+    """Run the whole conversion; on any error nothing is left at the output prefix but what was there."""
+    cfg.validate()
+    inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
+    tokenizer = ProteinTokenizer()
+    unknown = Unknown[cfg.unknown.upper()]
+    formats = {path: detect_format(path, cfg.input_format) for path, _ in inputs}
+    implementation, fasta_encoder = fasta_chunk_encoder(cfg.implementation)
+    if "fasta" not in formats.values():
+        implementation = "reference"  # JSONL parsing is Python either way
+    clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
+    labels = list(dict.fromkeys(label for _, label in inputs))
+    summary = PreprocessSummary(implementation=implementation, workers=cfg.workers)
+    summary.sources = {label: SourceCounts() for label in labels}
+    seen: set[bytes] = set()
+
+    if cfg.workers == 1:
+        executor = _SerialExecutor()
+    elif implementation == "native":  # the C++ loop releases the GIL: threads suffice
+        executor = concurrent.futures.ThreadPoolExecutor(cfg.workers)
+    else:
+        executor = concurrent.futures.ProcessPoolExecutor(cfg.workers)
+
+    progress = _progress_bar(cfg, inputs)
+    writer = CorpusWriter(cfg.output_prefix, with_clusters=clusters is not None)
+    started = time.perf_counter()
+    try:
+        with executor:
+            for path, label in inputs:
+                records_before = summary.records_read
+                jobs = _jobs(path, formats[path], fasta_encoder, cfg, tokenizer, unknown)
+                for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
+                    if encoded.problem is not None:
+                        raise problem_to_error(encoded.problem, path, first_line)
+                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen)
+                    summary.input_bytes += size
+                    progress.update(size)
+                if summary.records_read == records_before:
+                    kind = "FASTA records" if formats[path] == "fasta" else "JSON lines"
+                    raise InputFormatError(path, None, f"empty input: no {kind}")
+        summary.seconds = time.perf_counter() - started
+        if writer.num_documents == 0:
+            raise ValueError(
+                f"no sequences left to write ({summary.records_read:,} read; skipped {summary.skipped}); "
+                "check --min-length/--max-length/--unknown"
+            )
+        meta = {
+            "sources": labels,
+            "tokenizer": tokenizer.unique_identifiers,
+            "vocab": list(tokenizer.vocab),
+            "token_dtype": "uint8",
+            "inputs": [{"path": os.path.abspath(path), "source": label} for path, label in inputs],
+            "settings": {
+                "min_length": cfg.min_length,
+                "max_length": cfg.max_length,
+                "dedup": cfg.dedup,
+                "unknown": cfg.unknown,
+                "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
+            },
+            "summary": {k: v for k, v in summary.to_dict().items() if k not in ("seconds", "implementation", "workers")
+                        and "per_second" not in k},
+            "created_by": f"megatron_plm {__version__}",
+        }  # fmt: skip
+        files = writer.finalize(meta, clusters.names if clusters else None)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        progress.close()
+    return summary, files
+
+
+def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
+    boundary = b"\n>" if fmt == "fasta" else b"\n"
+    for first_line, chunk in iter_chunks(path, boundary=boundary, chunk_bytes=cfg.chunk_bytes):
+        if first_line == 1:
+            check_text(path, first_line, chunk)
+        if fmt == "fasta":
+            chunk_encoder = fasta_encoder
+        else:
+            chunk_encoder = functools.partial(
+                encode_jsonl_chunk,
+                path=path,
+                first_line=first_line,
+                sequence_key=cfg.json_keys[0],
+                id_key=cfg.json_id_key,
+            )
+        yield (_encode_with_position, chunk_encoder, first_line, len(chunk), chunk,
+               tokenizer.byte_lookup, unknown, tokenizer.unk)  # fmt: skip
+
+
+def _write_chunk(
+    encoded: EncodedChunk,
+    writer: CorpusWriter,
+    summary: PreprocessSummary,
+    label: str,
+    source: int,
+    cfg: PreprocessConfig,
+    clusters: ClusterMap | None,
+    seen: set[bytes],
+) -> None:
+    lengths, status = encoded.lengths, encoded.status
+    n = len(lengths)
+    keep = status != RecordStatus.SKIPPED_INVALID
+    summary.skipped["invalid_character"] += int(n - keep.sum())
+    summary.records_with_unk += int((status == RecordStatus.MAPPED_UNK).sum())
+    for reason, dropped in (
+        ("too_short", keep & (lengths < cfg.min_length)),
+        ("too_long", keep & (lengths > cfg.max_length) if cfg.max_length is not None else None),
+    ):
+        if dropped is not None and dropped.any():
+            summary.skipped[reason] += int(dropped.sum())
+            keep &= ~dropped
+    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or clusters or not keep.all()) else None
+    if cfg.dedup:
+        ends = np.cumsum(lengths)
+        for i in np.flatnonzero(keep):
+            digest = hashlib.blake2b(encoded.tokens[ends[i] - lengths[i] : ends[i]], digest_size=16).digest()
+            if digest in seen:
+                keep[i] = False
+                summary.skipped["duplicate"] += 1
+            else:
+                seen.add(digest)
+    if keep.all():
+        tokens, kept_lengths, kept_ids = encoded.tokens, lengths, encoded.ids
+        kept_id_list = ids
+    else:
+        tokens = encoded.tokens[np.repeat(keep, lengths)]
+        kept_lengths = lengths[keep]
+        kept_id_list = [ids[i] for i in np.flatnonzero(keep)]
+        kept_ids = b"".join(i + b"\n" for i in kept_id_list)
+    cluster_index = clusters.lookup(kept_id_list) if clusters else None
+    if cluster_index is not None:
+        summary.documents_without_cluster += int((cluster_index < 0).sum())
+    writer.add(tokens, kept_lengths, kept_ids, source, cluster_index)
+    summary.records_read += n
+    summary.documents_written += len(kept_lengths)
+    summary.residues_written += int(tokens.size)
+    counts = summary.sources[label]
+    counts.records_read += n
+    counts.documents += len(kept_lengths)
+    counts.tokens += int(tokens.size)
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar(cfg: PreprocessConfig, inputs):
+    if not cfg.progress or not sys.stderr.isatty():
+        return _NoProgress()
+    from tqdm import tqdm
+
+    def is_gzip(path: str) -> bool:
+        with open(path, "rb") as handle:
+            return handle.read(2) == b"\x1f\x8b"
+
+    # Progress counts uncompressed bytes: a total is known only when no input is compressed.
+    total = None if any(is_gzip(path) for path, _ in inputs) else sum(os.path.getsize(p) for p, _ in inputs)
+    return tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", file=sys.stderr)
+
+
+# ---- command line ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags follow Megatron-LM's tools/preprocess_data.py where they apply."""
+    io = parser.add_argument_group("input/output")
+    io.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs",
+                    help="FASTA (plain or .gz) or JSONL files; globs allowed; repeatable")  # fmt: skip
+    io.add_argument("--output-prefix", required=True)
+    io.add_argument("--source-label", action="append", default=[], dest="source_labels",
+                    help="label stored per sequence: once for all inputs, or once per --input")  # fmt: skip
+    io.add_argument("--input-format", choices=["auto", "fasta", "jsonl"], default="auto")
+    io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
+    io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
+    io.add_argument("--clusters", help="cluster mapping TSV (representative<TAB>member), joined on record id")
+    filters = parser.add_argument_group("filters")
+    filters.add_argument("--min-length", type=int, default=1)
+    filters.add_argument("--max-length", type=int, default=None)
+    filters.add_argument("--dedup", action="store_true", help="drop exact duplicate sequences, keeping the first")
+    filters.add_argument("--unknown", choices=["error", "unk", "skip"], default="error",
+                         help="characters outside the alphabet: stop, map to <unk>, or skip the record")  # fmt: skip
+    run = parser.add_argument_group("run")
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--implementation", choices=["auto", "native", "reference"], default="auto")
+    run.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20)
+    run.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    return PreprocessConfig(
+        inputs=args.inputs,
+        output_prefix=args.output_prefix,
+        source_labels=args.source_labels,
+        input_format=args.input_format,
+        json_keys=args.json_keys,
+        json_id_key=args.json_id_key,
+        clusters=args.clusters,
+        min_length=args.min_length,
+        max_length=args.max_length,
+        dedup=args.dedup,
+        unknown=args.unknown,
+        workers=args.workers,
+        implementation=args.implementation,
+        chunk_bytes=int(args.chunk_mb * 2**20),
+        progress=not args.no_progress,
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    summary, files = preprocess(config_from_args(args))
+    print(summary.format())
+    print("wrote " + ", ".join(str(files[name]) for name in sorted(files)))
+    return 0

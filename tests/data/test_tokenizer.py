@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+
+from megatron_plm.data.hf_tokenizer import save_hf_tokenizer
+from megatron_plm.data.tokenizer import InvalidSequenceError, ProteinTokenizer
+
+# ESM-2's alphabet as published (fair-esm Alphabet "ESM-1b"; shared/notes/paper-facts.md).
+PUBLISHED_ESM2 = "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>".split()
+
+
+def test_vocabulary_is_esm2_then_orientation_tokens():
+    tok = ProteinTokenizer()
+    assert list(tok.vocab[:33]) == PUBLISHED_ESM2
+    assert tok.vocab[tok.n_terminus] == "1" and tok.vocab[tok.c_terminus] == "2"
+    assert (tok.cls, tok.pad, tok.eos, tok.unk, tok.mask) == tuple(
+        PUBLISHED_ESM2.index(t) for t in ("<cls>", "<pad>", "<eos>", "<unk>", "<mask>")
+    )
+    assert tok.eod == tok.eos and tok.vocab_size == 35 and tok.mlm_vocab_size == 33
+    json.dumps(tok.unique_identifiers)  # megatron hashes it into cache keys
+
+
+def test_encode_normalises_case_and_stop_codon():
+    tok = ProteinTokenizer()
+    assert tok.decode(tok.encode("mkTAy*")) == "MKTAY"
+    assert tok.encode(b"MKT").dtype == np.uint8
+
+
+def test_invalid_character_policy():
+    with pytest.raises(InvalidSequenceError, match=r"'J' at position 3"):
+        ProteinTokenizer().encode("MKJT")
+    unk = ProteinTokenizer(unknown="unk")
+    assert unk.decode(unk.encode("MKJT")) == "MK<unk>T"
+
+
+def test_framing_for_both_objectives():
+    tok = ProteinTokenizer()
+    ids = tok.encode("MKT")
+    assert tok.decode(tok.frame_mlm(ids)) == "<cls>MKT<eos>"
+    assert tok.decode(tok.frame_clm(ids)) == "1MKT2"
+    assert tok.decode(tok.frame_clm(ids, reverse=True)) == "2TKM1"
+
+
+def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, shared_data):
+    from transformers import AutoTokenizer, EsmTokenizer
+
+    from megatron_plm.data.fasta import read_fasta
+
+    vocab = tmp_path / "esm2_vocab.txt"
+    vocab.write_text("\n".join(PUBLISHED_ESM2) + "\n")
+    reference = EsmTokenizer(str(vocab))
+    save_hf_tokenizer(tmp_path / "mlm", "mlm")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "mlm")
+    ours = ProteinTokenizer()
+    records = [r for _, r in zip(range(50), read_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta"))]
+    for record in records:
+        text = record.sequence.decode()
+        expected = ours.frame_mlm(ours.encode(text)).tolist()
+        assert loaded(text)["input_ids"] == expected
+        assert reference(text)["input_ids"] == expected
+
+
+def test_hf_clm_tokenizer_frames_and_normalises(tmp_path, sample_fasta):
+    from transformers import AutoTokenizer
+
+    from megatron_plm.data.fasta import read_fasta
+
+    save_hf_tokenizer(tmp_path / "clm", "clm")
+    assert json.loads((tmp_path / "clm/tokenizer_config.json").read_text()).get("auto_map") is None
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "clm")
+    ours = ProteinTokenizer()
+    for _, record in zip(range(50), read_fasta(sample_fasta)):
+        text = record.sequence.decode()
+        assert loaded(text)["input_ids"] == ours.frame_clm(ours.encode(text)).tolist()
+    assert loaded("mkty*")["input_ids"] == ours.frame_clm(ours.encode("MKTY")).tolist()
