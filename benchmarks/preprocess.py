@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Preprocessing throughput: ours (C++ and reference) against what a Megatron user runs today.
+
+Builds one plain FASTA of at least ``--target-mb`` by repeating the real corpora (the
+shared ones beside the checkout if present, else the sample shipped in ``data/``),
+then times on it, in this one run:
+
+  (a) baseline: ``transformers.EsmTokenizer`` on each record + megatron-core
+      ``IndexedDatasetBuilder.add_item`` per document, as Megatron-LM's
+      ``tools/preprocess_data.py`` does with a HuggingFace tokenizer (records read by a
+      plain Python FASTA loop). It is slow, so it runs on the first ``--baseline-mb`` MB;
+      rates are per MB, so the ratio is like for like.
+  (b) ours, Python/NumPy reference encoder, 1 worker;
+  (c) ours, C++ encoder, 1 and 2 workers.
+
+Each of ours is the full pipeline (read, encode, write .bin/.idx and metadata,
+finalise), best of ``--repeats``. Usage:
+
+    python benchmarks/preprocess.py [--target-mb 200] [--baseline-mb 16] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "corpus"
+
+
+def source_corpora() -> list[Path]:
+    shared = sorted(SHARED.glob("*.fasta*")) if SHARED.is_dir() else []
+    return shared or [REPO / "data" / "uniref90_esm2_pretraining_sample_10k.fasta.gz"]
+
+
+def build_input(directory: Path, target_mb: float) -> tuple[Path, int]:
+    """Concatenate the corpora, uncompressed, until the file reaches ``target_mb``."""
+    blobs = []
+    for path in source_corpora():
+        data = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+        blobs.append(data if data.endswith(b"\n") else data + b"\n")
+    unit = b"".join(blobs)
+    copies = max(1, int(-(-target_mb * 1e6 // len(unit))))
+    target = directory / "bench.fasta"
+    with open(target, "wb") as out:
+        for _ in range(copies):
+            out.write(unit)
+    return target, copies
+
+
+def prefix_of(path: Path, megabytes: float, directory: Path) -> Path:
+    """The first whole records of ``path`` up to ``megabytes``."""
+    data = path.open("rb").read(int(megabytes * 1e6))
+    cut = data.rfind(b"\n>")
+    target = directory / "baseline.fasta"
+    target.write_bytes(data[: cut + 1])
+    return target
+
+
+def run_baseline(path: Path, out_dir: Path) -> tuple[float, int, int]:
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    from transformers import EsmTokenizer
+
+    from megatron_plm.data.tokenizer import ESM2_VOCAB
+
+    vocab = out_dir / "esm2_vocab.txt"
+    vocab.write_text("".join(f"{t}\n" for t in ESM2_VOCAB))
+    tokenizer = EsmTokenizer(str(vocab))
+    started = time.perf_counter()
+    builder = IndexedDatasetBuilder(str(out_dir / "baseline.bin"), dtype=DType.optimal_dtype(len(ESM2_VOCAB)))
+    records = 0
+
+    def flush(parts):
+        nonlocal records
+        ids = tokenizer("".join(parts), add_special_tokens=False)["input_ids"]
+        builder.add_item(torch.IntTensor(ids))
+        builder.end_document()
+        records += 1
+
+    with open(path) as handle:
+        parts: list[str] = []
+        for line in handle:
+            if line.startswith(">"):
+                if parts:
+                    flush(parts)
+                parts = []
+            else:
+                parts.append(line.strip())
+        if parts:
+            flush(parts)
+    builder.finalize(str(out_dir / "baseline.idx"))
+    _ = np  # imported for DType's numpy types
+    return time.perf_counter() - started, path.stat().st_size, records
+
+
+def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repeats: int) -> tuple[float, int, int]:
+    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+
+    best = float("inf")
+    records = 0
+    for attempt in range(repeats):
+        prefix = out_dir / f"ours_{implementation}_{workers}_{attempt}"
+        started = time.perf_counter()
+        summary, files = preprocess(
+            PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), implementation=implementation,
+                             workers=workers, progress=False)  # fmt: skip
+        )
+        best = min(best, time.perf_counter() - started)
+        records = summary.records_read
+        for file in files.values():
+            file.unlink()
+    return best, path.stat().st_size, records
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target-mb", type=float, default=200.0)
+    parser.add_argument("--baseline-mb", type=float, default=16.0)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    args = parser.parse_args(argv)
+
+    from megatron_plm.data.encode import native_available
+
+    scratch = Path(tempfile.mkdtemp(prefix="bench_preprocess_", dir=args.workdir))
+    try:
+        source, copies = build_input(scratch, args.target_mb)
+        baseline_input = prefix_of(source, args.baseline_mb, scratch)
+        print(f"input: {source.stat().st_size / 1e6:.1f} MB plain FASTA = {copies} copies of "
+              f"{', '.join(p.name for p in source_corpora())}; {os.cpu_count()} CPU cores", flush=True)  # fmt: skip
+        rows = [("(a) baseline: EsmTokenizer + IndexedDatasetBuilder.add_item", 1,
+                 *run_baseline(baseline_input, scratch))]  # fmt: skip
+        rows.append(("(b) ours, reference (Python/NumPy)", 1, *run_ours(source, scratch, "reference", 1, args.repeats)))
+        if native_available():
+            for workers in (1, 2):
+                rows.append(("(c) ours, C++", workers, *run_ours(source, scratch, "native", workers, args.repeats)))
+        else:
+            print("C++ extension not built: (c) skipped", file=sys.stderr)
+        base_rate = rows[0][3] / rows[0][2]
+        print(f"\n{'path':<62} {'workers':>7} {'MB':>8} {'seconds':>8} {'MB/s':>8} {'seq/s':>10} {'vs (a)':>8}")
+        for name, workers, seconds, size, records in rows:
+            rate = size / seconds
+            print(f"{name:<62} {workers:>7} {size / 1e6:>8.1f} {seconds:>8.2f} {rate / 1e6:>8.1f} "
+                  f"{records / seconds:>10,.0f} {rate / base_rate:>7.1f}x")  # fmt: skip
+        print(f"\n(a) ran on the first {rows[0][3] / 1e6:.1f} MB of the same input; ours on all of it "
+              f"(best of {args.repeats}). MB = uncompressed FASTA bytes read.")  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
