@@ -11,9 +11,13 @@ $(VENV)/.installed: setup.py tools/install.sh
 
 setup: $(VENV)/.installed
 
+CORPUS := outputs/sample/uniref90_sample
+
 quickstart: setup
 	$(PY) -m megatron_plm env
-	$(PY) -m megatron_plm smoke --fasta $(SAMPLE) --steps 30
+	$(PY) tools/preprocess_data.py --input $(SAMPLE) --output-prefix $(CORPUS) --source-label uniref90 \
+		--clusters data/uniref90_esm2_pretraining_sample_10k.clusters50.tsv.gz --workers 2
+	$(PY) -m megatron_plm smoke --data-prefix $(CORPUS) --steps 30
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \

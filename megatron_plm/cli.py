@@ -30,6 +30,7 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     parallel = ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
     cfg = SmokeConfig(
         fasta=args.fasta,
+        data_prefix=args.data_prefix,
         steps=args.steps,
         global_batch_size=args.global_batch_size,
         micro_batch_size=args.micro_batch_size,
@@ -68,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     smoke = commands.add_parser(
         "smoke",
-        help="a short real CLM training run of a tiny model on a FASTA file (install and layout check)",
+        help="a short real CLM training run of a tiny model (install and layout check)",
     )
-    smoke.add_argument("--fasta", type=Path, required=True)
+    source = smoke.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fasta", type=Path, help="FASTA file (plain or gzip)")
+    source.add_argument("--data-prefix", type=Path, help="corpus written by 'megatron-plm preprocess'")
     smoke.add_argument("--steps", type=int, default=20)
     smoke.add_argument("--global-batch-size", type=int, default=8)
     smoke.add_argument("--micro-batch-size", type=int, default=2)

@@ -1,4 +1,4 @@
-"""A short, real CLM training run on a FASTA file: the install and layout check.
+"""A short, real CLM training run on a FASTA file or a preprocessed corpus: the install and layout check.
 
 It trains a small causal protein LM through the full megatron-core stack (parallel
 state, TP/PP model chunks, DDP, the pipeline schedule, the optimizer) on real
@@ -13,6 +13,7 @@ boundaries belong to the datasets, not to this check.)
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.fasta import read_fasta
 from megatron_plm.data.tokenizer import ProteinTokenizer
 from megatron_plm.models.config import ModelConfig
@@ -36,8 +38,10 @@ def tiny_model_config(seq_length: int = 128) -> ModelConfig:
 
 @dataclass(kw_only=True)
 class SmokeConfig:
-    fasta: Path
+    fasta: Path | None = None
     """FASTA of training sequences (plain or gzip)."""
+    data_prefix: Path | None = None
+    """Or a corpus written by ``megatron-plm preprocess`` (PREFIX.bin/.idx)."""
     steps: int = 20
     global_batch_size: int = 8
     """Sequences per optimizer step, over all data-parallel ranks."""
@@ -56,6 +60,8 @@ class SmokeConfig:
     """Write per-step metrics here (rank 0)."""
 
     def validate(self, data_parallel_size: int) -> None:
+        if (self.fasta is None) == (self.data_prefix is None):
+            raise ValueError("give exactly one of --fasta or --data-prefix")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         per_rank, remainder = divmod(self.global_batch_size, data_parallel_size)
@@ -66,14 +72,15 @@ class SmokeConfig:
             )
 
 
-def load_clm_examples(path: Path, tokenizer: ProteinTokenizer, limit: int, seq_length: int) -> list[np.ndarray]:
-    """The first ``limit`` sequences, framed for CLM and cropped to ``seq_length + 1`` tokens."""
-    examples = []
-    for record in read_fasta(path):
-        examples.append(tokenizer.frame_clm(tokenizer.encode(record.sequence))[: seq_length + 1])
-        if len(examples) == limit:
-            break
-    return examples
+def load_clm_examples(cfg: SmokeConfig, tokenizer: ProteinTokenizer) -> list[np.ndarray]:
+    """The first ``cfg.num_sequences`` sequences, framed for CLM and cropped to ``seq_length + 1`` tokens."""
+    if cfg.data_prefix is not None:
+        dataset = Corpus.open(cfg.data_prefix).indexed_dataset()
+        residues = (dataset[i] for i in range(min(cfg.num_sequences, len(dataset))))
+    else:
+        records = itertools.islice(read_fasta(cfg.fasta), cfg.num_sequences)
+        residues = (tokenizer.encode(record.sequence) for record in records)
+    return [tokenizer.frame_clm(ids)[: cfg.model.seq_length + 1] for ids in residues]
 
 
 def collate_clm(examples: list[np.ndarray], seq_length: int, pad_id: int) -> Batch:
@@ -109,7 +116,7 @@ def run_smoke(cfg: SmokeConfig, runtime: Runtime) -> list[dict]:
     cfg.validate(runtime.data_parallel_size)
     tokenizer = ProteinTokenizer()
     cfg.model.vocab_size = tokenizer.vocab_size
-    examples = load_clm_examples(cfg.fasta, tokenizer, cfg.num_sequences, cfg.model.seq_length)
+    examples = load_clm_examples(cfg, tokenizer)
     state = build_training_state(cfg.model, cfg.optimizer, runtime)
     if cfg.load_weights is not None:
         load_model_weights(state.unwrapped(), cfg.load_weights)
@@ -122,7 +129,7 @@ def run_smoke(cfg: SmokeConfig, runtime: Runtime) -> list[dict]:
 
     parallel = runtime.parallel
     say(
-        f"megatron_plm smoke run: {len(examples)} sequences from {cfg.fasta}, "
+        f"megatron_plm smoke run: {len(examples)} sequences from {cfg.fasta or cfg.data_prefix}, "
         f"world {runtime.world_size} = TP {parallel.tensor_model_parallel_size} x "
         f"PP {parallel.pipeline_model_parallel_size} x DP {runtime.data_parallel_size}, "
         f"device {runtime.device.type}{' (CPU shim)' if runtime.cpu_shim else ''}"
