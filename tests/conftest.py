@@ -23,3 +23,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory, sample_fasta):
+    """The shipped UniRef90 sample preprocessed, with its 50%-identity clusters (4,597)."""
+    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+
+    prefix = tmp_path_factory.mktemp("corpora") / "uniref90_sample"
+    clusters = str(sample_fasta).replace(".fasta.gz", ".clusters50.tsv.gz")
+    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), clusters=clusters,
+                                source_labels=["uniref90"], progress=False))  # fmt: skip
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def uniprot_corpus(tmp_path_factory, shared_data):
+    """The 20,000 UniProtKB sequences (MMseqs2 example DB) with their 50%-identity clusters."""
+    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+
+    prefix = tmp_path_factory.mktemp("corpora") / "uniprot_db"
+    preprocess(PreprocessConfig(
+        inputs=[str(shared_data / "corpus/uniprotkb_mmseqs2_example_DB.fasta.gz")], output_prefix=str(prefix),
+        clusters=str(shared_data / "clusters/uniprotkb_mmseqs2_example_DB.clusters50.tsv.gz"),
+        source_labels=["uniprot"], progress=False,
+    ))  # fmt: skip
+    return prefix

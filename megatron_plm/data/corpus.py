@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +159,7 @@ class Corpus:
 
     prefix: str
     meta: dict
+    _indexed: object = field(default=None, repr=False, compare=False)
 
     @classmethod
     def open(cls, prefix: str | os.PathLike) -> "Corpus":
@@ -169,9 +170,13 @@ class Corpus:
         return cls(prefix=os.fspath(prefix), meta=json.loads(paths["meta"].read_text()))
 
     def indexed_dataset(self):
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        """megatron-core's ``IndexedDataset`` (one per Corpus). Arrays it returns view its memory map,
+        which it closes when garbage-collected: keep the Corpus alive while you use them."""
+        if self._indexed is None:
+            from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-        return IndexedDataset(self.prefix)
+            self._indexed = IndexedDataset(self.prefix)
+        return self._indexed
 
     def __len__(self) -> int:
         return int(self.meta["num_documents"])

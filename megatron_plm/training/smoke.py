@@ -28,7 +28,7 @@ from megatron_plm.data.tokenizer import ProteinTokenizer
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.runtime import ParallelConfig, Runtime
 from megatron_plm.training.build import OptimizerConfig
-from megatron_plm.training.step import Batch
+from megatron_plm.data.batch import Batch
 
 
 def tiny_model_config(seq_length: int = 128) -> ModelConfig:

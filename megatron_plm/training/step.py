@@ -15,22 +15,11 @@ from typing import Iterable
 
 import torch
 
+from megatron_plm.data.batch import Batch
 from megatron_plm.runtime import Runtime
 from megatron_plm.training.build import TrainingState
 
 LOSS_KEY = "lm loss"
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A microbatch. Shapes ``[b, s]``; ``loss_mask`` is 1 where a label is supervised."""
-
-    tokens: torch.Tensor
-    labels: torch.Tensor
-    loss_mask: torch.Tensor
-    position_ids: torch.Tensor
-    attention_mask: torch.Tensor | None = None
-    """Bool ``[b, 1, s, s]``, True = masked; None lets megatron-core apply its causal mask."""
 
 
 def _loss_from_token_losses(loss_mask: torch.Tensor):
@@ -46,9 +35,7 @@ def _loss_from_token_losses(loss_mask: torch.Tensor):
 
 def forward_step(data_iterator, model):
     batch: Batch = next(data_iterator)
-    token_losses = model(
-        batch.tokens, batch.position_ids, batch.attention_mask, labels=batch.labels
-    )
+    token_losses = model(batch.tokens, batch.position_ids, batch.attention_mask(), labels=batch.labels)
     return token_losses, _loss_from_token_losses(batch.loss_mask)
 
 

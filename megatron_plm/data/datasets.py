@@ -1,0 +1,271 @@
+"""Samples from a corpus split: CLM packing, ESM-2 MLM (single protein or packed).
+
+Every sample is a pure function of (seed, index): the document order comes from
+:mod:`megatron_plm.data.sampling`, packing from megatron-core's ``build_sample_idx``
+(greedy, so extending a run never changes earlier samples), and every random draw
+(crop, masks, reversal) from a generator keyed by the sample or document position.
+
+A sample is a dict of numpy arrays of length ``seq_length``:
+
+- ``tokens``, ``labels`` (int64): model input and targets (CLM: the next token; MLM: the
+  original token);
+- ``loss_mask`` (float32): 1 where the label is supervised;
+- ``segment_ids`` (int32): which protein of the sample each position belongs to (0, 1, ...),
+  -1 for padding; attention must never cross segments;
+- ``position_ids`` (int64): position within the protein piece (restarting at each segment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from megatron_plm.data.corpus import Corpus
+from megatron_plm.data.masking import MaskingConfig, mask_tokens
+from megatron_plm.data.sampling import (
+    STREAM_MASK,
+    STREAM_REVERSE,
+    STREAM_SAMPLE,
+    STREAM_SAMPLE_SHUFFLE,
+    DocumentOrder,
+    SamplingUnits,
+    random_bits,
+    rng,
+    uniform_fields,
+    uniform_noise,
+)
+from megatron_plm.data.splits import Split
+from megatron_plm.data.tokenizer import ProteinTokenizer
+
+SHUFFLE_BLOCK = 1024
+"""Packed samples are shuffled within blocks of this many, so pieces of one long protein do not
+sit in the same global batch, while the order stays prefix-stable."""
+
+Objective = Literal["clm", "mlm"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig:
+    objective: Objective
+    seq_length: int = 1024
+    """Tokens per sample, specials included."""
+    packed: bool = True
+    """Pack several proteins per sample (always for CLM). MLM unpacked: one protein per sample, cropped
+    at random to ``seq_length`` with its ``<cls>``/``<eos>`` and padded (ESM-2's recipe)."""
+    reverse_prob: float = 0.0
+    """CLM: probability that a protein is reversed and framed ``2 ... 1`` (ProGen2's augmentation)."""
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
+    cluster_sampling: bool = True
+    """Uniform over clusters, then a uniform member, when the corpus has cluster ids."""
+
+    def validate(self) -> None:
+        if self.objective not in ("clm", "mlm"):
+            raise ValueError(f"data.objective must be 'clm' or 'mlm', got {self.objective!r}")
+        if self.seq_length < 8:
+            raise ValueError(f"data.seq_length must be at least 8, got {self.seq_length}")
+        if self.objective == "clm" and not self.packed:
+            raise ValueError("data.packed must be true for CLM (samples are packed end to end)")
+        if not 0 <= self.reverse_prob <= 1:
+            raise ValueError(f"data.reverse_prob must be in [0, 1], got {self.reverse_prob}")
+        if self.reverse_prob and self.objective != "clm":
+            raise ValueError("data.reverse_prob applies to CLM only; set it to 0 for MLM")
+        if self.objective == "mlm":
+            self.masking.validate()
+
+
+def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
+    """Position of each token within its segment, restarting at every segment change and at the
+    start of every row (``segment_ids`` is ``[s]`` or ``[b, s]``)."""
+    shape = segment_ids.shape
+    flat = segment_ids.reshape(-1)
+    change = np.empty(flat.size, dtype=bool)
+    change[0] = True
+    change[1:] = flat[1:] != flat[:-1]
+    change[:: shape[-1]] = True
+    starts = np.flatnonzero(change)
+    run_lengths = np.diff(np.r_[starts, flat.size])
+    return (np.arange(flat.size, dtype=np.int64) - np.repeat(starts, run_lengths)).reshape(shape)
+
+
+class ProteinDataset(torch.utils.data.Dataset):
+    """The samples of one corpus restricted to ``documents`` (a split, optionally one source).
+
+    Duck-compatible with megatron-core's ``BlendedDataset`` (``unique_identifiers``,
+    ``index_split``), which mixes several of these by weight.
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        documents: np.ndarray,
+        *,
+        config: SampleConfig,
+        num_samples: int,
+        seed: int,
+        split: Split,
+        name: str,
+        tokenizer: ProteinTokenizer | None = None,
+    ):
+        config.validate()
+        if len(documents) == 0:
+            raise ValueError(f"{name}: no documents in the {split.name.lower()} split")
+        self.config = config
+        self.tokenizer = tokenizer or ProteinTokenizer()
+        self.seed = seed
+        self.split = split
+        self.name = name
+        self.indexed = corpus.indexed_dataset()
+        self._is_residue = np.zeros(self.tokenizer.vocab_size, dtype=bool)
+        self._is_residue[self.tokenizer.residue_ids] = True
+        self._replacements = self.tokenizer.standard_amino_acid_ids
+        clusters = corpus.cluster_index() if config.cluster_sampling else None
+        units = (
+            SamplingUnits.by_cluster(documents, clusters)
+            if clusters is not None
+            else SamplingUnits.uniform(documents)
+        )
+        self.order = DocumentOrder(units, seed)
+        self.residue_lengths = np.asarray(self.indexed.sequence_lengths, dtype=np.int64)
+        S = config.seq_length
+        if config.packed:
+            extra = 1 if config.objective == "clm" else 0
+            self._extra = extra
+            built = -(-num_samples // SHUFFLE_BLOCK) * SHUFFLE_BLOCK
+            framed = (self.residue_lengths + 2).astype(np.int32)  # + terminus/cls and eos
+            self.doc_order = self.order.documents_until_tokens(built * S + extra, framed).astype(np.int32)
+            from megatron.core.datasets.helpers import build_sample_idx
+
+            total = int(framed[self.doc_order].sum())
+            self.sample_index = build_sample_idx(framed, self.doc_order, S, 1, total, True, extra)[: built + 1]
+            self.shuffle = np.concatenate([
+                b * SHUFFLE_BLOCK + rng(seed, STREAM_SAMPLE_SHUFFLE, b).permutation(SHUFFLE_BLOCK)
+                for b in range(built // SHUFFLE_BLOCK)
+            ])  # fmt: skip
+            self.reversed = (
+                rng(seed, STREAM_REVERSE, 0).random(len(self.doc_order)) < config.reverse_prob
+                if config.objective == "clm" and config.reverse_prob > 0
+                else np.zeros(len(self.doc_order), dtype=bool)
+            )
+        else:
+            self.doc_order = self.order.documents(num_samples)
+        self.num_samples = num_samples
+        self.index_split = _megatron_split(split)
+        self.unique_identifiers = {
+            "class": type(self).__name__,
+            "name": name,
+            "split": split.name,
+            "seed": seed,
+            "num_samples": num_samples,
+            "config": repr(config),
+            "documents": int(len(documents)),
+        }
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def epochs_at(self, samples: int) -> float:
+        """Epochs of this dataset's sampling units consumed by its first ``samples`` samples."""
+        samples = min(samples, self.num_samples)
+        position = int(self.sample_index[samples][0]) if self.config.packed else samples
+        return self.order.epochs_spanned(position)
+
+    # ---- samples -------------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {key: value[0] for key, value in self.samples([index]).items()}
+
+    def samples(self, indices) -> dict[str, np.ndarray]:
+        """Samples ``indices`` stacked into ``[b, seq_length]`` arrays: fetching and framing proteins
+        is per row, everything else (masks, positions, segments) is vectorised over the batch. The
+        result equals stacking ``self[i]`` for each index (randomness is keyed by index and position)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and not (0 <= indices.min() and indices.max() < self.num_samples):
+            raise IndexError(f"samples {indices.tolist()} out of range for {self.name} ({self.num_samples} samples)")
+        if self.config.packed:
+            windows, segments = self._packed_windows(indices)
+        else:
+            windows, segments = self._single_protein_windows(indices)
+        if self.config.objective == "clm":
+            return self._clm_samples(windows, segments)
+        return self._mlm_samples(windows, segments, indices)
+
+    def _frame(self, position: int) -> np.ndarray:
+        residues = self.indexed[int(self.doc_order[position])]
+        if self.config.objective == "clm":
+            return self.tokenizer.frame_clm(residues, reverse=bool(self.reversed[position]))
+        return self.tokenizer.frame_mlm(residues)
+
+    def _packed_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        width = self.config.seq_length + self._extra
+        windows = np.empty((len(indices), width), dtype=np.int64)
+        segments = np.empty((len(indices), width), dtype=np.int32)
+        for row, index in enumerate(indices):
+            sample = int(self.shuffle[index])
+            (first, first_offset), (last, last_offset) = self.sample_index[sample], self.sample_index[sample + 1]
+            column = 0
+            for segment, position in enumerate(range(int(first), int(last) + 1)):
+                framed = self._frame(position)
+                start = int(first_offset) if position == first else 0
+                stop = int(last_offset) + self._extra if position == last else len(framed)
+                windows[row, column : column + stop - start] = framed[start:stop]
+                segments[row, column : column + stop - start] = segment
+                column += stop - start
+        return windows, segments
+
+    def _single_protein_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        S, tok = self.config.seq_length, self.tokenizer
+        room = S - 2  # ESM-2: a random crop that leaves space for <cls> and <eos>
+        documents = self.doc_order[indices]
+        lengths = self.residue_lengths[documents]
+        starts = np.zeros(len(indices), dtype=np.int64)
+        long = lengths > room
+        if long.any():
+            noise = uniform_noise(self.seed, STREAM_SAMPLE, indices[long])
+            starts[long] = (noise * (lengths[long] - room + 1)).astype(np.int64)
+        windows = np.full((len(indices), S), tok.pad, dtype=np.int64)
+        segments = np.full((len(indices), S), -1, dtype=np.int32)
+        for row, document in enumerate(documents):
+            piece = self.indexed[int(document)][starts[row] : starts[row] + room]
+            windows[row, 0] = tok.cls
+            windows[row, 1 : 1 + len(piece)] = piece
+            windows[row, 1 + len(piece)] = tok.eos
+            segments[row, : len(piece) + 2] = 0
+        return windows, segments
+
+    def _clm_samples(self, windows: np.ndarray, segments: np.ndarray) -> dict[str, np.ndarray]:
+        # Position t predicts window[t + 1]; a label that opens the next protein is not predictable
+        # from this one (attention stops at the boundary), so it carries no loss.
+        inputs = np.ascontiguousarray(segments[:, :-1])
+        return {
+            "tokens": np.ascontiguousarray(windows[:, :-1]),
+            "labels": np.ascontiguousarray(windows[:, 1:]),
+            "loss_mask": (segments[:, 1:] == segments[:, :-1]).astype(np.float32),
+            "segment_ids": inputs,
+            "position_ids": segment_positions(inputs),
+        }
+
+    def _mlm_samples(self, windows: np.ndarray, segments: np.ndarray, indices: np.ndarray) -> dict[str, np.ndarray]:
+        real = segments >= 0
+        rows, columns = np.nonzero(real)
+        body = windows[rows, columns]
+        draws = uniform_fields(random_bits(self.seed, STREAM_MASK, indices[rows], columns))
+        corrupted, selected = mask_tokens(
+            body, self._is_residue[body], self.config.masking, mask_id=self.tokenizer.mask,
+            replacement_ids=self._replacements, draws=draws,
+        )  # fmt: skip
+        tokens = windows.copy()
+        tokens[rows, columns] = corrupted
+        loss_mask = np.zeros(windows.shape, dtype=np.float32)
+        loss_mask[rows, columns] = selected
+        positions = segment_positions(segments)
+        positions[~real] = 0
+        return {"tokens": tokens, "labels": windows, "loss_mask": loss_mask, "segment_ids": segments,
+                "position_ids": positions}  # fmt: skip
+
+
+def _megatron_split(split: Split):
+    from megatron.core.datasets.utils import Split as McoreSplit
+
+    return {Split.TRAIN: McoreSplit.train, Split.VALID: McoreSplit.valid, Split.TEST: McoreSplit.test}[split]
