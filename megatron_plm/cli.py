@@ -52,6 +52,21 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from megatron_plm.config import load_config
+    from megatron_plm.runtime import initialize
+    from megatron_plm.training.trainer import TrainingStopped, train
+
+    config = load_config(args.config, args.overrides)
+    with initialize(config.parallel, seed=config.training.seed) as runtime:
+        try:
+            train(config, runtime)
+        except TrainingStopped as stopped:
+            print(f"megatron-plm train: stopped: {stopped}", file=sys.stderr)
+            return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-plm", description="Protein language model pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
+
+    train = commands.add_parser("train", help="train a CLM or MLM from a YAML config")
+    train.add_argument("--config", type=Path, required=True, help="YAML run config (see examples/configs/)")
+    train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help="e.g. training.train_iters=100")
+    train.set_defaults(func=_cmd_train)
 
     smoke = commands.add_parser(
         "smoke",

@@ -41,6 +41,7 @@ class DataSource:
 class DataConfig:
     sources: list[DataSource]
     objective: Literal["clm", "mlm"] = "clm"
+    """Set from the run's top-level ``objective`` when loaded as part of a TrainConfig."""
     seq_length: int = 1024
     packed: bool = True
     """Several proteins per sample (CLM always). MLM unpacked = ESM-2's one protein per sample."""

@@ -2,15 +2,55 @@
 
 megatron-core moves these between releases (0.19 deprecates ``GPTModel`` for
 ``HybridModel``); keeping every import here means such a move touches one file.
+
+One transformer body serves both objectives (megatron-core's ``GPTModel`` on its local
+layer spec: pre-LayerNorm blocks, rotary embeddings over the whole head, GELU MLP with
+biases, a final LayerNorm — the ESM-2 block). The heads differ:
+
+- CLM: a plain output projection, untied (``GPTNeoXForCausalLM``'s ``embed_out``).
+- MLM: ESM-2's head, dense -> GELU -> LayerNorm (megatron-core's ``BertLMHead``), then the
+  decoder tied to the embedding plus a bias (``EsmForMaskedLM``'s ``lm_head``).
+
+Whether attention is causal is decided by the mask each batch passes (an explicit mask
+always wins in megatron-core's local attention), so CLM -> MLM transfer is a copy of the body.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
+import torch
+from megatron.core.models.bert.bert_lm_head import BertLMHead
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer import TransformerConfig
 
-__all__ = ["GPTModel", "build_gpt_model"]
+__all__ = ["GPTModel", "ProteinMaskedLM", "build_gpt_model", "build_protein_model", "BODY_PREFIXES"]
+
+BODY_PREFIXES = ("embedding.", "decoder.")
+"""State-dict prefixes of the shared body (embedding, layers, final LayerNorm): what CLM -> MLM transfers."""
+
+
+class ProteinMaskedLM(GPTModel):
+    """GPTModel with ESM-2's masked-LM head on the last pipeline stage."""
+
+    def __init__(self, config: TransformerConfig, **kwargs):
+        super().__init__(config=config, share_embeddings_and_output_weights=True, **kwargs)
+        if self.post_process:
+            self.lm_head = BertLMHead(config.hidden_size, config)
+            # ESM-2's decoder bias, sharded over the vocabulary like the output layer's weight.
+            tp = self.output_layer.output_size_per_partition
+            bias = torch.nn.Parameter(torch.zeros(tp, dtype=config.params_dtype))
+            bias.tensor_model_parallel = True
+            bias.partition_dim = 0
+            bias.partition_stride = 1
+            self.output_layer.bias = bias
+            self.output_layer.skip_bias_add = False
+
+    def _postprocess(self, hidden_states, **kwargs):
+        if self.post_process:
+            hidden_states = self.lm_head(hidden_states)
+        return super()._postprocess(hidden_states=hidden_states, **kwargs)
 
 
 def build_gpt_model(
@@ -31,6 +71,33 @@ def build_gpt_model(
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=share_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+    )
+
+
+def build_protein_model(
+    config: TransformerConfig,
+    *,
+    objective: Literal["clm", "mlm"],
+    vocab_size: int,
+    max_sequence_length: int,
+    pre_process: bool,
+    post_process: bool,
+) -> GPTModel:
+    """This rank's chunk of the CLM or MLM model (see the module docstring)."""
+    if objective == "clm":
+        return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
+                               pre_process=pre_process, post_process=post_process)  # fmt: skip
+    if objective != "mlm":
+        raise ValueError(f"objective must be 'clm' or 'mlm', got {objective!r}")
+    return ProteinMaskedLM(
+        config,
+        transformer_layer_spec=get_gpt_layer_local_spec(),
+        vocab_size=vocab_size,
+        max_sequence_length=max_sequence_length,
+        pre_process=pre_process,
+        post_process=post_process,
         position_embedding_type="rope",
         rotary_percent=1.0,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -22,12 +23,20 @@ class OptimizerConfig:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     """Global gradient-norm clip; 0 disables clipping."""
+    warmup_iters: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many steps."""
+    decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay from ``lr`` to ``min_lr`` between the end of warm-up and the last step."""
 
     def validate(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"optimizer.min_lr must be in [0, optimizer.lr], got {self.min_lr}")
         if self.clip_grad < 0:
             raise ValueError(f"optimizer.clip_grad must be >= 0 (0 disables clipping), got {self.clip_grad}")
+        if self.warmup_iters < 0:
+            raise ValueError(f"optimizer.warmup_iters must be >= 0, got {self.warmup_iters}")
 
 
 @dataclass
@@ -37,12 +46,41 @@ class TrainingState:
     model: list  # megatron-core DistributedDataParallel chunks (one unless interleaved PP)
     optimizer: object  # megatron-core MegatronOptimizer
     transformer_config: object  # megatron-core TransformerConfig
+    scheduler: object | None = None  # megatron-core OptimizerParamScheduler
 
     def unwrapped(self) -> list[torch.nn.Module]:
         return [chunk.module for chunk in self.model]
 
 
-def build_training_state(model_cfg: ModelConfig, optim_cfg: OptimizerConfig, runtime: Runtime) -> TrainingState:
+def build_scheduler(optimizer, optim_cfg: OptimizerConfig, train_iters: int):
+    """megatron-core's LR scheduler: linear warm-up, then ``decay_style`` to ``min_lr`` at the last step."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    decay_steps = max(train_iters, optim_cfg.warmup_iters + 1)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if optim_cfg.warmup_iters else optim_cfg.lr,
+        max_lr=optim_cfg.lr,
+        min_lr=optim_cfg.min_lr,
+        lr_warmup_steps=optim_cfg.warmup_iters,
+        lr_decay_steps=decay_steps,
+        lr_decay_style=optim_cfg.decay_style,
+        start_wd=optim_cfg.weight_decay,
+        end_wd=optim_cfg.weight_decay,
+        wd_incr_steps=decay_steps,
+        wd_incr_style="constant",
+    )
+
+
+def build_training_state(
+    model_cfg: ModelConfig,
+    optim_cfg: OptimizerConfig,
+    runtime: Runtime,
+    *,
+    objective: str = "clm",
+    precision: str = "fp32",
+    train_iters: int | None = None,
+) -> TrainingState:
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
@@ -51,20 +89,30 @@ def build_training_state(model_cfg: ModelConfig, optim_cfg: OptimizerConfig, run
     from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
 
-    from megatron_plm.models.mcore import build_gpt_model
+    from megatron_plm.models.mcore import build_protein_model
 
     optim_cfg.validate()
+    if precision == "bf16" and runtime.device.type != "cuda":
+        raise ValueError("training.precision bf16 needs a GPU; use fp32 on the CPU")
     parallel = runtime.parallel
-    config = model_cfg.to_transformer_config(parallel)
+    params_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    config = model_cfg.to_transformer_config(parallel, params_dtype=params_dtype)
     # Grads are summed over tokens and divided once by the global token count (per-token loss).
     config.finalize_model_grads_func = finalize_model_grads
-    module = build_gpt_model(
+    module = build_protein_model(
         config,
+        objective=objective,
         vocab_size=model_cfg.padded_vocab_size(parallel.tensor_model_parallel_size),
         max_sequence_length=model_cfg.seq_length,
         pre_process=runtime.is_first_pipeline_stage,
         post_process=runtime.is_last_pipeline_stage,
     )
+    if runtime.device.type == "cuda":
+        module.cuda(torch.cuda.current_device())
+    if precision == "bf16":
+        from megatron.core.transformer.module import Float16Module
+
+        module = Float16Module(config, module)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         use_distributed_optimizer=parallel.use_distributed_optimizer,
@@ -87,4 +135,5 @@ def build_training_state(model_cfg: ModelConfig, optim_cfg: OptimizerConfig, run
         ),
         [chunk],
     )
-    return TrainingState(model=[chunk], optimizer=optimizer, transformer_config=config)
+    scheduler = build_scheduler(optimizer, optim_cfg, train_iters) if train_iters else None
+    return TrainingState(model=[chunk], optimizer=optimizer, transformer_config=config, scheduler=scheduler)

@@ -10,6 +10,7 @@ weighs the same whatever the layout.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -66,24 +67,53 @@ def reduce_loss_reports(reports: list[dict], runtime: Runtime) -> tuple[float, i
     return (loss_sum / tokens if tokens else float("nan")), int(tokens)
 
 
-def train_step(state: TrainingState, microbatches: Iterable[Batch], runtime: Runtime) -> StepResult:
-    """Forward and backward over this rank's microbatches, then one optimizer step."""
+def _forward_backward(state: TrainingState, microbatches: list[Batch], *, forward_only: bool) -> list[dict]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    microbatches = list(microbatches)
     first = microbatches[0]
-    for chunk in state.model:
-        chunk.zero_grad_buffer()
-    state.optimizer.zero_grad()
-    reports = get_forward_backward_func()(
+    return get_forward_backward_func()(
         forward_step_func=forward_step,
         data_iterator=iter(microbatches),
         model=state.model,
         num_microbatches=len(microbatches),
         seq_length=first.tokens.shape[1],
         micro_batch_size=first.tokens.shape[0],
-        forward_only=False,
+        forward_only=forward_only,
     )
-    success, grad_norm, _ = state.optimizer.step()
+
+
+def train_step(state: TrainingState, microbatches: Iterable[Batch], runtime: Runtime) -> StepResult:
+    """Forward and backward over this rank's microbatches, then one optimizer step.
+
+    A non-finite loss or gradient norm skips the update (parameters and optimizer state are left
+    untouched), so a bad batch can never poison the weights or a later checkpoint.
+    """
+    microbatches = list(microbatches)
+    for chunk in state.model:
+        chunk.zero_grad_buffer()
+    state.optimizer.zero_grad()
+    reports = _forward_backward(state, microbatches, forward_only=False)
     loss, tokens = reduce_loss_reports(reports, runtime)
-    return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=not success)
+    found_inf = state.optimizer.prepare_grads()  # main grads ready: the norm below is this step's
+    grad_norm = float(state.optimizer.get_grad_norm())
+    if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
+        state.optimizer.zero_grad()
+        return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=True)
+    success, clipped_norm, _ = state.optimizer.step()
+    return StepResult(loss=loss, tokens=tokens, grad_norm=clipped_norm if clipped_norm is not None else grad_norm,
+                      skipped=not success)  # fmt: skip
+
+
+@torch.no_grad()
+def evaluate(state: TrainingState, steps: list[list[Batch]], runtime: Runtime) -> tuple[float, int]:
+    """Mean loss per supervised token over the given global batches (forward only)."""
+    for chunk in state.model:
+        chunk.eval()
+    reports = []
+    try:
+        for microbatches in steps:
+            reports += _forward_backward(state, [b.to(runtime.device) for b in microbatches], forward_only=True)
+    finally:
+        for chunk in state.model:
+            chunk.train()
+    return reduce_loss_reports(reports, runtime)

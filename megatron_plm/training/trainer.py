@@ -1,0 +1,226 @@
+"""The training loop: ``megatron-plm train --config FILE [dotted.key=value ...]``.
+
+Top to bottom: runtime -> model, optimizer, LR schedule -> resume (or CLM -> MLM body
+transfer) -> datasets and the batch loader at the consumed-sample count -> steps (log,
+validate, checkpoint) -> final validation and checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from megatron_plm.config import TrainConfig
+from megatron_plm.data.builder import DataBuilder, epochs_per_source
+from megatron_plm.data.loader import BatchLoader
+from megatron_plm.data.splits import Split
+from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.runtime import Runtime
+from megatron_plm.training.build import build_training_state
+from megatron_plm.training.step import evaluate, train_step
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot continue (e.g. repeated non-finite losses); no checkpoint was written for it."""
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    consumed_samples: int
+    history: list[dict] = field(default_factory=list)
+    """One entry per step: step, loss, lr, grad_norm, tokens, skipped."""
+    validation: list[dict] = field(default_factory=list)
+    """One entry per validation: step, loss, perplexity."""
+    checkpoint: Path | None = None
+    transferred: list[str] = field(default_factory=list)
+    """Tensors loaded by ``checkpoint.init_from``."""
+
+
+def _flops_per_token(config: TrainConfig) -> float:
+    """Training FLOPs per token: 6 x non-embedding parameters plus attention scores (12 L h s)."""
+    m = config.model
+    ffn = m.ffn_hidden_size or 4 * m.hidden_size
+    per_layer = 4 * m.hidden_size**2 + 2 * m.hidden_size * ffn
+    return 6 * m.num_layers * per_layer + 12 * m.num_layers * m.hidden_size * config.data.seq_length
+
+
+def _peak_flops(device: torch.device) -> float | None:
+    """Dense bf16 peak of the GPU, for MFU (None when unknown)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12)):
+        if key in name:
+            return peak
+    return None
+
+
+class _Logger:
+    def __init__(self, config: TrainConfig, runtime: Runtime):
+        self.main = runtime.is_main_process
+        self.writer = None
+        if self.main and config.logging.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ValueError(
+                    "logging.tensorboard_dir is set but the tensorboard package is missing: pip install tensorboard"
+                ) from error
+            self.writer = SummaryWriter(config.logging.tensorboard_dir)
+        self.wandb = None
+        if self.main and config.logging.wandb_project:
+            import wandb  # optional; the config asked for it
+
+            self.wandb = wandb.init(project=config.logging.wandb_project, name=config.name, config=config.to_dict())
+
+    def say(self, text: str) -> None:
+        if self.main:
+            print(text, flush=True)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _saved_config(directory: Path) -> dict | None:
+    """The run config stored with a training checkpoint; None for a weights-only checkpoint."""
+    from megatron_plm.checkpoint.training import STATE_FILE
+
+    path = directory / STATE_FILE
+    return json.loads(path.read_text())["config"] if path.exists() else None
+
+
+def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
+    from megatron_plm.checkpoint.training import (
+        latest_checkpoint,
+        load_checkpoint,
+        load_weights_from,
+        save_checkpoint,
+    )
+
+    t, ckpt = config.training, config.checkpoint
+    log = _Logger(config, runtime)
+    tokenizer = ProteinTokenizer()
+    config.model.vocab_size = tokenizer.vocab_size
+    state = build_training_state(
+        config.model, config.optimizer, runtime, objective=config.objective,
+        precision=t.precision, train_iters=t.train_iters,
+    )  # fmt: skip
+    result = TrainResult(iterations=0, consumed_samples=0)
+
+    # ---- resume, or start from another run's weights -------------------------------------------
+    load_root = ckpt.load or ckpt.save
+    resume_from = latest_checkpoint(load_root) if load_root else None
+    if resume_from is not None:
+        saved = _saved_config(resume_from)
+        if saved["model"] != config.to_dict()["model"] or saved["objective"] != config.objective:
+            raise ValueError(f"{resume_from} holds a different model or objective; point checkpoint.save elsewhere")
+        resumed = load_checkpoint(resume_from, state)
+        result.iterations, result.consumed_samples = resumed.iteration, resumed.consumed_samples
+        log.say(f"resumed from {resume_from} at step {resumed.iteration} ({resumed.consumed_samples:,} samples)")
+    elif ckpt.init_from:
+        source = latest_checkpoint(ckpt.init_from) or Path(ckpt.init_from)
+        saved = _saved_config(source)
+        body_only = saved is not None and saved["objective"] != config.objective
+        result.transferred = load_weights_from(source, state, body_only=body_only)
+        log.say(f"initialised {'the body ' if body_only else ''}from {source}: {len(result.transferred)} tensors "
+                f"({', '.join(result.transferred[:4])}{', ...' if len(result.transferred) > 4 else ''})")  # fmt: skip
+
+    # ---- data -------------------------------------------------------------------------------------
+    builder = DataBuilder(config.data, tokenizer)
+    train_data = builder.build(Split.TRAIN, t.train_iters * t.global_batch_size)
+    valid_data = builder.build(Split.VALID, t.eval_iters * t.global_batch_size)
+    causal = config.objective == "clm"
+    loader = BatchLoader(train_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
+                         runtime.data_parallel_size, causal=causal, consumed_samples=result.consumed_samples)  # fmt: skip
+
+    def validate(step: int) -> None:
+        valid = BatchLoader(valid_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
+                            runtime.data_parallel_size, causal=causal)  # fmt: skip
+        loss, tokens = evaluate(state, [valid.next_step() for _ in range(t.eval_iters)], runtime)
+        entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+        result.validation.append(entry)
+        log.say(f"validation at step {step}: loss {loss:.4f}, perplexity {math.exp(loss):.2f} ({tokens:,} tokens)")
+        log.scalars(step, {"valid/loss": loss, "valid/perplexity": math.exp(loss)})
+
+    def save(step: int) -> None:
+        result.checkpoint = save_checkpoint(ckpt.save, iteration=step, consumed_samples=loader.consumed_samples,
+                                            state=state, config=config.to_dict(), keep_last=ckpt.keep_last)  # fmt: skip
+        log.say(f"saved checkpoint {result.checkpoint}")
+
+    # ---- steps ------------------------------------------------------------------------------------
+    p = runtime.parallel
+    log.say(
+        f"{config.name}: {config.objective.upper()} {config.model.num_layers} layers x {config.model.hidden_size}, "
+        f"steps {result.iterations + 1}..{t.train_iters}, global batch {t.global_batch_size} x "
+        f"{config.data.seq_length} tokens; TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
+        f"x DP {runtime.data_parallel_size} on {runtime.device.type}"
+    )
+    flops_per_token, peak = _flops_per_token(config), _peak_flops(runtime.device)
+    skipped_in_a_row = 0
+    for step in range(result.iterations + 1, t.train_iters + 1):
+        started = time.perf_counter()
+        microbatches = [batch.to(runtime.device) for batch in loader.next_step()]
+        outcome = train_step(state, microbatches, runtime)
+        if outcome.skipped:
+            skipped_in_a_row += 1
+            log.say(f"step {step}: non-finite loss ({outcome.loss}); update skipped")
+            if skipped_in_a_row >= t.max_skipped_steps:
+                raise TrainingStopped(
+                    f"{skipped_in_a_row} consecutive steps with a non-finite loss (last at step {step}); "
+                    "stopped without saving. Lower optimizer.lr or check the data."
+                )
+        else:
+            skipped_in_a_row = 0
+            state.scheduler.step(increment=1)
+        elapsed = time.perf_counter() - started
+        lr = state.optimizer.param_groups[0]["lr"]
+        entry = {"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
+                 "tokens": outcome.tokens, "skipped": outcome.skipped, "seconds": elapsed}  # fmt: skip
+        result.history.append(entry)
+        result.iterations, result.consumed_samples = step, loader.consumed_samples
+        if step % config.logging.log_interval == 0 or step == t.train_iters:
+            processed = t.global_batch_size * config.data.seq_length
+            line = (f"step {step:>6} | loss {outcome.loss:.4f} | ppl {math.exp(min(outcome.loss, 50)):.2f} | "
+                    f"lr {lr:.3e} | grad norm {outcome.grad_norm or float('nan'):.3f} | "
+                    f"{processed / elapsed:,.0f} tokens/s | samples {loader.consumed_samples:,}")  # fmt: skip
+            scalars = {"train/loss": outcome.loss, "train/lr": lr, "train/tokens_per_s": processed / elapsed}
+            if runtime.device.type == "cuda":
+                tflops = flops_per_token * processed / elapsed / runtime.world_size / 1e12
+                line += f" | {tflops:.1f} TFLOP/s/GPU" + (f" | MFU {tflops * 1e12 / peak:.1%}" if peak else "")
+                scalars["train/tflops_per_gpu"] = tflops
+            epochs = epochs_per_source(train_data, loader.consumed_samples)
+            line += " | epochs " + ", ".join(f"{Path(name).name} {value:.3f}" for name, value in epochs.items())
+            log.say(line)
+            log.scalars(step, scalars)
+        if t.eval_interval and step % t.eval_interval == 0 and step != t.train_iters:
+            validate(step)
+        if t.exit_interval and step % t.exit_interval == 0 and step != t.train_iters:
+            if ckpt.save:
+                save(step)
+            log.say(f"stopping at step {step} (training.exit_interval); relaunch to resume")
+            log.close()
+            return result
+        if ckpt.save and ckpt.save_interval and step % ckpt.save_interval == 0 and step != t.train_iters:
+            save(step)
+
+    validate(result.iterations)
+    if ckpt.save:
+        save(result.iterations)
+    log.close()
+    return result
