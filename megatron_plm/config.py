@@ -63,6 +63,8 @@ class CheckpointConfig:
 @dataclass(kw_only=True)
 class LoggingConfig:
     log_interval: int = 1
+    metrics_file: str | None = None
+    """Append every step and validation as a JSON line here (rank 0)."""
     tensorboard_dir: str | None = None
     """Write TensorBoard events here (needs the ``tensorboard`` package)."""
     wandb_project: str | None = None

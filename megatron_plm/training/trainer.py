@@ -73,6 +73,10 @@ class _Logger:
                     "logging.tensorboard_dir is set but the tensorboard package is missing: pip install tensorboard"
                 ) from error
             self.writer = SummaryWriter(config.logging.tensorboard_dir)
+        self.metrics = None
+        if self.main and config.logging.metrics_file:
+            Path(config.logging.metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            self.metrics = open(config.logging.metrics_file, "a")
         self.wandb = None
         if self.main and config.logging.wandb_project:
             import wandb  # optional; the config asked for it
@@ -83,6 +87,11 @@ class _Logger:
         if self.main:
             print(text, flush=True)
 
+    def record(self, kind: str, entry: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"kind": kind, **entry}) + "\n")
+            self.metrics.flush()
+
     def scalars(self, step: int, values: dict) -> None:
         if self.writer is not None:
             for key, value in values.items():
@@ -91,6 +100,8 @@ class _Logger:
             self.wandb.log(values, step=step)
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.writer is not None:
             self.writer.close()
         if self.wandb is not None:
@@ -155,6 +166,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
         loss, tokens = evaluate(state, [valid.next_step() for _ in range(t.eval_iters)], runtime)
         entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
         result.validation.append(entry)
+        log.record("validation", entry)
         log.say(f"validation at step {step}: loss {loss:.4f}, perplexity {math.exp(loss):.2f} ({tokens:,} tokens)")
         log.scalars(step, {"valid/loss": loss, "valid/perplexity": math.exp(loss)})
 
@@ -193,6 +205,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
         entry = {"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
                  "tokens": outcome.tokens, "skipped": outcome.skipped, "seconds": elapsed}  # fmt: skip
         result.history.append(entry)
+        log.record("train", entry)
         result.iterations, result.consumed_samples = step, loader.consumed_samples
         if step % config.logging.log_interval == 0 or step == t.train_iters:
             processed = t.global_batch_size * config.data.seq_length
