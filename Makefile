@@ -17,7 +17,9 @@ quickstart: setup
 	$(PY) -m megatron_plm env
 	$(PY) tools/preprocess_data.py --input $(SAMPLE) --output-prefix $(CORPUS) --source-label uniref90 \
 		--clusters data/uniref90_esm2_pretraining_sample_10k.clusters50.tsv.gz --workers 2
-	$(PY) -m megatron_plm smoke --data-prefix $(CORPUS) --steps 30
+	rm -rf outputs/tiny_clm outputs/tiny_mlm  # the demo starts fresh; a real run resumes from its checkpoints
+	$(PY) -m megatron_plm train --config examples/configs/tiny_clm.yaml
+	$(PY) -m megatron_plm train --config examples/configs/tiny_mlm.yaml
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \

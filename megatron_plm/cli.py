@@ -11,38 +11,10 @@ import sys
 from pathlib import Path
 
 
-def _add_parallel_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tensor-model-parallel-size", "--tp", type=int, default=1, dest="tp")
-    parser.add_argument("--pipeline-model-parallel-size", "--pp", type=int, default=1, dest="pp")
-
-
 def _cmd_env(args: argparse.Namespace) -> int:
     from megatron_plm.runtime.environment import describe_environment
 
     print(describe_environment())
-    return 0
-
-
-def _cmd_smoke(args: argparse.Namespace) -> int:
-    from megatron_plm.runtime import ParallelConfig, initialize
-    from megatron_plm.training.smoke import SmokeConfig, run_smoke, tiny_model_config
-
-    parallel = ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
-    cfg = SmokeConfig(
-        fasta=args.fasta,
-        data_prefix=args.data_prefix,
-        steps=args.steps,
-        global_batch_size=args.global_batch_size,
-        micro_batch_size=args.micro_batch_size,
-        seed=args.seed,
-        model=tiny_model_config(args.seq_length),
-        parallel=parallel,
-        load_weights=args.load_weights,
-        save_initial_weights=args.save_initial_weights,
-        metrics_json=args.metrics_json,
-    )
-    with initialize(parallel, seed=args.seed) as runtime:
-        run_smoke(cfg, runtime)
     return 0
 
 
@@ -87,23 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help="e.g. training.train_iters=100")
     train.set_defaults(func=_cmd_train)
 
-    smoke = commands.add_parser(
-        "smoke",
-        help="a short real CLM training run of a tiny model (install and layout check)",
-    )
-    source = smoke.add_mutually_exclusive_group(required=True)
-    source.add_argument("--fasta", type=Path, help="FASTA file (plain or gzip)")
-    source.add_argument("--data-prefix", type=Path, help="corpus written by 'megatron-plm preprocess'")
-    smoke.add_argument("--steps", type=int, default=20)
-    smoke.add_argument("--global-batch-size", type=int, default=8)
-    smoke.add_argument("--micro-batch-size", type=int, default=2)
-    smoke.add_argument("--seq-length", type=int, default=128)
-    smoke.add_argument("--seed", type=int, default=1234)
-    smoke.add_argument("--load-weights", type=Path)
-    smoke.add_argument("--save-initial-weights", type=Path)
-    smoke.add_argument("--metrics-json", type=Path)
-    _add_parallel_flags(smoke)
-    smoke.set_defaults(func=_cmd_smoke)
     return parser
 
 

@@ -64,7 +64,8 @@ def detect() -> Accelerators:
 
 
 def silence_fallback_warnings() -> None:
-    """Hide megatron-core's import-time 'TE/apex not installed, falling back' warnings.
+    """Hide megatron-core's import-time 'TE/apex not installed, falling back' warnings, and torch
+    deprecation notices raised inside megatron-core.
 
     For the CLI only: they repeat on every rank and every import, while
     ``megatron-plm env`` and the run header already say which path is in use.
@@ -73,3 +74,6 @@ def silence_fallback_warnings() -> None:
 
     warnings.filterwarnings("ignore", message=r".*(Transformer Engine|Apex).*not installed.*", module=r"megatron")
     warnings.filterwarnings("ignore", message=r"full scope is deprecated", module=r"megatron")
+    # torch deprecations that megatron-core 0.16's checkpoint code triggers; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`load_state_dict` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"Please use DTensor instead", category=FutureWarning)

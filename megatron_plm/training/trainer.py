@@ -235,5 +235,9 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     validate(result.iterations)
     if ckpt.save:
         save(result.iterations)
+    final = result.validation[-1]
+    log.say(f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
+            f"validation perplexity {final['perplexity']:.2f}"
+            + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))  # fmt: skip
     log.close()
     return result
