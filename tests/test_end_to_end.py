@@ -40,5 +40,7 @@ def test_preprocess_then_clm_then_mlm_from_the_clm_body(tmp_path, sample_fasta):
         assert len(perplexities) == 2 and perplexities[-1] < 25.0  # from ~64 (uniform) at the start
     transferred = re.search(r"initialised the body from \S+: (\d+) tensors", mlm)
     assert transferred and int(transferred.group(1)) > 10
+    # Equal steps of the same model: the CLM phase is half of the compute, reported per phase.
+    assert re.search(r"compute: tiny-clm \(clm\) 40,960 tokens, [\d.e+]+ FLOPs = 50%; tiny-mlm \(mlm\) 40,960 tokens", mlm)
     lines = [json.loads(line) for line in (tmp_path / "mlm.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if x["kind"] == "train"] == list(range(1, 21))

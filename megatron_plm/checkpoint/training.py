@@ -35,16 +35,24 @@ class ResumeState:
     consumed_samples: int
     config: dict
     directory: Path
+    compute: list[dict]
+    """Tokens and FLOPs of each training phase so far (e.g. a CLM phase, then this MLM one)."""
 
 
 def _rank() -> int:
     return torch.distributed.get_rank()
 
 
+# The distributed optimizer's default sharding type cannot be saved in megatron-core 0.16
+# ("flattened_range is not supported"); fully_reshardable saves, and loads at any layout.
+_OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
 def _sharded_state(state, *, is_loading: bool) -> dict:
     (chunk,) = state.unwrapped()
     model = chunk.sharded_state_dict()
-    return {"model": model, "optimizer": state.optimizer.sharded_state_dict(model, is_loading=is_loading)}
+    optimizer = state.optimizer.sharded_state_dict(model, is_loading=is_loading, metadata=_OPTIMIZER_METADATA)
+    return {"model": model, "optimizer": optimizer}
 
 
 def _rng_state() -> dict:
@@ -82,7 +90,7 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples: int, state, config: dict,
-                    keep_last: int) -> Path:  # fmt: skip
+                    keep_last: int, compute: list[dict] | None = None) -> Path:  # fmt: skip
     """Collective: every rank calls it. Returns the checkpoint directory."""
     from megatron.core import dist_checkpointing
 
@@ -99,7 +107,7 @@ def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples
     if _rank() == 0:
         scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
         payload = {"iteration": iteration, "consumed_samples": consumed_samples, "scheduler": scheduler,
-                   "config": config}  # fmt: skip
+                   "config": config, "compute": compute or []}  # fmt: skip
         (staging / STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     torch.distributed.barrier()
     if _rank() == 0:
@@ -124,10 +132,24 @@ def _prune(root: Path, keep_last: int, current: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _check_optimizer_can_resume(state) -> None:
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
+
+    optimizers = getattr(state.optimizer, "chained_optimizers", [state.optimizer])
+    if not HAVE_APEX_OR_TE and any(isinstance(o, DistributedOptimizer) for o in optimizers):
+        raise ValueError(
+            "resuming with parallel.use_distributed_optimizer=true needs Transformer Engine or apex "
+            "(megatron-core 0.16.1 cannot load the distributed optimizer's state into torch's Adam). "
+            "Resume in the NGC container, resume with use_distributed_optimizer=false, or continue from "
+            "the weights only with checkpoint.init_from (the optimizer state then restarts)."
+        )
+
+
 def load_checkpoint(directory: Path, state) -> ResumeState:
     """Load model, optimizer, scheduler and RNG from ``directory`` (saved at any TP/PP layout)."""
     from megatron.core import dist_checkpointing
 
+    _check_optimizer_can_resume(state)
     payload = json.loads((directory / STATE_FILE).read_text())
     loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), str(directory))
     (chunk,) = state.unwrapped()
@@ -139,7 +161,13 @@ def load_checkpoint(directory: Path, state) -> ResumeState:
     if rng_file.exists():  # absent when the layout changed (more ranks now): keep the fresh seeds
         _set_rng_state(torch.load(rng_file, weights_only=False))
     return ResumeState(iteration=payload["iteration"], consumed_samples=payload["consumed_samples"],
-                       config=payload["config"], directory=directory)  # fmt: skip
+                       config=payload["config"], directory=directory, compute=payload.get("compute", []))  # fmt: skip
+
+
+def compute_phases(directory: Path) -> list[dict]:
+    """The compute record stored with a training checkpoint ([] for weights-only checkpoints)."""
+    path = directory / STATE_FILE
+    return json.loads(path.read_text()).get("compute", []) if path.exists() else []
 
 
 def load_weights_from(directory: Path, state, *, body_only: bool) -> list[str]:

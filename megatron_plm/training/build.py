@@ -92,6 +92,11 @@ def build_training_state(
     from megatron_plm.models.mcore import build_protein_model
 
     optim_cfg.validate()
+    if runtime.parallel.sequence_parallel and not (runtime.accelerators.transformer_engine or runtime.accelerators.apex):
+        raise ValueError(
+            "parallel.sequence_parallel needs Transformer Engine or apex (megatron-core's torch LayerNorm "
+            "does not support it); use the NGC container or set it to false"
+        )
     if precision == "bf16" and runtime.device.type != "cuda":
         raise ValueError("training.precision bf16 needs a GPU; use fp32 on the CPU")
     parallel = runtime.parallel

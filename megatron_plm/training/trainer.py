@@ -40,6 +40,8 @@ class TrainResult:
     checkpoint: Path | None = None
     transferred: list[str] = field(default_factory=list)
     """Tensors loaded by ``checkpoint.init_from``."""
+    compute: list[dict] = field(default_factory=list)
+    """Tokens and FLOPs per training phase: earlier runs this one started from, then this one."""
 
 
 def _flops_per_token(config: TrainConfig) -> float:
@@ -118,6 +120,7 @@ def _saved_config(directory: Path) -> dict | None:
 
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     from megatron_plm.checkpoint.training import (
+        compute_phases,
         latest_checkpoint,
         load_checkpoint,
         load_weights_from,
@@ -143,14 +146,21 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
             raise ValueError(f"{resume_from} holds a different model or objective; point checkpoint.save elsewhere")
         resumed = load_checkpoint(resume_from, state)
         result.iterations, result.consumed_samples = resumed.iteration, resumed.consumed_samples
+        result.compute = resumed.compute
         log.say(f"resumed from {resume_from} at step {resumed.iteration} ({resumed.consumed_samples:,} samples)")
     elif ckpt.init_from:
         source = latest_checkpoint(ckpt.init_from) or Path(ckpt.init_from)
         saved = _saved_config(source)
         body_only = saved is not None and saved["objective"] != config.objective
+        result.compute = compute_phases(source)
         result.transferred = load_weights_from(source, state, body_only=body_only)
         log.say(f"initialised {'the body ' if body_only else ''}from {source}: {len(result.transferred)} tensors "
                 f"({', '.join(result.transferred[:4])}{', ...' if len(result.transferred) > 4 else ''})")  # fmt: skip
+
+    flops_per_token, peak = _flops_per_token(config), _peak_flops(runtime.device)
+    if not result.compute or result.compute[-1]["name"] != config.name:
+        result.compute.append({"name": config.name, "objective": config.objective, "tokens": 0, "flops": 0.0})
+    phase = result.compute[-1]
 
     # ---- data -------------------------------------------------------------------------------------
     builder = DataBuilder(config.data, tokenizer)
@@ -172,7 +182,8 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
 
     def save(step: int) -> None:
         result.checkpoint = save_checkpoint(ckpt.save, iteration=step, consumed_samples=loader.consumed_samples,
-                                            state=state, config=config.to_dict(), keep_last=ckpt.keep_last)  # fmt: skip
+                                            state=state, config=config.to_dict(), keep_last=ckpt.keep_last,
+                                            compute=result.compute)  # fmt: skip
         log.say(f"saved checkpoint {result.checkpoint}")
 
     # ---- steps ------------------------------------------------------------------------------------
@@ -183,8 +194,8 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
         f"{config.data.seq_length} tokens; TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
         f"x DP {runtime.data_parallel_size} on {runtime.device.type}"
     )
-    flops_per_token, peak = _flops_per_token(config), _peak_flops(runtime.device)
     skipped_in_a_row = 0
+    tokens_per_step = t.global_batch_size * config.data.seq_length
     for step in range(result.iterations + 1, t.train_iters + 1):
         started = time.perf_counter()
         microbatches = [batch.to(runtime.device) for batch in loader.next_step()]
@@ -201,6 +212,8 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
             skipped_in_a_row = 0
             state.scheduler.step(increment=1)
         elapsed = time.perf_counter() - started
+        phase["tokens"] += tokens_per_step
+        phase["flops"] += flops_per_token * tokens_per_step
         lr = state.optimizer.param_groups[0]["lr"]
         entry = {"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
                  "tokens": outcome.tokens, "skipped": outcome.skipped, "seconds": elapsed}  # fmt: skip
@@ -235,6 +248,10 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     validate(result.iterations)
     if ckpt.save:
         save(result.iterations)
+    total_flops = sum(p["flops"] for p in result.compute) or 1.0
+    log.say("compute: " + "; ".join(
+        f"{p['name']} ({p['objective']}) {p['tokens']:,} tokens, {p['flops']:.3g} FLOPs = {p['flops'] / total_flops:.0%}"
+        for p in result.compute))  # fmt: skip
     final = result.validation[-1]
     log.say(f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
             f"validation perplexity {final['perplexity']:.2f}"

@@ -61,15 +61,17 @@ def reference(sample_corpus, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "nproc, tp, pp", [(2, 1, 1), (4, 2, 1), (4, 1, 2), (4, 2, 2)], ids=["dp2", "tp2_dp2", "pp2_dp2", "tp2_pp2"]
+    "nproc, tp, pp, distopt",
+    [(2, 1, 1, False), (4, 2, 1, False), (4, 1, 2, False), (4, 2, 2, False), (2, 1, 1, True)],
+    ids=["dp2", "tp2_dp2", "pp2_dp2", "tp2_pp2", "dp2_distributed_optimizer"],
 )
-def test_layouts_follow_the_single_process_trajectory(reference, sample_corpus, nproc, tp, pp):
+def test_layouts_follow_the_single_process_trajectory(reference, sample_corpus, nproc, tp, pp, distopt):
     workdir, expected = reference
-    name = f"tp{tp}_pp{pp}_n{nproc}"
+    name = f"tp{tp}_pp{pp}_n{nproc}" + ("_distopt" if distopt else "")
     steps, validation = run_torchrun(
         sample_corpus, workdir, name, nproc, f"parallel.tensor_model_parallel_size={tp}",
-        f"parallel.pipeline_model_parallel_size={pp}", f"checkpoint.init_from={workdir / 'init'}",
-        f"checkpoint.save={workdir / name}_ckpt",
+        f"parallel.pipeline_model_parallel_size={pp}", f"parallel.use_distributed_optimizer={str(distopt).lower()}",
+        f"checkpoint.init_from={workdir / 'init'}", f"checkpoint.save={workdir / name}_ckpt",
     )  # fmt: skip
     assert [s["step"] for s in steps] == [1, 2, 3]
     for want, got in zip(expected.history, steps):
@@ -92,6 +94,27 @@ def test_checkpoints_reshard_both_ways(reference, sample_corpus):
                                  "parallel.pipeline_model_parallel_size=2",
                                  f"checkpoint.load={workdir / 'reference_ckpt'}")  # fmt: skip
     assert validation[-1]["loss"] == pytest.approx(expected.validation[-1]["loss"], rel=RTOL)
+
+
+def test_distributed_optimizer_checkpoint_refuses_to_resume_without_te_or_apex(reference, sample_corpus):
+    """megatron-core 0.16.1 cannot load distributed-optimizer state into torch's Adam: a clear error
+    at start-up, and the weights still serve as checkpoint.init_from."""
+    from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE
+
+    if HAVE_APEX_OR_TE:
+        pytest.skip("Transformer Engine or apex present: the resume path is megatron-core's own")
+    workdir, _ = reference
+    saved = workdir / "tp1_pp1_n2_distopt_ckpt"
+    if latest_checkpoint(saved) is None:
+        pytest.skip("needs the distributed-optimizer layout test's checkpoint (run the module)")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "megatron_plm", "train", "--config", str(REPO / "examples/configs/tiny_clm.yaml"),
+               *overrides(sample_corpus, workdir, "distopt_resume", "parallel.use_distributed_optimizer=true",
+                          f"checkpoint.load={saved}")]  # fmt: skip
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "needs Transformer Engine or apex" in out.stderr
+    continued = run_here(sample_corpus, workdir, "from_distopt_weights", f"checkpoint.init_from={saved}")
+    assert len(continued.transferred) > 10
 
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(sample_corpus, tmp_path):
