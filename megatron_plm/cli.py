@@ -39,6 +39,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_hf(args: argparse.Namespace) -> int:
+    from megatron_plm.checkpoint.export import export_hf
+    from megatron_plm.runtime import ParallelConfig, initialize
+
+    with initialize(ParallelConfig()) as runtime:
+        out = export_hf(args.checkpoint, args.output, runtime, dtype=args.dtype)
+    print(f"wrote {out}: load it with transformers.AutoModelFor{{MaskedLM,CausalLM}}.from_pretrained({str(out)!r})")
+    return 0
+
+
+def _cmd_import_hf(args: argparse.Namespace) -> int:
+    from megatron_plm.checkpoint.export import import_hf
+    from megatron_plm.runtime import ParallelConfig, initialize
+
+    with initialize(ParallelConfig()) as runtime:
+        out = import_hf(args.source, args.output, runtime)
+    print(f"wrote {out}: train from it with checkpoint.init_from={out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-plm", description="Protein language model pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help="e.g. training.train_iters=100")
     train.set_defaults(func=_cmd_train)
 
+    export = commands.add_parser("export-hf", help="checkpoint (any TP/PP layout) -> transformers model directory")
+    export.add_argument("checkpoint", type=Path, help="a checkpoint directory (or a run's save directory)")
+    export.add_argument("output", type=Path)
+    export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    export.set_defaults(func=_cmd_export_hf)
+
+    imported = commands.add_parser("import-hf", help="transformers ESM-2 / GPT-NeoX directory -> our checkpoint")
+    imported.add_argument("source", help="a transformers model directory")
+    imported.add_argument("output", type=Path)
+    imported.set_defaults(func=_cmd_import_hf)
     return parser
 
 

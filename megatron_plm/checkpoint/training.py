@@ -27,6 +27,8 @@ import torch
 
 LATEST = "latest"
 STATE_FILE = "train_state.json"
+IMPORT_FILE = "hf_import.json"
+"""Written by ``import-hf`` beside model tensors: the run config of an imported model (no optimizer)."""
 
 
 @dataclass
@@ -170,23 +172,40 @@ def compute_phases(directory: Path) -> list[dict]:
     return json.loads(path.read_text()).get("compute", []) if path.exists() else []
 
 
-def load_weights_from(directory: Path, state, *, body_only: bool) -> list[str]:
-    """Initialise the model from another run's checkpoint; ``body_only`` keeps this run's heads
-    (CLM -> MLM transfer). Returns the checkpoint keys of the tensors loaded."""
+def saved_run_config(directory: Path) -> dict | None:
+    """The run config stored with a checkpoint: a training one, or one written by ``import-hf``."""
+    for name in (STATE_FILE, IMPORT_FILE):
+        path = Path(directory) / name
+        if path.exists():
+            return json.loads(path.read_text())["config"]
+    return None
+
+
+def load_model_tensors(directory: Path, chunk: torch.nn.Module, *, body_only: bool = False) -> list[str]:
+    """Load a checkpoint's model tensors (saved at any layout) into ``chunk``; ``body_only`` keeps the
+    chunk's heads (CLM -> MLM transfer). Returns the checkpoint keys loaded."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
     from megatron_plm.models.mcore import BODY_PREFIXES
 
-    (chunk,) = state.unwrapped()
     wanted = {k: v for k, v in chunk.sharded_state_dict().items() if isinstance(v, ShardedTensor)}
     if body_only:
         wanted = {k: v for k, v in wanted.items() if k.startswith(BODY_PREFIXES)}
-    available = set(dist_checkpointing.load_tensors_metadata(str(directory)))
+    try:
+        available = set(dist_checkpointing.load_tensors_metadata(str(directory)))
+    except Exception as error:
+        raise ValueError(f"{directory} is not a readable megatron-core checkpoint ({error})") from error
     missing = sorted({v.key for v in wanted.values() if v.key not in available})
     if missing:
         more = " ..." if len(missing) > 5 else ""
         raise ValueError(f"{directory} lacks tensors this model needs: {missing[:5]}{more}")
-    loaded = dist_checkpointing.load(wanted, str(directory))
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        loaded = dist_checkpointing.load(wanted, str(directory))
+    except (Exception, CheckpointException) as error:  # truncated shard files, shape mismatches
+        detail = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{directory}: cannot load its model tensors ({detail})") from error
     chunk.load_state_dict(loaded, strict=False)
     return sorted({v.key for v in wanted.values()})

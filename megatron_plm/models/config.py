@@ -33,6 +33,9 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
+    token_dropout: bool = False
+    """MLM: ESM-2's token dropout -- ``<mask>`` embeddings are zeroed and the rest rescaled by
+    (1 - 0.15 x 0.8) / (1 - observed mask ratio). ESM-2's published models use it."""
 
     def validate(self) -> None:
         for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):

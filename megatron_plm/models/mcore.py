@@ -31,11 +31,21 @@ BODY_PREFIXES = ("embedding.", "decoder.")
 """State-dict prefixes of the shared body (embedding, layers, final LayerNorm): what CLM -> MLM transfers."""
 
 
-class ProteinMaskedLM(GPTModel):
-    """GPTModel with ESM-2's masked-LM head on the last pipeline stage."""
+ESM2_MASK_RATIO_TRAIN = 0.15 * 0.8
+"""The masked share of tokens ESM-2's token dropout assumes at training time."""
 
-    def __init__(self, config: TransformerConfig, **kwargs):
+
+class ProteinMaskedLM(GPTModel):
+    """GPTModel with ESM-2's masked-LM head on the last pipeline stage, and optionally ESM-2's
+    token dropout on the first."""
+
+    def __init__(self, config: TransformerConfig, *, token_dropout: bool = False, mask_token_id: int | None = None,
+                 pad_token_id: int | None = None, **kwargs):  # fmt: skip
         super().__init__(config=config, share_embeddings_and_output_weights=True, **kwargs)
+        if token_dropout and (mask_token_id is None or pad_token_id is None):
+            raise ValueError("token dropout needs the mask and pad token ids")
+        self.token_dropout = token_dropout
+        self.mask_token_id, self.pad_token_id = mask_token_id, pad_token_id
         if self.post_process:
             self.lm_head = BertLMHead(config.hidden_size, config)
             # ESM-2's decoder bias, sharded over the vocabulary like the output layer's weight.
@@ -46,6 +56,20 @@ class ProteinMaskedLM(GPTModel):
             bias.partition_stride = 1
             self.output_layer.bias = bias
             self.output_layer.skip_bias_add = False
+
+    def forward(self, input_ids, position_ids, attention_mask, decoder_input=None, **kwargs):
+        if self.token_dropout and self.pre_process and decoder_input is None:
+            decoder_input = self._embed_with_token_dropout(input_ids, position_ids)
+        return super().forward(input_ids, position_ids, attention_mask, decoder_input=decoder_input, **kwargs)
+
+    def _embed_with_token_dropout(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        embeddings = self.embedding(input_ids=input_ids, position_ids=position_ids)  # [s, b, h]
+        is_mask = input_ids == self.mask_token_id  # [b, s]
+        lengths = (input_ids != self.pad_token_id).sum(-1).clamp(min=1)
+        observed = is_mask.sum(-1).to(embeddings.dtype) / lengths
+        scale = (1 - ESM2_MASK_RATIO_TRAIN) / (1 - observed)  # [b]
+        embeddings = embeddings.masked_fill(is_mask.t().unsqueeze(-1), 0.0)
+        return (embeddings * scale[None, :, None]).to(embeddings.dtype)
 
     def _postprocess(self, hidden_states, **kwargs):
         if self.post_process:
@@ -84,15 +108,23 @@ def build_protein_model(
     max_sequence_length: int,
     pre_process: bool,
     post_process: bool,
+    token_dropout: bool = False,
+    mask_token_id: int | None = None,
+    pad_token_id: int | None = None,
 ) -> GPTModel:
     """This rank's chunk of the CLM or MLM model (see the module docstring)."""
     if objective == "clm":
+        if token_dropout:
+            raise ValueError("model.token_dropout applies to MLM only")
         return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
                                pre_process=pre_process, post_process=post_process)  # fmt: skip
     if objective != "mlm":
         raise ValueError(f"objective must be 'clm' or 'mlm', got {objective!r}")
     return ProteinMaskedLM(
         config,
+        token_dropout=token_dropout,
+        mask_token_id=mask_token_id,
+        pad_token_id=pad_token_id,
         transformer_layer_spec=get_gpt_layer_local_spec(),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,

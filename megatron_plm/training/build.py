@@ -72,6 +72,27 @@ def build_scheduler(optimizer, optim_cfg: OptimizerConfig, train_iters: int):
     )
 
 
+def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: str,
+                      params_dtype: torch.dtype = torch.float32, config=None):  # fmt: skip
+    """This rank's model chunk (no DDP, no optimizer): what training wraps and conversion loads into."""
+    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.models.mcore import build_protein_model
+
+    config = config or model_cfg.to_transformer_config(runtime.parallel, params_dtype=params_dtype)
+    tokenizer = ProteinTokenizer()
+    return build_protein_model(
+        config,
+        objective=objective,
+        vocab_size=model_cfg.padded_vocab_size(runtime.parallel.tensor_model_parallel_size),
+        max_sequence_length=model_cfg.seq_length,
+        pre_process=runtime.is_first_pipeline_stage,
+        post_process=runtime.is_last_pipeline_stage,
+        token_dropout=model_cfg.token_dropout,
+        mask_token_id=tokenizer.mask,
+        pad_token_id=tokenizer.pad,
+    )
+
+
 def build_training_state(
     model_cfg: ModelConfig,
     optim_cfg: OptimizerConfig,
@@ -89,8 +110,6 @@ def build_training_state(
     from megatron.core.optimizer import OptimizerConfig as McoreOptimizerConfig
     from megatron.core.optimizer import get_megatron_optimizer
 
-    from megatron_plm.models.mcore import build_protein_model
-
     optim_cfg.validate()
     if runtime.parallel.sequence_parallel and not (runtime.accelerators.transformer_engine or runtime.accelerators.apex):
         raise ValueError(
@@ -104,14 +123,7 @@ def build_training_state(
     config = model_cfg.to_transformer_config(parallel, params_dtype=params_dtype)
     # Grads are summed over tokens and divided once by the global token count (per-token loss).
     config.finalize_model_grads_func = finalize_model_grads
-    module = build_protein_model(
-        config,
-        objective=objective,
-        vocab_size=model_cfg.padded_vocab_size(parallel.tensor_model_parallel_size),
-        max_sequence_length=model_cfg.seq_length,
-        pre_process=runtime.is_first_pipeline_stage,
-        post_process=runtime.is_last_pipeline_stage,
-    )
+    module = build_model_chunk(model_cfg, runtime, objective=objective, params_dtype=params_dtype, config=config)
     if runtime.device.type == "cuda":
         module.cuda(torch.cuda.current_device())
     if precision == "bf16":

@@ -110,21 +110,14 @@ class _Logger:
             self.wandb.finish()
 
 
-def _saved_config(directory: Path) -> dict | None:
-    """The run config stored with a training checkpoint; None for a weights-only checkpoint."""
-    from megatron_plm.checkpoint.training import STATE_FILE
-
-    path = directory / STATE_FILE
-    return json.loads(path.read_text())["config"] if path.exists() else None
-
-
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     from megatron_plm.checkpoint.training import (
         compute_phases,
         latest_checkpoint,
         load_checkpoint,
-        load_weights_from,
+        load_model_tensors,
         save_checkpoint,
+        saved_run_config,
     )
 
     t, ckpt = config.training, config.checkpoint
@@ -141,7 +134,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     load_root = ckpt.load or ckpt.save
     resume_from = latest_checkpoint(load_root) if load_root else None
     if resume_from is not None:
-        saved = _saved_config(resume_from)
+        saved = saved_run_config(resume_from)
         if saved["model"] != config.to_dict()["model"] or saved["objective"] != config.objective:
             raise ValueError(f"{resume_from} holds a different model or objective; point checkpoint.save elsewhere")
         resumed = load_checkpoint(resume_from, state)
@@ -150,10 +143,10 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
         log.say(f"resumed from {resume_from} at step {resumed.iteration} ({resumed.consumed_samples:,} samples)")
     elif ckpt.init_from:
         source = latest_checkpoint(ckpt.init_from) or Path(ckpt.init_from)
-        saved = _saved_config(source)
+        saved = saved_run_config(source)
         body_only = saved is not None and saved["objective"] != config.objective
         result.compute = compute_phases(source)
-        result.transferred = load_weights_from(source, state, body_only=body_only)
+        result.transferred = load_model_tensors(source, state.unwrapped()[0], body_only=body_only)
         log.say(f"initialised {'the body ' if body_only else ''}from {source}: {len(result.transferred)} tensors "
                 f"({', '.join(result.transferred[:4])}{', ...' if len(result.transferred) > 4 else ''})")  # fmt: skip
 

@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import REPO
 from megatron_plm.checkpoint.training import latest_checkpoint
@@ -115,6 +116,27 @@ def test_distributed_optimizer_checkpoint_refuses_to_resume_without_te_or_apex(r
     assert out.returncode != 0 and "needs Transformer Engine or apex" in out.stderr
     continued = run_here(sample_corpus, workdir, "from_distopt_weights", f"checkpoint.init_from={saved}")
     assert len(continued.transferred) > 10
+
+
+def test_export_from_tp2_pp2_equals_export_at_tp1(reference, sample_corpus):
+    """The same weights saved at TP2xPP2 (by a run that resumes at its last step and re-saves) and at
+    TP1 export to identical transformers tensors."""
+    from safetensors.torch import load_file
+
+    from megatron_plm.checkpoint.export import export_hf
+    from megatron_plm.runtime import ParallelConfig
+
+    workdir, _ = reference
+    resaved = workdir / "init_at_tp2pp2"
+    run_torchrun(sample_corpus, workdir, "resave", 4, "parallel.tensor_model_parallel_size=2",
+                 "parallel.pipeline_model_parallel_size=2", "training.train_iters=1",
+                 f"checkpoint.load={workdir / 'init'}", f"checkpoint.save={resaved}")  # fmt: skip
+    with initialize(ParallelConfig()) as runtime:
+        at_tp1 = export_hf(workdir / "init", workdir / "hf_tp1", runtime)
+        at_tp2pp2 = export_hf(resaved, workdir / "hf_tp2pp2", runtime)
+    a, b = load_file(at_tp1 / "model.safetensors"), load_file(at_tp2pp2 / "model.safetensors")
+    assert sorted(a) == sorted(b)
+    assert all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(sample_corpus, tmp_path):

@@ -1,0 +1,113 @@
+"""``megatron-plm export-hf`` and ``import-hf``: whole directories, written atomically.
+
+Export loads a checkpoint saved at any TP/PP layout into a TP=1 model in this process
+(megatron-core reshards on load), converts with :mod:`megatron_plm.checkpoint.hf`, and writes
+``config.json``, ``model.safetensors`` and tokenizer files that ``transformers`` loads with no
+custom code. Import is the reverse, writing model tensors megatron-core can load at any layout
+(use them with ``checkpoint.init_from``). Both write to a temporary name and rename when
+complete: a failure leaves no partial output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from megatron_plm.checkpoint import hf
+from megatron_plm.checkpoint.training import IMPORT_FILE, latest_checkpoint, load_model_tensors, saved_run_config
+from megatron_plm.models.config import ModelConfig
+from megatron_plm.runtime import Runtime
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@contextmanager
+def _staged_directory(final: Path):
+    """Yield a temporary sibling of ``final``; rename it to ``final`` only if the block succeeds."""
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; choose another output directory or remove it")
+    staging = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    staging.rename(final)
+
+
+def checkpoint_model(path: str | os.PathLike) -> tuple[Path, str, ModelConfig]:
+    """The checkpoint directory (``latest`` resolved), its objective and model config."""
+    from megatron_plm.config import from_dict
+
+    directory = latest_checkpoint(path) or Path(path)
+    config = saved_run_config(directory)
+    if config is None:
+        raise ValueError(f"{path} is not a megatron_plm checkpoint (no train_state.json or {IMPORT_FILE})")
+    return directory, config["objective"], from_dict(ModelConfig, config["model"], "model")
+
+
+def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime: Runtime) -> dict[str, torch.Tensor]:
+    """The model's tensors at TP=1, PP=1, however the checkpoint was sharded."""
+    from megatron_plm.training.build import build_model_chunk
+
+    if runtime.world_size != 1:
+        raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
+    chunk = build_model_chunk(model, runtime, objective=objective)
+    load_model_tensors(directory, chunk)
+    return {k: v.detach().clone() for k, v in chunk.state_dict().items()
+            if isinstance(v, torch.Tensor) and "_extra_state" not in k}  # fmt: skip
+
+
+def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime: Runtime, *,
+              dtype: Literal["fp32", "bf16"] = "fp32") -> Path:  # fmt: skip
+    """Write ``output`` as a ``transformers`` model directory (with tokenizer) for the checkpoint."""
+    from safetensors.torch import save_file
+
+    from megatron_plm.data.hf_tokenizer import save_hf_tokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    directory, objective, model = checkpoint_model(checkpoint)
+    state = full_state_dict(directory, objective, model, runtime)
+    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf.to_hf(state, objective, model).items()}
+    final = Path(output)
+    with _staged_directory(final) as staging:
+        config = hf.hf_config(objective, model)
+        config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
+        config.save_pretrained(str(staging))
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        save_hf_tokenizer(staging, objective, model_max_length=model.seq_length)
+    return final
+
+
+def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Runtime) -> Path:
+    """Write ``output``: model tensors of a ``transformers`` ESM-2 / GPT-NeoX model, loadable at any layout."""
+    from megatron.core import dist_checkpointing
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from megatron_plm.config import _to_plain
+    from megatron_plm.training.build import build_model_chunk
+
+    if runtime.world_size != 1:
+        raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
+    objective, model = hf.model_config_from_hf(AutoConfig.from_pretrained(source), str(source))
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    hf_state = auto.from_pretrained(source, dtype=torch.float32).state_dict()
+    chunk = build_model_chunk(model, runtime, objective=objective)
+    result = chunk.load_state_dict(hf.from_hf(hf_state, objective, model), strict=False)
+    missing = [k for k in result.missing_keys if "_extra_state" not in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{source}: conversion left tensors unset {missing[:5]} or unknown {result.unexpected_keys[:5]}")
+    final = Path(output)
+    with _staged_directory(final) as staging:
+        dist_checkpointing.save(chunk.sharded_state_dict(), str(staging))
+        config = {"objective": objective, "model": _to_plain(model)}
+        (staging / IMPORT_FILE).write_text(json.dumps({"config": config, "source": str(source)}, indent=2) + "\n")
+    return final

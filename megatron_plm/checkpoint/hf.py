@@ -1,0 +1,191 @@
+"""HuggingFace ``transformers`` export and import: MLM <-> EsmForMaskedLM, CLM <-> GPTNeoXForCausalLM.
+
+The body is one transformer (see ``models/mcore.py``); ``shared/notes/hf-layouts.md`` records
+the measured correspondence. Conversion is a key map per direction plus three named
+transforms: splitting/merging megatron-core's fused QKV (per head: q, k, v), slicing/padding
+the vocabulary (ours is padded to a multiple of 64), and the tied MLM decoder (stored once,
+as the embedding). State dicts here are full (TP=1, PP=1) tensors; loading a checkpoint saved
+at any layout into a TP=1 model is megatron-core's resharding.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from megatron_plm.data.tokenizer import ESM2_VOCAB, VOCAB
+from megatron_plm.models.config import ModelConfig
+
+Objective = Literal["clm", "mlm"]
+LAYER = "decoder.layers.{i}."
+
+# ---- ours -> HF, per layer (QKV is a transform) ------------------------------------------------------
+ESM_LAYER = {
+    "input_layernorm": "attention.LayerNorm",
+    "self_attention.linear_proj": "attention.output.dense",
+    "pre_mlp_layernorm": "LayerNorm",
+    "mlp.linear_fc1": "intermediate.dense",
+    "mlp.linear_fc2": "output.dense",
+}
+NEOX_LAYER = {
+    "input_layernorm": "input_layernorm",
+    "self_attention.linear_qkv": "attention.query_key_value",  # same per-head (q, k, v) fusion as ours
+    "self_attention.linear_proj": "attention.dense",
+    "pre_mlp_layernorm": "post_attention_layernorm",
+    "mlp.linear_fc1": "mlp.dense_h_to_4h",
+    "mlp.linear_fc2": "mlp.dense_4h_to_h",
+}
+ESM_GLOBAL = {
+    "decoder.final_layernorm": "esm.encoder.emb_layer_norm_after",
+    "lm_head.dense": "lm_head.dense",
+    "lm_head.layer_norm": "lm_head.layer_norm",
+}
+NEOX_GLOBAL = {"decoder.final_layernorm": "gpt_neox.final_layer_norm"}
+# Vocabulary-sized tensors: ours -> HF, sliced to the HF vocabulary (named transform).
+ESM_VOCAB = {"embedding.word_embeddings.weight": "esm.embeddings.word_embeddings.weight",
+             "output_layer.bias": "lm_head.bias"}  # fmt: skip
+NEOX_VOCAB = {"embedding.word_embeddings.weight": "gpt_neox.embed_in.weight", "output_layer.weight": "lm_head.weight"}
+HF_PREFIX = {"mlm": "esm.encoder.layer.{i}.", "clm": "gpt_neox.layers.{i}."}
+ALLOWED_MISSING_IN_HF = {"mlm": ("esm.contact_head.", "lm_head.decoder.weight"), "clm": ()}
+"""HF tensors we do not provide: ESM's contact head (not trained here), the tied decoder."""
+
+
+def hf_vocab_size(objective: Objective) -> int:
+    return len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
+
+
+# ---- named transforms --------------------------------------------------------------------------------
+def split_qkv(fused: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """megatron-core's fused QKV ``[heads * 3 * d, ...]`` (per head: q, k, v) -> q, k, v ``[heads * d, ...]``."""
+    grouped = fused.reshape(heads, 3, -1, *fused.shape[1:])
+    return tuple(grouped[:, j].reshape(-1, *fused.shape[1:]).contiguous() for j in range(3))
+
+
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    parts = [t.reshape(heads, 1, -1, *t.shape[1:]) for t in (q, k, v)]
+    return torch.cat(parts, dim=1).reshape(-1, *q.shape[1:]).contiguous()
+
+
+def slice_vocab(tensor: torch.Tensor, size: int) -> torch.Tensor:
+    return tensor[:size].contiguous()
+
+
+def pad_vocab(tensor: torch.Tensor, padded: int) -> torch.Tensor:
+    out = torch.zeros((padded, *tensor.shape[1:]), dtype=tensor.dtype)
+    out[: tensor.shape[0]] = tensor
+    return out
+
+
+# ---- the maps ----------------------------------------------------------------------------------------
+def to_hf(state: dict[str, torch.Tensor], objective: Objective, model: ModelConfig) -> dict[str, torch.Tensor]:
+    layer_map, global_map, vocab_map = (
+        (ESM_LAYER, ESM_GLOBAL, ESM_VOCAB) if objective == "mlm" else (NEOX_LAYER, NEOX_GLOBAL, NEOX_VOCAB)
+    )
+    vocab = hf_vocab_size(objective)
+    out: dict[str, torch.Tensor] = {}
+    for i in range(model.num_layers):
+        ours, theirs = LAYER.format(i=i), HF_PREFIX[objective].format(i=i)
+        for src, dst in layer_map.items():
+            for kind in ("weight", "bias"):
+                out[f"{theirs}{dst}.{kind}"] = state[f"{ours}{src}.{kind}"]
+        if objective == "mlm":
+            for kind in ("weight", "bias"):
+                q, k, v = split_qkv(state[f"{ours}self_attention.linear_qkv.{kind}"], model.num_attention_heads)
+                for name, tensor in zip(("query", "key", "value"), (q, k, v)):
+                    out[f"{theirs}attention.self.{name}.{kind}"] = tensor
+    for src, dst in global_map.items():
+        for kind in ("weight", "bias"):
+            out[f"{dst}.{kind}"] = state[f"{src}.{kind}"]
+    for src, dst in vocab_map.items():
+        out[dst] = slice_vocab(state[src], vocab)
+    return out
+
+
+def from_hf(hf: dict[str, torch.Tensor], objective: Objective, model: ModelConfig) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`to_hf`, vocabulary padded back to ours (padding rows are zero)."""
+    layer_map, global_map, vocab_map = (
+        (ESM_LAYER, ESM_GLOBAL, ESM_VOCAB) if objective == "mlm" else (NEOX_LAYER, NEOX_GLOBAL, NEOX_VOCAB)
+    )
+    padded = model.padded_vocab_size()
+    out: dict[str, torch.Tensor] = {}
+    for i in range(model.num_layers):
+        ours, theirs = LAYER.format(i=i), HF_PREFIX[objective].format(i=i)
+        for src, dst in layer_map.items():
+            for kind in ("weight", "bias"):
+                out[f"{ours}{src}.{kind}"] = hf[f"{theirs}{dst}.{kind}"]
+        if objective == "mlm":
+            for kind in ("weight", "bias"):
+                q, k, v = (hf[f"{theirs}attention.self.{name}.{kind}"] for name in ("query", "key", "value"))
+                out[f"{ours}self_attention.linear_qkv.{kind}"] = merge_qkv(q, k, v, model.num_attention_heads)
+    for src, dst in global_map.items():
+        for kind in ("weight", "bias"):
+            out[f"{src}.{kind}"] = hf[f"{dst}.{kind}"]
+    for src, dst in vocab_map.items():
+        out[src] = pad_vocab(hf[dst], padded)
+    return out
+
+
+# ---- configs -----------------------------------------------------------------------------------------
+def hf_config(objective: Objective, model: ModelConfig):
+    """The ``transformers`` config that expresses our model exactly."""
+    from megatron_plm.data.tokenizer import ProteinTokenizer
+
+    tok = ProteinTokenizer()
+    ffn = model.ffn_hidden_size or 4 * model.hidden_size
+    if objective == "mlm":
+        from transformers import EsmConfig
+
+        return EsmConfig(
+            vocab_size=hf_vocab_size("mlm"), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+            num_attention_heads=model.num_attention_heads, intermediate_size=ffn, hidden_act="gelu",
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=model.seq_length + 2,
+            position_embedding_type="rotary", layer_norm_eps=model.layernorm_epsilon, emb_layer_norm_before=False,
+            token_dropout=model.token_dropout, mask_token_id=tok.mask, pad_token_id=tok.pad,
+            initializer_range=model.init_method_std, tie_word_embeddings=True, architectures=["EsmForMaskedLM"],
+        )  # fmt: skip
+    from transformers import GPTNeoXConfig
+
+    return GPTNeoXConfig(
+        vocab_size=hf_vocab_size("clm"), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads, intermediate_size=ffn, hidden_act="gelu",
+        rotary_pct=1.0, rotary_emb_base=10000, max_position_embeddings=model.seq_length,
+        layer_norm_eps=model.layernorm_epsilon, use_parallel_residual=False, attention_bias=True,
+        attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=False, initializer_range=model.init_method_std,
+        bos_token_id=tok.n_terminus, eos_token_id=tok.c_terminus, pad_token_id=tok.pad,
+        architectures=["GPTNeoXForCausalLM"],
+    )  # fmt: skip
+
+
+def _require(condition: bool, what: str, source: str) -> None:
+    if not condition:
+        raise ValueError(f"{source}: {what}; megatron_plm's model cannot express it")
+
+
+def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
+    """Our objective and model config for a ``transformers`` config, refusing what we cannot express."""
+    kind = getattr(config, "model_type", None)
+    if kind == "esm":
+        _require(config.position_embedding_type == "rotary", "position_embedding_type must be 'rotary'", source)
+        _require(not config.emb_layer_norm_before, "emb_layer_norm_before must be false", source)
+        _require(config.hidden_act == "gelu", "hidden_act must be 'gelu'", source)
+        _require(config.vocab_size == len(ESM2_VOCAB), f"vocab_size must be ESM-2's {len(ESM2_VOCAB)}", source)
+        objective: Objective = "mlm"
+        eps, ffn, seq = config.layer_norm_eps, config.intermediate_size, config.max_position_embeddings - 2
+        token_dropout = bool(config.token_dropout)
+    elif kind == "gpt_neox":
+        _require(not config.use_parallel_residual, "use_parallel_residual must be false", source)
+        _require(float(getattr(config, "rotary_pct", 1.0)) == 1.0, "rotary_pct must be 1.0", source)
+        _require(config.hidden_act == "gelu", "hidden_act must be 'gelu'", source)
+        _require(getattr(config, "attention_bias", True), "attention_bias must be true", source)
+        _require(config.vocab_size == len(VOCAB), f"vocab_size must be {len(VOCAB)} (our CLM vocabulary)", source)
+        objective = "clm"
+        eps, ffn, seq, token_dropout = config.layer_norm_eps, config.intermediate_size, config.max_position_embeddings, False
+    else:
+        raise ValueError(f"{source}: model_type {kind!r} is not one we convert (esm or gpt_neox)")
+    model = ModelConfig(num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
+                        num_attention_heads=config.num_attention_heads, ffn_hidden_size=ffn, seq_length=seq,
+                        vocab_size=len(VOCAB), layernorm_epsilon=eps, init_method_std=config.initializer_range,
+                        token_dropout=token_dropout)  # fmt: skip
+    model.validate()
+    return objective, model

@@ -1,0 +1,187 @@
+"""HF export/import on CPU fp32: logits parity on real sequences, round trips, clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from megatron_plm.checkpoint.export import checkpoint_model, export_hf, import_hf
+from megatron_plm.checkpoint.training import load_model_tensors
+from megatron_plm.config import load_config
+from megatron_plm.data.batch import Batch
+from megatron_plm.data.fasta import read_fasta
+from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.runtime import ParallelConfig, initialize
+from megatron_plm.training.build import build_model_chunk
+from megatron_plm.training.trainer import train
+
+TOK = ProteinTokenizer()
+TOLERANCE = 1e-4
+# ESM-2 8M as published (facebook/esm2_t6_8M_UR50D config.json), weights random here.
+ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
+               hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
+               emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    with initialize(ParallelConfig(), seed=5) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def trained(runtime, sample_corpus, tmp_path_factory):
+    """Tiny CLM and MLM checkpoints after a few real steps (not just initial weights)."""
+    root = tmp_path_factory.mktemp("hf")
+    out = {}
+    for objective in ("clm", "mlm"):
+        config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
+            f"data.sources=[{{prefix: {sample_corpus}}}]", "training.train_iters=4", "training.eval_interval=0",
+            f"checkpoint.save={root / objective}", "checkpoint.init_from=null", "logging.log_interval=100",
+        ])  # fmt: skip
+        train(config, runtime)
+        out[objective] = root / objective
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_sequences(shared_data):
+    records = read_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta")
+    return [r.sequence.decode()[:100] for _, r in zip(range(6), records)]
+
+
+def batch_of(sequences, objective, *, mask_every=0):
+    framed = [(TOK.frame_mlm if objective == "mlm" else TOK.frame_clm)(TOK.encode(s)) for s in sequences]
+    width = max(len(f) for f in framed)
+    ids = np.full((len(framed), width), TOK.pad, dtype=np.int64)
+    real = np.zeros_like(ids)
+    for row, f in enumerate(framed):
+        ids[row, : len(f)] = f
+        real[row, : len(f)] = 1
+        if mask_every:
+            ids[row, 1 : len(f) - 1 : mask_every] = TOK.mask
+    return torch.from_numpy(ids), torch.from_numpy(real)
+
+
+def our_logits(chunk, ids, real, objective):
+    segments = torch.where(real.bool(), 0, -1).int()
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    batch = Batch(tokens=ids, labels=ids, loss_mask=real.float(), position_ids=positions,
+                  causal=objective == "clm", segment_ids=segments)  # fmt: skip
+    chunk.eval()
+    with torch.no_grad():
+        return chunk(ids, positions, batch.attention_mask())
+
+
+def hf_logits(directory, ids, real, objective):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+    model = auto.from_pretrained(directory).eval()
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=real).logits
+
+
+def load_ours(checkpoint, runtime):
+    directory, objective, model = checkpoint_model(checkpoint)
+    chunk = build_model_chunk(model, runtime, objective=objective)
+    load_model_tensors(directory, chunk)
+    return chunk, objective
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_export_matches_our_logits(runtime, trained, real_sequences, tmp_path, objective):
+    from transformers import AutoTokenizer
+
+    out = export_hf(trained[objective], tmp_path / "hf", runtime)
+    assert json.loads((out / "config.json").read_text())["architectures"] == [
+        "EsmForMaskedLM" if objective == "mlm" else "GPTNeoXForCausalLM"]
+    chunk, _ = load_ours(trained[objective], runtime)
+    ids, real = batch_of(real_sequences, objective)
+    theirs = hf_logits(out, ids, real, objective)
+    ours = our_logits(chunk, ids, real, objective)[..., : theirs.shape[-1]]
+    difference = (ours - theirs)[real.bool()].abs().max().item()
+    assert difference <= TOLERANCE, difference
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer(real_sequences[0])["input_ids"] == ids[0][real[0].bool()].tolist()
+
+
+def test_import_esm2_8m_matches_transformers(runtime, real_sequences, tmp_path):
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    torch.manual_seed(0)
+    reference = EsmForMaskedLM(EsmConfig(**ESM2_8M)).eval()
+    reference.save_pretrained(tmp_path / "esm2_8m")
+    imported = import_hf(tmp_path / "esm2_8m", tmp_path / "ours", runtime)
+    chunk, objective = load_ours(imported, runtime)
+    assert objective == "mlm"
+    for mask_every in (0, 7):  # token dropout rescales differently with and without <mask>
+        ids, real = batch_of(real_sequences, "mlm", mask_every=mask_every)
+        with torch.no_grad():
+            theirs = reference(input_ids=ids, attention_mask=real).logits
+        ours = our_logits(chunk, ids, real, "mlm")[..., :33]
+        difference = (ours - theirs)[real.bool()].abs().max().item()
+        assert difference <= TOLERANCE, (mask_every, difference)
+
+
+def test_export_import_export_is_byte_identical(runtime, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    for objective in ("mlm", "clm"):
+        first = export_hf(trained[objective], tmp_path / f"{objective}_1", runtime)
+        back = import_hf(first, tmp_path / f"{objective}_ours", runtime)
+        second = export_hf(back, tmp_path / f"{objective}_2", runtime)
+        a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert a[key].dtype == b[key].dtype and a[key].numpy().tobytes() == b[key].numpy().tobytes(), key
+
+
+def test_bf16_export(runtime, trained, tmp_path):
+    from safetensors.torch import load_file
+
+    out = export_hf(trained["mlm"], tmp_path / "bf16", runtime, dtype="bf16")
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+
+
+def test_bad_checkpoints_give_clear_errors_and_no_output(runtime, trained, tmp_path):
+    import shutil
+
+    from megatron_plm.checkpoint.training import latest_checkpoint
+
+    source = latest_checkpoint(trained["clm"])
+    truncated = tmp_path / "truncated"
+    shutil.copytree(source, truncated)
+    shard = sorted(truncated.glob("*.distcp"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    with pytest.raises(ValueError, match=r"truncated: cannot load its model tensors"):
+        export_hf(truncated, tmp_path / "out1", runtime)
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(source, mismatched)
+    state = json.loads((mismatched / "train_state.json").read_text())
+    state["config"]["model"]["num_layers"] = 3
+    (mismatched / "train_state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"mismatched"):
+        export_hf(mismatched, tmp_path / "out2", runtime)
+
+    with pytest.raises(ValueError, match=r"is not a megatron_plm checkpoint"):
+        export_hf(tmp_path, tmp_path / "out3", runtime)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("out")]
+
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        export_hf(trained["clm"], tmp_path / "taken", runtime)
+
+
+def test_import_refuses_what_it_cannot_express(runtime, tmp_path):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=35, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=256, use_parallel_residual=True)).save_pretrained(tmp_path / "neox")  # fmt: skip
+    with pytest.raises(ValueError, match=r"use_parallel_residual must be false; megatron_plm's model cannot express it"):
+        import_hf(tmp_path / "neox", tmp_path / "ours", runtime)
+    assert not (tmp_path / "ours").exists()
