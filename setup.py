@@ -66,6 +66,9 @@ setup(
         "pyyaml>=6",
         "transformers>=4.46",
         "safetensors>=0.4",
+        # Evaluation: rank statistics (Spearman, AUC) and the BLOSUM62 floor for variant scoring.
+        "scipy>=1.10",
+        "biopython>=1.80",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},

@@ -59,6 +59,66 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from megatron_plm.evaluation.model import load_scoring_model
+    from megatron_plm.runtime import ParallelConfig, initialize
+
+    with initialize(ParallelConfig()) as runtime:
+        model = load_scoring_model(args.model, runtime)
+        if args.task == "perplexity":
+            _evaluate_perplexity(model, args)
+        elif args.task == "dms":
+            _evaluate_dms(model, args)
+        else:
+            _evaluate_generate(model, args)
+    return 0
+
+
+def _evaluate_perplexity(model, args) -> None:
+    import itertools
+
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
+
+    tok = ProteinTokenizer()
+    records = [(r.record_id, tok.encode(r.sequence).astype("int64"))
+               for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]  # fmt: skip
+    scores = perplexity(model, records, mask_ratio=args.mask_ratio, seed=args.seed, pseudo=args.pseudo)
+    kind = {"clm": "perplexity", "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})"}
+    if args.output:
+        with open(args.output, "w") as handle:
+            handle.write("record_id,length,scored_tokens,perplexity\n")
+            for s in scores:
+                handle.write(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n")
+    print(f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
+          f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}")  # fmt: skip
+
+
+def _evaluate_dms(model, args) -> None:
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.evaluation.dms import evaluate_assays, format_table, load_assays, residue_frequencies, write_scores
+
+    assays = load_assays(args.assays, args.assay)
+    frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
+    results = evaluate_assays(model, assays, frequencies)
+    if args.output:
+        write_scores(args.output, results)
+    print(format_table(results, model.name))
+
+
+def _evaluate_generate(model, args) -> None:
+    from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
+
+    config = SamplingConfig(num_sequences=args.num, max_length=args.max_length, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, reverse=args.reverse, seed=args.seed)  # fmt: skip
+    sequences = generate(model, config)
+    perplexities = generation_perplexities(model, sequences)
+    write_fasta(args.output, sequences, perplexities)
+    print(f"wrote {len(sequences)} sequences to {args.output} (mean length "
+          f"{sum(map(len, sequences)) / len(sequences):.0f}, mean perplexity {sum(perplexities) / len(perplexities):.2f})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-plm", description="Protein language model pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("source", help="a transformers model directory")
     imported.add_argument("output", type=Path)
     imported.set_defaults(func=_cmd_import_hf)
+    evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
+    tasks = evaluate.add_subparsers(dest="task", required=True)
+    sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"
+    ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
+    ppl.add_argument("--fasta", type=Path, required=True)
+    ppl.add_argument("--limit", type=int, default=0, help="first N sequences only")
+    ppl.add_argument("--mask-ratio", type=float, default=0.15)
+    ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")
+    ppl.add_argument("--output", type=Path, help="per-sequence CSV")
+    dms = tasks.add_parser("dms", help="zero-shot variant-effect scoring (ProteinGym protocol)")
+    dms.add_argument("--assays", type=Path, required=True, help="directory of <DMS_id>.csv + wildtype.fasta")
+    dms.add_argument("--assay", action="append", help="only this DMS_id (repeatable)")
+    dms.add_argument("--output", type=Path, help="per-mutant CSV: DMS_id,mutant,score")
+    dms.add_argument("--unigram-fasta", type=Path, default=Path(sample_fasta),
+                     help="residue frequencies for the unigram floor (default: the shipped sample)")  # fmt: skip
+    gen = tasks.add_parser("generate", help="sample proteins from a CLM")
+    gen.add_argument("--output", type=Path, required=True)
+    gen.add_argument("--num", type=int, default=8)
+    gen.add_argument("--max-length", type=int, default=256)
+    gen.add_argument("--temperature", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--reverse", action="store_true", help="sample C->N (framed 2...1), written N->C")
+    for task in (ppl, dms, gen):
+        task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
+        task.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -49,3 +49,30 @@ def uniprot_corpus(tmp_path_factory, shared_data):
         source_labels=["uniprot"], progress=False,
     ))  # fmt: skip
     return prefix
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    """A single-process megatron-core runtime for the module (conversion and evaluation need one)."""
+    from megatron_plm.runtime import ParallelConfig, initialize
+
+    with initialize(ParallelConfig(), seed=5) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def trained(runtime, sample_corpus, tmp_path_factory):
+    """Tiny CLM and MLM checkpoints after a few real steps on the shipped sample."""
+    from megatron_plm.config import load_config
+    from megatron_plm.training.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    out = {}
+    for objective in ("clm", "mlm"):
+        config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
+            f"data.sources=[{{prefix: {sample_corpus}}}]", "training.train_iters=4", "training.eval_interval=0",
+            f"checkpoint.save={root / objective}", "checkpoint.init_from=null", "logging.log_interval=100",
+        ])  # fmt: skip
+        train(config, runtime)
+        out[objective] = root / objective
+    return out

@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
 from megatron_plm.checkpoint.export import checkpoint_model, export_hf, import_hf
 from megatron_plm.checkpoint.training import load_model_tensors
-from megatron_plm.config import load_config
 from megatron_plm.data.batch import Batch
 from megatron_plm.data.fasta import read_fasta
 from megatron_plm.data.tokenizer import ProteinTokenizer
-from megatron_plm.runtime import ParallelConfig, initialize
 from megatron_plm.training.build import build_model_chunk
-from megatron_plm.training.trainer import train
 
 TOK = ProteinTokenizer()
 TOLERANCE = 1e-4
@@ -24,27 +20,6 @@ ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attentio
                hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
                emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def runtime():
-    with initialize(ParallelConfig(), seed=5) as rt:
-        yield rt
-
-
-@pytest.fixture(scope="module")
-def trained(runtime, sample_corpus, tmp_path_factory):
-    """Tiny CLM and MLM checkpoints after a few real steps (not just initial weights)."""
-    root = tmp_path_factory.mktemp("hf")
-    out = {}
-    for objective in ("clm", "mlm"):
-        config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
-            f"data.sources=[{{prefix: {sample_corpus}}}]", "training.train_iters=4", "training.eval_interval=0",
-            f"checkpoint.save={root / objective}", "checkpoint.init_from=null", "logging.log_interval=100",
-        ])  # fmt: skip
-        train(config, runtime)
-        out[objective] = root / objective
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, zero-shot variant-effect scoring (ProteinGym), generation."""

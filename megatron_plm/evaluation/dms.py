@@ -1,0 +1,274 @@
+"""Zero-shot variant-effect scoring on deep mutational scanning assays (ProteinGym protocol).
+
+An assay directory holds ``<DMS_id>.csv`` files (columns ``mutant``, ``DMS_score``, optionally
+``DMS_score_bin`` and ``mutated_sequence``), ``wildtype.fasta`` (one record per DMS_id) and
+optionally ProteinGym's ``assays.csv`` with published baselines.
+
+- MLM: masked marginals -- each mutated position masked in the wild type (alone, as ESM's
+  ``masked-marginals`` does), score = sum over mutations of log p(mutant) - log p(wild type).
+- CLM: log-likelihood ratio of the mutated vs the wild-type sequence, averaged over both
+  orientations when the model was trained on reversed proteins.
+
+Proteins longer than the context are scored in a window around the mutations, as ProteinGym does.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_plm.data.fasta import InputFormatError, read_fasta
+from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
+from megatron_plm.evaluation.model import ScoringModel, pad_batch
+from megatron_plm.evaluation.perplexity import clm_log_likelihood
+
+TOK = ProteinTokenizer()
+_MUTATION = re.compile(r"^([A-Z])(\d+)([A-Z])$")
+
+
+@dataclass
+class Assay:
+    dms_id: str
+    path: Path
+    wild_type: str
+    mutants: list[str]
+    mutations: list[list[tuple[str, int, str]]]
+    """Per mutant: (wild-type residue, 0-based position, mutant residue)."""
+    scores: np.ndarray
+    binary: np.ndarray | None
+    baselines: dict[str, float] = field(default_factory=dict)
+    """Published ProteinGym Spearman values from assays.csv (model name -> value)."""
+
+
+def parse_mutant(text: str, wild_type: str, path: Path, line: int) -> list[tuple[str, int, str]]:
+    """``A12C`` or ``A12C:D40E`` -> [(wild-type residue, 0-based position, mutant residue)], checked
+    against the wild type; problems raise :class:`InputFormatError` naming the file and row."""
+    mutations = []
+    for part in text.split(":"):
+        match = _MUTATION.match(part.strip())
+        if not match:
+            raise InputFormatError(path, line, f"malformed mutant {text!r} (expected e.g. A12C or A12C:D40E)")
+        wt, position, mt = match.group(1), int(match.group(2)), match.group(3)
+        if not 1 <= position <= len(wild_type):
+            raise InputFormatError(path, line, f"mutant {text!r}: position {position} is outside the wild type "
+                                               f"(1..{len(wild_type)})")  # fmt: skip
+        if wild_type[position - 1] != wt:
+            raise InputFormatError(path, line, f"mutant {text!r}: the wild type has {wild_type[position - 1]!r} "
+                                               f"at {position}, not {wt!r}")  # fmt: skip
+        if mt not in STANDARD_AMINO_ACIDS:
+            raise InputFormatError(path, line, f"mutant {text!r}: {mt!r} is not a standard amino acid")
+        mutations.append((wt, position - 1, mt))
+    return mutations
+
+
+def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> list[Assay]:
+    directory = Path(directory)
+    wild_types = {r.record_id: r.sequence.decode().upper() for r in read_fasta(directory / "wildtype.fasta")}
+    baselines: dict[str, dict[str, float]] = {}
+    if (directory / "assays.csv").exists():
+        with open(directory / "assays.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                baselines[row["DMS_id"]] = {k.removeprefix("ProteinGym_Spearman_"): float(v)
+                                            for k, v in row.items() if k.startswith("ProteinGym_Spearman_") and v}  # fmt: skip
+    assays = []
+    for dms_id in sorted(wild_types):
+        if only and dms_id not in only:
+            continue
+        path = directory / f"{dms_id}.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"{directory}/wildtype.fasta names {dms_id} but {path} does not exist")
+        wild_type = wild_types[dms_id]
+        mutants, mutations, scores, binary = [], [], [], []
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            for column in ("mutant", "DMS_score"):
+                if column not in (reader.fieldnames or []):
+                    raise InputFormatError(path, 1, f"missing column {column!r}")
+            for line, row in enumerate(reader, start=2):
+                mutation = parse_mutant(row["mutant"], wild_type, path, line)
+                if row.get("mutated_sequence"):
+                    expected = list(wild_type)
+                    for _, position, mt in mutation:
+                        expected[position] = mt
+                    if row["mutated_sequence"] != "".join(expected):
+                        raise InputFormatError(path, line, f"mutated_sequence does not match mutant {row['mutant']!r}")
+                try:
+                    scores.append(float(row["DMS_score"]))
+                except ValueError:
+                    raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a number") from None
+                if row.get("DMS_score_bin") not in (None, ""):
+                    binary.append(int(float(row["DMS_score_bin"])))
+                mutants.append(row["mutant"])
+                mutations.append(mutation)
+        if not mutants:
+            raise InputFormatError(path, None, "no mutants")
+        assays.append(Assay(dms_id, path, wild_type, mutants, mutations, np.asarray(scores),
+                            np.asarray(binary) if len(binary) == len(mutants) else None,
+                            baselines.get(dms_id, {})))  # fmt: skip
+    if not assays:
+        raise ValueError(f"no assays found in {directory}" + (f" among {only}" if only else ""))
+    return assays
+
+
+def window(length: int, center: int, size: int) -> tuple[int, int]:
+    """A ``size``-residue window around ``center`` clipped to the protein (ProteinGym's rule)."""
+    if length <= size:
+        return 0, length
+    start = min(max(center - size // 2, 0), length - size)
+    return start, start + size
+
+
+def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
+    """MLM scores: per mutated position, the wild type with that position masked (in its window)."""
+    wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
+    positions = sorted({p for mutation in assay.mutations for _, p, _ in mutation})
+    table: dict[int, torch.Tensor] = {}
+    for start in range(0, len(positions), batch_size):
+        rows, places = [], []
+        for p in positions[start : start + batch_size]:
+            lo, hi = window(len(wt_ids), p, model.context - 2)
+            framed = TOK.frame_mlm(wt_ids[lo:hi])
+            framed[p - lo + 1] = TOK.mask
+            rows.append(framed)
+            places.append(p - lo + 1)
+        ids, real = pad_batch(rows, TOK.pad)
+        log_probs = model.log_probs(ids, real)
+        for i, p in enumerate(positions[start : start + batch_size]):
+            table[p] = log_probs[i, places[i]]
+    vocab = {letter: TOK.token_to_id(letter) for letter in STANDARD_AMINO_ACIDS + "XBUZO"}
+    return np.array([sum(float(table[p][vocab[mt]] - table[p][vocab[wt]]) for wt, p, mt in mutation)
+                     for mutation in assay.mutations])  # fmt: skip
+
+
+def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
+    """CLM scores: log p(mutant) - log p(wild type), both orientations averaged for reverse-trained models."""
+    wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
+    room = model.context - 2
+    orientations = (False, True) if model.reverse else (False,)
+    scores = np.zeros(len(assay.mutations))
+    for reverse in orientations:
+        rows = []
+        for mutation in assay.mutations:
+            center = int(round(np.mean([p for _, p, _ in mutation])))
+            lo, hi = window(len(wt_ids), center, room)
+            mutated = wt_ids.copy()
+            for _, p, mt in mutation:
+                mutated[p] = TOK.token_to_id(mt)
+            rows += [TOK.frame_clm(wt_ids[lo:hi], reverse=reverse), TOK.frame_clm(mutated[lo:hi], reverse=reverse)]
+        # Identical wild-type windows are scored once.
+        unique: dict[bytes, int] = {}
+        distinct = []
+        for row in rows:
+            key = row.tobytes()
+            if key not in unique:
+                unique[key] = len(distinct)
+                distinct.append(row)
+        totals = clm_log_likelihood(model, distinct, batch_size)
+        ll = np.array([totals[unique[row.tobytes()]][0] for row in rows])
+        scores += ll[1::2] - ll[0::2]
+    return scores / len(orientations)
+
+
+def score_assay(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
+    return (masked_marginals if model.objective == "mlm" else likelihood_ratios)(model, assay, batch_size)
+
+
+# ---- floors and metrics ----------------------------------------------------------------------------
+def blosum62_scores(assay: Assay) -> np.ndarray:
+    from Bio.Align import substitution_matrices
+
+    matrix = substitution_matrices.load("BLOSUM62")
+    return np.array([sum(float(matrix[wt][mt]) for wt, _, mt in mutation) for mutation in assay.mutations])
+
+
+def residue_frequencies(sequences) -> dict[str, float]:
+    counts = {a: 1.0 for a in STANDARD_AMINO_ACIDS}  # add-one: every standard residue is possible
+    for sequence in sequences:
+        for letter in sequence:
+            if letter in counts:
+                counts[letter] += 1
+    total = sum(counts.values())
+    return {a: c / total for a, c in counts.items()}
+
+
+def unigram_scores(assay: Assay, frequencies: dict[str, float]) -> np.ndarray:
+    return np.array([sum(math.log(frequencies[mt]) - math.log(frequencies[wt]) for wt, _, mt in mutation)
+                     for mutation in assay.mutations])  # fmt: skip
+
+
+def spearman(scores: np.ndarray, truth: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(scores, truth).statistic)
+
+
+def auc(scores: np.ndarray, binary: np.ndarray | None) -> float | None:
+    if binary is None or binary.min() == binary.max():
+        return None
+    from scipy.stats import mannwhitneyu
+
+    positive, negative = scores[binary == 1], scores[binary == 0]
+    return float(mannwhitneyu(positive, negative).statistic / (len(positive) * len(negative)))
+
+
+# ---- the whole evaluation ----------------------------------------------------------------------------
+PROTEINGYM_COLUMNS = ("ESM2_8M", "ESM2_35M", "ESM2_150M", "ESM2_650M")
+
+
+@dataclass
+class AssayResult:
+    assay: Assay
+    scores: np.ndarray
+    spearman: float
+    auc: float | None
+    floors: dict[str, float]
+    """Spearman of the unigram-frequency and BLOSUM62 scores on the same assay."""
+
+
+def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[str, float],
+                    batch_size: int = 32) -> list[AssayResult]:  # fmt: skip
+    results = []
+    for assay in assays:
+        scores = score_assay(model, assay, batch_size)
+        floors = {"unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
+                  "BLOSUM62": spearman(blosum62_scores(assay), assay.scores)}  # fmt: skip
+        results.append(AssayResult(assay, scores, spearman(scores, assay.scores), auc(scores, assay.binary), floors))
+    return results
+
+
+def write_scores(path: str | os.PathLike, results: list[AssayResult]) -> None:
+    """One row per mutant: DMS_id, mutant, score."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["DMS_id", "mutant", "score"])
+        for result in results:
+            for mutant, score in zip(result.assay.mutants, result.scores):
+                writer.writerow([result.assay.dms_id, mutant, f"{score:.6g}"])
+
+
+def format_table(results: list[AssayResult], model_name: str) -> str:
+    def cell(value):
+        return f"{value:.3f}" if value is not None and not math.isnan(value) else "-"
+
+    header = ["DMS_id", "mutants", "Spearman", "AUC", "unigram", "BLOSUM62"] + [f"PG {c}" for c in PROTEINGYM_COLUMNS]
+    rows = [[r.assay.dms_id, str(len(r.assay.mutants)), cell(r.spearman), cell(r.auc), cell(r.floors["unigram"]),
+             cell(r.floors["BLOSUM62"])] + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
+            for r in results]  # fmt: skip
+    if len(results) > 1:
+        mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+        rows.append(["mean", str(sum(len(r.assay.mutants) for r in results)), cell(mean([r.spearman for r in results])),
+                     cell(mean([r.auc for r in results if r.auc is not None])),
+                     cell(mean([r.floors["unigram"] for r in results])), cell(mean([r.floors["BLOSUM62"] for r in results]))]
+                    + [cell(mean([r.assay.baselines[c] for r in results if c in r.assay.baselines]))
+                       for c in PROTEINGYM_COLUMNS])  # fmt: skip
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; unigram/BLOSUM62 = floors)"]
+    lines += ["  ".join(value.rjust(width) for value, width in zip(row, widths)) for row in [header] + rows]
+    return "\n".join(lines)

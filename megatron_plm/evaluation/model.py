@@ -1,0 +1,115 @@
+"""One interface over the models we evaluate: our checkpoints and ``transformers`` directories.
+
+Both are driven with our token ids (ESM-2's for MLM, ours with the ``1``/``2`` terminus tokens for
+CLM — what ``export-hf`` writes), and return log-probabilities over that vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from megatron_plm.data.tokenizer import ESM2_VOCAB, VOCAB
+
+Objective = Literal["clm", "mlm"]
+
+
+@dataclass
+class ScoringModel:
+    name: str
+    objective: Objective
+    context: int
+    """Most tokens per forward pass, specials included."""
+    reverse: bool
+    """CLM trained on reversed proteins too: variant scores average both orientations."""
+    vocab_size: int
+    forward_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    """``(ids [b, s], real [b, s]) -> logits [b, s, >= vocab_size]``; ``real`` marks non-padding."""
+    device: torch.device = torch.device("cpu")
+
+    @torch.no_grad()
+    def log_probs(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        logits = self.forward_logits(ids.to(self.device), real.to(self.device))[..., : self.vocab_size]
+        return torch.log_softmax(logits.float(), dim=-1).cpu()
+
+
+def pad_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token rows: ``(ids [b, s], real [b, s])``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        real[i, : len(row)] = 1
+    return ids, real
+
+
+def _from_transformers(path: Path) -> ScoringModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(path)
+    if config.model_type == "esm":
+        objective, vocab, auto = "mlm", len(ESM2_VOCAB), AutoModelForMaskedLM
+        context = int(config.max_position_embeddings) - 2  # ESM counts 2 positions beyond its context
+    elif config.vocab_size == len(VOCAB):
+        objective, vocab, auto = "clm", len(VOCAB), AutoModelForCausalLM
+        context = int(getattr(config, "max_position_embeddings", 1024))
+    else:
+        raise ValueError(
+            f"{path}: a {config.model_type} model with a {config.vocab_size}-token vocabulary; evaluation needs an ESM "
+            f"masked LM or a causal LM on our {len(VOCAB)}-token protein vocabulary (as export-hf writes)"
+        )
+    if vocab > config.vocab_size:
+        raise ValueError(f"{path}: vocabulary of {config.vocab_size} tokens, expected {vocab}")
+    model = auto.from_pretrained(path, dtype=torch.float32).eval()
+
+    def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=ids, attention_mask=real).logits
+
+    return ScoringModel(name=str(path), objective=objective, context=context, reverse=False, vocab_size=vocab,
+                        forward_logits=forward)  # fmt: skip
+
+
+def _from_checkpoint(path: Path, runtime) -> ScoringModel:
+    from megatron_plm.checkpoint.export import checkpoint_model
+    from megatron_plm.checkpoint.training import load_model_tensors, saved_run_config
+    from megatron_plm.data.batch import Batch
+    from megatron_plm.training.build import build_model_chunk
+
+    if runtime is None or runtime.world_size != 1:
+        raise ValueError("scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.initialize)")
+    directory, objective, model = checkpoint_model(path)
+    chunk = build_model_chunk(model, runtime, objective=objective)
+    load_model_tensors(directory, chunk)
+    chunk.to(runtime.device).eval()
+    reverse = float(saved_run_config(directory).get("data", {}).get("reverse_prob", 0.0) or 0.0) > 0
+
+    def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        segments = torch.where(real.bool(), 0, -1).to(torch.int32)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        batch = Batch(tokens=ids, labels=ids, loss_mask=real.float(), position_ids=positions,
+                      causal=objective == "clm", segment_ids=segments)  # fmt: skip
+        return chunk(ids, positions, batch.attention_mask())
+
+    vocab = len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
+    return ScoringModel(name=str(path), objective=objective, context=model.seq_length, reverse=reverse,
+                        vocab_size=vocab, forward_logits=forward, device=runtime.device)  # fmt: skip
+
+
+def load_scoring_model(path: str | os.PathLike, runtime=None) -> ScoringModel:
+    """Our checkpoint (a run's save directory or one ``iter_*``) or a ``transformers`` model directory."""
+    from megatron_plm.checkpoint.training import latest_checkpoint, saved_run_config
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model {path} does not exist")
+    ours = latest_checkpoint(path) or path
+    if saved_run_config(ours) is not None:
+        return _from_checkpoint(path, runtime)
+    if (path / "config.json").exists():
+        return _from_transformers(path)
+    raise ValueError(f"{path} is neither one of our checkpoints nor a transformers model directory")

@@ -1,0 +1,140 @@
+"""Evaluation: scorer correctness against transformers, perplexity, windows, generation, bad assays."""
+
+import csv
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_plm.checkpoint.export import export_hf, import_hf
+from megatron_plm.data.fasta import InputFormatError, read_fasta
+from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.evaluation.dms import load_assays, masked_marginals
+from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities
+from megatron_plm.evaluation.model import load_scoring_model
+from megatron_plm.evaluation.perplexity import clm_windows, perplexity
+
+TOK = ProteinTokenizer()
+ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
+               hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
+               emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
+
+
+def direct_masked_marginals(model, wild_type: str, mutants: list[str]) -> np.ndarray:
+    """Independent of megatron_plm: transformers' own tokenizer-free computation, one position at a time."""
+    vocab = {t: i for i, t in enumerate(ESM2_8M_VOCAB)}
+    base = torch.tensor([[0] + [vocab[c] for c in wild_type] + [2]])
+    cache = {}
+    scores = []
+    for mutant in mutants:
+        wt, position, mt = mutant[0], int(mutant[1:-1]), mutant[-1]
+        if position not in cache:
+            masked = base.clone()
+            masked[0, position] = 32
+            with torch.no_grad():
+                cache[position] = torch.log_softmax(model(input_ids=masked).logits[0, position], -1)
+        scores.append(float(cache[position][vocab[mt]] - cache[position][vocab[wt]]))
+    return np.array(scores)
+
+
+ESM2_8M_VOCAB = "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>".split()
+
+
+def test_masked_marginals_equal_transformers_and_our_imported_checkpoint(runtime, shared_data, tmp_path):
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    torch.manual_seed(1)
+    reference = EsmForMaskedLM(EsmConfig(**ESM2_8M)).eval()
+    reference.save_pretrained(tmp_path / "esm2_8m")
+    (assay,) = load_assays(shared_data / "dms", ["IF1_ECOLI_Kelsic_2016"])
+    expected = direct_masked_marginals(reference, assay.wild_type, assay.mutants)
+    via_transformers = masked_marginals(load_scoring_model(tmp_path / "esm2_8m"), assay)
+    imported = import_hf(tmp_path / "esm2_8m", tmp_path / "ours", runtime)
+    via_ours = masked_marginals(load_scoring_model(imported, runtime), assay)
+    assert len(expected) == 1367
+    assert np.abs(via_transformers - expected).max() <= 1e-4
+    assert np.abs(via_ours - expected).max() <= 1e-4
+    assert np.std(expected) > 0  # random weights still spread the scores: the comparison is not vacuous
+
+
+def test_clm_perplexity_equals_transformers_loss(runtime, trained, shared_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    exported = export_hf(trained["clm"], tmp_path / "hf", runtime)
+    reference = AutoModelForCausalLM.from_pretrained(exported).eval()
+    records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:100])
+               for _, r in zip(range(5), read_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta"))]  # fmt: skip
+    ours = perplexity(load_scoring_model(trained["clm"], runtime), records)
+    for (_, residues), score in zip(records, ours):
+        ids = torch.as_tensor(TOK.frame_clm(residues))[None]
+        with torch.no_grad():
+            loss = reference(input_ids=ids, labels=ids).loss
+        assert score.tokens == len(residues) + 1
+        assert score.perplexity == pytest.approx(math.exp(float(loss)), rel=1e-5)
+
+
+def test_clm_windows_score_every_token_once_with_context():
+    for length, context in ((300, 128), (129, 128), (1000, 64), (50, 128)):
+        windows = clm_windows(np.arange(length), context)
+        scored = np.concatenate([np.arange(first, stop) for _, stop, first in windows])
+        assert np.array_equal(scored, np.arange(1, length))
+        for start, stop, first in windows:
+            assert stop - start <= context and first - start >= min(first, context // 2)
+
+
+def test_mlm_perplexity_is_deterministic_and_pseudo_covers_every_residue(runtime, trained, sample_fasta):
+    records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:60]) for _, r in zip(range(3), read_fasta(sample_fasta))]
+    model = load_scoring_model(trained["mlm"], runtime)
+    first, second = perplexity(model, records, seed=3), perplexity(model, records, seed=3)
+    assert [s.nll for s in first] == [s.nll for s in second]
+    pseudo = perplexity(model, records, pseudo=True)
+    assert [s.tokens for s in pseudo] == [len(r) for _, r in records]
+
+
+def test_generation_is_seeded_framed_and_scored(runtime, trained):
+    model = load_scoring_model(trained["clm"], runtime)
+    config = SamplingConfig(num_sequences=4, max_length=40, top_k=10, top_p=0.9, seed=7)
+    sequences = generate(model, config)
+    assert sequences == generate(model, config)
+    assert all(1 <= len(s) <= 40 and set(s) <= set("LAGVSERTIDPKQNFYMHWC") for s in sequences)
+    reversed_ = generate(model, SamplingConfig(num_sequences=2, max_length=20, reverse=True, seed=1))
+    assert all(1 <= len(s) <= 20 for s in reversed_)
+    reported = generation_perplexities(model, sequences)
+    records = [(str(i), TOK.encode(s).astype(np.int64)) for i, s in enumerate(sequences)]
+    assert reported == [s.perplexity for s in perplexity(model, records)]
+    with pytest.raises(ValueError, match="masked LM"):
+        generate(load_scoring_model(trained["mlm"], runtime), config)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [("A1C,0.1,1", "the wild type has .M. at 1, not .A."), ("M999C,0.1,1", "position 999 is outside"),
+     ("M1J,0.1,1", "'J' is not a standard amino acid"), ("M1,0.1,1", "malformed mutant"),
+     ("M1C,high,1", "is not a number")],
+)  # fmt: skip
+def test_malformed_assay_rows_name_file_and_row(shared_data, tmp_path, row, message):
+    shutil.copy(shared_data / "dms/wildtype.fasta", tmp_path / "wildtype.fasta")
+    target = tmp_path / "IF1_ECOLI_Kelsic_2016.csv"
+    source = (shared_data / "dms/IF1_ECOLI_Kelsic_2016.csv").read_text().splitlines()
+    target.write_text("\n".join(source[:4] + [row] + source[4:10]) + "\n")
+    with pytest.raises(InputFormatError, match=message) as caught:
+        load_assays(tmp_path, ["IF1_ECOLI_Kelsic_2016"])
+    assert caught.value.path == str(target) and caught.value.line == 5
+
+
+def test_dms_cli_writes_one_row_per_mutant(trained, shared_data, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "dms", "--model", str(trained["mlm"]),
+                          "--assays", str(shared_data / "dms"), "--assay", "IF1_ECOLI_Kelsic_2016",
+                          "--output", str(tmp_path / "scores.csv")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    assert len(rows) == 1367 and rows[0].keys() == {"DMS_id", "mutant", "score"}
+    assert "IF1_ECOLI_Kelsic_2016" in out.stdout and "0.193" in out.stdout  # ProteinGym ESM2-8M beside ours
