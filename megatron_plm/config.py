@@ -20,6 +20,7 @@ import yaml
 
 from megatron_plm.data.builder import DataConfig
 from megatron_plm.models.config import ModelConfig
+from megatron_plm.models.precision import FP8Config
 from megatron_plm.runtime.distributed import ParallelConfig
 from megatron_plm.training.build import OptimizerConfig
 
@@ -37,8 +38,8 @@ class TrainingConfig:
     eval_iters: int = 2
     """Global batches of the valid split per validation (the same ones each time)."""
     seed: int = 1234
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 needs a GPU; the CPU runs fp32."""
+    precision: Literal["fp32", "bf16", "fp8"] = "fp32"
+    """bf16 needs a GPU; fp8 needs Transformer Engine and an FP8-capable GPU (see the ``fp8`` section)."""
     max_skipped_steps: int = 5
     """Stop (without saving) after this many consecutive steps with a non-finite loss."""
     exit_interval: int = 0
@@ -81,6 +82,8 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    fp8: FP8Config = field(default_factory=FP8Config)
+    """Used when training.precision is fp8."""
     name: str = "run"
 
     def __post_init__(self):
@@ -220,5 +223,7 @@ def validate(config: TrainConfig) -> None:
             f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
             f"training.micro_batch_size ({t.micro_batch_size})"
         )
+    if t.precision == "fp8":
+        config.fp8.validate(config.model.num_layers)
     if config.checkpoint.keep_last < 1:
         raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")

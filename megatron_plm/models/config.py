@@ -58,8 +58,9 @@ class ModelConfig:
         return -(-self.vocab_size // multiple) * multiple
 
     def to_transformer_config(
-        self, parallel: "ParallelConfig", *, params_dtype: torch.dtype = torch.float32
+        self, parallel: "ParallelConfig", *, params_dtype: torch.dtype = torch.float32, **extra
     ) -> "TransformerConfig":
+        """megatron-core's config for this model; ``extra`` adds fields (e.g. FP8 settings)."""
         from megatron.core.transformer import TransformerConfig
 
         self.validate()
@@ -102,4 +103,5 @@ class ModelConfig:
             bias_dropout_fusion=False,
             apply_rope_fusion=False,
             gradient_accumulation_fusion=False,
+            **extra,
         )

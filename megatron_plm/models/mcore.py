@@ -22,7 +22,10 @@ from typing import Literal
 import torch
 from megatron.core.models.bert.bert_lm_head import BertLMHead
 from megatron.core.models.gpt import GPTModel
-from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
 from megatron.core.transformer import TransformerConfig
 
 __all__ = ["GPTModel", "ProteinMaskedLM", "build_gpt_model", "build_protein_model", "BODY_PREFIXES"]
@@ -77,9 +80,15 @@ class ProteinMaskedLM(GPTModel):
         return super()._postprocess(hidden_states=hidden_states, **kwargs)
 
 
+def layer_spec(backend: Literal["local", "te"] = "local"):
+    """megatron-core's layer spec: its own modules, or Transformer Engine's (FP8, fused kernels)."""
+    return get_gpt_layer_with_transformer_engine_spec() if backend == "te" else get_gpt_layer_local_spec()
+
+
 def build_gpt_model(
     config: TransformerConfig,
     *,
+    backend: Literal["local", "te"] = "local",
     vocab_size: int,
     max_sequence_length: int,
     pre_process: bool,
@@ -89,7 +98,7 @@ def build_gpt_model(
     """A decoder on megatron-core's local (no Transformer Engine) layer spec, rotary positions."""
     return GPTModel(
         config=config,
-        transformer_layer_spec=get_gpt_layer_local_spec(),
+        transformer_layer_spec=layer_spec(backend),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,
@@ -111,12 +120,13 @@ def build_protein_model(
     token_dropout: bool = False,
     mask_token_id: int | None = None,
     pad_token_id: int | None = None,
+    backend: Literal["local", "te"] = "local",
 ) -> GPTModel:
     """This rank's chunk of the CLM or MLM model (see the module docstring)."""
     if objective == "clm":
         if token_dropout:
             raise ValueError("model.token_dropout applies to MLM only")
-        return build_gpt_model(config, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
+        return build_gpt_model(config, backend=backend, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
                                pre_process=pre_process, post_process=post_process)  # fmt: skip
     if objective != "mlm":
         raise ValueError(f"objective must be 'clm' or 'mlm', got {objective!r}")
@@ -125,7 +135,7 @@ def build_protein_model(
         token_dropout=token_dropout,
         mask_token_id=mask_token_id,
         pad_token_id=pad_token_id,
-        transformer_layer_spec=get_gpt_layer_local_spec(),
+        transformer_layer_spec=layer_spec(backend),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,

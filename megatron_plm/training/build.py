@@ -73,7 +73,7 @@ def build_scheduler(optimizer, optim_cfg: OptimizerConfig, train_iters: int):
 
 
 def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: str,
-                      params_dtype: torch.dtype = torch.float32, config=None):  # fmt: skip
+                      params_dtype: torch.dtype = torch.float32, config=None, backend: str = "local"):  # fmt: skip
     """This rank's model chunk (no DDP, no optimizer): what training wraps and conversion loads into."""
     from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.models.mcore import build_protein_model
@@ -90,7 +90,26 @@ def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: st
         token_dropout=model_cfg.token_dropout,
         mask_token_id=tokenizer.mask,
         pad_token_id=tokenizer.pad,
+        backend=backend,
     )
+
+
+def precision_settings(precision: str, runtime: Runtime, fp8=None) -> tuple[torch.dtype, dict, str]:
+    """``(params dtype, extra TransformerConfig fields, layer backend)`` for a precision, after its guards."""
+    if precision == "fp32":
+        return torch.float32, {}, "local"
+    if runtime.device.type != "cuda":
+        raise ValueError(f"training.precision {precision} needs a GPU; use fp32 on the CPU")
+    if precision == "bf16":
+        return torch.bfloat16, {}, "local"
+    if precision != "fp8":
+        raise ValueError(f"training.precision must be fp32, bf16 or fp8, got {precision!r}")
+    from megatron_plm.models.precision import FP8Config, check_fp8_supported
+
+    fp8 = fp8 or FP8Config()
+    capability = torch.cuda.get_device_capability(runtime.device) if runtime.device.type == "cuda" else None
+    check_fp8_supported(fp8, transformer_engine=runtime.accelerators.transformer_engine, gpu_capability=capability)
+    return torch.bfloat16, fp8.transformer_config_kwargs(), "te"
 
 
 def build_training_state(
@@ -101,6 +120,7 @@ def build_training_state(
     objective: str = "clm",
     precision: str = "fp32",
     train_iters: int | None = None,
+    fp8=None,
 ) -> TrainingState:
     from megatron.core.distributed import (
         DistributedDataParallel,
@@ -116,17 +136,16 @@ def build_training_state(
             "parallel.sequence_parallel needs Transformer Engine or apex (megatron-core's torch LayerNorm "
             "does not support it); use the NGC container or set it to false"
         )
-    if precision == "bf16" and runtime.device.type != "cuda":
-        raise ValueError("training.precision bf16 needs a GPU; use fp32 on the CPU")
+    params_dtype, precision_fields, backend = precision_settings(precision, runtime, fp8)
     parallel = runtime.parallel
-    params_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    config = model_cfg.to_transformer_config(parallel, params_dtype=params_dtype)
+    config = model_cfg.to_transformer_config(parallel, params_dtype=params_dtype, **precision_fields)
     # Grads are summed over tokens and divided once by the global token count (per-token loss).
     config.finalize_model_grads_func = finalize_model_grads
-    module = build_model_chunk(model_cfg, runtime, objective=objective, params_dtype=params_dtype, config=config)
+    module = build_model_chunk(model_cfg, runtime, objective=objective, params_dtype=params_dtype, config=config,
+                               backend=backend)  # fmt: skip
     if runtime.device.type == "cuda":
         module.cuda(torch.cuda.current_device())
-    if precision == "bf16":
+    if params_dtype == torch.bfloat16:
         from megatron.core.transformer.module import Float16Module
 
         module = Float16Module(config, module)

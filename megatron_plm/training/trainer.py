@@ -126,7 +126,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     config.model.vocab_size = tokenizer.vocab_size
     state = build_training_state(
         config.model, config.optimizer, runtime, objective=config.objective,
-        precision=t.precision, train_iters=t.train_iters,
+        precision=t.precision, train_iters=t.train_iters, fp8=config.fp8,
     )  # fmt: skip
     result = TrainResult(iterations=0, consumed_samples=0)
 
