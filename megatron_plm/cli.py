@@ -119,6 +119,15 @@ def _evaluate_generate(model, args) -> None:
           f"{sum(map(len, sequences)) / len(sequences):.0f}, mean perplexity {sum(perplexities) / len(perplexities):.2f})")
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from megatron_plm.config import load_config
+    from megatron_plm.planning.planner import format_plan, make_plan
+
+    config = load_config(args.config, args.overrides)
+    print(format_plan(make_plan(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="megatron-plm", description="Protein language model pretraining.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("source", help="a transformers model directory")
     imported.add_argument("output", type=Path)
     imported.set_defaults(func=_cmd_import_hf)
+    plan = commands.add_parser("plan", help="parameters, memory per GPU, fit, throughput and days for a config")
+    plan.add_argument("config", type=Path)
+    plan.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE")
+    plan.add_argument("--gpus", type=int, default=8)
+    plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb or cpu")
+    plan.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
+    plan.set_defaults(func=_cmd_plan)
+
     evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
     tasks = evaluate.add_subparsers(dest="task", required=True)
     sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"

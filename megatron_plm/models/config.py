@@ -74,6 +74,11 @@ class ModelConfig:
                 f"model.num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"parallel.tensor_model_parallel_size ({parallel.tensor_model_parallel_size})"
             )
+        recompute = {
+            "none": {},
+            "selective": {"recompute_granularity": "selective"},
+            "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
+        }[parallel.activation_recompute]
         return TransformerConfig(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
@@ -103,5 +108,6 @@ class ModelConfig:
             bias_dropout_fusion=False,
             apply_rope_fusion=False,
             gradient_accumulation_fusion=False,
+            **recompute,
             **extra,
         )

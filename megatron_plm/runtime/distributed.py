@@ -36,6 +36,9 @@ class ParallelConfig:
     """Shards LayerNorm/dropout activations along the sequence within the TP group (needs TP > 1 and TE or apex)."""
     use_distributed_optimizer: bool = False
     """Shards optimizer state across the data-parallel group (ZeRO-1)."""
+    activation_recompute: Literal["none", "selective", "full"] = "none"
+    """Recompute activations in the backward pass: the attention core only (selective), or every
+    layer from its input (full; least memory, ~1/3 more compute)."""
 
     def model_parallel_size(self) -> int:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
@@ -55,6 +58,10 @@ class ParallelConfig:
             raise ValueError(
                 "parallel.virtual_pipeline_model_parallel_size needs parallel.pipeline_model_parallel_size >= 2; "
                 "set it to null or raise the pipeline size"
+            )
+        if self.activation_recompute not in ("none", "selective", "full"):
+            raise ValueError(
+                f"parallel.activation_recompute must be none, selective or full, got {self.activation_recompute!r}"
             )
         if self.sequence_parallel and self.tensor_model_parallel_size < 2:
             raise ValueError("parallel.sequence_parallel needs parallel.tensor_model_parallel_size >= 2")

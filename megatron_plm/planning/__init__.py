@@ -1,0 +1,1 @@
+"""Sizing: parameter counts, memory per GPU, throughput and time to a token budget."""
