@@ -69,6 +69,8 @@ setup(
         # Evaluation: rank statistics (Spearman, AUC) and the BLOSUM62 floor for variant scoring.
         "scipy>=1.10",
         "biopython>=1.80",
+        # Scaling-law plots.
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=8"]},
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},

@@ -7,8 +7,13 @@ one function; no logic lives here.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from pathlib import Path
+
+import numpy as np
+import yaml
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -120,11 +125,65 @@ def _evaluate_generate(model, args) -> None:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    if args.budget_flops is not None:
+        from megatron_plm.scaling.laws import load_law
+        from megatron_plm.scaling.planning import format_budget_plan, plan_budget, write_config
+
+        if args.config is not None:
+            raise ValueError("give either a CONFIG or --budget-flops, not both")
+        law = load_law(args.law, args.objective)
+        plan = plan_budget(args.budget_flops, args.objective, law)
+        interval = None
+        if args.law != "paper":
+            fitted = json.loads(Path(args.law).read_text())
+            a_ci, kn = fitted.get("intervals", {}).get("a"), fitted.get("kN")
+            if a_ci and kn:  # N_opt at the interval's exponents, through the fit's centre
+                centre = math.exp(float(np.mean(np.log(fitted["isoflop_budgets"]))))
+                anchor = kn * centre ** fitted["a"]
+                interval = tuple(sorted(anchor * (args.budget_flops / centre) ** e for e in a_ci))
+        print(format_budget_plan(plan, args.law, interval))
+        if args.write_config:
+            template = Path(args.template or f"examples/configs/tiny_{args.objective}.yaml")
+            print(f"wrote {write_config(plan, args.write_config, template)}")
+        return 0
     from megatron_plm.config import load_config
     from megatron_plm.planning.planner import format_plan, make_plan
 
+    if args.config is None:
+        raise ValueError("give a CONFIG to size, or --budget-flops C --objective clm|mlm")
     config = load_config(args.config, args.overrides)
     print(format_plan(make_plan(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)))
+    return 0
+
+
+def _cmd_scaling(args: argparse.Namespace) -> int:
+    from megatron_plm.scaling import fit, sweep
+
+    if args.step == "fit":
+        runs = fit.Runs.read_csv(args.runs, args.objective)
+        result = fit.fit_all(runs, bootstrap_samples=args.bootstrap, seed=args.seed)
+        if args.output:
+            Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result) if args.json else fit.format_fit(result))
+        if args.plot:
+            from megatron_plm.scaling.laws import PAPER
+            from megatron_plm.scaling.plots import plot_isoflop
+
+            paper = PAPER[args.objective]["allocation"].a if args.objective else None
+            print(f"wrote {plot_isoflop(runs, result, args.plot, paper_a=paper)}")
+    elif args.step == "sweep":
+        shapes = [sweep.parse_shape(s) for s in args.sizes]
+        overrides = dict(o.split("=", 1) for o in args.set) if args.set else {}
+        overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
+        runs = sweep.make_sweep(args.base, args.budgets, shapes, args.out, overrides)
+        print(sweep.format_sweep(runs))
+        if args.slurm:
+            print(f"wrote {sweep.slurm_array(runs, args.out)}")
+        if args.run:
+            sweep.run_locally(runs)
+            print(f"wrote {sweep.collect(args.out, args.objective)}")
+    elif args.step == "collect":
+        print(f"wrote {sweep.collect(args.out, args.objective)}")
     return 0
 
 
@@ -158,13 +217,41 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("source", help="a transformers model directory")
     imported.add_argument("output", type=Path)
     imported.set_defaults(func=_cmd_import_hf)
-    plan = commands.add_parser("plan", help="parameters, memory per GPU, fit, throughput and days for a config")
-    plan.add_argument("config", type=Path)
+    plan = commands.add_parser("plan", help="size a config (memory, fit, days), or a compute budget (N_opt, D_opt)")
+    plan.add_argument("config", type=Path, nargs="?")
+    plan.add_argument("--budget-flops", type=float, help="plan a model for this compute budget instead")
+    plan.add_argument("--objective", choices=["clm", "mlm"], default="clm")
+    plan.add_argument("--law", default="paper", help="'paper' (the study's fits) or a JSON from 'scaling fit --output'")
+    plan.add_argument("--write-config", type=Path, help="write a ready run config for the planned model")
+    plan.add_argument("--template", type=Path, help="base config for --write-config")
     plan.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE")
     plan.add_argument("--gpus", type=int, default=8)
     plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb or cpu")
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
     plan.set_defaults(func=_cmd_plan)
+
+    scaling = commands.add_parser("scaling", help="fit scaling laws, run IsoFLOP sweeps")
+    steps = scaling.add_subparsers(dest="step", required=True)
+    fit_cmd = steps.add_parser("fit", help="fit L(N, D) and IsoFLOP profiles to a runs table (CSV: N, D, loss)")
+    fit_cmd.add_argument("runs", type=Path)
+    fit_cmd.add_argument("--json", action="store_true")
+    fit_cmd.add_argument("--output", type=Path, help="write the fit as JSON (usable as plan --law)")
+    fit_cmd.add_argument("--plot", type=Path, help="write IsoFLOP curves and the frontier as PNG")
+    fit_cmd.add_argument("--bootstrap", type=int, default=100)
+    sweep_cmd = steps.add_parser("sweep", help="IsoFLOP grid of configs (tokens = C / 6N); --run or --slurm")
+    sweep_cmd.add_argument("--base", type=Path, required=True, help="base run config (data, optimizer, batch)")
+    sweep_cmd.add_argument("--budgets", type=float, nargs="+", required=True)
+    sweep_cmd.add_argument("--sizes", nargs="+", required=True, help="LAYERSxHIDDEN[xHEADS] ...")
+    sweep_cmd.add_argument("--out", type=Path, required=True)
+    sweep_cmd.add_argument("--set", nargs="*", help="dotted.key=value overrides of the base config")
+    sweep_cmd.add_argument("--run", action="store_true", help="train every run here, one after another")
+    sweep_cmd.add_argument("--slurm", action="store_true", help="write a SLURM array script")
+    collect_cmd = steps.add_parser("collect", help="gather the sweep's final validation losses into runs.csv")
+    collect_cmd.add_argument("--out", type=Path, required=True)
+    for command in (fit_cmd, sweep_cmd, collect_cmd):
+        command.add_argument("--objective", choices=["clm", "mlm"], default="clm" if command is not fit_cmd else None)
+        command.add_argument("--seed", type=int, default=0)
+    scaling.set_defaults(func=_cmd_scaling)
 
     evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
     tasks = evaluate.add_subparsers(dest="task", required=True)

@@ -1,0 +1,47 @@
+"""PNG plots of a fit: IsoFLOP curves with their minima, and the N_opt(C) frontier with its band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from megatron_plm.scaling.fit import Runs, fit_isoflop
+
+
+def plot_isoflop(runs: Runs, result: dict, path: str | Path, *, paper_a: float | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iso = fit_isoflop(runs)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = plt.cm.viridis(np.linspace(0.1, 0.9, len(iso.budgets)))
+    for budget, parabola, n_opt, loss_opt, colour in zip(iso.budgets, iso.parabolas, iso.n_opt, iso.loss_opt, colours):
+        near = np.abs(runs.C / budget - 1) <= 0.05
+        left.scatter(runs.N[near], runs.loss[near], color=colour, label=f"C = {budget:.2g}")
+        x = np.linspace(np.log(runs.N[near].min()) - 0.2, np.log(runs.N[near].max()) + 0.2, 100)
+        left.plot(np.exp(x), np.polyval(parabola, x), color=colour, lw=1)
+        left.scatter([n_opt], [loss_opt], color=colour, marker="*", s=160, edgecolor="black")
+    left.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss", title="IsoFLOP profiles")
+    left.legend(fontsize=8)
+    c = np.logspace(np.log10(iso.budgets.min()) - 0.3, np.log10(iso.budgets.max()) + 0.3, 50)
+    right.scatter(iso.budgets, iso.n_opt, color="black", zorder=3, label="per-budget minimum")
+    right.plot(c, iso.law.kN * c**iso.law.a, color="C0", label=f"fit: a = {iso.law.a:.3f}")
+    low, high = result["intervals"].get("a", (None, None))
+    if low is not None:
+        anchor = np.exp(np.mean(np.log(iso.n_opt)))
+        centre = np.exp(np.mean(np.log(iso.budgets)))
+        right.fill_between(c, anchor * (c / centre) ** low, anchor * (c / centre) ** high, color="C0", alpha=0.2,
+                           label=f"95% band [{low:.3f}, {high:.3f}]")  # fmt: skip
+    if paper_a is not None:
+        anchor = np.exp(np.mean(np.log(iso.n_opt)))
+        centre = np.exp(np.mean(np.log(iso.budgets)))
+        right.plot(c, anchor * (c / centre) ** paper_a, color="C3", ls="--", label=f"paper's exponent {paper_a}")
+    right.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="N_opt", title="Compute-optimal size")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
