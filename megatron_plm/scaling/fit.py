@@ -118,23 +118,28 @@ def fit_isoflop(runs: Runs, *, relative_tolerance: float = 0.05) -> IsoFlopFit:
             groups.append([int(i)])
     budgets, n_opt, loss_opt, parabolas = [], [], [], []
     for group in groups:
-        if len(group) < 3:
+        if len(np.unique(runs.N[group])) < 3:  # a parabola needs three distinct sizes
             continue
         x, y = np.log(runs.N[group]), runs.loss[group]
         c2, c1, c0 = np.polyfit(x, y, 2)
-        if c2 <= 0:
-            continue  # no minimum inside: this budget's sizes do not bracket the optimum
-        best = -c1 / (2 * c2)
+        best = -c1 / (2 * c2) if c2 > 0 else math.nan
+        if not x.min() <= best <= x.max():
+            continue  # the sizes tried at this budget do not bracket its optimum: no minimum to use
         budgets.append(float(np.mean(runs.C[group])))
         n_opt.append(math.exp(best))
         loss_opt.append(float(np.polyval([c2, c1, c0], best)))
         parabolas.append(np.array([c2, c1, c0]))
-    if len(budgets) < 2:
-        raise ValueError("IsoFLOP fit needs at least two budgets with >= 3 sizes whose losses curve upward")
+    if len(np.unique(np.round(np.log(budgets), 6))) < 2:
+        raise ValueError(
+            "IsoFLOP fit needs at least two budgets whose >= 3 sizes bracket a minimum (loss curving upward on "
+            "both sides of it)"
+        )
     budgets_arr, n_arr = np.array(budgets), np.array(n_opt)
     a, log_kn = np.polyfit(np.log(budgets_arr), np.log(n_arr), 1)
     d_arr = budgets_arr / (6 * n_arr)
     b, log_kd = np.polyfit(np.log(budgets_arr), np.log(d_arr), 1)
+    if not all(np.isfinite([a, b, log_kn, log_kd])) or max(abs(log_kn), abs(log_kd)) > 700:
+        raise ValueError("IsoFLOP fit is degenerate (non-finite allocation law)")
     return IsoFlopFit(budgets_arr, n_arr, np.array(loss_opt), parabolas,
                       AllocationLaw(kN=math.exp(log_kn), a=a, kD=math.exp(log_kd), b=b))  # fmt: skip
 
@@ -150,7 +155,7 @@ def bootstrap(runs: Runs, statistic, *, samples: int = 200, seed: int = 0, level
         index = rng.integers(0, len(runs.N), len(runs.N))
         try:
             values = statistic(runs.subset(index))
-        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+        except (ValueError, OverflowError, np.linalg.LinAlgError, FloatingPointError):
             failed += 1
             continue
         for key, value in values.items():
@@ -208,6 +213,9 @@ def format_fit(result: dict) -> str:
              "parametric L(N, D) = E + A/N^alpha + B/D^beta (approach 3, Huber on log loss; "
              f"{result['reached_best']} of {result['initialisations']} initialisations reached the best):"]  # fmt: skip
     lines += ["  " + show(k) for k in ("E", "A", "B", "alpha", "beta", "a_parametric")]
+    at_bounds = [k for k in ("alpha", "beta") if result[k] <= 1e-6 or result[k] >= 3.0 - 1e-6]
+    if at_bounds:
+        lines.append(f"  {' and '.join(at_bounds)} at the search bound [0, 3]: these runs do not determine the law")
     lines.append("IsoFLOP profiles (approach 2): N_opt ~ C^a, D_opt ~ C^b")
     lines += ["  " + show(k) for k in ("a", "b")]
     if result.get("isoflop_error"):

@@ -15,16 +15,31 @@ def plot_isoflop(runs: Runs, result: dict, path: str | Path, *, paper_a: float |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    iso = fit_isoflop(runs)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    colours = plt.cm.viridis(np.linspace(0.1, 0.9, len(iso.budgets)))
-    for budget, parabola, n_opt, loss_opt, colour in zip(iso.budgets, iso.parabolas, iso.n_opt, iso.loss_opt, colours):
+    budgets = sorted({float(f"{c:.2g}") for c in runs.C})
+    colours = dict(zip(budgets, plt.cm.viridis(np.linspace(0.1, 0.9, len(budgets)))))
+    for budget in budgets:
         near = np.abs(runs.C / budget - 1) <= 0.05
-        left.scatter(runs.N[near], runs.loss[near], color=colour, label=f"C = {budget:.2g}")
-        x = np.linspace(np.log(runs.N[near].min()) - 0.2, np.log(runs.N[near].max()) + 0.2, 100)
-        left.plot(np.exp(x), np.polyval(parabola, x), color=colour, lw=1)
-        left.scatter([n_opt], [loss_opt], color=colour, marker="*", s=160, edgecolor="black")
+        order = np.argsort(runs.N[near])
+        left.plot(runs.N[near][order], runs.loss[near][order], "o-", lw=0.8, color=colours[budget],
+                  label=f"C = {budget:.2g}")  # fmt: skip
     left.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss", title="IsoFLOP profiles")
+    try:
+        iso = fit_isoflop(runs)
+    except ValueError as error:
+        left.legend(fontsize=8)
+        right.text(0.5, 0.5, f"no compute-optimal frontier:\n{error}", ha="center", va="center", wrap=True, fontsize=9)
+        right.set_axis_off()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return Path(path)
+    for budget, parabola, n_opt, loss_opt in zip(iso.budgets, iso.parabolas, iso.n_opt, iso.loss_opt):
+        near = np.abs(runs.C / budget - 1) <= 0.05
+        x = np.linspace(np.log(runs.N[near].min()), np.log(runs.N[near].max()), 100)
+        colour = colours[float(f"{budget:.2g}")]
+        left.plot(np.exp(x), np.polyval(parabola, x), color=colour, lw=1.5)
+        left.scatter([n_opt], [loss_opt], color=colour, marker="*", s=160, edgecolor="black", zorder=3)
     left.legend(fontsize=8)
     c = np.logspace(np.log10(iso.budgets.min()) - 0.3, np.log10(iso.budgets.max()) + 0.3, 50)
     right.scatter(iso.budgets, iso.n_opt, color="black", zorder=3, label="per-budget minimum")
