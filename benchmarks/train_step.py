@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_plm.runtime.accelerators import silence_fallback_warnings
     from megatron_plm.training.build import build_training_state
     from megatron_plm.training.step import train_step
-    from megatron_plm.training.trainer import _flops_per_token, _peak_flops
+    from megatron_plm.planning.planner import flops_per_token, peak_flops
 
     silence_fallback_warnings()
     total = args.warmup + args.steps
@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'tok/s/dev':>10} {'non-pad':>8} {'TFLOP/s/dev':>12} {'MFU':>6}")  # fmt: skip
             tflops = mfu = "-"
             if runtime.device.type == "cuda":
-                achieved = _flops_per_token(config) * per_device
+                achieved = flops_per_token(config) * per_device
                 tflops = f"{achieved / 1e12:.1f}"
-                peak = _peak_flops(runtime.device)
+                peak = peak_flops(torch.cuda.get_device_name(runtime.device))
                 mfu = f"{achieved / peak:.1%}" if peak else "-"
             layout = f"TP{p.tensor_model_parallel_size}xPP{p.pipeline_model_parallel_size}xDP{runtime.data_parallel_size}"
             print(f"{config.name:<28} {layout:<14} {runtime.device.type:<8} {seconds:>8.3f} "

@@ -10,6 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
+               hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
+               emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
+"""ESM-2 8M as published (facebook/esm2_t6_8M_UR50D config.json); tests build it with random weights."""
+
 
 @pytest.fixture(scope="session")
 def sample_fasta() -> Path:

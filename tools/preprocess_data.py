@@ -7,7 +7,6 @@ Same flags as ``megatron-plm preprocess``; see ``--help``. Example:
         --source-label uniref50 --clusters uniref50_clusters.tsv --workers 8
 """
 
-import argparse
 import sys
 
 from megatron_plm.cli import main

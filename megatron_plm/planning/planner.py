@@ -36,6 +36,21 @@ USABLE_MEMORY = 0.9
 """Share of device memory the plan may fill (allocator fragmentation, workspaces, NCCL buffers)."""
 
 
+def flops_per_token(config: TrainConfig) -> float:
+    """Training FLOPs per token: 6 x non-embedding parameters (matmuls) plus attention scores (12 L h s)."""
+    m = config.model
+    ffn = m.ffn_hidden_size or 4 * m.hidden_size
+    return 6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * ffn) + 12 * m.num_layers * m.hidden_size * config.data.seq_length
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak of a GPU from its name (for MFU), or None when unknown."""
+    for key, name in (("H200", "h200-141gb"), ("H100", "h100-80gb"), ("A100", "a100-80gb")):
+        if key in device_name:
+            return ACCELERATORS[name].bf16_tflops * 1e12
+    return None
+
+
 @dataclass(frozen=True)
 class ParameterCount:
     per_layer: int
@@ -156,13 +171,12 @@ def make_plan(config: TrainConfig, *, gpus: int, accelerator: str = "h100-80gb",
         logits=logits,
         optimizer_transient=per_gpu * 4 if accelerator == "cpu" else 0.0,  # GPUs: the container's fused Adam
     )
-    ffn = m.ffn_hidden_size or 4 * m.hidden_size
-    flops_per_token = 6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * ffn) + 12 * m.num_layers * m.hidden_size * s
+    per_token = flops_per_token(config)
     tokens_per_step = t.global_batch_size * s
-    step_seconds = flops_per_token * tokens_per_step / (gpus * device.bf16_tflops * 1e12 * mfu)
+    step_seconds = per_token * tokens_per_step / (gpus * device.bf16_tflops * 1e12 * mfu)
     tokens_per_day = tokens_per_step / step_seconds * 86400
     budget = t.train_iters * tokens_per_step
-    return Plan(config, device, gpus, dp, count, per_gpu, memory, flops_per_token, tokens_per_step, step_seconds,
+    return Plan(config, device, gpus, dp, count, per_gpu, memory, per_token, tokens_per_step, step_seconds,
                 tokens_per_day, budget, budget / tokens_per_day, mfu)  # fmt: skip
 
 

@@ -44,25 +44,6 @@ class TrainResult:
     """Tokens and FLOPs per training phase: earlier runs this one started from, then this one."""
 
 
-def _flops_per_token(config: TrainConfig) -> float:
-    """Training FLOPs per token: 6 x non-embedding parameters plus attention scores (12 L h s)."""
-    m = config.model
-    ffn = m.ffn_hidden_size or 4 * m.hidden_size
-    per_layer = 4 * m.hidden_size**2 + 2 * m.hidden_size * ffn
-    return 6 * m.num_layers * per_layer + 12 * m.num_layers * m.hidden_size * config.data.seq_length
-
-
-def _peak_flops(device: torch.device) -> float | None:
-    """Dense bf16 peak of the GPU, for MFU (None when unknown)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H200", 989e12), ("H100", 989e12), ("A100", 312e12)):
-        if key in name:
-            return peak
-    return None
-
-
 class _Logger:
     def __init__(self, config: TrainConfig, runtime: Runtime):
         self.main = runtime.is_main_process
@@ -150,7 +131,11 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
         log.say(f"initialised {'the body ' if body_only else ''}from {source}: {len(result.transferred)} tensors "
                 f"({', '.join(result.transferred[:4])}{', ...' if len(result.transferred) > 4 else ''})")  # fmt: skip
 
-    flops_per_token, peak = _flops_per_token(config), _peak_flops(runtime.device)
+    from megatron_plm.planning.planner import flops_per_token as count_flops_per_token
+    from megatron_plm.planning.planner import peak_flops
+
+    flops_per_token = count_flops_per_token(config)
+    peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device.type == "cuda" else None
     if not result.compute or result.compute[-1]["name"] != config.name:
         result.compute.append({"name": config.name, "objective": config.objective, "tokens": 0, "flops": 0.0})
     phase = result.compute[-1]

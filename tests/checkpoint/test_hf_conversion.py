@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ESM2_8M
+
 from megatron_plm.checkpoint.export import checkpoint_model, export_hf, import_hf
 from megatron_plm.checkpoint.training import load_model_tensors
 from megatron_plm.data.batch import Batch
@@ -15,11 +17,6 @@ from megatron_plm.training.build import build_model_chunk
 
 TOK = ProteinTokenizer()
 TOLERANCE = 1e-4
-# ESM-2 8M as published (facebook/esm2_t6_8M_UR50D config.json), weights random here.
-ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
-               hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-               max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
-               emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

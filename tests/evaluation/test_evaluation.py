@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import ESM2_8M
+
 from megatron_plm.checkpoint.export import export_hf, import_hf
 from megatron_plm.data.fasta import InputFormatError, read_fasta
 from megatron_plm.data.tokenizer import ProteinTokenizer
@@ -17,10 +19,6 @@ from megatron_plm.evaluation.model import load_scoring_model
 from megatron_plm.evaluation.perplexity import clm_windows, perplexity
 
 TOK = ProteinTokenizer()
-ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
-               hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-               max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
-               emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
 
 
 def direct_masked_marginals(model, wild_type: str, mutants: list[str]) -> np.ndarray:

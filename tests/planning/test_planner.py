@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO
 from megatron_plm.config import load_config
-from megatron_plm.planning.planner import count_parameters, format_plan, make_plan
+from megatron_plm.planning.planner import count_parameters, make_plan
 
 RECIPES = REPO / "examples/configs/recipes"
 
