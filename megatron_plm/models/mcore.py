@@ -80,15 +80,25 @@ class ProteinMaskedLM(GPTModel):
         return super()._postprocess(hidden_states=hidden_states, **kwargs)
 
 
-def layer_spec(backend: Literal["local", "te"] = "local"):
-    """megatron-core's layer spec: its own modules, or Transformer Engine's (FP8, fused kernels)."""
-    return get_gpt_layer_with_transformer_engine_spec() if backend == "te" else get_gpt_layer_local_spec()
+def layer_spec(backend: Literal["local", "sdpa", "te"] = "local"):
+    """megatron-core's layer spec: its own modules (local attention, the reference), the same with
+    PyTorch's scaled_dot_product_attention as core attention (sdpa), or Transformer Engine's (te)."""
+    if backend == "te":
+        return get_gpt_layer_with_transformer_engine_spec()
+    spec = get_gpt_layer_local_spec()
+    if backend == "sdpa":
+        from megatron_plm.models.attention import SDPAAttention
+
+        spec.submodules.self_attention.submodules.core_attention = SDPAAttention
+    elif backend != "local":
+        raise ValueError(f"model.attention_backend must be local, sdpa or te, got {backend!r}")
+    return spec
 
 
 def build_gpt_model(
     config: TransformerConfig,
     *,
-    backend: Literal["local", "te"] = "local",
+    backend: Literal["local", "sdpa", "te"] = "local",
     vocab_size: int,
     max_sequence_length: int,
     pre_process: bool,
@@ -120,7 +130,7 @@ def build_protein_model(
     token_dropout: bool = False,
     mask_token_id: int | None = None,
     pad_token_id: int | None = None,
-    backend: Literal["local", "te"] = "local",
+    backend: Literal["local", "sdpa", "te"] = "local",
 ) -> GPTModel:
     """This rank's chunk of the CLM or MLM model (see the module docstring)."""
     if objective == "clm":

@@ -79,6 +79,10 @@ def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: st
     from megatron_plm.models.mcore import build_protein_model
 
     config = config or model_cfg.to_transformer_config(runtime.parallel, params_dtype=params_dtype)
+    if backend == "local":
+        backend = model_cfg.attention_backend
+    if backend == "te" and not runtime.accelerators.transformer_engine:
+        raise ValueError("model.attention_backend te needs Transformer Engine (the NGC container); use sdpa or local")
     tokenizer = ProteinTokenizer()
     return build_protein_model(
         config,
