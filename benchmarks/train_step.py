@@ -80,17 +80,21 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_benchmark_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments both training benchmarks take; also quiets megatron's fallback warnings."""
+    from megatron_plm.runtime.accelerators import silence_fallback_warnings
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
-
-    from megatron_plm.runtime.accelerators import silence_fallback_warnings
-
     silence_fallback_warnings()
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_benchmark_args(__doc__, argv)
     row = measure(args.config, args.overrides, warmup=args.warmup, steps=args.steps)
     if row is not None:
         print(format_rows([row]))

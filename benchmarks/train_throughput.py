@@ -13,13 +13,12 @@ GPU's bf16 dense peak) and the non-pad fraction in one table. Usage:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import torch
 
-from train_step import format_rows, measure
+from train_step import format_rows, measure, parse_benchmark_args
 
 
 def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> dict:
@@ -79,16 +78,9 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    from megatron_plm.runtime.accelerators import detect
 
-    from megatron_plm.runtime.accelerators import detect, silence_fallback_warnings
-
-    silence_fallback_warnings()
+    args = parse_benchmark_args(__doc__, argv)
     backends = ["local", "sdpa"] + (["te"] if detect().transformer_engine else [])
     rows = [measure(args.config, [*args.overrides, f"model.attention_backend={backend}"], warmup=args.warmup,
                     steps=args.steps) for backend in backends]  # fmt: skip
