@@ -28,7 +28,7 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 )
 from megatron.core.transformer import TransformerConfig
 
-__all__ = ["GPTModel", "ProteinMaskedLM", "build_gpt_model", "build_protein_model", "BODY_PREFIXES"]
+__all__ = ["GPTModel", "ProteinMaskedLM", "build_protein_model", "layer_spec", "BODY_PREFIXES"]
 
 BODY_PREFIXES = ("embedding.", "decoder.")
 """State-dict prefixes of the shared body (embedding, layers, final LayerNorm): what CLM -> MLM transfers."""
@@ -95,30 +95,6 @@ def layer_spec(backend: Literal["local", "sdpa", "te"] = "local"):
     return spec
 
 
-def build_gpt_model(
-    config: TransformerConfig,
-    *,
-    backend: Literal["local", "sdpa", "te"] = "local",
-    vocab_size: int,
-    max_sequence_length: int,
-    pre_process: bool,
-    post_process: bool,
-    share_embeddings_and_output_weights: bool = False,
-) -> GPTModel:
-    """A decoder on megatron-core's local (no Transformer Engine) layer spec, rotary positions."""
-    return GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(backend),
-        vocab_size=vocab_size,
-        max_sequence_length=max_sequence_length,
-        pre_process=pre_process,
-        post_process=post_process,
-        share_embeddings_and_output_weights=share_embeddings_and_output_weights,
-        position_embedding_type="rope",
-        rotary_percent=1.0,
-    )
-
-
 def build_protein_model(
     config: TransformerConfig,
     *,
@@ -133,18 +109,11 @@ def build_protein_model(
     backend: Literal["local", "sdpa", "te"] = "local",
 ) -> GPTModel:
     """This rank's chunk of the CLM or MLM model (see the module docstring)."""
-    if objective == "clm":
-        if token_dropout:
-            raise ValueError("model.token_dropout applies to MLM only")
-        return build_gpt_model(config, backend=backend, vocab_size=vocab_size, max_sequence_length=max_sequence_length,
-                               pre_process=pre_process, post_process=post_process)  # fmt: skip
-    if objective != "mlm":
+    if objective not in ("clm", "mlm"):
         raise ValueError(f"objective must be 'clm' or 'mlm', got {objective!r}")
-    return ProteinMaskedLM(
-        config,
-        token_dropout=token_dropout,
-        mask_token_id=mask_token_id,
-        pad_token_id=pad_token_id,
+    if token_dropout and objective == "clm":
+        raise ValueError("model.token_dropout applies to MLM only")
+    body = dict(
         transformer_layer_spec=layer_spec(backend),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
@@ -153,3 +122,7 @@ def build_protein_model(
         position_embedding_type="rope",
         rotary_percent=1.0,
     )
+    if objective == "clm":
+        return GPTModel(config=config, share_embeddings_and_output_weights=False, **body)
+    return ProteinMaskedLM(config, token_dropout=token_dropout, mask_token_id=mask_token_id,
+                           pad_token_id=pad_token_id, **body)  # fmt: skip
