@@ -30,6 +30,9 @@ class Batch:
     cu_seqlens: torch.Tensor | None = None
     """int32 ``[n + 1]``: segment boundaries over the flattened ``b * s`` tokens (padding is a segment)."""
     max_seqlen: int | None = None
+    packed: bool = False
+    """One row holding the whole microbatch (``[1, b * s]``, see :meth:`pack`): boundaries go to the
+    model as ``thd`` packed-sequence parameters, not as a mask."""
 
     def attention_mask(self) -> torch.Tensor | None:
         """Bool mask, True = masked, for megatron-core's local attention, or None for its causal default.
@@ -49,6 +52,34 @@ class Batch:
             allowed &= torch.ones(s, s, dtype=torch.bool, device=seg.device).tril()
         allowed |= torch.eye(s, dtype=torch.bool, device=seg.device)
         return ~allowed[:, None]
+
+    def pack(self) -> "Batch":
+        """The same tokens as one ``[1, b * s]`` row for packed (``thd``) attention kernels.
+
+        ``cu_seqlens`` already runs over the flattened batch, with every row starting a segment, so
+        nothing is recomputed: per-token outputs reshape back to ``[b, s]`` in the same order.
+        """
+        if self.packed:
+            return self
+        if self.cu_seqlens is None:
+            raise ValueError("packing needs segment ids and cu_seqlens (batches from collate/batch_from_arrays)")
+        flat = {name: getattr(self, name).reshape(1, -1)
+                for name in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")}  # fmt: skip
+        return replace(self, packed=True, **flat)
+
+    def packed_seq_params(self):
+        """megatron-core's ``PackedSeqParams`` (``thd``) for a packed batch."""
+        from megatron.core.packed_seq_params import PackedSeqParams
+
+        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
+                               max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)  # fmt: skip
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for a GPTModel forward: a mask, or packed-sequence parameters when packed."""
+        if self.packed:
+            return dict(input_ids=self.tokens, position_ids=self.position_ids, attention_mask=None,
+                        packed_seq_params=self.packed_seq_params())  # fmt: skip
+        return dict(input_ids=self.tokens, position_ids=self.position_ids, attention_mask=self.attention_mask())
 
     def to(self, device: torch.device) -> "Batch":
         moved = {name: getattr(self, name).to(device, non_blocking=True)

@@ -7,7 +7,7 @@ CLM — what ``export-hf`` writes), and return log-probabilities over that vocab
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -77,13 +77,15 @@ def _from_transformers(path: Path) -> ScoringModel:
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     from megatron_plm.checkpoint.export import checkpoint_model
     from megatron_plm.checkpoint.training import load_model_tensors, saved_run_config
-    from megatron_plm.data.batch import Batch
+    from megatron_plm.data.batch import Batch, cu_seqlens_from_segments
+    from megatron_plm.models.mcore import PACKED_BACKENDS
     from megatron_plm.training.build import build_model_chunk
 
     if runtime is None or runtime.world_size != 1:
         raise ValueError("scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.initialize)")
     directory, objective, model = checkpoint_model(path)
     chunk = build_model_chunk(model, runtime, objective=objective)
+    packed = model.attention_backend in PACKED_BACKENDS
     load_model_tensors(directory, chunk)
     chunk.to(runtime.device).eval()
     reverse = float(saved_run_config(directory).get("data", {}).get("reverse_prob", 0.0) or 0.0) > 0
@@ -93,7 +95,10 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
         batch = Batch(tokens=ids, labels=ids, loss_mask=real.float(), position_ids=positions,
                       causal=objective == "clm", segment_ids=segments)  # fmt: skip
-        return chunk(ids, positions, batch.attention_mask())
+        if packed:
+            cu, longest = cu_seqlens_from_segments(segments.cpu().numpy())
+            batch = replace(batch, cu_seqlens=torch.from_numpy(cu).to(ids.device), max_seqlen=longest).pack()
+        return chunk(**batch.model_inputs()).reshape(*ids.shape, -1)
 
     vocab = len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
     return ScoringModel(name=str(path), objective=objective, context=model.seq_length, reverse=reverse,

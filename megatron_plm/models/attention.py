@@ -1,14 +1,19 @@
-"""A PyTorch-native core attention for megatron-core's layer spec: ``scaled_dot_product_attention``.
+"""PyTorch-native core attentions for megatron-core's layer spec.
 
-Drop-in for megatron-core's ``DotProductAttention`` (same constructor and forward signature, same
-``[s, b, heads, head_dim]`` inputs and ``[s, b, hidden]`` output), so it runs on any PyTorch >= 2.0,
+``SDPAAttention`` (``scaled_dot_product_attention`` with a mask) is a drop-in for megatron-core's
+``DotProductAttention`` (same constructor and forward signature, same ``[s, b, heads, head_dim]``
+inputs and ``[s, b, hidden]`` output), so it runs on any PyTorch >= 2.0,
 including GPUs without Transformer Engine, and lets PyTorch pick its fused kernels. Protein
 boundaries come in the boolean mask (True = masked) that :meth:`Batch.attention_mask` builds from
 segment ids; with no mask, causal layers use SDPA's own causal masking.
+
+``VarlenAttention`` takes packed (``thd``) batches instead: the proteins' boundaries as
+``cu_seqlens``, no padding and no mask, as Transformer Engine does.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -50,3 +55,82 @@ class SDPAAttention(MegatronModule):
             )
         s, b = query.shape[0], query.shape[1]
         return context.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
+
+
+def _varlen_kernel():
+    """PyTorch's flash-attention varlen entry point, or None where this torch has none (< 2.9)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _varlen_causal_kwargs(kernel, causal: bool) -> dict:
+    # torch 2.9-2.12 take ``is_causal``; later releases express causality as a window.
+    parameters = inspect.signature(kernel).parameters
+    if "window_size" in parameters:
+        return {"window_size": (-1, 0) if causal else (-1, -1)}
+    return {"is_causal": causal}
+
+
+def varlen_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool, scale: float) -> torch.Tensor:
+    """What the varlen kernel computes, in plain PyTorch: ``[t, heads, d]`` inputs, each segment of
+    ``cu_seqlens`` attending to itself only. Quadratic in ``t``: for CPU runs and tests."""
+    t = q.shape[0]
+    segment = torch.bucketize(torch.arange(t, device=q.device), cu_seqlens[1:].to(q.device), right=True)
+    allowed = segment[:, None] == segment[None, :]
+    if causal:
+        allowed &= torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, heads, t, d]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    return out.squeeze(0).transpose(0, 1)
+
+
+class VarlenAttention(MegatronModule):
+    """Core attention over packed (``thd``) sequences: no padding, no mask, one flash-attention call.
+
+    megatron-core hands it ``[t, heads, head_dim]`` tensors and the proteins' ``cu_seqlens`` in
+    ``packed_seq_params`` (see :meth:`Batch.pack`). On a GPU with bf16/fp16 it calls PyTorch's
+    ``varlen_attn``; elsewhere (the CPU, fp32) it computes the same thing with
+    :func:`varlen_reference`, so the packed data path is tested where no GPU is.
+    Causal or bidirectional follows the layer's mask type (``no_mask`` for MLM, see ``layer_spec``).
+    """
+
+    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
+                 attention_dropout: float | None = None, softmax_scale: float | None = None,
+                 cp_comm_type: str | None = None, pg_collection=None):  # fmt: skip
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("the varlen attention backend does not support context parallelism; use te")
+        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        if dropout:
+            raise ValueError("the varlen attention backend has no attention dropout; set model.attention_dropout: 0")
+        tp = pg_collection.tp.size() if pg_collection is not None else tensor_parallel.get_tensor_model_parallel_world_size()
+        self.heads = config.num_attention_heads // tp
+        self.query_groups = config.num_query_groups // tp
+        self.head_dim = config.kv_channels
+        self.attn_mask_type = attn_mask_type
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.kernel = _varlen_kernel()
+
+    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):  # fmt: skip
+        if packed_seq_params is None or packed_seq_params.qkv_format != "thd":
+            raise ValueError("the varlen attention backend needs packed batches (Batch.pack) with thd packed_seq_params")
+        if attention_mask is not None or attention_bias is not None:
+            raise ValueError("the varlen attention backend takes protein boundaries as cu_seqlens, not a mask")
+        if self.heads > self.query_groups:  # grouped-query attention: share each key/value head
+            key = key.repeat_interleave(self.heads // self.query_groups, dim=1)
+            value = value.repeat_interleave(self.heads // self.query_groups, dim=1)
+        causal = (attn_mask_type or self.attn_mask_type) in (AttnMaskType.causal, AttnMaskType.padding_causal)
+        cu = packed_seq_params.cu_seqlens_q
+        if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
+            if self.kernel is None:
+                raise RuntimeError(f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.9); use sdpa")
+            context = self.kernel(query, key, value, cu, cu, packed_seq_params.max_seqlen_q,
+                                  packed_seq_params.max_seqlen_kv, scale=self.softmax_scale,
+                                  **_varlen_causal_kwargs(self.kernel, causal))  # fmt: skip
+        else:
+            context = varlen_reference(query, key, value, cu, causal=causal, scale=self.softmax_scale)
+        return context.reshape(query.shape[0], self.heads * self.head_dim)

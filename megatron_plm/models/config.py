@@ -33,9 +33,11 @@ class ModelConfig:
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     init_method_std: float = 0.02
-    attention_backend: Literal["local", "sdpa", "te"] = "local"
-    """Core attention: megatron-core's own (the reference), PyTorch's scaled_dot_product_attention, or
-    Transformer Engine's (the NGC container; FP8 always uses it). All honour protein boundaries."""
+    attention_backend: Literal["local", "sdpa", "varlen", "te"] = "local"
+    """Core attention: megatron-core's own (the reference), PyTorch's scaled_dot_product_attention
+    with a block-diagonal mask, PyTorch's varlen flash attention over packed batches (GPU, torch >= 2.9;
+    a plain-PyTorch equivalent on CPU), or Transformer Engine's over packed batches (the NGC container;
+    FP8 always uses it). All honour protein boundaries."""
     token_dropout: bool = False
     """MLM: ESM-2's token dropout -- ``<mask>`` embeddings are zeroed and the rest rescaled by
     (1 - 0.15 x 0.8) / (1 - observed mask ratio). ESM-2's published models use it."""

@@ -27,8 +27,9 @@ from megatron.core.models.gpt.gpt_layer_specs import (
     get_gpt_layer_with_transformer_engine_spec,
 )
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.enums import AttnMaskType
 
-__all__ = ["GPTModel", "ProteinMaskedLM", "build_protein_model", "layer_spec", "BODY_PREFIXES"]
+__all__ = ["GPTModel", "ProteinMaskedLM", "build_protein_model", "layer_spec", "BODY_PREFIXES", "PACKED_BACKENDS"]
 
 BODY_PREFIXES = ("embedding.", "decoder.")
 """State-dict prefixes of the shared body (embedding, layers, final LayerNorm): what CLM -> MLM transfers."""
@@ -80,18 +81,34 @@ class ProteinMaskedLM(GPTModel):
         return super()._postprocess(hidden_states=hidden_states, **kwargs)
 
 
-def layer_spec(backend: Literal["local", "sdpa", "te"] = "local"):
-    """megatron-core's layer spec: its own modules (local attention, the reference), the same with
-    PyTorch's scaled_dot_product_attention as core attention (sdpa), or Transformer Engine's (te)."""
-    if backend == "te":
-        return get_gpt_layer_with_transformer_engine_spec()
-    spec = get_gpt_layer_local_spec()
-    if backend == "sdpa":
-        from megatron_plm.models.attention import SDPAAttention
+PACKED_BACKENDS = ("varlen", "te")
+"""Attention backends that take packed (``thd``) batches -- boundaries as cu_seqlens, see ``Batch.pack``.
+Transformer Engine ignores a dense mask under a causal mask type (cross-talk between proteins,
+cf. Megatron-LM#2357), so it is always given packed batches."""
 
-        spec.submodules.self_attention.submodules.core_attention = SDPAAttention
-    elif backend != "local":
-        raise ValueError(f"model.attention_backend must be local, sdpa or te, got {backend!r}")
+
+def layer_spec(backend: Literal["local", "sdpa", "varlen", "te"] = "local", *, objective: str = "clm"):
+    """megatron-core's layer spec: its own modules (local attention, the reference), the same with
+    PyTorch's scaled_dot_product_attention (sdpa) or varlen flash attention (varlen) as core
+    attention, or Transformer Engine's layers (te).
+
+    Mask-based backends take causality from each batch's mask; packed ones from the layer's mask
+    type, so MLM layers are built bidirectional (``no_mask``; TE turns it into ``padding`` for thd).
+    """
+    if backend == "te":
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    elif backend in ("local", "sdpa", "varlen"):
+        spec = get_gpt_layer_local_spec()
+    else:
+        raise ValueError(f"model.attention_backend must be local, sdpa, varlen or te, got {backend!r}")
+    if backend in ("sdpa", "varlen"):
+        from megatron_plm.models.attention import SDPAAttention, VarlenAttention
+
+        attention = SDPAAttention if backend == "sdpa" else VarlenAttention
+        spec.submodules.self_attention.submodules.core_attention = attention
+    if backend in PACKED_BACKENDS and objective == "mlm":
+        spec.submodules.self_attention.params = {**spec.submodules.self_attention.params,
+                                                 "attn_mask_type": AttnMaskType.no_mask}  # fmt: skip
     return spec
 
 
@@ -106,7 +123,7 @@ def build_protein_model(
     token_dropout: bool = False,
     mask_token_id: int | None = None,
     pad_token_id: int | None = None,
-    backend: Literal["local", "sdpa", "te"] = "local",
+    backend: Literal["local", "sdpa", "varlen", "te"] = "local",
 ) -> GPTModel:
     """This rank's chunk of the CLM or MLM model (see the module docstring)."""
     if objective not in ("clm", "mlm"):
@@ -114,7 +131,7 @@ def build_protein_model(
     if token_dropout and objective == "clm":
         raise ValueError("model.token_dropout applies to MLM only")
     body = dict(
-        transformer_layer_spec=layer_spec(backend),
+        transformer_layer_spec=layer_spec(backend, objective=objective),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,

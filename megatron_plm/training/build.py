@@ -47,6 +47,8 @@ class TrainingState:
     optimizer: object  # megatron-core MegatronOptimizer
     transformer_config: object  # megatron-core TransformerConfig
     scheduler: object | None = None  # megatron-core OptimizerParamScheduler
+    packed_sequences: bool = False
+    """The attention backend takes packed (thd) batches: each microbatch is flattened to one row."""
 
     def unwrapped(self) -> list[torch.nn.Module]:
         return [chunk.module for chunk in self.model]
@@ -79,8 +81,7 @@ def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: st
     from megatron_plm.models.mcore import build_protein_model
 
     config = config or model_cfg.to_transformer_config(runtime.parallel, params_dtype=params_dtype)
-    if backend == "local":
-        backend = model_cfg.attention_backend
+    backend = effective_backend(model_cfg, backend)
     if backend == "te" and not runtime.accelerators.transformer_engine:
         raise ValueError("model.attention_backend te needs Transformer Engine (the NGC container); use sdpa or local")
     tokenizer = ProteinTokenizer()
@@ -96,6 +97,11 @@ def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: st
         pad_token_id=tokenizer.pad,
         backend=backend,
     )
+
+
+def effective_backend(model_cfg: ModelConfig, precision_backend: str = "local") -> str:
+    """The attention backend a chunk is built with: FP8 forces ``te``, else ``model.attention_backend``."""
+    return model_cfg.attention_backend if precision_backend == "local" else precision_backend
 
 
 def precision_settings(precision: str, runtime: Runtime, fp8=None) -> tuple[torch.dtype, dict, str]:
@@ -176,4 +182,7 @@ def build_training_state(
         [chunk],
     )
     scheduler = build_scheduler(optimizer, optim_cfg, train_iters) if train_iters else None
-    return TrainingState(model=[chunk], optimizer=optimizer, transformer_config=config, scheduler=scheduler)
+    from megatron_plm.models.mcore import PACKED_BACKENDS
+
+    return TrainingState(model=[chunk], optimizer=optimizer, transformer_config=config, scheduler=scheduler,
+                         packed_sequences=effective_backend(model_cfg, backend) in PACKED_BACKENDS)  # fmt: skip

@@ -36,7 +36,7 @@ def _loss_from_token_losses(loss_mask: torch.Tensor):
 
 def forward_step(data_iterator, model):
     batch: Batch = next(data_iterator)
-    token_losses = model(batch.tokens, batch.position_ids, batch.attention_mask(), labels=batch.labels)
+    token_losses = model(**batch.model_inputs(), labels=batch.labels)
     return token_losses, _loss_from_token_losses(batch.loss_mask)
 
 
@@ -70,6 +70,8 @@ def reduce_loss_reports(reports: list[dict], runtime: Runtime) -> tuple[float, i
 def _forward_backward(state: TrainingState, microbatches: list[Batch], *, forward_only: bool) -> list[dict]:
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    if state.packed_sequences:
+        microbatches = [batch.pack() for batch in microbatches]
     first = microbatches[0]
     return get_forward_backward_func()(
         forward_step_func=forward_step,

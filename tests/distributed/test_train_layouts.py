@@ -62,17 +62,21 @@ def reference(sample_corpus, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "nproc, tp, pp, distopt",
-    [(2, 1, 1, False), (4, 2, 1, False), (4, 1, 2, False), (4, 2, 2, False), (2, 1, 1, True)],
-    ids=["dp2", "tp2_dp2", "pp2_dp2", "tp2_pp2", "dp2_distributed_optimizer"],
-)
-def test_layouts_follow_the_single_process_trajectory(reference, sample_corpus, nproc, tp, pp, distopt):
+    "nproc, tp, pp, distopt, backend",
+    [(2, 1, 1, False, "local"), (4, 2, 1, False, "local"), (4, 1, 2, False, "local"), (4, 2, 2, False, "local"),
+     (2, 1, 1, True, "local"), (4, 2, 2, False, "varlen")],
+    ids=["dp2", "tp2_dp2", "pp2_dp2", "tp2_pp2", "dp2_distributed_optimizer", "tp2_pp2_packed_varlen"],
+)  # fmt: skip
+def test_layouts_follow_the_single_process_trajectory(reference, sample_corpus, nproc, tp, pp, distopt, backend):
+    """The reference uses local attention with masks; the varlen layout sends packed (thd) batches
+    through the pipeline, with heads split over TP."""
     workdir, expected = reference
-    name = f"tp{tp}_pp{pp}_n{nproc}" + ("_distopt" if distopt else "")
+    name = f"tp{tp}_pp{pp}_n{nproc}" + ("_distopt" if distopt else "") + ("" if backend == "local" else f"_{backend}")
     steps, validation = run_torchrun(
         sample_corpus, workdir, name, nproc, f"parallel.tensor_model_parallel_size={tp}",
         f"parallel.pipeline_model_parallel_size={pp}", f"parallel.use_distributed_optimizer={str(distopt).lower()}",
-        f"checkpoint.init_from={workdir / 'init'}", f"checkpoint.save={workdir / name}_ckpt",
+        f"model.attention_backend={backend}", f"checkpoint.init_from={workdir / 'init'}",
+        f"checkpoint.save={workdir / name}_ckpt",
     )  # fmt: skip
     assert [s["step"] for s in steps] == [1, 2, 3]
     for want, got in zip(expected.history, steps):

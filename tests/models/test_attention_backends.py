@@ -10,15 +10,17 @@ from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.datasets import ProteinDataset, SampleConfig
 from megatron_plm.data.splits import Split
 from megatron_plm.models.config import ModelConfig
+from megatron_plm.models.mcore import PACKED_BACKENDS
 from megatron_plm.training.build import build_model_chunk
 
-CPU_BACKENDS = ["local", "sdpa"]
+CPU_BACKENDS = ["local", "sdpa", "varlen"]  # varlen runs its plain-PyTorch equivalent on CPU
 
 
 def model(runtime, objective, backend, reference=None):
     config = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=128, vocab_size=35,
                          attention_backend=backend)  # fmt: skip
     chunk = build_model_chunk(config, runtime, objective=objective).eval()
+    chunk.backend = backend
     if reference is not None:
         chunk.load_state_dict(reference.state_dict())  # core attention holds no weights: same model
     return chunk
@@ -32,14 +34,20 @@ def batch(sample_corpus, objective, packed, count=4):
 
 
 def logits(chunk, b, *, mask="segments"):
+    """``[b, s, vocab]`` logits; packed backends get the batch as one thd row."""
     with torch.no_grad():
-        return chunk(b.tokens, b.position_ids, b.attention_mask() if mask == "segments" else None)
+        if mask != "segments":
+            return chunk(b.tokens, b.position_ids, None)
+        if chunk.backend in PACKED_BACKENDS:
+            return chunk(**b.pack().model_inputs()).reshape(*b.tokens.shape, -1)
+        return chunk(**b.model_inputs())
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "varlen"])
 @pytest.mark.parametrize("objective, packed", [("clm", True), ("mlm", True), ("mlm", False)])
-def test_sdpa_equals_local_attention(runtime, sample_corpus, objective, packed):
+def test_backend_equals_local_attention(runtime, sample_corpus, objective, packed, backend):
     reference = model(runtime, objective, "local")
-    other = model(runtime, objective, "sdpa", reference)
+    other = model(runtime, objective, backend, reference)
     b = batch(sample_corpus, objective, packed)
     real = (b.segment_ids >= 0)
     difference = (logits(reference, b) - logits(other, b))[real].abs().max().item()
@@ -64,5 +72,46 @@ def test_no_attention_across_packed_proteins(runtime, sample_corpus, backend, ob
     changed, later = _first_protein_changed(b)
     assert torch.equal(logits(chunk, b)[later], logits(chunk, changed)[later])
     # The control: without the boundary mask (plain causal attention) the change leaks into later proteins.
-    if objective == "clm":
+    if objective == "clm" and backend != "varlen":
         assert not torch.equal(logits(chunk, b, mask=None)[later], logits(chunk, changed, mask=None)[later])
+
+
+def test_packed_backends_build_bidirectional_mlm_layers():
+    """Packed backends take causality from the layer's mask type, not from a mask: MLM layers must be
+    built bidirectional, or Transformer Engine and varlen would silently train a causal MLM."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from megatron_plm.models.mcore import layer_spec
+
+    def mask_type(backend, objective):
+        return layer_spec(backend, objective=objective).submodules.self_attention.params["attn_mask_type"]
+
+    assert mask_type("varlen", "mlm") == AttnMaskType.no_mask
+    assert mask_type("varlen", "clm") == AttnMaskType.causal
+    try:
+        te_mlm = mask_type("te", "mlm")
+    except (ImportError, NameError) as error:  # megatron-core cannot build TE specs without TE
+        pytest.skip(f"Transformer Engine not installed ({error})")
+    assert te_mlm == AttnMaskType.no_mask
+
+
+def test_pack_keeps_token_order_and_boundaries(sample_corpus):
+    b = batch(sample_corpus, "clm", packed=True)
+    packed = b.pack()
+    rows, length = b.tokens.shape
+    assert packed.tokens.shape == (1, rows * length) and torch.equal(packed.tokens[0], b.tokens.reshape(-1))
+    params = packed.packed_seq_params()
+    cu = params.cu_seqlens_q
+    assert params.qkv_format == "thd" and cu[0] == 0 and cu[-1] == rows * length
+    # Every segment holds one protein (or padding) and never crosses a row.
+    flat_segments = b.segment_ids.reshape(-1)
+    row_of = torch.arange(rows * length) // length
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        assert len(set(flat_segments[start:end].tolist())) == 1 and len(set(row_of[start:end].tolist())) == 1
+    assert params.max_seqlen_q == int((cu[1:] - cu[:-1]).max())
+
+
+def test_varlen_refuses_unpacked_batches(runtime, sample_corpus):
+    chunk = model(runtime, "clm", "varlen")
+    with pytest.raises(ValueError, match="needs packed batches"), torch.no_grad():
+        chunk(**batch(sample_corpus, "clm", packed=True).model_inputs())
