@@ -15,7 +15,7 @@ from megatron_plm.data.fasta import InputFormatError, read_fasta
 from megatron_plm.data.tokenizer import ProteinTokenizer
 from megatron_plm.evaluation.dms import load_assays, masked_marginals
 from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities
-from megatron_plm.evaluation.model import load_scoring_model
+from megatron_plm.evaluation.model import load_scoring_model, pad_batch
 from megatron_plm.evaluation.perplexity import clm_windows, perplexity
 
 TOK = ProteinTokenizer()
@@ -136,3 +136,24 @@ def test_dms_cli_writes_one_row_per_mutant(trained, shared_data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
     assert len(rows) == 1367 and rows[0].keys() == {"DMS_id", "mutant", "score"}
     assert "IF1_ECOLI_Kelsic_2016" in out.stdout and "0.193" in out.stdout  # ProteinGym ESM2-8M beside ours
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_checkpoints_trained_for_packed_attention_score_alike(runtime, trained, sample_fasta, tmp_path, objective):
+    """A checkpoint whose run used a packed (thd) backend is scored through packed batches, padding
+    rows split off as their own segments; the logits of real tokens equal the mask path's."""
+    import json
+
+    from megatron_plm.checkpoint.training import STATE_FILE, latest_checkpoint
+
+    copy = tmp_path / objective
+    shutil.copytree(latest_checkpoint(trained[objective]), copy)
+    state = json.loads((copy / STATE_FILE).read_text())
+    state["config"]["model"]["attention_backend"] = "varlen"
+    (copy / STATE_FILE).write_text(json.dumps(state))
+    masked, packed = load_scoring_model(trained[objective], runtime), load_scoring_model(copy, runtime)
+    rows = [TOK.encode(r.sequence[: 30 + 10 * i]) for i, (_, r) in enumerate(zip(range(4), read_fasta(sample_fasta)))]
+    ids, real = pad_batch(rows, TOK.pad)
+    assert (real == 0).any(), "rows of different lengths: padding must be present"
+    want, got = masked.log_probs(ids, real), packed.log_probs(ids, real)
+    assert (want - got)[real.bool()].abs().max() < 1e-5
