@@ -11,10 +11,16 @@ falls back to its pure-Python references.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
+
+
+CUDA_ARCHS = os.environ.get("MEGATRON_PLM_CUDA_ARCHS", "80;90").split(";")
+"""GPU architectures the CUDA kernels are compiled for (A100, H100), plus PTX of the newest for later GPUs."""
 
 
 def _extensions() -> list:
@@ -23,7 +29,7 @@ def _extensions() -> list:
     except ImportError:
         print("setup.py: pybind11 not installed; skipping the C++ extensions", file=sys.stderr)
         return []
-    return [
+    extensions = [
         Pybind11Extension(
             "megatron_plm.data._fasta_ext",
             ["csrc/fasta/fasta_encode.cpp"],
@@ -31,16 +37,69 @@ def _extensions() -> list:
             extra_compile_args=["-O3"],
         ),
     ]
+    try:
+        import torch
+        from torch.utils.cpp_extension import CppExtension
+    except ImportError:
+        print("setup.py: torch not installed; skipping the CUDA kernels", file=sys.stderr)
+        return extensions
+    # The binding links torch's CPU libraries only (present in CPU and CUDA wheels alike); the kernel
+    # is compiled by nvcc and linked with the static CUDA runtime, so the extension builds wherever
+    # nvcc is, GPU or not, and imports anywhere (it launches only on CUDA tensors).
+    rotary = CppExtension(
+        "megatron_plm.kernels._rotary_cuda",
+        ["csrc/rotary/rotary_binding.cpp"],
+        include_dirs=["csrc/rotary"],
+        define_macros=[("TORCH_EXTENSION_NAME", "_rotary_cuda"),
+                       ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))],  # fmt: skip
+        extra_compile_args=["-O3", "-std=c++17"],
+    )
+    rotary.cuda_sources = ["csrc/rotary/rotary.cu"]
+    return extensions + [rotary]
+
+
+def _nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [os.path.join(home, "bin", "nvcc")] if home else []
+    candidates += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
+    return next((c for c in candidates if c and os.path.exists(c)), None)
 
 
 class OptionalBuildExt(build_ext):
-    """Build what compiles; a failed extension leaves its pure-Python reference in charge."""
+    """Build what compiles; a failed extension is left out and its pure-Python reference takes over."""
 
-    def build_extension(self, ext):
-        try:
-            super().build_extension(ext)
-        except Exception as error:  # compiler missing or failing: warn, do not fail the install
-            print(f"setup.py: could not build {ext.name} ({error}); using the Python fallback", file=sys.stderr)
+    def build_extensions(self):
+        built = []
+        for ext in self.extensions:
+            try:
+                if getattr(ext, "cuda_sources", None):
+                    self._compile_cuda(ext)
+                self.build_extension(ext)
+                built.append(ext)
+            except Exception as error:  # compiler missing or failing: warn, do not fail the install
+                print(f"setup.py: could not build {ext.name} ({error}); using the Python fallback", file=sys.stderr)
+        self.extensions = built
+
+    def _compile_cuda(self, ext) -> None:
+        nvcc = _nvcc()
+        if nvcc is None:
+            raise RuntimeError("nvcc not found (set CUDA_HOME)")
+        homes = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+        cuda_home = next((h for h in homes if os.path.exists(os.path.join(h, "include", "cuda_runtime.h"))), homes[0])
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+        gencode.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
+        os.makedirs(self.build_temp, exist_ok=True)
+        for source in ext.cuda_sources:
+            obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
+            command = [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode,
+                       *[f"-I{d}" for d in ext.include_dirs], "-c", source, "-o", obj]  # fmt: skip
+            print(" ".join(command))
+            subprocess.run(command, check=True)
+            ext.extra_objects.append(obj)
+        for lib in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
+            if os.path.isdir(os.path.join(cuda_home, lib)):
+                ext.library_dirs.append(os.path.join(cuda_home, lib))
+        ext.libraries += ["cudart_static", "rt", "pthread", "dl"]
 
 
 setup(

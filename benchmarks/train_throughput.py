@@ -2,8 +2,9 @@
 """Training throughput per attention backend, against the transformers model of the same shape.
 
 For one config (one process; use train_step.py under torchrun for parallel layouts) it times our
-backends -- local (megatron-core's attention), sdpa (PyTorch), te (when Transformer Engine is installed)
--- and the equivalent transformers model (EsmForMaskedLM for MLM, GPTNeoXForCausalLM for CLM, SDPA
+backends -- local (megatron-core's attention), sdpa (PyTorch, a block-diagonal mask), varlen (PyTorch's
+varlen flash attention over packed batches; its quadratic plain-PyTorch equivalent on CPU), te (when
+Transformer Engine is installed) -- and the equivalent transformers model (EsmForMaskedLM for MLM, GPTNeoXForCausalLM for CLM, SDPA
 attention, padded batches of the same proteins, AdamW), and prints tokens/s, TFLOP/s, MFU (against the
 GPU's bf16 dense peak) and the non-pad fraction in one table. Usage:
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_plm.runtime.accelerators import detect
 
     args = parse_benchmark_args(__doc__, argv)
-    backends = ["local", "sdpa"] + (["te"] if detect().transformer_engine else [])
+    backends = ["local", "sdpa", "varlen"] + (["te"] if detect().transformer_engine else [])
     rows = [measure(args.config, [*args.overrides, f"model.attention_backend={backend}"], warmup=args.warmup,
                     steps=args.steps) for backend in backends]  # fmt: skip
     rows.append(measure_transformers(args.config, args.overrides, warmup=args.warmup, steps=args.steps))

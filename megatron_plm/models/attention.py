@@ -91,9 +91,11 @@ class VarlenAttention(MegatronModule):
     """Core attention over packed (``thd``) sequences: no padding, no mask, one flash-attention call.
 
     megatron-core hands it ``[t, heads, head_dim]`` tensors and the proteins' ``cu_seqlens`` in
-    ``packed_seq_params`` (see :meth:`Batch.pack`). On a GPU with bf16/fp16 it calls PyTorch's
-    ``varlen_attn``; elsewhere (the CPU, fp32) it computes the same thing with
-    :func:`varlen_reference`, so the packed data path is tested where no GPU is.
+    ``packed_seq_params`` (see :meth:`Batch.pack`). It applies rotary embeddings itself, positions
+    restarting at every protein (the model is built without megatron-core's RoPE), with the fused
+    kernel of ``csrc/rotary`` on a GPU. On a GPU with bf16/fp16 attention is PyTorch's
+    ``varlen_attn``; elsewhere (the CPU, fp32) both steps run their PyTorch references
+    (:func:`rotary_reference`, :func:`varlen_reference`), so the packed path is tested where no GPU is.
     Causal or bidirectional follows the layer's mask type (``no_mask`` for MLM, see ``layer_spec``).
     """
 
@@ -113,6 +115,15 @@ class VarlenAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.kernel = _varlen_kernel()
+        self._inv_freq: dict[torch.device, torch.Tensor] = {}  # fp32 per device; not a buffer (bf16 casts)
+
+    def inv_freq(self, device: torch.device) -> torch.Tensor:
+        if device not in self._inv_freq:
+            from megatron_plm.kernels.rotary import inv_frequencies
+            from megatron_plm.models.mcore import ROTARY_BASE
+
+            self._inv_freq[device] = inv_frequencies(self.head_dim, ROTARY_BASE, device=device)
+        return self._inv_freq[device]
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):  # fmt: skip
@@ -120,11 +131,15 @@ class VarlenAttention(MegatronModule):
             raise ValueError("the varlen attention backend needs packed batches (Batch.pack) with thd packed_seq_params")
         if attention_mask is not None or attention_bias is not None:
             raise ValueError("the varlen attention backend takes protein boundaries as cu_seqlens, not a mask")
+        from megatron_plm.kernels.rotary import apply_rotary_thd
+
+        cu = packed_seq_params.cu_seqlens_q
+        query = apply_rotary_thd(query, cu, self.inv_freq(query.device))
+        key = apply_rotary_thd(key, cu, self.inv_freq(key.device))
         if self.heads > self.query_groups:  # grouped-query attention: share each key/value head
             key = key.repeat_interleave(self.heads // self.query_groups, dim=1)
             value = value.repeat_interleave(self.heads // self.query_groups, dim=1)
         causal = (attn_mask_type or self.attn_mask_type) in (AttnMaskType.causal, AttnMaskType.padding_causal)
-        cu = packed_seq_params.cu_seqlens_q
         if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
             if self.kernel is None:
                 raise RuntimeError(f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.9); use sdpa")

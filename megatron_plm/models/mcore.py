@@ -35,6 +35,9 @@ BODY_PREFIXES = ("embedding.", "decoder.")
 """State-dict prefixes of the shared body (embedding, layers, final LayerNorm): what CLM -> MLM transfers."""
 
 
+ROTARY_BASE = 10000
+"""RoPE's base (ESM-2's and megatron-core's default)."""
+
 ESM2_MASK_RATIO_TRAIN = 0.15 * 0.8
 """The masked share of tokens ESM-2's token dropout assumes at training time."""
 
@@ -136,8 +139,10 @@ def build_protein_model(
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,
         post_process=post_process,
-        position_embedding_type="rope",
+        # varlen's core attention applies RoPE itself (one fused kernel over the packed batch).
+        position_embedding_type="none" if backend == "varlen" else "rope",
         rotary_percent=1.0,
+        rotary_base=ROTARY_BASE,
     )
     if objective == "clm":
         return GPTModel(config=config, share_embeddings_and_output_weights=False, **body)

@@ -104,10 +104,14 @@ def effective_backend(model_cfg: ModelConfig, precision_backend: str = "local") 
     return model_cfg.attention_backend if precision_backend == "local" else precision_backend
 
 
-def precision_settings(precision: str, runtime: Runtime, fp8=None) -> tuple[torch.dtype, dict, str]:
-    """``(params dtype, extra TransformerConfig fields, layer backend)`` for a precision, after its guards."""
+def precision_settings(precision: str, runtime: Runtime, fp8=None, *,
+                       allow_cpu_bf16: bool = False) -> tuple[torch.dtype, dict, str]:  # fmt: skip
+    """``(params dtype, extra TransformerConfig fields, layer backend)`` for a precision, after its guards.
+    ``allow_cpu_bf16`` lets tools (the step profiler) run bf16 on the CPU, which training refuses."""
     if precision == "fp32":
         return torch.float32, {}, "local"
+    if precision == "bf16" and allow_cpu_bf16:
+        return torch.bfloat16, {}, "local"
     if runtime.device.type != "cuda":
         raise ValueError(f"training.precision {precision} needs a GPU; use fp32 on the CPU")
     if precision == "bf16":
@@ -131,6 +135,7 @@ def build_training_state(
     precision: str = "fp32",
     train_iters: int | None = None,
     fp8=None,
+    allow_cpu_bf16: bool = False,
 ) -> TrainingState:
     from megatron.core.distributed import (
         DistributedDataParallel,
@@ -146,7 +151,7 @@ def build_training_state(
             "parallel.sequence_parallel needs Transformer Engine or apex (megatron-core's torch LayerNorm "
             "does not support it); use the NGC container or set it to false"
         )
-    params_dtype, precision_fields, backend = precision_settings(precision, runtime, fp8)
+    params_dtype, precision_fields, backend = precision_settings(precision, runtime, fp8, allow_cpu_bf16=allow_cpu_bf16)
     parallel = runtime.parallel
     config = model_cfg.to_transformer_config(parallel, params_dtype=params_dtype, **precision_fields)
     # Grads are summed over tokens and divided once by the global token count (per-token loss).
