@@ -264,6 +264,12 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
         seconds = sum(attention_seconds(b, config, roofline, attention_efficiency) for b in measured)
         records.append(OpRecord("decoder.layers.*.self_attention.core_attention", "varlen flash (priced)", 0, 0,
                                 2 * len(measured) * full_layers, seconds=seconds * full_layers))  # fmt: skip
+        if config.model.attention_backend == "varlen":  # its RoPE ran inside core attention: price the kernel
+            qk = sum(b.tokens.numel() for b in measured) * 2 * config.model.hidden_size * 2  # q and k, bf16
+            moved = 2 * 2 * qk * full_layers  # read + write, forward + backward
+            records.append(OpRecord("decoder.layers.*.self_attention", "fused rotary (priced)", 0, moved,
+                                    4 * full_layers, seconds=max(moved / roofline.bandwidth,
+                                                                 4 * full_layers * roofline.launch_seconds)))  # fmt: skip
     tokens = sum(b.tokens.numel() for b in measured)
     real = sum(int((b.segment_ids >= 0).sum()) for b in measured)
     info = {"config": config.name, "layers": f"{config.model.num_layers} built, {full_layers} priced",

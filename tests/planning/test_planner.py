@@ -13,7 +13,7 @@ from megatron_plm.planning.planner import count_parameters, make_plan
 RECIPES = REPO / "examples/configs/recipes"
 
 
-@pytest.mark.parametrize("recipe, target", [("clm_7b", 7.2e9), ("mlm_10b", 10.7e9)])
+@pytest.mark.parametrize("recipe, target", [("clm_7b", 7.2e9), ("mlm_10b", 10.7e9), ("clm_1b", 1.2089e9)])
 def test_flagship_recipes_have_the_papers_sizes_on_the_meta_device(recipe, target):
     from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.runtime import ParallelConfig, initialize

@@ -1,0 +1,28 @@
+"""benchmarks/step_profile.py records the real op stream: its matrix-product FLOPs equal 6 x tokens x
+the model's matrix weights, and RoPE lands in its own row."""
+
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import step_profile  # noqa: E402
+
+
+def test_profile_counts_every_matrix_product_once(sample_corpus):
+    records, info = step_profile.profile(
+        str(REPO / "examples/configs/tiny_clm.yaml"),
+        [f"data.sources=[{{prefix: {sample_corpus}}}]", "training.precision=fp32", "checkpoint.init_from=null"],
+        layers=None, roofline=step_profile.ROOFLINES["h100"], attention_efficiency=0.45,
+    )  # fmt: skip
+    from megatron_plm.config import load_config
+
+    model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
+    h, f, layers = model.hidden_size, model.ffn_hidden_size or 4 * model.hidden_size, model.num_layers
+    weights = layers * (4 * h * h + 2 * h * f) + model.padded_vocab_size() * h  # qkv, proj, fc1, fc2; output layer
+    gemm = sum(r.flops for r in records if step_profile.category(r) == "GEMM")
+    assert gemm == 6 * info["tokens"] * weights
+    kinds = {step_profile.category(r) for r in records}
+    assert {"rotary + q/k/v split", "LayerNorm", "bias + GELU", "core attention"} <= kinds
+    assert all(r.seconds > 0 for r in records)
