@@ -21,6 +21,8 @@ from megatron.core import tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_plm.kernels.rotary import apply_rotary_thd, inv_frequencies
+
 
 class SDPAAttention(MegatronModule):
     def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
@@ -119,7 +121,6 @@ class VarlenAttention(MegatronModule):
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         if device not in self._inv_freq:
-            from megatron_plm.kernels.rotary import inv_frequencies
             from megatron_plm.models.mcore import ROTARY_BASE
 
             self._inv_freq[device] = inv_frequencies(self.head_dim, ROTARY_BASE, device=device)
@@ -131,8 +132,6 @@ class VarlenAttention(MegatronModule):
             raise ValueError("the varlen attention backend needs packed batches (Batch.pack) with thd packed_seq_params")
         if attention_mask is not None or attention_bias is not None:
             raise ValueError("the varlen attention backend takes protein boundaries as cu_seqlens, not a mask")
-        from megatron_plm.kernels.rotary import apply_rotary_thd
-
         cu = packed_seq_params.cu_seqlens_q
         query = apply_rotary_thd(query, cu, self.inv_freq(query.device))
         key = apply_rotary_thd(key, cu, self.inv_freq(key.device))
