@@ -24,13 +24,18 @@ from megatron.core.transformer.module import MegatronModule
 from megatron_plm.kernels.rotary import apply_rotary_thd, inv_frequencies
 
 
-class SDPAAttention(MegatronModule):
+class _CoreAttention(MegatronModule):
+    """What both core attentions take from megatron-core's DotProductAttention constructor: this TP
+    rank's heads and key/value groups, head size, mask type, softmax scale and dropout."""
+
+    backend = "core"
+
     def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
                  attention_dropout: float | None = None, softmax_scale: float | None = None,
                  cp_comm_type: str | None = None, pg_collection=None):  # fmt: skip
         super().__init__(config=config)
         if config.context_parallel_size != 1:
-            raise ValueError("the sdpa attention backend does not support context parallelism; use te")
+            raise ValueError(f"the {self.backend} attention backend does not support context parallelism; use te")
         tp = pg_collection.tp.size() if pg_collection is not None else tensor_parallel.get_tensor_model_parallel_world_size()
         self.heads = config.num_attention_heads // tp
         self.query_groups = config.num_query_groups // tp
@@ -38,6 +43,11 @@ class SDPAAttention(MegatronModule):
         self.attn_mask_type = attn_mask_type
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+
+class SDPAAttention(_CoreAttention):
+    backend = "sdpa"
+
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):  # fmt: skip
@@ -89,7 +99,7 @@ def varlen_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool, scale: 
     return out.squeeze(0).transpose(0, 1)
 
 
-class VarlenAttention(MegatronModule):
+class VarlenAttention(_CoreAttention):
     """Core attention over packed (``thd``) sequences: no padding, no mask, one flash-attention call.
 
     megatron-core hands it ``[t, heads, head_dim]`` tensors and the proteins' ``cu_seqlens`` in
@@ -101,21 +111,12 @@ class VarlenAttention(MegatronModule):
     Causal or bidirectional follows the layer's mask type (``no_mask`` for MLM, see ``layer_spec``).
     """
 
-    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
-                 attention_dropout: float | None = None, softmax_scale: float | None = None,
-                 cp_comm_type: str | None = None, pg_collection=None):  # fmt: skip
-        super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("the varlen attention backend does not support context parallelism; use te")
-        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        if dropout:
+    backend = "varlen"
+
+    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, *args, **kwargs):
+        super().__init__(config, layer_number, attn_mask_type, *args, **kwargs)
+        if self.dropout:
             raise ValueError("the varlen attention backend has no attention dropout; set model.attention_dropout: 0")
-        tp = pg_collection.tp.size() if pg_collection is not None else tensor_parallel.get_tensor_model_parallel_world_size()
-        self.heads = config.num_attention_heads // tp
-        self.query_groups = config.num_query_groups // tp
-        self.head_dim = config.kv_channels
-        self.attn_mask_type = attn_mask_type
-        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.kernel = _varlen_kernel()
         self._inv_freq: dict[torch.device, torch.Tensor] = {}  # fp32 per device; not a buffer (bf16 casts)
 
