@@ -23,6 +23,11 @@ CUDA_ARCHS = os.environ.get("MEGATRON_PLM_CUDA_ARCHS", "80;90").split(";")
 """GPU architectures the CUDA kernels are compiled for (A100, H100), plus PTX of the newest for later GPUs."""
 
 
+CUDA_KERNELS = ("rotary", "bias_gelu")
+"""``csrc/<name>/``: ``<name>.cu`` (nvcc) and ``<name>_binding.cpp`` (torch), built as
+``megatron_plm.kernels._<name>_cuda``; ``megatron_plm/kernels/<name>.py`` holds the reference."""
+
+
 def _extensions() -> list:
     try:
         from pybind11.setup_helpers import Pybind11Extension
@@ -43,19 +48,21 @@ def _extensions() -> list:
     except ImportError:
         print("setup.py: torch not installed; skipping the CUDA kernels", file=sys.stderr)
         return extensions
-    # The binding links torch's CPU libraries only (present in CPU and CUDA wheels alike); the kernel
-    # is compiled by nvcc and linked with the static CUDA runtime, so the extension builds wherever
+    # Each binding links torch's CPU libraries only (present in CPU and CUDA wheels alike); its kernels
+    # are compiled by nvcc and linked with the static CUDA runtime, so the extension builds wherever
     # nvcc is, GPU or not, and imports anywhere (it launches only on CUDA tensors).
-    rotary = CppExtension(
-        "megatron_plm.kernels._rotary_cuda",
-        ["csrc/rotary/rotary_binding.cpp"],
-        include_dirs=["csrc/rotary"],
-        define_macros=[("TORCH_EXTENSION_NAME", "_rotary_cuda"),
-                       ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))],  # fmt: skip
-        extra_compile_args=["-O3", "-std=c++17"],
-    )
-    rotary.cuda_sources = ["csrc/rotary/rotary.cu"]
-    return extensions + [rotary]
+    abi = ("_GLIBCXX_USE_CXX11_ABI", str(int(torch._C._GLIBCXX_USE_CXX11_ABI)))
+    for kernel in CUDA_KERNELS:
+        extension = CppExtension(
+            f"megatron_plm.kernels._{kernel}_cuda",
+            [f"csrc/{kernel}/{kernel}_binding.cpp"],
+            include_dirs=[f"csrc/{kernel}"],
+            define_macros=[("TORCH_EXTENSION_NAME", f"_{kernel}_cuda"), abi],
+            extra_compile_args=["-O3", "-std=c++17"],
+        )
+        extension.cuda_sources = [f"csrc/{kernel}/{kernel}.cu"]
+        extensions.append(extension)
+    return extensions
 
 
 def _nvcc() -> str | None:

@@ -270,6 +270,14 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
             records.append(OpRecord("decoder.layers.*.self_attention", "fused rotary (priced)", 0, moved,
                                     4 * full_layers, seconds=max(moved / roofline.bandwidth,
                                                                  4 * full_layers * roofline.launch_seconds)))  # fmt: skip
+        if config.model.attention_backend in ("sdpa", "varlen"):  # their MLP ran the fused op's reference
+            records = [r for r in records if ".mlp.bias_gelu" not in r.module]
+            ffn = (config.model.ffn_hidden_size or 4 * config.model.hidden_size) // config.parallel.tensor_model_parallel_size
+            activation = sum(b.tokens.numel() for b in measured) * ffn * 2  # bf16
+            moved = 5 * activation * full_layers  # forward: read x, write; backward: read x and grad, write
+            calls = 3 * len(measured) * full_layers  # forward, backward, the bias gradient's partial sums
+            records.append(OpRecord("decoder.layers.*.mlp.bias_gelu", "fused bias+GELU (priced)", 0, moved, calls,
+                                    seconds=max(moved / roofline.bandwidth, calls * roofline.launch_seconds)))
     tokens = sum(b.tokens.numel() for b in measured)
     real = sum(int((b.segment_ids >= 0).sum()) for b in measured)
     info = {"config": config.name, "layers": f"{config.model.num_layers} built, {full_layers} priced",

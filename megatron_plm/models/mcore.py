@@ -93,7 +93,8 @@ cf. Megatron-LM#2357), so it is always given packed batches."""
 def layer_spec(backend: Literal["local", "sdpa", "varlen", "te"] = "local", *, objective: str = "clm"):
     """megatron-core's layer spec: its own modules (local attention, the reference), the same with
     PyTorch's scaled_dot_product_attention (sdpa) or varlen flash attention (varlen) as core
-    attention, or Transformer Engine's layers (te).
+    attention and the fused bias + GELU of ``csrc/bias_gelu`` in the MLP, or Transformer Engine's
+    layers (te).
 
     Mask-based backends take causality from each batch's mask; packed ones from the layer's mask
     type, so MLM layers are built bidirectional (``no_mask``; TE turns it into ``padding`` for thd).
@@ -104,11 +105,13 @@ def layer_spec(backend: Literal["local", "sdpa", "varlen", "te"] = "local", *, o
         spec = get_gpt_layer_local_spec()
     else:
         raise ValueError(f"model.attention_backend must be local, sdpa, varlen or te, got {backend!r}")
-    if backend in ("sdpa", "varlen"):
+    if backend in ("sdpa", "varlen"):  # the PyTorch-native GPU paths: our attention, and our fused MLP activation
         from megatron_plm.models.attention import SDPAAttention, VarlenAttention
+        from megatron_plm.models.mlp import BiasGeluMLP
 
         attention = SDPAAttention if backend == "sdpa" else VarlenAttention
         spec.submodules.self_attention.submodules.core_attention = attention
+        spec.submodules.mlp = BiasGeluMLP
     if backend in PACKED_BACKENDS and objective == "mlm":
         spec.submodules.self_attention.params = {**spec.submodules.self_attention.params,
                                                  "attn_mask_type": AttnMaskType.no_mask}  # fmt: skip

@@ -26,3 +26,23 @@ def test_profile_counts_every_matrix_product_once(sample_corpus):
     kinds = {step_profile.category(r) for r in records}
     assert {"rotary + q/k/v split", "LayerNorm", "bias + GELU", "core attention"} <= kinds
     assert all(r.seconds > 0 for r in records)
+
+
+def test_fused_kernels_replace_their_references_on_cpu(sample_corpus):
+    """With the varlen backend the CPU runs the references of csrc/rotary and csrc/bias_gelu; the profile
+    prices each kernel instead (one read and one write per pass) and drops the reference's ops."""
+    records, info = step_profile.profile(
+        str(REPO / "examples/configs/tiny_clm.yaml"),
+        [f"data.sources=[{{prefix: {sample_corpus}}}]", "training.precision=fp32", "checkpoint.init_from=null",
+         "model.attention_backend=varlen", "data.packed=true"],
+        layers=None, roofline=step_profile.ROOFLINES["h100"], attention_efficiency=0.45,
+    )  # fmt: skip
+    from megatron_plm.config import load_config
+
+    model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
+    ffn = model.ffn_hidden_size or 4 * model.hidden_size
+    priced = [r for r in records if ".mlp.bias_gelu" in r.module]
+    assert [r.op for r in priced] == ["fused bias+GELU (priced)"]
+    assert priced[0].bytes == 5 * info["tokens"] * ffn * 2 * model.num_layers
+    assert step_profile.category(priced[0]) == "bias + GELU"
+    assert any(r.op == "fused rotary (priced)" for r in records)

@@ -54,6 +54,27 @@ def test_backend_equals_local_attention(runtime, sample_corpus, objective, packe
     assert difference <= 1e-5, difference
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "varlen"])
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_backend_trains_like_local_attention(runtime, sample_corpus, objective, backend):
+    """Same loss gradients for every parameter (attention, fused MLP activation, heads) as the reference,
+    and the same checkpoint keys, so a run can switch backends when it resumes."""
+    reference = model(runtime, objective, "local").train()
+    other = model(runtime, objective, backend, reference).train()
+    assert reference.sharded_state_dict().keys() == other.sharded_state_dict().keys()
+    b = batch(sample_corpus, objective, packed=True)
+    grads = []
+    for chunk in (reference, other):
+        chunk.zero_grad()
+        fed = b.pack() if backend in PACKED_BACKENDS and chunk is other else b
+        token_losses = chunk(**fed.model_inputs(), labels=fed.labels)
+        (token_losses * fed.loss_mask).sum().backward()
+        grads.append({name: p.grad.clone() for name, p in chunk.named_parameters()})
+    for name, want in grads[0].items():
+        scale = want.abs().max().item()
+        assert (grads[1][name] - want).abs().max().item() <= 1e-5 * max(scale, 1e-3), name
+
+
 def _first_protein_changed(b):
     """Tokens of each row's first protein replaced; returns the batch and a mask of later proteins."""
     tokens = b.tokens.clone()

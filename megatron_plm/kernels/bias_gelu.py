@@ -1,0 +1,55 @@
+"""Bias add + exact (erf) GELU: the MLP activation of ESM-2 and of our CLM recipes.
+
+:func:`bias_gelu_reference` is what megatron-core's MLP computes when its bias-activation fusion is
+off (``x + bias``, then ``F.gelu``), and so what every CPU run computes. ``csrc/bias_gelu/bias_gelu.cu``
+fuses it on the GPU: forward one read of ``x`` and one write; backward one read of ``x`` and of the
+incoming gradient, one write of the gradient of ``x``, with the bias gradient summed on the way in fp32.
+megatron-core's own fused bias-GELU is the tanh approximation, which would change ESM-2's numerics.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from megatron_plm.kernels import _bias_gelu_cuda
+except ImportError:  # not built (no nvcc at install time): the reference runs everywhere
+    _bias_gelu_cuda = None
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def bias_gelu_reference(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``GELU(x + bias)`` as megatron-core's unfused MLP computes it (two PyTorch ops)."""
+    return F.gelu(x + bias)
+
+
+def kernel_available() -> bool:
+    return _bias_gelu_cuda is not None
+
+
+class _BiasGelu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bias):
+        ctx.save_for_backward(x, bias)
+        return _bias_gelu_cuda.bias_gelu_forward(x, bias, torch.cuda.current_stream(x.device).cuda_stream)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, bias = ctx.saved_tensors
+        stream = torch.cuda.current_stream(grad.device).cuda_stream
+        grad_x, partial = _bias_gelu_cuda.bias_gelu_backward(grad.contiguous(), x, bias, stream)
+        return grad_x, partial.sum(0).to(bias.dtype)
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``GELU(x + bias)`` with ``bias`` over ``x``'s last dimension: the fused kernel on CUDA tensors
+    of one float dtype when built, else the reference."""
+    if bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
+        raise ValueError(f"bias_gelu: bias must be a vector over x's last dimension ({x.shape[-1]}), "
+                         f"got {tuple(bias.shape)}")  # fmt: skip
+    if (x.is_cuda and _bias_gelu_cuda is not None and x.dtype in KERNEL_DTYPES and bias.dtype == x.dtype
+            and bias.device == x.device):  # fmt: skip
+        return _BiasGelu.apply(x.contiguous(), bias.contiguous())
+    return bias_gelu_reference(x, bias)
