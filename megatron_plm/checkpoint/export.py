@@ -10,6 +10,8 @@ complete: a failure leaves no partial output directory.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -59,7 +61,9 @@ def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime
 
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
-    chunk = build_model_chunk(model, runtime, objective=objective)
+    # The reference layers, whatever backend trained it: conversion needs no speed, and checkpoints of every
+    # backend share their keys (megatron-core saves local LayerNorms under Transformer Engine's names).
+    chunk = build_model_chunk(dataclasses.replace(model, attention_backend="local"), runtime, objective=objective)
     load_model_tensors(directory, chunk)
     return {k: v.detach().clone() for k, v in chunk.state_dict().items()
             if isinstance(v, torch.Tensor) and "_extra_state" not in k}  # fmt: skip

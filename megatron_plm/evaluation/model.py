@@ -79,11 +79,12 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     from megatron_plm.checkpoint.training import load_model_tensors, saved_run_config
     from megatron_plm.data.batch import Batch, cu_seqlens_from_segments
     from megatron_plm.models.mcore import PACKED_BACKENDS
-    from megatron_plm.training.build import build_model_chunk
+    from megatron_plm.training.build import build_model_chunk, runnable_model_config
 
     if runtime is None or runtime.world_size != 1:
         raise ValueError("scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.initialize)")
     directory, objective, model = checkpoint_model(path)
+    model = runnable_model_config(model, runtime)
     chunk = build_model_chunk(model, runtime, objective=objective)
     packed = model.attention_backend in PACKED_BACKENDS
     load_model_tensors(directory, chunk)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -97,6 +97,16 @@ def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: st
         pad_token_id=tokenizer.pad,
         backend=backend,
     )
+
+
+def runnable_model_config(model_cfg: ModelConfig, runtime: Runtime) -> ModelConfig:
+    """``model_cfg`` with an attention backend this machine runs, for loading a checkpoint to evaluate:
+    a run trained with Transformer Engine is scored with megatron-core's local attention where TE is
+    missing. The weights are the same, and so are the checkpoint keys (megatron-core's local layer spec
+    saves its LayerNorms under the names of TE's fused LayerNorm-linear layers)."""
+    if model_cfg.attention_backend == "te" and not runtime.accelerators.transformer_engine:
+        return replace(model_cfg, attention_backend="local")
+    return model_cfg
 
 
 def effective_backend(model_cfg: ModelConfig, precision_backend: str = "local") -> str:

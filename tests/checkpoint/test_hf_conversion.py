@@ -157,3 +157,28 @@ def test_import_refuses_what_it_cannot_express(runtime, tmp_path):
     with pytest.raises(ValueError, match=r"use_parallel_residual must be false; megatron_plm's model cannot express it"):
         import_hf(tmp_path / "neox", tmp_path / "ours", runtime)
     assert not (tmp_path / "ours").exists()
+
+
+@pytest.mark.parametrize("objective", ["mlm", "clm"])
+def test_checkpoints_of_te_runs_convert_and_score_without_te(runtime, trained, real_sequences, tmp_path, objective):
+    """A run trained with Transformer Engine (model.attention_backend te, the container's path) is exported
+    and scored on a machine without TE through the reference layers. megatron-core's local spec saves
+    under TE's tensor names, so a local checkpoint relabelled te stands in for one here."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from megatron_plm.evaluation.model import load_scoring_model
+
+    relabelled = shutil.copytree(trained[objective], tmp_path / "te_run")
+    for state in relabelled.rglob("train_state.json"):
+        saved = json.loads(state.read_text())
+        saved["config"]["model"]["attention_backend"] = "te"
+        state.write_text(json.dumps(saved))
+    assert checkpoint_model(relabelled)[2].attention_backend == "te"
+    original = load_file(export_hf(trained[objective], tmp_path / "hf", runtime) / "model.safetensors")
+    converted = load_file(export_hf(relabelled, tmp_path / "hf_te", runtime) / "model.safetensors")
+    assert original.keys() == converted.keys() and all(torch.equal(original[k], converted[k]) for k in original)
+    ids, real = batch_of(real_sequences, objective)
+    scored = [load_scoring_model(path, runtime).forward_logits(ids, real) for path in (trained[objective], relabelled)]
+    assert torch.equal(scored[0], scored[1])
