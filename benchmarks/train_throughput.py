@@ -41,7 +41,10 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     model = auto.from_config(hf, attn_implementation="sdpa", dtype=dtype).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr)
     t = config.training
-    # The same samples our single-protein pipeline would produce, padded per batch to its longest.
+    # What a transformers user trains on: for MLM, ESM-2's one protein per sample (whatever our run packs),
+    # padded per batch to its longest; for CLM, the same packed samples as ours.
+    if config.objective == "mlm":
+        config.data.packed = False
     data = DataBuilder(config.data).build(Split.TRAIN, (warmup + steps) * t.global_batch_size)
     loader = BatchLoader(data, t.global_batch_size, t.global_batch_size, 0, 1, causal=config.objective == "clm")
     batches = []
