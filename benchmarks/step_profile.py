@@ -183,6 +183,8 @@ def category(record: OpRecord) -> str:
         return "optimizer + grad norm + param copy"
     if op in MATMUL_OPS:
         return "GEMM"
+    if "rotary" in op:  # the fused kernel runs inside core attention (varlen)
+        return "rotary + q/k/v split"
     if "core_attention" in module:
         return "core attention"
     if "layernorm" in module or "layer_norm" in op:

@@ -29,18 +29,42 @@ def kernel_available() -> bool:
     return _bias_gelu_cuda is not None
 
 
+if _bias_gelu_cuda is not None:
+    # Dispatcher ops (not bare pybind calls), so torch.profiler, TorchDispatchMode-based tools such as
+    # benchmarks/step_profile.py and torch.compile see them; the fake versions give their shapes.
+    torch.library.define("megatron_plm::bias_gelu_forward", "(Tensor x, Tensor bias) -> Tensor")
+    torch.library.define("megatron_plm::bias_gelu_backward",
+                         "(Tensor grad, Tensor x, Tensor bias) -> (Tensor, Tensor)")  # fmt: skip
+
+    @torch.library.impl("megatron_plm::bias_gelu_forward", "CUDA")
+    def _forward_cuda(x, bias):
+        return _bias_gelu_cuda.bias_gelu_forward(x, bias, torch.cuda.current_stream(x.device).cuda_stream)
+
+    @torch.library.impl("megatron_plm::bias_gelu_backward", "CUDA")
+    def _backward_cuda(grad, x, bias):
+        stream = torch.cuda.current_stream(x.device).cuda_stream
+        grad_x, partial = _bias_gelu_cuda.bias_gelu_backward(grad.contiguous(), x, bias, stream)
+        return grad_x, partial.sum(0).to(bias.dtype)
+
+    @torch.library.register_fake("megatron_plm::bias_gelu_forward")
+    def _forward_fake(x, bias):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("megatron_plm::bias_gelu_backward")
+    def _backward_fake(grad, x, bias):
+        return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(bias)
+
+
 class _BiasGelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bias):
         ctx.save_for_backward(x, bias)
-        return _bias_gelu_cuda.bias_gelu_forward(x, bias, torch.cuda.current_stream(x.device).cuda_stream)
+        return torch.ops.megatron_plm.bias_gelu_forward(x, bias)
 
     @staticmethod
     def backward(ctx, grad):
         x, bias = ctx.saved_tensors
-        stream = torch.cuda.current_stream(grad.device).cuda_stream
-        grad_x, partial = _bias_gelu_cuda.bias_gelu_backward(grad.contiguous(), x, bias, stream)
-        return grad_x, partial.sum(0).to(bias.dtype)
+        return torch.ops.megatron_plm.bias_gelu_backward(grad, x, bias)
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -43,18 +43,31 @@ def kernel_available() -> bool:
     return _rotary_cuda is not None
 
 
+if _rotary_cuda is not None:
+    # A dispatcher op (not a bare pybind call), so torch.profiler, TorchDispatchMode-based tools such as
+    # benchmarks/step_profile.py and torch.compile see it; the fake version gives its shape.
+    torch.library.define("megatron_plm::rotary_thd", "(Tensor x, Tensor cu_seqlens, Tensor inv_freq, float sign) -> Tensor")
+
+    @torch.library.impl("megatron_plm::rotary_thd", "CUDA")
+    def _rotary_cuda_impl(x, cu_seqlens, inv_freq, sign):
+        return _rotary_cuda.rotary_thd(x, cu_seqlens, inv_freq, sign, torch.cuda.current_stream(x.device).cuda_stream)
+
+    @torch.library.register_fake("megatron_plm::rotary_thd")
+    def _rotary_fake(x, cu_seqlens, inv_freq, sign):
+        return x.new_empty(x.shape)
+
+
 class _RotaryTHD(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, cu_seqlens, inv_freq):
         ctx.save_for_backward(cu_seqlens, inv_freq)
-        return _rotary_cuda.rotary_thd(x, cu_seqlens, inv_freq, 1.0, torch.cuda.current_stream(x.device).cuda_stream)
+        return torch.ops.megatron_plm.rotary_thd(x, cu_seqlens, inv_freq, 1.0)
 
     @staticmethod
     def backward(ctx, grad):
         cu_seqlens, inv_freq = ctx.saved_tensors
         grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-        stream = torch.cuda.current_stream(grad.device).cuda_stream
-        return _rotary_cuda.rotary_thd(grad, cu_seqlens, inv_freq, -1.0, stream), None, None
+        return torch.ops.megatron_plm.rotary_thd(grad, cu_seqlens, inv_freq, -1.0), None, None
 
 
 def apply_rotary_thd(x: torch.Tensor, cu_seqlens: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,20 @@ def test_built_kernel_checks_its_inputs():
         kernel._bias_gelu_cuda.bias_gelu_backward(torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(8), 0)
 
 
+@pytest.mark.skipif(not kernel.kernel_available(), reason="extension not built (no nvcc at install time)")
+def test_kernels_are_dispatcher_ops_with_shapes():
+    """Registered with torch.library, so profilers and torch.compile see them; shapes via fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(6, 2, 40, device="cuda", dtype=torch.bfloat16)
+        bias = torch.empty(40, device="cuda", dtype=torch.bfloat16)
+        out = torch.ops.megatron_plm.bias_gelu_forward(x, bias)
+        grad_x, grad_bias = torch.ops.megatron_plm.bias_gelu_backward(out, x, bias)
+    assert out.shape == grad_x.shape == x.shape and out.is_contiguous() and out.dtype == x.dtype
+    assert grad_bias.shape == bias.shape and grad_bias.dtype == bias.dtype
+
+
 # dtype x shape grid: the MLP activations of ESM-2 650M ([s, b, 5120]) and of the 1B CLM at TP 2, a width
 # no 16-byte pack divides (the element-wise path), and fewer rows than a row chunk.
 SHAPES = [(1024, 8, 5120), (8192, 1, 3072), (333, 2, 1003), (5, 1, 2048)]

@@ -67,6 +67,18 @@ def test_built_kernel_checks_its_inputs():
         rotary._rotary_cuda.rotary_thd(torch.zeros(4, 2, 8), cu, inv, 1.0, 0)
 
 
+@pytest.mark.skipif(not rotary.kernel_available(), reason="extension not built (no nvcc at install time)")
+def test_kernel_is_a_dispatcher_op_with_shapes():
+    """Registered with torch.library, so profilers and torch.compile see it; shapes via fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(10, 4, 96, device="cuda", dtype=torch.bfloat16)[..., :32]  # strided, as from fused QKV
+        out = torch.ops.megatron_plm.rotary_thd(q, torch.empty(3, device="cuda", dtype=torch.int32),
+                                                torch.empty(16, device="cuda"), 1.0)  # fmt: skip
+    assert out.shape == q.shape and out.is_contiguous() and out.dtype == q.dtype
+
+
 # dtype x shape grid: head dims of ESM-2 (64 at 650M, 80 at 3B) and of our CLM recipes (128), few and
 # many proteins per pack, and a strided input (q as megatron-core slices it from the fused QKV).
 SHAPES = [(1024, 20, 64, 4), (4096, 16, 128, 40), (777, 8, 80, 1), (8192, 40, 128, 120)]
