@@ -56,7 +56,7 @@ def _extensions() -> list:
         extension = CppExtension(
             f"megatron_plm.kernels._{kernel}_cuda",
             [f"csrc/{kernel}/{kernel}_binding.cpp"],
-            include_dirs=[f"csrc/{kernel}"],
+            include_dirs=[f"csrc/{kernel}", "csrc/common"],
             define_macros=[("TORCH_EXTENSION_NAME", f"_{kernel}_cuda"), abi],
             extra_compile_args=["-O3", "-std=c++17"],
         )

@@ -19,6 +19,7 @@
 #include <cstdint>
 
 #include "bias_gelu.h"
+#include "float_convert.cuh"
 
 namespace {
 
@@ -27,15 +28,8 @@ constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 constexpr int kForwardThreads = 256;
 constexpr int kBackwardThreads = 128;
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using megatron_plm::from_float;
+using megatron_plm::to_float;
 
 __device__ __forceinline__ float gelu(float v) { return 0.5f * v * (1.0f + erff(v * kSqrtHalf)); }
 

@@ -18,18 +18,12 @@
 #include <cstdint>
 
 #include "rotary.h"
+#include "float_convert.cuh"
 
 namespace {
 
-template <typename T> __device__ __forceinline__ float to_float(T v);
-template <> __device__ __forceinline__ float to_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_float(float v);
-template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+using megatron_plm::from_float;
+using megatron_plm::to_float;
 
 // Position of `token` within its protein: token - cu_seqlens[segment], segment found by binary search.
 __device__ __forceinline__ int position_in_segment(const int32_t* __restrict__ cu_seqlens, int segments, int token) {
