@@ -20,6 +20,16 @@ def _cmd_env(args: argparse.Namespace) -> int:
     from megatron_plm.runtime.environment import describe_environment
 
     print(describe_environment())
+    if args.check_kernels:
+        from megatron_plm.kernels.selfcheck import check_all, format_results
+
+        results, skipped = check_all()
+        print(f"\nfused kernels (self-check: forward and backward against the PyTorch reference)\n"
+              f"{format_results(results, skipped)}")  # fmt: skip
+        # A GPU machine where a kernel fails or was not built is an error; a CPU machine has nothing to check.
+        import torch
+
+        return int(any(not r.passed for r in results) or (torch.cuda.is_available() and bool(skipped)))
     return 0
 
 
@@ -192,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     env = commands.add_parser("env", help="report torch, megatron-core, GPU and accelerator availability")
+    env.add_argument("--check-kernels", action="store_true",
+                     help="run every fused kernel's self-check in every dtype on each GPU and print a table")
     env.set_defaults(func=_cmd_env)
 
     from megatron_plm.data.preprocess import add_arguments as add_preprocess_arguments

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from megatron_plm.kernels import selfcheck
+
 try:
     from megatron_plm.kernels import _bias_gelu_cuda
 except ImportError:  # not built (no nvcc at install time): the reference runs everywhere
@@ -67,13 +69,37 @@ class _BiasGelu(torch.autograd.Function):
         return torch.ops.megatron_plm.bias_gelu_backward(grad, x, bias)
 
 
+def fused_bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The kernel itself, unchecked: ``x`` and ``bias`` on one GPU in one dtype."""
+    return _BiasGelu.apply(x.contiguous(), bias.contiguous())
+
+
+def _check_case(device: torch.device, generator: torch.Generator):
+    """512 rows of a width 16-byte packs divide (the vector path, as at ESM-2's and the CLM's widths),
+    enough rows for several row chunks in the bias gradient: x, bias, grad."""
+    x = 2 * torch.randn(256, 2, 640, device=device, generator=generator)
+    bias = torch.randn(640, device=device, generator=generator)
+    return [x, bias], (), torch.randn(x.shape, device=device, generator=generator)
+
+
+KERNEL = selfcheck.FusedKernel(name="bias_gelu (csrc/bias_gelu)", fused=fused_bias_gelu, reference=bias_gelu_reference,
+                               case=_check_case, outputs=("output", "grad x", "grad bias"), built=kernel_available,
+                               dtypes=KERNEL_DTYPES)  # fmt: skip
+
+
+def kernel_takes(x: torch.Tensor, bias: torch.Tensor) -> bool:
+    """Whether the built kernel can take ``x`` and ``bias`` (before its self-check on their device and dtype)."""
+    return (x.is_cuda and _bias_gelu_cuda is not None and x.dtype in KERNEL_DTYPES and bias.dtype == x.dtype
+            and bias.device == x.device)  # fmt: skip
+
+
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``GELU(x + bias)`` with ``bias`` over ``x``'s last dimension: the fused kernel on CUDA tensors
-    of one float dtype when built, else the reference."""
+    of one float dtype when built and when it passed its self-check on this device and dtype
+    (:mod:`selfcheck`), else the reference."""
     if bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
         raise ValueError(f"bias_gelu: bias must be a vector over x's last dimension ({x.shape[-1]}), "
                          f"got {tuple(bias.shape)}")  # fmt: skip
-    if (x.is_cuda and _bias_gelu_cuda is not None and x.dtype in KERNEL_DTYPES and bias.dtype == x.dtype
-            and bias.device == x.device):  # fmt: skip
-        return _BiasGelu.apply(x.contiguous(), bias.contiguous())
+    if kernel_takes(x, bias) and selfcheck.kernel_verified(KERNEL, x.device, x.dtype):
+        return KERNEL.fused(x, bias)
     return bias_gelu_reference(x, bias)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from megatron_plm.kernels import selfcheck
+
 try:
     from megatron_plm.kernels import _rotary_cuda
 except ImportError:  # not built (no nvcc at install time): the reference runs everywhere
@@ -37,6 +39,9 @@ def rotary_reference(x: torch.Tensor, cu_seqlens: torch.Tensor, inv_freq: torch.
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     first, second = x.chunk(2, dim=-1)
     return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def kernel_available() -> bool:
@@ -70,13 +75,37 @@ class _RotaryTHD(torch.autograd.Function):
         return torch.ops.megatron_plm.rotary_thd(grad, cu_seqlens, inv_freq, -1.0), None, None
 
 
+def fused_rotary_thd(x: torch.Tensor, cu_seqlens: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """The kernel itself, unchecked: ``x`` on a GPU with a unit last stride, ``cu_seqlens`` int32 and
+    ``inv_freq`` fp32 on its device (what :func:`apply_rotary_thd` hands it)."""
+    return _RotaryTHD.apply(x, cu_seqlens, inv_freq)
+
+
+def _check_case(device: torch.device, generator: torch.Generator):
+    """A few proteins of uneven lengths, head dim 64 (ESM-2 650M's): x, (cu_seqlens, inv_freq), grad."""
+    x = torch.randn(200, 4, 64, device=device, generator=generator)
+    cu = torch.tensor([0, 37, 41, 150, 200], dtype=torch.int32, device=device)
+    return [x], (cu, inv_frequencies(64, device=device)), torch.randn(x.shape, device=device, generator=generator)
+
+
+KERNEL = selfcheck.FusedKernel(name="rotary (csrc/rotary)", fused=fused_rotary_thd, reference=rotary_reference,
+                               case=_check_case, outputs=("output", "grad x"), built=kernel_available,
+                               dtypes=KERNEL_DTYPES)  # fmt: skip
+
+
+def kernel_takes(x: torch.Tensor) -> bool:
+    """Whether the built kernel can take ``x`` (before its self-check on ``x``'s device and dtype)."""
+    return x.is_cuda and _rotary_cuda is not None and x.dtype in KERNEL_DTYPES
+
+
 def apply_rotary_thd(x: torch.Tensor, cu_seqlens: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [tokens, heads, head_dim]``: the fused kernel on CUDA tensors when built, else the reference."""
+    """Rotate ``x [tokens, heads, head_dim]``: the fused kernel on CUDA tensors when built and when it
+    passed its self-check on this device and dtype (:mod:`selfcheck`), else the reference."""
     if x.dim() != 3 or x.shape[-1] % 2 or inv_freq.numel() * 2 != x.shape[-1]:
         raise ValueError(f"rotary: x must be [tokens, heads, head_dim] with head_dim = 2 x {inv_freq.numel()} "
                          f"(inv_freq), got {tuple(x.shape)}")  # fmt: skip
-    if x.is_cuda and _rotary_cuda is not None and x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+    if kernel_takes(x) and selfcheck.kernel_verified(KERNEL, x.device, x.dtype):
         cu = cu_seqlens.to(device=x.device, dtype=torch.int32).contiguous()
         x = x if x.stride(-1) == 1 else x.contiguous()
-        return _RotaryTHD.apply(x, cu, inv_freq.to(device=x.device, dtype=torch.float32).contiguous())
+        return KERNEL.fused(x, cu, inv_freq.to(device=x.device, dtype=torch.float32).contiguous())
     return rotary_reference(x, cu_seqlens, inv_freq)
