@@ -22,16 +22,26 @@ GiB = 2**30
 class Accelerator:
     name: str
     memory_gib: float
+    """Device memory a program can allocate, in GiB."""
     bf16_tflops: float
-    """Dense bf16 peak."""
+    """Dense bf16 peak (the datasheets give twice this, 'with sparsity'): the denominator of MFU."""
+    memory_tbs: float = 0.0
+    """Peak device-memory bandwidth, TB/s."""
+    source: str = ""
+    """Where the figures come from."""
 
 
 ACCELERATORS = {
-    "h100-80gb": Accelerator("H100 80GB SXM", 80, 989),
-    "h200-141gb": Accelerator("H200 141GB", 141, 989),
-    "a100-80gb": Accelerator("A100 80GB", 80, 312),
-    "cpu": Accelerator("CPU (fp32, for checking the estimate)", 24, 1),
-}
+    "h100-80gb": Accelerator("H100 80GB SXM", 80, 989, 3.35,
+                             "NVIDIA H100 Tensor Core GPU datasheet (SXM5: BF16 1,979 TFLOPS with sparsity, 3.35 TB/s)"),
+    # Memory: what nvidia-smi reports on the lent H200 (143,771 MiB; the device tool's KINDS.md, 2026-10-27).
+    "h200-141gb": Accelerator("H200 141GB SXM", 140.4, 989, 4.8,
+                              "NVIDIA H200 Tensor Core GPU datasheet (SXM: BF16 1,979 TFLOPS with sparsity, 141 GB "
+                              "HBM3e, 4.8 TB/s)"),
+    "a100-80gb": Accelerator("A100 80GB", 80, 312, 2.039,
+                             "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB: BF16 312 TFLOPS dense, 2,039 GB/s)"),
+    "cpu": Accelerator("CPU (fp32, for checking the estimate)", 24, 1, source="a nominal figure, not a peak"),
+}  # fmt: skip
 USABLE_MEMORY = 0.9
 """Share of device memory the plan may fill (allocator fragmentation, workspaces, NCCL buffers)."""
 
@@ -43,12 +53,18 @@ def flops_per_token(config: TrainConfig) -> float:
     return 6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * ffn) + 12 * m.num_layers * m.hidden_size * config.data.seq_length
 
 
-def peak_flops(device_name: str) -> float | None:
-    """Dense bf16 peak of a GPU from its name (for MFU), or None when unknown."""
+def accelerator_of(device_name: str) -> Accelerator | None:
+    """Our table's entry for a GPU named as ``torch.cuda.get_device_name`` names it, or None when unknown."""
     for key, name in (("H200", "h200-141gb"), ("H100", "h100-80gb"), ("A100", "a100-80gb")):
         if key in device_name:
-            return ACCELERATORS[name].bf16_tflops * 1e12
+            return ACCELERATORS[name]
     return None
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak of a GPU from its name (for MFU), or None when unknown."""
+    accelerator = accelerator_of(device_name)
+    return accelerator.bf16_tflops * 1e12 if accelerator else None
 
 
 @dataclass(frozen=True)
@@ -211,6 +227,8 @@ def format_plan(plan: Plan) -> str:
         "",
         f"compute           {plan.flops_per_token:.3g} FLOPs/token (6N + attention); at {plan.mfu:.0%} MFU: "
         f"{plan.step_seconds:.2f} s/step, {plan.tokens_per_day / 1e9:,.1f}B tokens/day",
+        f"peak              {plan.accelerator.bf16_tflops:g} TFLOP/s dense bf16, {plan.accelerator.memory_tbs:g} TB/s: "
+        f"{plan.accelerator.source}",
         f"budget            {c.training.train_iters:,} steps = {plan.budget_tokens / 1e9:,.1f}B tokens, "
         f"{plan.flops_per_token * plan.budget_tokens:.3g} FLOPs: {plan.days:,.1f} days on {plan.gpus} GPUs",
     ]

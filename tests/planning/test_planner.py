@@ -91,3 +91,17 @@ def test_memory_estimate_is_within_20_percent_of_a_measured_cpu_run(sample_corpu
     assert out.returncode == 0, out.stderr[-3000:]
     ratio = float(out.stdout.strip().splitlines()[-1])
     assert 0.8 <= ratio <= 1.2, ratio
+
+
+def test_h200_is_planned_and_named_with_its_datasheet_peaks():
+    """The lent H200: an H100's dense bf16 peak (MFU's denominator), 4.8 TB/s, 141 GB, each sourced, and
+    the plan of the 1B CLM recipe on one of them says which figures it used."""
+    from megatron_plm.planning.planner import ACCELERATORS, accelerator_of, format_plan, peak_flops
+
+    h200 = accelerator_of("NVIDIA H200")
+    assert h200 is ACCELERATORS["h200-141gb"] and peak_flops("NVIDIA H200") == 989e12 == peak_flops("NVIDIA H100 80GB HBM3")
+    assert h200.memory_tbs == 4.8 and "H200 Tensor Core GPU datasheet" in h200.source
+    assert all(a.source for a in ACCELERATORS.values()) and accelerator_of("Tesla T4") is None
+    plan = make_plan(load_config(RECIPES / "clm_1b.yaml"), gpus=1, accelerator="h200-141gb")
+    text = format_plan(plan)
+    assert "1 x H200 141GB SXM" in text and "of 140.4 GiB" in text and "989 TFLOP/s dense bf16, 4.8 TB/s" in text
