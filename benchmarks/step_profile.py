@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="microbatches sharing one optimizer step (default: global / micro batch size)")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may follow the overrides
     silence_fallback_warnings()
     roofline = ROOFLINES[args.price_on]
     records, info = profile(args.config, args.overrides, layers=args.layers, roofline=roofline,

@@ -80,17 +80,33 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def parse_benchmark_args(description: str, argv: list[str] | None) -> argparse.Namespace:
-    """The arguments both training benchmarks take; also quiets megatron's fallback warnings."""
+def mfu_basis() -> str:
+    """What the MFU column is measured against (the GPU's dense bf16 peak, and where that figure comes from)."""
+    from megatron_plm.planning.planner import accelerator_of
+
+    if not torch.cuda.is_available():
+        return "MFU: - (no GPU)"
+    name = torch.cuda.get_device_name(0)
+    accelerator = accelerator_of(name)
+    if accelerator is None:
+        return f"MFU: - ({name} is not in megatron_plm.planning.planner.ACCELERATORS)"
+    return f"MFU against {accelerator.bf16_tflops:g} TFLOP/s, the dense bf16 peak of the {accelerator.name} ({accelerator.source})"
+
+
+def parse_benchmark_args(description: str, argv: list[str] | None, *, extra=None) -> argparse.Namespace:
+    """The arguments both training benchmarks take (``extra(parser)`` adds a script's own); also quiets
+    megatron's fallback warnings."""
     from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("overrides", nargs="*")
     silence_fallback_warnings()
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # flags may follow the overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     row = measure(args.config, args.overrides, warmup=args.warmup, steps=args.steps)
     if row is not None:
         print(format_rows([row]))
+        print(mfu_basis())
     return 0
 
 

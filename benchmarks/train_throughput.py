@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from train_step import format_rows, measure, parse_benchmark_args
+from train_step import format_rows, measure, mfu_basis, parse_benchmark_args
 
 
 def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> dict:
@@ -84,8 +84,16 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
 def main(argv: list[str] | None = None) -> int:
     from megatron_plm.runtime.accelerators import detect
 
-    args = parse_benchmark_args(__doc__, argv)
-    backends = ["local", "sdpa", "varlen"] + (["te"] if detect().transformer_engine else [])
+    def backends_flag(parser):
+        parser.add_argument("--backends", default=None,
+                            help="comma-separated attention backends to time (default: local,sdpa,varlen and te "
+                                 "where installed)")  # fmt: skip
+
+    args = parse_benchmark_args(__doc__, argv, extra=backends_flag)
+    if args.backends:
+        backends = args.backends.split(",")
+    else:
+        backends = ["local", "sdpa", "varlen"] + (["te"] if detect().transformer_engine else [])
     rows = [measure(args.config, [*args.overrides, f"model.attention_backend={backend}"], warmup=args.warmup,
                     steps=args.steps) for backend in backends]  # fmt: skip
     rows.append(measure_transformers(args.config, args.overrides, warmup=args.warmup, steps=args.steps))
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     base = rows[-1]["tokens_per_s"]
     print("real tokens/s vs transformers: " + ", ".join(
         f"{r['name']} {r['tokens_per_s'] * r['non_pad'] / (base * rows[-1]['non_pad']):.2f}x" for r in rows[:-1]))
+    print(mfu_basis())
     return 0
 
 
