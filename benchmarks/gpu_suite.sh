@@ -125,7 +125,9 @@ for tag in manylinux1_x86_64 manylinux2014_x86_64 manylinux_2_17_x86_64 manylinu
   platform_tags+=(--platform "$tag")
 done
 if [ ! -d "$wheels" ]; then
-  if ((dry_run)); then
+  if $python -c "import megatron.core, Bio" 2>/dev/null; then
+    skip install "no $wheels/, and $python already has megatron-core and biopython"
+  elif ((dry_run)); then
     skip install "no $wheels/ here (tools/offline_wheels.sh $wheels fetches it); a real run needs it"
   else
     record install "FAILED: no $wheels/ (fetch it with tools/offline_wheels.sh $wheels where pip has internet)" 0 "-"
