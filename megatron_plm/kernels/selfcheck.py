@@ -91,8 +91,9 @@ def check(kernel: FusedKernel, device: torch.device | str, dtype: torch.dtype, *
     """Run ``kernel`` and its reference on the kernel's small case; compare forward and backward."""
     device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    # Its own generator, grad mode on, autocast off: the check neither sees nor disturbs the caller's state.
-    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+    # Its own generator, autograd on (also inside inference mode), autocast off: the check neither sees nor
+    # disturbs the caller's state.
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device.type, enabled=False):
         inputs, others, grad = kernel.case(device, generator)
         fp32 = _run(kernel.reference, inputs, others, grad)
         rounded = [t.to(dtype) for t in inputs]

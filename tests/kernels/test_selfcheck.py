@@ -91,6 +91,15 @@ def test_correct_kernel_is_kept_and_checked_once_per_device_and_dtype(monkeypatc
     assert checks.calls == 2
 
 
+def test_first_use_under_inference_mode_still_checks_both_directions(monkeypatch):
+    """Evaluation may be the first use: the check still differentiates, and a correct kernel is kept."""
+    stand_in = use_stand_in(monkeypatch, bias_gelu, bias_gelu.bias_gelu_reference)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bias_gelu.bias_gelu(torch.randn(4, 16), torch.randn(16))
+    assert stand_in.calls == 2  # the check's run, then the call
+
+
 def test_a_kernel_that_raises_is_rejected(monkeypatch):
     def no_image(*args):
         raise RuntimeError("CUDA error: no kernel image is available for execution on the device\nmore")
