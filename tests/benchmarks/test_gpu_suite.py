@@ -20,7 +20,7 @@ TABLE_PARTS = {
     "profile_esm2_650m": ["kind of work", "GEMM", "rotary + q/k/v split", "bias + GELU"],
     "profile_clm_1b": ["kind of work", "GEMM"],
     "check_kernels": ["rotary (csrc/rotary)       not checked", "bias_gelu (csrc/bias_gelu) not checked"],
-    "kernel_parity": ["passed", "skipped"],
+    "kernel_parity": [" skipped"],
 }
 
 
@@ -29,7 +29,7 @@ def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable}
     run = subprocess.run(["bash", str(REPO / "benchmarks/gpu_suite.sh"), "--dry-run", str(out)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=1800)  # fmt: skip
+                         capture_output=True, text=True, timeout=3600)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["results.md", "suite.log"]  # the device tool returns <= 8 files
     results = (out / "results.md").read_text()
