@@ -3,6 +3,7 @@ is new. Every part runs (tiny shapes, one step) or says why it is skipped, and t
 
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -28,9 +29,15 @@ TABLE_PARTS = {
 def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable}
-    run = subprocess.run(["bash", str(REPO / "benchmarks/gpu_suite.sh"), "--dry-run", str(out)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=3600)  # fmt: skip
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    suite = subprocess.Popen(["bash", str(REPO / "benchmarks/gpu_suite.sh"), "--dry-run", str(out)], cwd=REPO,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # fmt: skip
+    try:
+        output, _ = suite.communicate(timeout=3600)
+    except subprocess.TimeoutExpired:
+        os.killpg(suite.pid, signal.SIGKILL)  # the parts too, not only the script
+        raise
+    assert suite.returncode == 0, output[-6000:]
     assert sorted(p.name for p in out.iterdir()) == ["results.md", "suite.log"]  # the device tool returns <= 8 files
     results = (out / "results.md").read_text()
     outcomes = dict(re.findall(r"^## (\w+): (.+) \(\d+ s\)$", results, flags=re.M))
