@@ -91,17 +91,35 @@ class _Logger:
             self.wandb.finish()
 
 
+def _check_outputs(config: TrainConfig) -> None:
+    """Every output path is writable before the first step (a read-only checkpoint.save once failed
+    only after training had finished)."""
+    from megatron_plm.checkpoint.training import check_writable
+
+    metrics = config.logging.metrics_file
+    if metrics and Path(metrics).is_dir():
+        raise ValueError(f"logging.metrics_file={metrics} is a directory; give a file name")
+    outputs = {"checkpoint.save": config.checkpoint.save, "logging.tensorboard_dir": config.logging.tensorboard_dir,
+               "logging.metrics_file": metrics and Path(metrics).parent}  # fmt: skip
+    for name, directory in outputs.items():
+        if directory:
+            check_writable(directory, name)
+
+
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     from megatron_plm.checkpoint.training import (
         compute_phases,
         latest_checkpoint,
         load_checkpoint,
         load_model_tensors,
+        resume_directory,
         save_checkpoint,
         saved_run_config,
     )
 
     t, ckpt = config.training, config.checkpoint
+    if runtime.is_main_process:
+        _check_outputs(config)
     log = _Logger(config, runtime)
     tokenizer = ProteinTokenizer()
     config.model.vocab_size = tokenizer.vocab_size
@@ -112,8 +130,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     result = TrainResult(iterations=0, consumed_samples=0)
 
     # ---- resume, or start from another run's weights -------------------------------------------
-    load_root = ckpt.load or ckpt.save
-    resume_from = latest_checkpoint(load_root) if load_root else None
+    resume_from = resume_directory(ckpt.load, ckpt.save)
     if resume_from is not None:
         saved = saved_run_config(resume_from)
         if saved["model"] != config.to_dict()["model"] or saved["objective"] != config.objective:
