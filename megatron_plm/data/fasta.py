@@ -216,6 +216,8 @@ def parse_jsonl_line(
     if not isinstance(obj, dict):
         raise InputFormatError(path, number, f"expected a JSON object, got {type(obj).__name__}")
     record_id = str(obj[id_key]) if id_key and id_key in obj else f"line{number}"
+    if "\n" in record_id or "\r" in record_id:  # ids.txt holds one id per line: it would shift every later id
+        raise InputFormatError(path, number, f"field {id_key!r} contains a line break: {record_id[:60]!r}")
     if sequence_key not in obj:
         raise InputFormatError(path, number, f"missing field {sequence_key!r}", record_id)
     sequence = obj[sequence_key]
