@@ -18,12 +18,15 @@ parameters that are not finite are never saved.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
 import re
 import shutil
+import signal
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,6 +176,36 @@ def _check_finite(state, iteration: int) -> None:
                               "latest still names the last good one. Lower optimizer.lr or check the data")  # fmt: skip
 
 
+_saving = {"active": False, "parent": 0}
+
+
+def _die_with_parent() -> None:
+    """In a child forked during a save (megatron-core's shard writers): SIGKILL it when the
+    trainer dies, so ``kill -9`` of a run leaves no writer behind (Linux ``PR_SET_PDEATHSIG``)."""
+    if not _saving["active"]:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != _saving["parent"]:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+if sys.platform == "linux":
+    os.register_at_fork(before=lambda: _saving.update(parent=os.getpid()), after_in_child=_die_with_parent)
+
+
+@contextmanager
+def writers_die_with_parent():
+    """Processes forked inside the block (from this thread) die with this process."""
+    _saving["active"] = True
+    try:
+        yield
+    finally:
+        _saving["active"] = False
+
+
 def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples: int, state, config: dict,
                     keep_last: int, compute: list[dict] | None = None) -> Path:  # fmt: skip
     """Collective: every rank calls it. Returns the checkpoint directory."""
@@ -187,7 +220,8 @@ def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples
     if _rank() == 0:
         staging.mkdir(parents=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(_sharded_state(state, is_loading=False), str(staging))
+    with writers_die_with_parent():
+        dist_checkpointing.save(_sharded_state(state, is_loading=False), str(staging))
     torch.save(_rng_state(), staging / f"rng_rank{_rank()}.pt")
     if _rank() == 0:
         scheduler = state.scheduler.state_dict() if state.scheduler is not None else None

@@ -209,3 +209,41 @@ def test_manifest_lists_every_file_with_its_sha256(saved):
     for name, entry in manifest["files"].items():
         data = (latest / name).read_bytes()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_a_killed_save_leaves_no_writer_process(tmp_path):
+    """megatron-core forks shard writers during a save; ``kill -9`` of the trainer must take them along."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = """
+import multiprocessing, os, sys, time
+from megatron_plm.checkpoint.training import writers_die_with_parent
+with writers_die_with_parent():
+    writer = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+    writer.start()
+print(writer.pid, flush=True)
+time.sleep(120)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/status") as status:
+                return "\nState:\tZ" not in status.read()  # a zombie is dead, waiting to be reaped
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail(f"writer {child} outlived its killed parent")
