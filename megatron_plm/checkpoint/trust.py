@@ -107,6 +107,13 @@ def _check_byte_items(directory: Path, metadata) -> None:
 def check_pickles(directory: Path) -> None:
     """Refuse ``directory`` if loading it through megatron-core would unpickle anything but data."""
     _check_byte_items(Path(directory), read_metadata(directory))
+    common = Path(directory) / "common.pt"  # megatron-core's non-sharded state (torch.load, default settings)
+    if common.is_file():
+        try:
+            torch.load(common, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"{common} is truncated, corrupt or not plain data "
+                                  f"({str(error).strip().splitlines()[0][:200]})") from error  # fmt: skip
 
 
 def _numpy_rng_globals() -> list:

@@ -113,6 +113,8 @@ def resolve_inputs(patterns: list[str], labels: list[str]) -> list[tuple[str, st
         if not matches:
             raise FileNotFoundError(f"--input {pattern!r} matched no file")
         for path in matches:
+            if os.path.isdir(path):
+                raise InputFormatError(path, None, "is a directory; give its files, e.g. --input 'DIR/*.fasta.gz'")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"input file {path} does not exist")
             label = labels[position] if len(labels) > 1 else labels[0] if labels else default_label(path)

@@ -8,6 +8,8 @@ prefix (no key/value cache): fine for the sizes evaluated on CPU, quadratic in l
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,7 @@ class SamplingConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.temperature <= 0:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):  # nan compares false to everything
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")

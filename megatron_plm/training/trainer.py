@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,6 +107,25 @@ def _check_outputs(config: TrainConfig) -> None:
             check_writable(directory, name)
 
 
+def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
+    """Refuse a run whose first step could not fit (seq_length=1000000 once tried to allocate 1 TB)."""
+    from megatron_plm.planning.planner import make_plan
+
+    if runtime.device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(runtime.device)[1], torch.cuda.get_device_name(runtime.device)
+    else:
+        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    p = config.parallel
+    plan = make_plan(config, gpus=runtime.world_size, accelerator="cpu" if runtime.device.type == "cpu" else "h100-80gb")
+    needed = plan.memory.total(recompute=p.activation_recompute, distributed_optimizer=p.use_distributed_optimizer)
+    if needed > available:
+        raise ValueError(
+            f"this run needs about {needed / 2**30:,.0f} GiB per process (data.seq_length={config.data.seq_length:,}, "
+            f"training.micro_batch_size={config.training.micro_batch_size}; see `megatron-plm plan`), more than the "
+            f"{available / 2**30:,.0f} GiB of {where}: lower data.seq_length or training.micro_batch_size"
+        )
+
+
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     from megatron_plm.checkpoint.training import (
         compute_phases,
@@ -120,6 +140,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     t, ckpt = config.training, config.checkpoint
     if runtime.is_main_process:
         _check_outputs(config)
+    _check_memory(config, runtime)
     log = _Logger(config, runtime)
     tokenizer = ProteinTokenizer()
     config.model.vocab_size = tokenizer.vocab_size

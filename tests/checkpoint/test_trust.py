@@ -133,7 +133,9 @@ def test_truncated_and_unlisted_files(run_copy):
     (latest / "common.pt").write_bytes((latest / "common.pt").read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"common\.pt is corrupt: 100 bytes, [0-9,]+ when saved"):
         verify_checkpoint(latest)
-    (latest / "manifest.json").unlink()
+    (latest / "manifest.json").unlink()  # without checksums, the files themselves are checked
+    with pytest.raises(CheckpointError, match=r"common\.pt is truncated, corrupt or not plain data"):
+        verify_checkpoint(latest)
     (latest / ".metadata").write_bytes((latest / ".metadata").read_bytes()[:500])
     with pytest.raises(CheckpointError, match=r"\.metadata is truncated or corrupt"):
         verify_checkpoint(latest)
