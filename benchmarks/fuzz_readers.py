@@ -26,8 +26,9 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
     command = [sys.executable, "-m", "pytest", "tests/data/test_fuzz_readers.py", "-q", "-p", "no:cacheprovider",
-               "--hypothesis-profile=long", f"--hypothesis-seed={time.time_ns() % 2**32}"]  # fmt: skip
-    status = subprocess.call(command, cwd=REPO, env={**os.environ, "FUZZ_EXAMPLES": str(args.examples)})
+               f"--hypothesis-seed={time.time_ns() % 2**32}"]  # fmt: skip
+    status = subprocess.call(command, cwd=REPO, env={**os.environ, "FUZZ_PROFILE": "long",
+                                                             "FUZZ_EXAMPLES": str(args.examples)})  # fmt: skip
     print(f"fuzz: {'passed' if status == 0 else 'FAILED'} in {time.perf_counter() - started:,.0f} s "
           f"({args.examples:,} examples per property)")
     return status
