@@ -28,7 +28,8 @@ from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
 
 settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=int(os.environ.get("FUZZ_EXAMPLES", 20_000)), deadline=None, suppress_health_check=list(HealthCheck))
+settings.register_profile("long", max_examples=int(os.environ.get("FUZZ_EXAMPLES", 20_000)), deadline=None,
+                          suppress_health_check=list(HealthCheck))  # fmt: skip
 settings.load_profile(os.environ.get("FUZZ_PROFILE", "ci"))  # benchmarks/fuzz_readers.py sets "long"
 
 TOK = ProteinTokenizer()
