@@ -117,7 +117,12 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
     p = config.parallel
     plan = make_plan(config, gpus=runtime.world_size, accelerator="cpu" if runtime.device.type == "cpu" else "h100-80gb")
-    needed = plan.memory.total(recompute=p.activation_recompute, distributed_optimizer=p.use_distributed_optimizer)
+    recompute = p.activation_recompute
+    if recompute == "none" and config.model.attention_backend != "local":
+        recompute = "selective"  # fused attention keeps no [s, s] scores: the planner's selective estimate
+    needed = plan.memory.total(recompute=recompute, distributed_optimizer=p.use_distributed_optimizer)
+    if config.model.attention_backend == "sdpa":  # the boolean [b, 1, s, s] mask of protein boundaries
+        needed += config.training.micro_batch_size * config.data.seq_length**2
     if needed > available:
         raise ValueError(
             f"this run needs about {needed / 2**30:,.0f} GiB per process (data.seq_length={config.data.seq_length:,}, "
