@@ -168,3 +168,21 @@ def test_index_of_another_corpus_is_named(corpus_copy, tmp_path):
     corpus_paths(corpus_copy)["meta"].write_text("{")
     with pytest.raises(ValueError, match=r"copy\.meta\.json is corrupt"):
         Corpus.open(corpus_copy)
+
+
+def test_a_failed_swap_restores_the_previous_corpus(tmp_path, monkeypatch):
+    prefix = make(tmp_path)
+    before = snapshot(prefix)
+    real, failed = os.replace, []
+
+    def replace_then_fail(source, target):
+        real(source, target)
+        if str(target).endswith(".ids.txt") and not failed:  # the new .bin is already in place
+            failed.append(target)
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", replace_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        make(tmp_path, NEW, overwrite=True)
+    monkeypatch.setattr(os, "replace", real)
+    assert snapshot(prefix) == before
