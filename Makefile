@@ -16,7 +16,7 @@ CORPUS := outputs/sample/uniref90_sample
 quickstart: setup
 	$(PY) -m megatron_plm env
 	$(PY) tools/preprocess_data.py --input $(SAMPLE) --output-prefix $(CORPUS) --source-label uniref90 \
-		--clusters data/uniref90_esm2_pretraining_sample_10k.clusters50.tsv.gz --workers 2
+		--clusters data/uniref90_esm2_pretraining_sample_10k.clusters50.tsv.gz --workers 2 --overwrite
 	rm -rf outputs/tiny_clm outputs/tiny_mlm  # the demo starts fresh; a real run resumes from its checkpoints
 	$(PY) -m megatron_plm train --config examples/configs/tiny_clm.yaml
 	$(PY) -m megatron_plm train --config examples/configs/tiny_mlm.yaml

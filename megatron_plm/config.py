@@ -196,8 +196,18 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     """Read a YAML run config, apply overrides, validate."""
     data: dict = {}
     if path is not None:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
+        if Path(path).is_dir():
+            raise ValueError(f"--config {path} is a directory; give a YAML file (see examples/configs/)")
+        try:
+            with open(path, encoding="utf-8-sig") as handle:  # -sig: a UTF-8 BOM is not part of the YAML
+                data = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ValueError(f"{path}{where}: invalid YAML ({problem}); fix the file") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a run config is a YAML mapping (key: value), got a {type(data).__name__}")
     data = apply_overrides(data, list(overrides))
     # The objective is stated once, at the top; the data section follows it.
     data.setdefault("data", {})

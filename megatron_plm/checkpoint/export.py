@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 
 from megatron_plm.checkpoint import hf
+from megatron_plm.checkpoint.manifest import write_manifest
 from megatron_plm.checkpoint.training import IMPORT_FILE, latest_checkpoint, load_model_tensors, saved_run_config
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.runtime import Runtime
@@ -114,4 +115,5 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
         dist_checkpointing.save(chunk.sharded_state_dict(), str(staging))
         config = {"objective": objective, "model": _to_plain(model)}
         (staging / IMPORT_FILE).write_text(json.dumps({"config": config, "source": str(source)}, indent=2) + "\n")
+        write_manifest(staging)
     return final

@@ -5,25 +5,36 @@ Layout of a checkpoint directory ``ROOT``::
     ROOT/iter_0000200/        megatron-core distributed checkpoint of {"model", "optimizer"}
         train_state.json      iteration, consumed samples, LR scheduler, the full config
         rng_rank<R>.pt        each rank's RNG states
+        manifest.json         size and SHA-256 of every other file (see checkpoint/manifest.py)
     ROOT/latest               the name of the newest *complete* checkpoint
 
 A checkpoint is written as ``iter_N.tmp-<pid>``, renamed to ``iter_N`` when every rank
 has finished, and only then named in ``latest`` (itself replaced atomically). A process
 killed at any point leaves ``latest`` naming a complete checkpoint; leftovers of an
-interrupted save are ignored on load and removed by the next save.
+interrupted save are ignored on load and removed by the next save. Every load first
+verifies the manifest and refuses pickles that hold anything but data (checkpoint/trust.py);
+parameters that are not finite are never saved.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
+import re
 import shutil
+import signal
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from megatron_plm.checkpoint.manifest import verify_manifest, write_manifest
+from megatron_plm.checkpoint.trust import CheckpointError, check_pickles, load_rng_file
 
 LATEST = "latest"
 STATE_FILE = "train_state.json"
@@ -80,15 +91,119 @@ def _set_rng_state(saved: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(saved["tracker"])
 
 
+_NAME = re.compile(r"iter_[0-9]{7,}")
+
+
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint under ``root``, or None."""
     pointer = Path(root) / LATEST
     if not pointer.is_file():
         return None
-    directory = Path(root) / pointer.read_text().strip()
+    name = pointer.read_text(errors="replace").strip()
+    if not _NAME.fullmatch(name):  # e.g. ../other_run/iter_0000100: never leave the directory
+        raise CheckpointError(f"{pointer} names {name[:200]!r}, not a checkpoint of {root} (expected iter_NNNNNNN); "
+                              "fix or delete the file")  # fmt: skip
+    directory = Path(root) / name
+    if directory.is_symlink() or directory.resolve().parent != Path(root).resolve():
+        raise CheckpointError(f"{pointer} names {directory}, a link out of {root}; resume only from checkpoints saved there")
     if not (directory / STATE_FILE).is_file():
         raise FileNotFoundError(f"{pointer} names {directory}, which is not a complete checkpoint")
     return directory
+
+
+def resume_directory(load: str | None, save: str | None) -> Path | None:
+    """The checkpoint a run continues from. ``checkpoint.load`` must hold one (a run's save directory or
+    one ``iter_*``); ``checkpoint.save`` may not have one yet (a fresh run)."""
+    if load:
+        path = Path(load)
+        if (path / STATE_FILE).is_file():
+            return path
+        found = latest_checkpoint(path) if path.is_dir() else None
+        if found is None:
+            problem = "does not exist" if not path.exists() else "holds no checkpoint (no latest file)"
+            raise FileNotFoundError(f"checkpoint.load={load} {problem}; fix the path, or unset checkpoint.load "
+                                    "to train from step 0")  # fmt: skip
+        return found
+    return latest_checkpoint(save) if save else None
+
+
+def check_writable(directory: str | os.PathLike, field: str) -> None:
+    """Fail at start-up, not after hours of training, when an output directory cannot be written."""
+    directory = Path(directory)
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"{field}={directory} is not writable ({error.strerror or error}); "
+                         "choose a directory you can write to") from error  # fmt: skip
+
+
+def _intact(directory: Path) -> bool:
+    try:
+        return verify_manifest(directory) and check_pickles(directory) is None
+    except (CheckpointError, OSError):
+        return False
+
+
+def verify_checkpoint(directory: str | os.PathLike) -> None:
+    """Refuse a corrupt checkpoint, or one whose loading would run code; name an intact older one."""
+    directory = Path(directory)
+    try:
+        checked = verify_manifest(directory)
+        check_pickles(directory)
+    except CheckpointError as error:
+        older = [p for p in sorted(directory.parent.glob("iter_*"), reverse=True)
+                 if _NAME.fullmatch(p.name) and p.name < directory.name and (p / STATE_FILE).is_file()]  # fmt: skip
+        intact = next((p for p in older if _intact(p)), None)
+        hint = f". An older complete checkpoint is intact: {intact}" if intact else ""
+        raise CheckpointError(f"{str(error).rstrip('.')}{hint}") from error
+    if not checked and (not torch.distributed.is_initialized() or _rank() == 0):
+        print(f"warning: {directory} has no manifest.json (saved by an older version or another tool): "
+              "its files cannot be checked for corruption", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _check_finite(state, iteration: int) -> None:
+    """Collective: a NaN or infinite parameter must never become ``latest``."""
+    (chunk,) = state.unwrapped()
+    bad = [name for name, p in chunk.named_parameters() if not torch.isfinite(p).all()]
+    flag = torch.tensor([float(len(bad))], device=next(chunk.parameters()).device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    if flag.item() > 0:
+        where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else " on another rank"
+        raise CheckpointError(f"step {iteration}: parameters are not finite{where}; checkpoint not saved, "
+                              "latest still names the last good one. Lower optimizer.lr or check the data")  # fmt: skip
+
+
+_saving = {"active": False, "parent": 0}
+
+
+def _die_with_parent() -> None:
+    """In a child forked during a save (megatron-core's shard writers): SIGKILL it when the
+    trainer dies, so ``kill -9`` of a run leaves no writer behind (Linux ``PR_SET_PDEATHSIG``)."""
+    if not _saving["active"]:
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != _saving["parent"]:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+if sys.platform == "linux":
+    os.register_at_fork(before=lambda: _saving.update(parent=os.getpid()), after_in_child=_die_with_parent)
+
+
+@contextmanager
+def writers_die_with_parent():
+    """Processes forked inside the block (from this thread) die with this process."""
+    _saving["active"] = True
+    try:
+        yield
+    finally:
+        _saving["active"] = False
 
 
 def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples: int, state, config: dict,
@@ -97,6 +212,7 @@ def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples
     from megatron.core import dist_checkpointing
 
     root = Path(root)
+    _check_finite(state, iteration)
     name = f"iter_{iteration:07d}"
     tags = [f"{name}.tmp-{os.getpid()}"]
     torch.distributed.broadcast_object_list(tags, src=0)
@@ -104,7 +220,8 @@ def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples
     if _rank() == 0:
         staging.mkdir(parents=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(_sharded_state(state, is_loading=False), str(staging))
+    with writers_die_with_parent():
+        dist_checkpointing.save(_sharded_state(state, is_loading=False), str(staging))
     torch.save(_rng_state(), staging / f"rng_rank{_rank()}.pt")
     if _rank() == 0:
         scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
@@ -113,6 +230,7 @@ def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples
         (staging / STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     torch.distributed.barrier()
     if _rank() == 0:
+        write_manifest(staging)
         if final.exists():  # an earlier run reached this iteration; this one supersedes it
             shutil.rmtree(final)
         staging.rename(final)
@@ -152,7 +270,8 @@ def load_checkpoint(directory: Path, state) -> ResumeState:
     from megatron.core import dist_checkpointing
 
     _check_optimizer_can_resume(state)
-    payload = json.loads((directory / STATE_FILE).read_text())
+    verify_checkpoint(directory)
+    payload = _read_state(directory / STATE_FILE)
     loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), str(directory))
     (chunk,) = state.unwrapped()
     chunk.load_state_dict(loaded["model"])
@@ -161,15 +280,30 @@ def load_checkpoint(directory: Path, state) -> ResumeState:
         state.scheduler.load_state_dict(payload["scheduler"])
     rng_file = directory / f"rng_rank{_rank()}.pt"
     if rng_file.exists():  # absent when the layout changed (more ranks now): keep the fresh seeds
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        _set_rng_state(load_rng_file(rng_file))
     return ResumeState(iteration=payload["iteration"], consumed_samples=payload["consumed_samples"],
                        config=payload["config"], directory=directory, compute=payload.get("compute", []))  # fmt: skip
+
+
+def _read_state(path: Path) -> dict:
+    """``train_state.json`` or ``hf_import.json``, with an error naming the file if it is damaged."""
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+            raise ValueError("no 'config' mapping")
+        if path.name == STATE_FILE:
+            for key in ("iteration", "consumed_samples"):
+                if not isinstance(payload.get(key), int):
+                    raise ValueError(f"{key!r} is not an integer")
+        return payload
+    except (ValueError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); restore it, or load an older checkpoint") from error
 
 
 def compute_phases(directory: Path) -> list[dict]:
     """The compute record stored with a training checkpoint ([] for weights-only checkpoints)."""
     path = directory / STATE_FILE
-    return json.loads(path.read_text()).get("compute", []) if path.exists() else []
+    return _read_state(path).get("compute", []) if path.exists() else []
 
 
 def saved_run_config(directory: Path) -> dict | None:
@@ -177,7 +311,7 @@ def saved_run_config(directory: Path) -> dict | None:
     for name in (STATE_FILE, IMPORT_FILE):
         path = Path(directory) / name
         if path.exists():
-            return json.loads(path.read_text())["config"]
+            return _read_state(path)["config"]
     return None
 
 
@@ -192,6 +326,7 @@ def load_model_tensors(directory: Path, chunk: torch.nn.Module, *, body_only: bo
     wanted = {k: v for k, v in chunk.sharded_state_dict().items() if isinstance(v, ShardedTensor)}
     if body_only:
         wanted = {k: v for k, v in wanted.items() if k.startswith(BODY_PREFIXES)}
+    verify_checkpoint(directory)
     try:
         available = set(dist_checkpointing.load_tensors_metadata(str(directory)))
     except Exception as error:

@@ -16,14 +16,23 @@ keeps two Python ints per sequence in lists, ~70 bytes per sequence, and is fed 
 document per call). Tests check its ``.idx`` is byte-identical to the builder's.
 Everything goes to temporary names first and is renamed into place only by
 :meth:`CorpusWriter.finalize`, the ``.idx`` last, so an interrupted run never leaves
-a pair that looks valid.
+a pair that looks valid. A corpus already at the prefix is hard-linked to
+``*.previous-<pid>`` before the renames and restored if the swap does not finish (by
+:meth:`CorpusWriter.abort`, or by the next writer after a ``kill -9``).
+
+:meth:`Corpus.open` checks ``.bin``/``.idx`` against ``meta.json`` (sizes, index header,
+dtype, document count, and a sampled SHA-256 of both files), so a truncated, swapped or
+rewritten file is named instead of read.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +55,76 @@ def corpus_paths(prefix: str | os.PathLike) -> dict[str, Path]:
     }
 
 
+_FINGERPRINT_BLOCKS, _FINGERPRINT_BLOCK = 64, 1 << 16
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 of the size and 64 blocks of 64 KiB spread evenly over the file: reads 4 MiB
+    whatever the size, and changes when a file is truncated, reordered or rewritten in place."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        last = max(0, size - _FINGERPRINT_BLOCK)
+        for offset in sorted({last * i // (_FINGERPRINT_BLOCKS - 1) for i in range(_FINGERPRINT_BLOCKS)}):
+            handle.seek(offset)
+            digest.update(handle.read(_FINGERPRINT_BLOCK))
+    return digest.hexdigest()
+
+
+def _index_size(documents: int) -> int:
+    # header, version, dtype code, two counts; lengths (int32), pointers (int64), boundaries (int64)
+    return 9 + 8 + 1 + 8 + 8 + documents * 12 + (documents + 1) * 8
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _restore(backup: Path, final: Path) -> None:
+    # rename() between two hard links of one file does nothing: drop the backup instead
+    if final.exists() and os.path.samefile(backup, final):
+        backup.unlink()
+    else:
+        os.replace(backup, final)
+
+
+def recover_interrupted(prefix: str | os.PathLike) -> None:
+    """Clean up after a preprocess run killed at ``prefix``: restore the corpus it was replacing
+    (``*.previous-<pid>``) and remove its temporary files; refuse if that run is still alive."""
+    prefix = os.fspath(prefix)
+    leftovers: dict[int, list[Path]] = {}
+    for name in glob.glob(glob.escape(prefix) + ".*"):
+        tag = name.rsplit(".", 1)[-1]
+        for kind in ("tmp-", "previous-"):
+            if tag.startswith(kind) and tag[len(kind):].isdigit():
+                leftovers.setdefault(int(tag[len(kind):]), []).append(Path(name))
+    for pid, paths in sorted(leftovers.items()):
+        if pid != os.getpid() and _pid_alive(pid):
+            raise FileExistsError(f"{paths[0]}: another process (pid {pid}) is writing a corpus at {prefix}; "
+                                  "wait for it or choose another --output-prefix")  # fmt: skip
+        previous = [p for p in paths if ".previous-" in p.name]
+        if previous:  # the old corpus, whole: put it back
+            backed_up = {p.name.rsplit(".previous-", 1)[0] for p in previous}
+            for path in corpus_paths(prefix).values():
+                if path.name not in backed_up:
+                    path.unlink(missing_ok=True)
+            for path in previous:
+                _restore(path, path.with_name(path.name.rsplit(".previous-", 1)[0]))
+        temporary = [p for p in paths if ".tmp-" in p.name]
+        size = sum(p.stat().st_size for p in temporary if p.exists())
+        for path in temporary:
+            path.unlink(missing_ok=True)
+        print(f"note: a preprocess run (pid {pid}) was interrupted at {prefix}: removed {len(temporary)} temporary "
+              f"files ({size / 1e6:.1f} MB)" + (", restored the corpus it was replacing" if previous else ""),
+              file=sys.stderr)  # fmt: skip
+
+
 def _write_npy_from_raw(target, raw_path: Path, dtype: np.dtype, count: int) -> None:
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (count,)}
     np.lib.format.write_array_header_1_0(target, header)
@@ -61,6 +140,8 @@ class CorpusWriter:
         self.prefix = os.fspath(prefix)
         self.final = corpus_paths(prefix)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted(self.prefix)
+        self._backups: dict[str, Path] = {}
         tag = f".tmp-{os.getpid()}"
         self.staging = {name: path.with_name(path.name + tag) for name, path in self.final.items()}
         self._lengths_raw = Path(self.prefix + ".lengths" + tag)
@@ -125,10 +206,18 @@ class CorpusWriter:
             self.staging["clusters"].write_text("".join(f"{name}\n" for name in cluster_names or []))
             written += ["cluster", "clusters"]
         meta = {"format_version": META_FORMAT_VERSION, "num_documents": self.num_documents,
-                "num_tokens": self.num_tokens, **meta}  # fmt: skip
+                "num_tokens": self.num_tokens, **meta,
+                "fingerprints": {name: fingerprint(self.staging[name]) for name in ("bin", "idx")}}  # fmt: skip
         self.staging["meta"].write_text(json.dumps(meta, indent=2) + "\n")
-        # A previous corpus at this prefix: drop its index first, so that its .idx can never
-        # pair with the new .bin if we are interrupted between renames.
+        # A previous corpus at this prefix: keep it whole under hard links until the swap is done
+        # (abort, or the next writer after a kill, puts it back), and drop its index first, so
+        # that its .idx can never pair with the new .bin.
+        for name, path in self.final.items():
+            if path.exists():
+                backup = path.with_name(f"{path.name}.previous-{os.getpid()}")
+                backup.unlink(missing_ok=True)
+                os.link(path, backup)
+                self._backups[name] = backup
         self.final["idx"].unlink(missing_ok=True)
         if not self.with_clusters:
             self.final["cluster"].unlink(missing_ok=True)
@@ -136,6 +225,9 @@ class CorpusWriter:
         for name in written:
             os.replace(self.staging[name], self.final[name])
         os.replace(self.staging["idx"], self.final["idx"])
+        for backup in self._backups.values():
+            backup.unlink()
+        self._backups = {}
         self._remove_scratch()
         return {name: self.final[name] for name in written + ["idx"]}
 
@@ -144,13 +236,23 @@ class CorpusWriter:
             path.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Remove every temporary file; the final paths are left as they were."""
+        """Remove every temporary file and restore a corpus the swap had started to replace."""
         for handle in (self._bin, self._ids, self._lengths, self._source, self._cluster):
             if handle is not None and not handle.closed:
-                handle.close()
+                try:
+                    handle.close()
+                except OSError:  # flushing on a full disk fails: the file is removed below anyway
+                    pass
         for path in self.staging.values():
             path.unlink(missing_ok=True)
         self._remove_scratch()
+        if self._backups:
+            for name, path in self.final.items():
+                if name not in self._backups:
+                    path.unlink(missing_ok=True)
+            for name, backup in self._backups.items():
+                _restore(backup, self.final[name])
+            self._backups = {}
 
 
 @dataclass
@@ -167,7 +269,14 @@ class Corpus:
         for name in ("bin", "idx", "meta"):
             if not paths[name].exists():
                 raise FileNotFoundError(f"{paths[name]} not found: is {os.fspath(prefix)!r} a preprocessed corpus?")
-        return cls(prefix=os.fspath(prefix), meta=json.loads(paths["meta"].read_text()))
+        try:
+            meta = json.loads(paths["meta"].read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{paths['meta']} is corrupt ({error}); rerun preprocess for this corpus") from error
+        check_files(paths, meta)
+        return cls(prefix=os.fspath(prefix), meta=meta)
 
     def indexed_dataset(self):
         """megatron-core's ``IndexedDataset`` (one per Corpus). Arrays it returns view its memory map,
@@ -193,4 +302,39 @@ class Corpus:
         return np.load(path, mmap_mode="r") if path.exists() else None
 
     def record_ids(self) -> list[str]:
-        return corpus_paths(self.prefix)["ids"].read_text(encoding="utf-8").splitlines()
+        # split on "\n" only: ids may hold characters str.splitlines() would also break at
+        return corpus_paths(self.prefix)["ids"].read_text(encoding="utf-8").split("\n")[:-1]
+
+
+def check_files(paths: dict[str, Path], meta: dict) -> None:
+    """``.bin`` and ``.idx`` are the files ``meta.json`` describes (sizes, header, dtype, counts,
+    fingerprints); raise naming the file that is not."""
+    from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType
+
+    fix = "; rerun preprocess for this corpus"
+    try:
+        documents, tokens = int(meta["num_documents"]), int(meta["num_tokens"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{paths['meta']} lacks num_documents/num_tokens ({error}){fix}") from error
+    if meta.get("token_dtype", "uint8") != "uint8":
+        raise ValueError(f"{paths['meta']}: token_dtype {meta['token_dtype']!r}, this version reads uint8{fix}")
+    idx, size = paths["idx"], paths["idx"].stat().st_size
+    with open(idx, "rb") as handle:
+        head = handle.read(34)
+    if head[:9] != _INDEX_HEADER:
+        raise ValueError(f"{idx} is not a megatron index (bad header){fix}")
+    version, code, sequences, boundaries = struct.unpack("<QBQQ", head[9:34]) if len(head) == 34 else (0, 0, -1, -1)
+    if version != 1 or code != DType.code_from_dtype(np.uint8):
+        raise ValueError(f"{idx}: index version {version}, dtype code {code}; expected version 1, uint8 tokens{fix}")
+    if sequences != documents or boundaries != documents + 1:
+        raise ValueError(f"{idx} indexes {sequences:,} documents, {paths['meta']} says {documents:,}{fix}")
+    if size != _index_size(documents):
+        raise ValueError(f"{idx} is {size:,} bytes, expected {_index_size(documents):,} for {documents:,} documents "
+                         f"(truncated?){fix}")  # fmt: skip
+    if paths["bin"].stat().st_size != tokens:
+        raise ValueError(f"{paths['bin']} is {paths['bin'].stat().st_size:,} bytes, {paths['meta']} says "
+                         f"{tokens:,} tokens of 1 byte (truncated or replaced?){fix}")  # fmt: skip
+    for name, expected in meta.get("fingerprints", {}).items():  # absent in corpora of older versions
+        if name in ("bin", "idx") and fingerprint(paths[name]) != expected:
+            raise ValueError(f"{paths[name]} differs from the file preprocess wrote (sampled sha256 in "
+                             f"{paths['meta']}): corrupt or replaced{fix}")  # fmt: skip

@@ -98,6 +98,8 @@ def iter_chunks(
     ``boundary`` is ``b"\\n>"`` for FASTA (a chunk ends just before a header) and ``b"\\n"`` for
     JSONL. Raises :class:`InputFormatError` for a truncated or corrupt gzip stream.
     """
+    if os.path.isdir(path):
+        raise InputFormatError(path, None, "is a directory; give a file (or a glob such as DIR/*.fasta.gz)")
     line = 1
     carry = b""
     with open_binary(path) as handle:
@@ -128,6 +130,13 @@ def check_text(path: str | os.PathLike, first_line: int, chunk: bytes) -> None:
     nul = chunk.find(b"\x00", 0, _SNIFF_BYTES)
     if nul >= 0:
         raise InputFormatError(path, first_line + chunk.count(b"\n", 0, nul), _BINARY_TEXT)
+    if chunk.startswith(b"\xef\xbb\xbf"):
+        raise InputFormatError(path, first_line, "starts with a UTF-8 byte-order mark (BOM); remove it, e.g. "
+                                                 "sed -i '1s/^\\xEF\\xBB\\xBF//' FILE")  # fmt: skip
+    sniff = chunk[:_SNIFF_BYTES]
+    if b"\r" in sniff and b"\n" not in sniff:
+        raise InputFormatError(path, first_line, "uses CR-only line endings (classic Mac OS); convert them to LF, "
+                                                 "e.g. tr '\\r' '\\n' < FILE > FILE.unix")  # fmt: skip
 
 
 def _header_id(header: bytes, line: int) -> str:
@@ -216,6 +225,8 @@ def parse_jsonl_line(
     if not isinstance(obj, dict):
         raise InputFormatError(path, number, f"expected a JSON object, got {type(obj).__name__}")
     record_id = str(obj[id_key]) if id_key and id_key in obj else f"line{number}"
+    if "\n" in record_id or "\r" in record_id:  # ids.txt holds one id per line: it would shift every later id
+        raise InputFormatError(path, number, f"field {id_key!r} contains a line break: {record_id[:60]!r}")
     if sequence_key not in obj:
         raise InputFormatError(path, number, f"missing field {sequence_key!r}", record_id)
     sequence = obj[sequence_key]

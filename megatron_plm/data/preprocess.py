@@ -17,8 +17,10 @@ import functools
 import glob
 import hashlib
 import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -27,7 +29,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.clusters import ClusterMap
-from megatron_plm.data.corpus import CorpusWriter
+from megatron_plm.data.corpus import CorpusWriter, corpus_paths
 from megatron_plm.data.encode import EncodedChunk, RecordStatus, Unknown, encode_jsonl_chunk, fasta_chunk_encoder
 from megatron_plm.data.fasta import (
     DEFAULT_CHUNK_BYTES,
@@ -71,6 +73,8 @@ class PreprocessConfig:
     """``auto`` uses the C++ encoder when built, else the Python reference (with a warning)."""
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     progress: bool = True
+    overwrite: bool = False
+    """Replace a corpus already at the output prefix (without it, that is an error)."""
 
     def validate(self) -> None:
         if not self.inputs:
@@ -109,6 +113,8 @@ def resolve_inputs(patterns: list[str], labels: list[str]) -> list[tuple[str, st
         if not matches:
             raise FileNotFoundError(f"--input {pattern!r} matched no file")
         for path in matches:
+            if os.path.isdir(path):
+                raise InputFormatError(path, None, "is a directory; give its files, e.g. --input 'DIR/*.fasta.gz'")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"input file {path} does not exist")
             label = labels[position] if len(labels) > 1 else labels[0] if labels else default_label(path)
@@ -211,9 +217,36 @@ class _SerialExecutor:
         return None
 
 
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the temporary files are removed."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
     """Run the whole conversion; on any error nothing is left at the output prefix but what was there."""
     cfg.validate()
+    existing = [p for p in corpus_paths(cfg.output_prefix).values() if p.exists()]
+    if existing and not cfg.overwrite:
+        raise FileExistsError(f"{existing[0]} exists: a corpus is already at {cfg.output_prefix}; pass --overwrite "
+                              "to replace it, or choose another --output-prefix")  # fmt: skip
+    with _terminate_as_interrupt():
+        return _preprocess(cfg)
+
+
+def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
     inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
     tokenizer = ProteinTokenizer()
     unknown = Unknown[cfg.unknown.upper()]
@@ -403,6 +436,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--implementation", choices=["auto", "native", "reference"], default="auto")
     run.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20)
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
@@ -422,6 +456,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         implementation=args.implementation,
         chunk_bytes=int(args.chunk_mb * 2**20),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
 
 

@@ -18,6 +18,7 @@ import csv
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
             raise FileNotFoundError(f"{directory}/wildtype.fasta names {dms_id} but {path} does not exist")
         wild_type = wild_types[dms_id]
         mutants, mutations, scores, binary = [], [], [], []
+        rows: dict[tuple, int] = {}
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             for column in ("mutant", "DMS_score"):
@@ -100,9 +102,18 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
                     if row["mutated_sequence"] != "".join(expected):
                         raise InputFormatError(path, line, f"mutated_sequence does not match mutant {row['mutant']!r}")
                 try:
-                    scores.append(float(row["DMS_score"]))
+                    score = float(row["DMS_score"])
                 except ValueError:
                     raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a number") from None
+                if not math.isfinite(score):  # a nan makes every Spearman of the assay nan
+                    raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a finite number; "
+                                                       "drop the row or fill the score")  # fmt: skip
+                key = tuple(sorted(mutation))  # A1C:D4E and D4E:A1C are one variant
+                if key in rows:
+                    raise InputFormatError(path, line, f"mutant {row['mutant']!r} repeats row {rows[key]}; "
+                                                       "keep one row per variant")  # fmt: skip
+                rows[key] = line
+                scores.append(score)
                 if row.get("DMS_score_bin") not in (None, ""):
                     binary.append(int(float(row["DMS_score_bin"])))
                 mutants.append(row["mutant"])
@@ -236,6 +247,11 @@ def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[
                     batch_size: int = 32) -> list[AssayResult]:  # fmt: skip
     results = []
     for assay in assays:
+        multiple = sum(len(m) > 1 for m in assay.mutations)
+        if multiple and model.objective == "mlm":
+            print(f"warning: {assay.path}: {multiple:,} of {len(assay.mutants):,} mutants change several residues; "
+                  "masked marginals score them as the sum of single-position scores, each masked alone",
+                  file=sys.stderr)  # fmt: skip
         scores = score_assay(model, assay, batch_size)
         floors = {"unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
                   "BLOSUM62": spearman(blosum62_scores(assay), assay.scores)}  # fmt: skip

@@ -8,6 +8,8 @@ prefix (no key/value cache): fine for the sizes evaluated on CPU, quadratic in l
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +36,7 @@ class SamplingConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.temperature <= 0:
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):  # nan compares false to everything
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -59,6 +61,9 @@ def generate(model: ScoringModel, config: SamplingConfig) -> list[str]:
     if model.objective != "clm":
         raise ValueError(f"{model.name} is a masked LM; generation needs a causal LM")
     config.validate()
+    if config.max_length + 1 > model.context:  # the opening terminus + residues
+        raise ValueError(f"--max-length {config.max_length} exceeds what {model.name} can generate: its context is "
+                         f"{model.context} tokens, {model.context - 1} residues after the opening terminus")  # fmt: skip
     start, stop = (TOK.c_terminus, TOK.n_terminus) if config.reverse else (TOK.n_terminus, TOK.c_terminus)
     allowed = [TOK.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)]
     permitted = torch.full((model.vocab_size,), float("-inf"))

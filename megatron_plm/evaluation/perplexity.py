@@ -113,6 +113,8 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
     """Per-sequence scores for ``(record id, residue ids)``: CLM perplexity (N->C framing), or MLM masked
     perplexity at ``mask_ratio`` with a fixed ``seed`` (at least one position per sequence), or with
     ``pseudo`` the exact pseudo-perplexity (every residue masked in turn)."""
+    if model.objective == "mlm" and not pseudo and not 0 < mask_ratio <= 1:
+        raise ValueError(f"--mask-ratio must be in (0, 1], got {mask_ratio} (for every position in turn, use --pseudo)")
     residues = [r for _, r in records]
     if model.objective == "clm":
         results = clm_log_likelihood(model, [TOK.frame_clm(r) for r in residues], batch_size)

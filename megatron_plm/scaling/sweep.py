@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ def run_locally(runs: list[SweepRun], *, log=print) -> None:
 
 def slurm_array(runs: list[SweepRun], out: str | Path) -> Path:
     script = Path(out) / "sweep.sbatch"
-    configs = " ".join(str(r.config) for r in runs)
+    configs = " ".join(shlex.quote(str(r.config)) for r in runs)  # a path is data, never shell syntax
     script.write_text(f"""#!/bin/bash
 #SBATCH --job-name=megatron-plm-sweep
 #SBATCH --array=0-{len(runs) - 1}

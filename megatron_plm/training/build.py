@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -29,6 +30,9 @@ class OptimizerConfig:
     """Decay from ``lr`` to ``min_lr`` between the end of warm-up and the last step."""
 
     def validate(self) -> None:
+        for name in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
+            if not math.isfinite(getattr(self, name)):  # an infinite lr trains NaN weights
+                raise ValueError(f"optimizer.{name} must be a finite number, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr <= self.lr:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,17 +92,60 @@ class _Logger:
             self.wandb.finish()
 
 
+def _check_outputs(config: TrainConfig) -> None:
+    """Every output path is writable before the first step (a read-only checkpoint.save once failed
+    only after training had finished)."""
+    from megatron_plm.checkpoint.training import check_writable
+
+    metrics = config.logging.metrics_file
+    if metrics and Path(metrics).is_dir():
+        raise ValueError(f"logging.metrics_file={metrics} is a directory; give a file name")
+    outputs = {"checkpoint.save": config.checkpoint.save, "logging.tensorboard_dir": config.logging.tensorboard_dir,
+               "logging.metrics_file": metrics and Path(metrics).parent}  # fmt: skip
+    for name, directory in outputs.items():
+        if directory:
+            check_writable(directory, name)
+
+
+def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
+    """Refuse a run whose first step could not fit (seq_length=1000000 once tried to allocate 1 TB)."""
+    from megatron_plm.planning.planner import make_plan
+
+    if runtime.device.type == "cuda":
+        available, where = torch.cuda.mem_get_info(runtime.device)[1], torch.cuda.get_device_name(runtime.device)
+    else:
+        available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    p = config.parallel
+    plan = make_plan(config, gpus=runtime.world_size, accelerator="cpu" if runtime.device.type == "cpu" else "h100-80gb")
+    recompute = p.activation_recompute
+    if recompute == "none" and config.model.attention_backend != "local":
+        recompute = "selective"  # fused attention keeps no [s, s] scores: the planner's selective estimate
+    needed = plan.memory.total(recompute=recompute, distributed_optimizer=p.use_distributed_optimizer)
+    if config.model.attention_backend == "sdpa":  # the boolean [b, 1, s, s] mask of protein boundaries
+        needed += config.training.micro_batch_size * config.data.seq_length**2
+    if needed > available:
+        raise ValueError(
+            f"this run needs about {needed / 2**30:,.0f} GiB per process (data.seq_length={config.data.seq_length:,}, "
+            f"training.micro_batch_size={config.training.micro_batch_size}; see `megatron-plm plan`), more than the "
+            f"{available / 2**30:,.0f} GiB of {where}: lower data.seq_length or training.micro_batch_size"
+        )
+
+
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     from megatron_plm.checkpoint.training import (
         compute_phases,
         latest_checkpoint,
         load_checkpoint,
         load_model_tensors,
+        resume_directory,
         save_checkpoint,
         saved_run_config,
     )
 
     t, ckpt = config.training, config.checkpoint
+    if runtime.is_main_process:
+        _check_outputs(config)
+    _check_memory(config, runtime)
     log = _Logger(config, runtime)
     tokenizer = ProteinTokenizer()
     config.model.vocab_size = tokenizer.vocab_size
@@ -112,8 +156,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     result = TrainResult(iterations=0, consumed_samples=0)
 
     # ---- resume, or start from another run's weights -------------------------------------------
-    load_root = ckpt.load or ckpt.save
-    resume_from = latest_checkpoint(load_root) if load_root else None
+    resume_from = resume_directory(ckpt.load, ckpt.save)
     if resume_from is not None:
         saved = saved_run_config(resume_from)
         if saved["model"] != config.to_dict()["model"] or saved["objective"] != config.objective:

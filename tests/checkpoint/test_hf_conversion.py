@@ -129,6 +129,9 @@ def test_bad_checkpoints_give_clear_errors_and_no_output(runtime, trained, tmp_p
     shutil.copytree(source, truncated)
     shard = sorted(truncated.glob("*.distcp"))[0]
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])
+    with pytest.raises(ValueError, match=r"truncated/__0_0\.distcp is corrupt: [0-9,]+ bytes, [0-9,]+ when saved"):
+        export_hf(truncated, tmp_path / "out1", runtime)
+    (truncated / "manifest.json").unlink()  # a checkpoint without checksums: megatron-core's error, named
     with pytest.raises(ValueError, match=r"truncated: cannot load its model tensors"):
         export_hf(truncated, tmp_path / "out1", runtime)
 

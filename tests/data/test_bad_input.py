@@ -91,6 +91,7 @@ def test_failure_on_a_later_input_keeps_the_previous_corpus(tmp_path, sample_fas
     bad = tmp_path / "bad.fasta"
     bad.write_bytes(b">x\nMKJ\n")
     with pytest.raises(InputFormatError):
-        preprocess(PreprocessConfig(inputs=[str(sample_fasta), str(bad)], output_prefix=str(prefix), progress=False))
+        preprocess(PreprocessConfig(inputs=[str(sample_fasta), str(bad)], output_prefix=str(prefix), progress=False,
+                                    overwrite=True))  # fmt: skip
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "bad.fasta"}
     assert after == before

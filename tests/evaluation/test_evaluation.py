@@ -111,7 +111,8 @@ def test_generation_is_seeded_framed_and_scored(runtime, trained):
     "row, message",
     [("A1C,0.1,1", "the wild type has .M. at 1, not .A."), ("M999C,0.1,1", "position 999 is outside"),
      ("M1J,0.1,1", "'J' is not a standard amino acid"), ("M1,0.1,1", "malformed mutant"),
-     ("M1C,high,1", "is not a number")],
+     ("M1C,high,1", "is not a number"), ("M1C,nan,0", "DMS_score 'nan' is not a finite number"),
+     ("M1G,0.2,0", "mutant 'M1G' repeats row 3")],
 )  # fmt: skip
 def test_malformed_assay_rows_name_file_and_row(shared_data, tmp_path, row, message):
     shutil.copy(shared_data / "dms/wildtype.fasta", tmp_path / "wildtype.fasta")
@@ -157,3 +158,32 @@ def test_checkpoints_trained_for_packed_attention_score_alike(runtime, trained, 
     assert (real == 0).any(), "rows of different lengths: padding must be present"
     want, got = masked.log_probs(ids, real), packed.log_probs(ids, real)
     assert (want - got)[real.bool()].abs().max() < 1e-5
+
+
+def _small_assay(shared_data, tmp_path, rows):
+    shutil.copy(shared_data / "dms/wildtype.fasta", tmp_path / "wildtype.fasta")
+    source = (shared_data / "dms/IF1_ECOLI_Kelsic_2016.csv").read_text().splitlines()
+    (tmp_path / "IF1_ECOLI_Kelsic_2016.csv").write_text("\n".join(source[:6] + rows) + "\n")
+    return load_assays(tmp_path, ["IF1_ECOLI_Kelsic_2016"])
+
+
+def test_double_mutants_are_reported_and_permutations_are_duplicates(runtime, trained, shared_data, tmp_path, capsys):
+    from megatron_plm.evaluation.dms import evaluate_assays
+
+    with pytest.raises(InputFormatError, match=r"mutant 'A2C:M1G' repeats row 7"):
+        _small_assay(shared_data, tmp_path, ["M1G:A2C,0.3,1", "A2C:M1G,0.3,1"])
+    assays = _small_assay(shared_data, tmp_path, ["M1G:A2C,0.3,1"])
+    frequencies = {a: 1 / 20 for a in "LAGVSERTIDPKQNFYMHWC"}
+    evaluate_assays(load_scoring_model(trained["mlm"], runtime), assays, frequencies)
+    assert "1 of 6 mutants change several residues; masked marginals score them as the sum" in capsys.readouterr().err
+
+
+def test_mask_ratio_and_max_length_outside_the_model_are_refused(runtime, trained):
+    mlm, clm = load_scoring_model(trained["mlm"], runtime), load_scoring_model(trained["clm"], runtime)
+    records = [("a", TOK.encode("MKTAYIAKQR").astype(np.int64))]
+    for ratio in (0.0, 1.5):
+        with pytest.raises(ValueError, match=rf"--mask-ratio must be in \(0, 1\], got {ratio}"):
+            perplexity(mlm, records, mask_ratio=ratio)
+    with pytest.raises(ValueError, match=rf"--max-length {clm.context} exceeds .* context is {clm.context} tokens"):
+        generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context))
+    assert len(generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context - 1))) == 1

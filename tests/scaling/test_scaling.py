@@ -104,3 +104,21 @@ def test_two_by_two_sweep_runs_and_collects(sample_corpus, tmp_path):
     losses = [float(r.split(",")[3]) for r in rows[1:]]
     assert all(np.isfinite(losses)) and max(losses) < np.log(64) + 0.2
     assert "--array=0-3" in (tmp_path / "sweep/sweep.sbatch").read_text()
+
+
+def test_slurm_script_quotes_config_paths(tmp_path):
+    """A directory named with shell syntax is data: the array holds the path and runs nothing."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from megatron_plm.scaling.sweep import slurm_array
+
+    out = tmp_path / "sweep $(touch pwned) 'q'"
+    out.mkdir()
+    configs = [out / "a b.yaml", out / "c;d.yaml"]
+    script = slurm_array([SimpleNamespace(config=c) for c in configs], out)
+    array = next(line for line in script.read_text().splitlines() if line.startswith("CONFIGS="))
+    printed = subprocess.run(["bash", "-c", array + '\nprintf "%s\\n" "${CONFIGS[@]}"'], cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert printed.splitlines() == [str(c) for c in configs]
+    assert not (tmp_path / "pwned").exists()
