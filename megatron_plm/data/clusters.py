@@ -47,7 +47,8 @@ def hash_fields(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     while active.size:
         words = np.ascontiguousarray(windows[starts[active] + offset]).view("<u8").reshape(-1)
         remaining = np.minimum(lengths[active] - offset, 8).astype(np.uint64)
-        words &= np.where(remaining == 8, np.uint64(~np.uint64(0)), (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1))
+        low_bytes = (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1)
+        words &= np.where(remaining == 8, np.uint64(~np.uint64(0)), low_bytes)
         key[active] = _mix64(key[active] ^ words)
         check[active] = _mix64((check[active] + words) * _CHECK_MULTIPLIER)
         offset += 8

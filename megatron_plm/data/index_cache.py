@@ -146,7 +146,8 @@ class IndexCache:
             except (OSError, ValueError) as error:
                 return f"{path.name}: {error}"
             if list(array.shape) != info["shape"] or str(array.dtype) != info["dtype"]:
-                return f"{path.name} holds {array.dtype}{list(array.shape)}, the manifest says {info['dtype']}{info['shape']}"
+                return (f"{path.name} holds {array.dtype}{list(array.shape)}, "
+                        f"the manifest says {info['dtype']}{info['shape']}")
             arrays[key] = array
         return arrays
 
@@ -212,7 +213,9 @@ class IndexCache:
         self.built.append(entry)
         loaded = self._load(entry, description)
         if not isinstance(loaded, dict):
-            raise IndexCacheError(f"the index cache {entry} just written does not read back ({loaded}): is the disk full?")
+            raise IndexCacheError(
+                f"the index cache {entry} just written does not read back ({loaded}): is the disk full?"
+            )
         return loaded
 
 
