@@ -41,6 +41,12 @@ def _extensions() -> list:
             cxx_std=17,
             extra_compile_args=["-O3"],
         ),
+        Pybind11Extension(
+            "megatron_plm.data._split_hash_ext",
+            ["csrc/splits/split_hash.cpp"],
+            cxx_std=17,
+            extra_compile_args=["-O3"],
+        ),
     ]
     try:
         import torch

@@ -4,20 +4,24 @@ Per split: one :class:`~megatron_plm.data.datasets.ProteinDataset` per source (a
 one source label within a corpus), mixed by weight through megatron-core's
 ``BlendedDataset`` when there is more than one. Splits come from
 :func:`~megatron_plm.data.splits.assign_splits`, so they are the same for every run
-over the same corpus.
+over the same corpus. With ``cache`` on (the default), splits and each dataset's indices are
+built by one rank and memory-mapped by the others from ``cache_dir`` (see index_cache.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.datasets import ProteinDataset, SampleConfig
+from megatron_plm.data.datasets import ProteinDataset, SampleConfig, build_index
+from megatron_plm.data.index_cache import IndexCache, corpus_fingerprint
 from megatron_plm.data.masking import MaskingConfig
 from megatron_plm.data.splits import Split, assign_splits
 from megatron_plm.data.tokenizer import ProteinTokenizer
@@ -56,6 +60,16 @@ class DataConfig:
     split_by_cluster: bool = True
     """Hash the cluster name when a document has one, so a cluster never straddles splits."""
     seed: int = 1234
+    cache: bool = True
+    """Build splits and sample indices once and memory-map them on every rank (false: every process
+    builds its own in memory, as before; same samples either way)."""
+    cache_dir: str | None = None
+    """Where the index cache lives; default: ``PREFIX.cache/`` beside each corpus."""
+    cache_builder: Literal["global", "local"] = "global"
+    """Who builds a missing entry: rank 0 (``global``, a directory all nodes share) or the first rank
+    of each node (``local``, node-local disks)."""
+    cache_timeout_s: float = 3600.0
+    """How long the other ranks wait for the builder before failing with an error naming the entry."""
     masking: MaskingConfig = field(init=False)
 
     def __post_init__(self):
@@ -79,7 +93,15 @@ class DataConfig:
         for i, source in enumerate(self.sources):
             if not source.weight > 0:
                 raise ValueError(f"data.sources[{i}].weight must be > 0, got {source.weight}")
+        if self.cache_builder not in ("global", "local"):
+            raise ValueError(f"data.cache_builder must be 'global' or 'local', got {self.cache_builder!r}")
+        if not self.cache_timeout_s > 0:
+            raise ValueError(f"data.cache_timeout_s must be > 0, got {self.cache_timeout_s}")
         self.sample_config().validate()
+
+
+INDEX_VERSION = 1
+"""Part of every cache entry's description: bump it when a change to the code moves samples."""
 
 
 def _derived_seed(seed: int, split: Split, source: int) -> int:
@@ -96,26 +118,88 @@ class DataBuilder:
         self.tokenizer = tokenizer or ProteinTokenizer()
         self._corpora: dict[str, Corpus] = {}
         self._splits: dict[str, np.ndarray] = {}
+        self._fingerprints: dict[str, dict] = {}
+        self._caches: dict[str, IndexCache] = {}
 
     def corpus(self, prefix: str) -> Corpus:
         if prefix not in self._corpora:
             self._corpora[prefix] = Corpus.open(prefix)
-            self._splits[prefix] = assign_splits(
-                self._corpora[prefix], self.config.split_weights, by_cluster=self.config.split_by_cluster
-            )
         return self._corpora[prefix]
+
+    def cache(self, prefix: str) -> IndexCache | None:
+        """The index cache for a corpus (None when ``data.cache`` is off)."""
+        if not self.config.cache:
+            return None
+        directory = self.config.cache_dir or os.fspath(prefix) + ".cache"
+        if directory not in self._caches:
+            self._caches[directory] = IndexCache(directory, builder=self.config.cache_builder,
+                                                 timeout_s=self.config.cache_timeout_s)  # fmt: skip
+        return self._caches[directory]
+
+    def _description(self, prefix: str, **fields) -> dict:
+        if prefix not in self._fingerprints:
+            self.corpus(prefix)
+            self._fingerprints[prefix] = corpus_fingerprint(prefix)
+        return {"index_version": INDEX_VERSION, "corpus": self._fingerprints[prefix],
+                "split_weights": list(self.config.split_weights), "split_by_cluster": self.config.split_by_cluster,
+                **fields}  # fmt: skip
+
+    def splits(self, prefix: str) -> np.ndarray:
+        """Every document's :class:`Split` (uint8)."""
+        if prefix not in self._splits:
+            corpus = self.corpus(prefix)
+
+            def assign():
+                return {"splits": assign_splits(corpus, self.config.split_weights,
+                                                by_cluster=self.config.split_by_cluster)}  # fmt: skip
+
+            cache = self.cache(prefix)
+            if cache is None:
+                self._splits[prefix] = assign()["splits"]
+            else:
+                entry = cache.get(f"{Path(prefix).name}.splits", self._description(prefix, kind="splits"), assign)
+                self._splits[prefix] = entry["splits"]
+        return self._splits[prefix]
 
     def documents(self, source: DataSource, split: Split) -> np.ndarray:
         corpus = self.corpus(source.prefix)
-        selected = self._splits[source.prefix] == split
+        self._check_label(source)
+        selected = self.splits(source.prefix) == split
         if source.source_label is not None:
-            if source.source_label not in corpus.source_labels:
-                raise ValueError(
-                    f"source label {source.source_label!r} not in {source.prefix} "
-                    f"(it has {corpus.source_labels})"
-                )
             selected &= np.asarray(corpus.source_index()) == corpus.source_labels.index(source.source_label)
         return np.flatnonzero(selected)
+
+    def _check_label(self, source: DataSource) -> None:
+        corpus = self.corpus(source.prefix)
+        if source.source_label is not None and source.source_label not in corpus.source_labels:
+            raise ValueError(
+                f"source label {source.source_label!r} not in {source.prefix} (it has {corpus.source_labels})"
+            )
+
+    def dataset(self, source: DataSource, split: Split, num_samples: int, seed: int) -> ProteinDataset:
+        """One source's dataset for ``split``; its indices come from the cache when it is on."""
+        corpus, sample_config = self.corpus(source.prefix), self.config.sample_config()
+        name = source.prefix + (f"[{source.source_label}]" if source.source_label else "")
+        common = dict(config=sample_config, num_samples=num_samples, seed=seed, split=split, name=name,
+                      tokenizer=self.tokenizer)  # fmt: skip
+        cache = self.cache(source.prefix)
+        if cache is None:
+            return ProteinDataset(corpus, self.documents(source, split), **common)
+        self._check_label(source)
+        description = self._description(
+            source.prefix, kind="samples", split=split.name, source_label=source.source_label, seed=seed,
+            num_samples=num_samples, sample=asdict(sample_config),
+        )  # fmt: skip
+
+        def build():
+            documents = self.documents(source, split)
+            if len(documents) == 0:
+                raise ValueError(f"{name}: no documents in the {split.name.lower()} split")
+            return build_index(corpus, documents, config=sample_config, num_samples=num_samples, seed=seed)
+
+        label = source.source_label or "all"
+        index = cache.get(f"{Path(source.prefix).name}.{label}.{split.name.lower()}", description, build)
+        return ProteinDataset(corpus, index["units_documents"], index=index, **common)
 
     def build(self, split: Split, num_samples: int):
         """A dataset of ``num_samples`` samples for ``split`` (a BlendedDataset over several sources)."""
@@ -125,12 +209,7 @@ class DataBuilder:
         datasets = []
         for i, (source, weight) in enumerate(zip(sources, weights)):
             size = num_samples if len(sources) == 1 else math.ceil(weight * num_samples * (1 + _BLEND_SURPLUS)) + 1
-            name = source.prefix + (f"[{source.source_label}]" if source.source_label else "")
-            datasets.append(ProteinDataset(
-                self.corpus(source.prefix), self.documents(source, split), config=self.config.sample_config(),
-                num_samples=size, seed=_derived_seed(self.config.seed, split, i), split=split, name=name,
-                tokenizer=self.tokenizer,
-            ))  # fmt: skip
+            datasets.append(self.dataset(source, split, size, _derived_seed(self.config.seed, split, i)))
         if len(datasets) == 1:
             return datasets[0]
         from megatron.core.datasets.blended_dataset import BlendedDataset

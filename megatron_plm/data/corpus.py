@@ -35,6 +35,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -191,7 +192,7 @@ class CorpusWriter:
             for start in range(0, n + 1, _COPY_BLOCK):
                 out.write(np.arange(start, min(start + _COPY_BLOCK, n + 1), dtype=np.int64).tobytes())
 
-    def finalize(self, meta: dict, cluster_names: list[str] | None = None) -> dict[str, Path]:
+    def finalize(self, meta: dict, cluster_names: Iterable[str] | None = None) -> dict[str, Path]:
         """Write index and metadata, then rename everything into place (index last)."""
         for handle in (self._bin, self._ids, self._lengths, self._source, self._cluster):
             if handle is not None:
@@ -203,7 +204,8 @@ class CorpusWriter:
         if self.with_clusters:
             with open(self.staging["cluster"], "wb") as target:
                 _write_npy_from_raw(target, self._cluster_raw, np.int64, self.num_documents)
-            self.staging["clusters"].write_text("".join(f"{name}\n" for name in cluster_names or []))
+            with open(self.staging["clusters"], "w", encoding="utf-8") as names:
+                names.writelines(f"{name}\n" for name in cluster_names or ())
             written += ["cluster", "clusters"]
         meta = {"format_version": META_FORMAT_VERSION, "num_documents": self.num_documents,
                 "num_tokens": self.num_tokens, **meta,

@@ -108,7 +108,10 @@ class ProteinDataset(torch.utils.data.Dataset):
         split: Split,
         name: str,
         tokenizer: ProteinTokenizer | None = None,
+        index: dict[str, np.ndarray] | None = None,
     ):
+        """``index``: the arrays of :func:`build_index` for these arguments (e.g. memory-mapped from the
+        index cache); built here when None."""
         config.validate()
         if len(documents) == 0:
             raise ValueError(f"{name}: no documents in the {split.name.lower()} split")
@@ -121,36 +124,17 @@ class ProteinDataset(torch.utils.data.Dataset):
         self._is_residue = np.zeros(self.tokenizer.vocab_size, dtype=bool)
         self._is_residue[self.tokenizer.residue_ids] = True
         self._replacements = self.tokenizer.standard_amino_acid_ids
-        clusters = corpus.cluster_index() if config.cluster_sampling else None
-        units = (
-            SamplingUnits.by_cluster(documents, clusters)
-            if clusters is not None
-            else SamplingUnits.uniform(documents)
-        )
+        if index is None:
+            index = build_index(corpus, documents, config=config, num_samples=num_samples, seed=seed)
+        units = SamplingUnits(documents=index["units_documents"], unit_starts=index["unit_starts"])
         self.order = DocumentOrder(units, seed)
-        self.residue_lengths = np.asarray(self.indexed.sequence_lengths, dtype=np.int64)
-        S = config.seq_length
+        self.residue_lengths = self.indexed.sequence_lengths  # int32, a view of the memory-mapped .idx
+        self.doc_order = index["doc_order"]
         if config.packed:
-            extra = 1 if config.objective == "clm" else 0
-            self._extra = extra
-            built = -(-num_samples // SHUFFLE_BLOCK) * SHUFFLE_BLOCK
-            framed = (self.residue_lengths + 2).astype(np.int32)  # + terminus/cls and eos
-            self.doc_order = self.order.documents_until_tokens(built * S + extra, framed).astype(np.int32)
-            from megatron.core.datasets.helpers import build_sample_idx
-
-            total = int(framed[self.doc_order].sum())
-            self.sample_index = build_sample_idx(framed, self.doc_order, S, 1, total, True, extra)[: built + 1]
-            self.shuffle = np.concatenate([
-                b * SHUFFLE_BLOCK + rng(seed, STREAM_SAMPLE_SHUFFLE, b).permutation(SHUFFLE_BLOCK)
-                for b in range(built // SHUFFLE_BLOCK)
-            ])  # fmt: skip
-            self.reversed = (
-                rng(seed, STREAM_REVERSE, 0).random(len(self.doc_order)) < config.reverse_prob
-                if config.objective == "clm" and config.reverse_prob > 0
-                else np.zeros(len(self.doc_order), dtype=bool)
-            )
-        else:
-            self.doc_order = self.order.documents(num_samples)
+            self._extra = 1 if config.objective == "clm" else 0
+            self.sample_index = index["sample_index"]
+            self.shuffle = index["shuffle"]
+            self.reversed = index["reversed"]
         self.num_samples = num_samples
         self.index_split = _megatron_split(split)
         self.unique_identifiers = {
@@ -218,7 +202,7 @@ class ProteinDataset(torch.utils.data.Dataset):
         S, tok = self.config.seq_length, self.tokenizer
         room = S - 2  # ESM-2: a random crop that leaves space for <cls> and <eos>
         documents = self.doc_order[indices]
-        lengths = self.residue_lengths[documents]
+        lengths = self.residue_lengths[documents].astype(np.int64)
         starts = np.zeros(len(indices), dtype=np.int64)
         long = lengths > room
         if long.any():
@@ -263,6 +247,40 @@ class ProteinDataset(torch.utils.data.Dataset):
         positions[~real] = 0
         return {"tokens": tokens, "labels": windows, "loss_mask": loss_mask, "segment_ids": segments,
                 "position_ids": positions}  # fmt: skip
+
+
+def build_index(corpus: Corpus, documents: np.ndarray, *, config: SampleConfig, num_samples: int,
+                seed: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """Everything a :class:`ProteinDataset` precomputes, as arrays (what the index cache stores):
+    sampling units, the document order and, when packed, megatron-core's sample index, the
+    block shuffle and the per-document reversal flags."""
+    clusters = corpus.cluster_index() if config.cluster_sampling else None
+    units = SamplingUnits.by_cluster(documents, clusters) if clusters is not None else SamplingUnits.uniform(documents)
+    order = DocumentOrder(units, seed)
+    index = {"units_documents": units.documents, "unit_starts": units.unit_starts}
+    if not config.packed:
+        index["doc_order"] = order.documents(num_samples)
+        return index
+    S = config.seq_length
+    extra = 1 if config.objective == "clm" else 0
+    built = -(-num_samples // SHUFFLE_BLOCK) * SHUFFLE_BLOCK
+    framed = (np.asarray(corpus.indexed_dataset().sequence_lengths) + 2).astype(np.int32)  # + terminus/cls and eos
+    doc_order = order.documents_until_tokens(built * S + extra, framed).astype(np.int32)
+    from megatron.core.datasets.helpers import build_sample_idx
+
+    total = int(framed[doc_order].sum())
+    index["doc_order"] = doc_order
+    index["sample_index"] = build_sample_idx(framed, doc_order, S, 1, total, True, extra)[: built + 1]
+    index["shuffle"] = np.concatenate([
+        b * SHUFFLE_BLOCK + rng(seed, STREAM_SAMPLE_SHUFFLE, b).permutation(SHUFFLE_BLOCK)
+        for b in range(built // SHUFFLE_BLOCK)
+    ])  # fmt: skip
+    index["reversed"] = (
+        rng(seed, STREAM_REVERSE, 0).random(len(doc_order)) < config.reverse_prob
+        if config.objective == "clm" and config.reverse_prob > 0
+        else np.zeros(len(doc_order), dtype=bool)
+    )
+    return index
 
 
 def _megatron_split(split: Split):

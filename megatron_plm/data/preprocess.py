@@ -5,7 +5,7 @@ chunks of whole records -> encode chunks (C++ or reference, in worker threads or
 processes, results consumed in input order) -> drop records by the filters (invalid
 characters, length, exact duplicates) -> :class:`~megatron_plm.data.corpus.CorpusWriter`.
 Memory is bounded by ``workers x chunk size`` (plus, with ``dedup``, 16 bytes of digest
-per unique sequence and, with a cluster mapping, the mapping itself).
+per unique sequence and, with a cluster mapping, 16 bytes per member: see clusters.py).
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                         and "per_second" not in k},
             "created_by": f"megatron_plm {__version__}",
         }  # fmt: skip
-        files = writer.finalize(meta, clusters.names if clusters else None)
+        files = writer.finalize(meta, clusters.names() if clusters else None)
     except BaseException:
         writer.abort()
         raise
@@ -357,7 +357,7 @@ def _write_chunk(
         if dropped is not None and dropped.any():
             summary.skipped[reason] += int(dropped.sum())
             keep &= ~dropped
-    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or clusters or not keep.all()) else None
+    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or not keep.all()) else None
     if cfg.dedup:
         ends = np.cumsum(lengths)
         for i in np.flatnonzero(keep):
@@ -369,13 +369,11 @@ def _write_chunk(
                 seen.add(digest)
     if keep.all():
         tokens, kept_lengths, kept_ids = encoded.tokens, lengths, encoded.ids
-        kept_id_list = ids
     else:
         tokens = encoded.tokens[np.repeat(keep, lengths)]
         kept_lengths = lengths[keep]
-        kept_id_list = [ids[i] for i in np.flatnonzero(keep)]
-        kept_ids = b"".join(i + b"\n" for i in kept_id_list)
-    cluster_index = clusters.lookup(kept_id_list) if clusters else None
+        kept_ids = b"".join(ids[i] + b"\n" for i in np.flatnonzero(keep))
+    cluster_index = clusters.lookup(kept_ids) if clusters else None
     if cluster_index is not None:
         summary.documents_without_cluster += int((cluster_index < 0).sum())
     writer.add(tokens, kept_lengths, kept_ids, source, cluster_index)

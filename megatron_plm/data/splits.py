@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import importlib
 
 import numpy as np
 
@@ -28,6 +29,43 @@ def _unit_interval(data: bytes, salt: bytes) -> float:
     return int.from_bytes(digest, "little") / 2.0**64
 
 
+def _native():
+    try:
+        return importlib.import_module("megatron_plm.data._split_hash_ext")
+    except ImportError:
+        return None
+
+
+# Characters str.splitlines() also breaks on: names holding one take the reference path.
+_OTHER_LINE_BREAKS = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
+
+
+def unit_intervals(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, salt: bytes) -> np.ndarray:
+    """``_unit_interval`` of every field ``buffer[start : start + length]``: the C++ BLAKE2b
+    (``csrc/splits``) when built, else hashlib field by field; the same floats either way."""
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+    native = _native()
+    if native is not None:
+        buffer = np.ascontiguousarray(buffer, dtype=np.uint8)
+        return native.blake2b_fields(buffer, starts, lengths, salt).astype(np.float64) / 2.0**64
+    return np.array([_unit_interval(bytes(buffer[s : s + n]), salt) for s, n in zip(starts, lengths)],
+                    dtype=np.float64)  # fmt: skip
+
+
+def _cluster_name_values(path, salt: bytes) -> np.ndarray:
+    data = path.read_bytes()
+    if any(brk in data for brk in _OTHER_LINE_BREAKS):
+        names = data.decode("utf-8").splitlines()
+        return np.array([_unit_interval(name.encode(), salt) for name in names], dtype=np.float64)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    ends = np.flatnonzero(buffer == ord("\n"))
+    if len(data) and not data.endswith(b"\n"):
+        ends = np.r_[ends, len(data)]
+    starts = np.r_[0, ends[:-1] + 1] if len(ends) else ends
+    return unit_intervals(buffer, starts, ends - starts, salt)
+
+
 def assign_splits(corpus: Corpus, weights: tuple[float, float, float], *, by_cluster: bool = True,
                   salt: str = "megatron_plm") -> np.ndarray:  # fmt: skip
     """The :class:`Split` of every document (uint8). ``weights`` need not sum to 1."""
@@ -38,15 +76,18 @@ def assign_splits(corpus: Corpus, weights: tuple[float, float, float], *, by_clu
     key = salt.encode()[:64]
     clusters = corpus.cluster_index() if by_cluster else None
     values = np.empty(len(corpus), dtype=np.float64)
-    dataset = corpus.indexed_dataset()
     if clusters is not None:
-        names = corpus_paths(corpus.prefix)["clusters"].read_text(encoding="utf-8").splitlines()
-        per_cluster = np.array([_unit_interval(name.encode(), key) for name in names])
-        clustered = clusters >= 0
+        per_cluster = _cluster_name_values(corpus_paths(corpus.prefix)["clusters"], key)
+        clustered = np.asarray(clusters) >= 0
         values[clustered] = per_cluster[clusters[clustered]]
         unclustered = np.flatnonzero(~clustered)
     else:
         unclustered = np.arange(len(corpus))
-    for doc in unclustered:
-        values[doc] = _unit_interval(dataset[int(doc)].tobytes(), key)
+    if len(unclustered):
+        # A document's residues are its bytes in the .bin (uint8 tokens): hash them in place.
+        dataset = corpus.indexed_dataset()
+        residues = np.memmap(corpus_paths(corpus.prefix)["bin"], dtype=np.uint8, mode="r")
+        pointers = np.asarray(dataset.index.sequence_pointers)[unclustered]
+        lengths = np.asarray(dataset.sequence_lengths)[unclustered]
+        values[unclustered] = unit_intervals(residues, pointers, lengths, key)
     return np.searchsorted(bounds, values, side="right").clip(max=2).astype(np.uint8)

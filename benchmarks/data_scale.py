@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""The data path against corpus size: preprocessing, start-up, per-rank memory, loader speed.
+
+For each size (documents), a synthetic corpus of short random proteins (30-90 residues) and a
+cluster map of one cluster per 5 documents are written under ``--scratch``; then, each step in its
+own process (peak RSS = that process's ``ru_maxrss``; private = its anonymous memory, file maps
+excluded, from ``/proc/self/smaps_rollup``):
+
+  preprocess              without / with the cluster map
+  cluster map, old dict   baseline: the ``dict[bytes, int]`` join this replaced (commit ed094f6)
+  start-up, no cache      baseline: every rank builds splits, units, order, sample index in memory
+  start-up, cold cache    the builder rank: build + write the cache, to the first batch
+  start-up, warm cache    a second launch: map the cache, to the first batch
+  4 ranks (torchrun)      warm; the largest private memory of the 4 ranks
+  loader                  batches/s of ``BatchLoader.next_step`` (global batch 64 x 1024 tokens)
+
+and one table is printed, with each figure extrapolated to 939M documents from the slope between
+the two largest sizes. Usage (1e8 writes ~15 GB under --scratch; run it on purpose):
+
+    python benchmarks/data_scale.py --sizes 1e6 1e7 [--scratch /tmp/data_scale] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = 939_000_000
+AMINO = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+
+_MEASURE = """
+import json, os, resource, sys, time
+sys.path.insert(0, {repo!r})
+def private_mb():
+    for line in open("/proc/self/smaps_rollup"):
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) / 1024
+started = time.perf_counter()
+{body}
+seconds = time.perf_counter() - started
+print("RESULT " + json.dumps(dict(seconds=seconds, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                  private_mb=private_mb(), **globals().get("extra", {{}}))))
+"""
+
+
+def make_corpus(directory: Path, n: int) -> tuple[Path, Path]:
+    """FASTA of ``n`` proteins and a ``representative<TAB>member`` map (n/5 clusters), written in blocks."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fasta, tsv = directory / "corpus.fasta", directory / "clusters.tsv"
+    if fasta.exists() and tsv.exists():
+        return fasta, tsv
+    rng = np.random.default_rng(0)
+    clusters = max(n // 5, 1)
+    with open(str(fasta) + ".tmp", "wb") as f, open(str(tsv) + ".tmp", "wb") as t:
+        for start in range(0, n, 1_000_000):
+            ids = np.arange(start, min(start + 1_000_000, n))
+            lengths = rng.integers(30, 91, len(ids))
+            residues = AMINO[rng.integers(0, 20, int(lengths.sum()))].tobytes()
+            ends = np.cumsum(lengths)
+            f.write(b"".join(b">P%d\n%s\n" % (i, residues[e - l : e]) for i, l, e in zip(ids, lengths, ends)))
+            cluster = (ids * 2654435761) % clusters
+            t.write(b"".join(b"C%d\tP%d\n" % (c, i) for c, i in zip(cluster, ids)))
+    os.replace(str(fasta) + ".tmp", fasta)
+    os.replace(str(tsv) + ".tmp", tsv)
+    return fasta, tsv
+
+
+def measure(body: str, *, torchrun: int = 0, env: dict | None = None) -> list[dict]:
+    code = _MEASURE.format(repo=str(REPO), body=textwrap.dedent(body))
+    script = Path(os.environ.get("TMPDIR", "/tmp")) / f"data_scale_{os.getpid()}.py"
+    script.write_text(code)
+    command = [sys.executable, str(script)]
+    if torchrun:
+        command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", str(torchrun),
+                   str(script)]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    results = [json.loads(line[7:]) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    if run.returncode or not results:
+        raise RuntimeError(f"step failed:\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}")
+    return results
+
+
+PREPROCESS = """
+from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+preprocess(PreprocessConfig(inputs=[{fasta!r}], output_prefix={prefix!r}, clusters={clusters!r}, progress=False,
+                            workers=1))
+"""
+
+OLD_CLUSTER_MAP = """
+import subprocess, types
+source = subprocess.run(["git", "-C", {repo!r}, "show", "ed094f6:megatron_plm/data/clusters.py"], capture_output=True,
+                        text=True, check=True).stdout
+module = types.ModuleType("old_clusters"); sys.modules["old_clusters"] = module; exec(compile(source, "old_clusters.py", "exec"), module.__dict__)
+mapping = module.ClusterMap.load({tsv!r})
+"""
+
+STARTUP = """
+from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.loader import BatchLoader
+from megatron_plm.data.splits import Split
+import torch
+if os.environ.get("WORLD_SIZE"):
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+config = DataConfig(sources=[DataSource(prefix={prefix!r})], objective="mlm", seq_length=1024, cache={cache},
+                    cache_dir={cache_dir!r})
+data = DataBuilder(config).build(Split.TRAIN, {samples})
+loader = BatchLoader(data, 64, 64, 0, 1, causal=False)
+loader.next_step()
+extra = dict(rank=int(os.environ.get("RANK", 0)))
+if {loader_steps}:
+    t0 = time.perf_counter()
+    for _ in range({loader_steps}):
+        loader.next_step()
+    extra["batches_per_s"] = {loader_steps} / (time.perf_counter() - t0)
+"""
+
+
+def run_size(n: int, scratch: Path, samples: int, loader_steps: int) -> dict[str, dict]:
+    where = scratch / f"n{n}"
+    fasta, tsv = make_corpus(where, n)
+    prefix, cache_dir = where / "corpus", where / "cache"
+    startup = dict(prefix=str(prefix), cache_dir=str(cache_dir), samples=samples)
+    steps = {
+        "preprocess": lambda: measure(PREPROCESS.format(fasta=str(fasta), prefix=str(where / "plain"), clusters=None)),
+        "preprocess --clusters": lambda: measure(PREPROCESS.format(fasta=str(fasta), prefix=str(prefix),
+                                                                   clusters=str(tsv))),
+        "cluster map, old dict (baseline)": lambda: measure(OLD_CLUSTER_MAP.format(repo=str(REPO), tsv=str(tsv))),
+        "start-up, no cache (baseline)": lambda: measure(STARTUP.format(cache=False, loader_steps=0, **startup)),
+        "start-up, cold cache": lambda: measure(STARTUP.format(cache=True, loader_steps=0, **startup)),
+        "start-up, warm cache": lambda: measure(STARTUP.format(cache=True, loader_steps=loader_steps, **startup)),
+        "4 ranks warm (max over ranks)": lambda: measure(STARTUP.format(cache=True, loader_steps=0, **startup),
+                                                         torchrun=4, env={"OMP_NUM_THREADS": "1"}),
+    }  # fmt: skip
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    rows = {}
+    for name, step in steps.items():
+        try:
+            results = step()
+            rows[name] = {key: max(r[key] for r in results) for key in results[0] if key != "rank"}
+        except RuntimeError as error:  # report the failure in the table and go on
+            print(f"{name} at {n:.0e}: {error}", file=sys.stderr)
+            rows[name] = {"seconds": float("nan"), "peak_mb": float("nan"), "private_mb": float("nan")}
+        print(f"{n:.0e} {name}: {rows[name]}", file=sys.stderr, flush=True)
+    rows["loader"] = {"batches_per_s": rows["start-up, warm cache"].pop("batches_per_s", float("nan"))}
+    return rows
+
+
+def extrapolate(sizes: list[int], values: list[float]) -> float:
+    if len(sizes) < 2:
+        return float("nan")
+    (n0, v0), (n1, v1) = (sizes[-2], values[-2]), (sizes[-1], values[-1])
+    return v1 + (v1 - v0) / (n1 - n0) * (TARGET - n1)
+
+
+def table(results: dict[int, dict[str, dict]]) -> str:
+    sizes = sorted(results)
+    names = list(results[sizes[0]])
+    head = "| step | " + " | ".join(f"{n:.0e} docs" for n in sizes) + " | 939M (linear, last two sizes) |"
+    lines = [head, "|---" * (len(sizes) + 2) + "|"]
+    for name in names:
+        if name == "loader":
+            values = [results[n][name]["batches_per_s"] for n in sizes]
+            cells = [f"{v:.1f} batches/s" for v in values]
+            lines.append(f"| loader, global batch 64 x 1024 | " + " | ".join(cells) + " | (per step: size-independent) |")
+            continue
+        rows = [results[n][name] for n in sizes]
+        cells = [f"{r['seconds']:.1f} s, peak {r['peak_mb'] / 1024:.2f} GB, private {r['private_mb'] / 1024:.2f} GB"
+                 for r in rows]  # fmt: skip
+        seconds = extrapolate(sizes, [r["seconds"] for r in rows])
+        peak = extrapolate(sizes, [r["peak_mb"] for r in rows]) / 1024
+        private = extrapolate(sizes, [r["private_mb"] for r in rows]) / 1024
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds / 60:.1f} min, peak {peak:.1f} GB, "
+                     f"private {private:.1f} GB |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", type=float, default=[1e6, 1e7])
+    parser.add_argument("--scratch", default="/tmp/data_scale")
+    parser.add_argument("--samples", type=int, default=100_000, help="training samples the datasets are built for")
+    parser.add_argument("--loader-steps", type=int, default=20)
+    parser.add_argument("--keep", action="store_true", help="keep the synthetic corpora for another run")
+    args = parser.parse_args()
+    scratch = Path(args.scratch)
+    results = {}
+    for size in sorted(int(s) for s in args.sizes):
+        results[size] = run_size(size, scratch, args.samples, args.loader_steps)
+        print(f"{size:.0e} documents done", file=sys.stderr, flush=True)
+        if not args.keep:
+            shutil.rmtree(scratch / f"n{size}", ignore_errors=True)
+    print(table(results))
+    print("\nraw: " + json.dumps({str(k): v for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Sample indices built once, cached on disk, memory-mapped by every rank.
+
+Splits, sampling units, document orders and sample indices cost time and memory that grow
+with the corpus. As megatron-core's datasets do, one process builds them and saves them
+under a name derived from a hash of everything that shapes them (the corpus's identity
+included); every other rank waits for the entry and maps it with ``np.load(mmap_mode="r")``,
+so its private memory stays small whatever the corpus size. Unlike megatron-core's
+``path_to_cache`` (files written in place, found by name), an entry is a directory staged under
+a temporary name and renamed into place whole, with a manifest giving every file's size and
+CRC-32: a half-written or corrupt entry is never used; the builder rebuilds it.
+
+Who builds: ``global`` — rank 0 of the job (a cache directory every node sees); ``local`` — the
+first rank of each node (node-local disks; nodes that build the same entry at once are
+harmless, the first rename wins). Ranks are read from torchrun's environment (``RANK``,
+``LOCAL_RANK``); a lone process builds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+_MANIFEST = "manifest.json"
+_CRC_BLOCK = 1 << 26
+
+
+class IndexCacheError(RuntimeError):
+    """The cache cannot be used: the message names the path and the fix."""
+
+
+def description_hash(description: dict) -> str:
+    """The entry name's hash: md5 of the sorted JSON description (as megatron-core names its caches)."""
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def corpus_fingerprint(prefix: str | os.PathLike) -> dict:
+    """What distinguishes one corpus from another at the same path, cheaply: its metadata, the
+    sizes of its files and a hash of their first and last MiB (a re-preprocessed corpus changes them)."""
+    from megatron_plm.data.corpus import corpus_paths
+
+    fingerprint = {}
+    for name, path in sorted(corpus_paths(prefix).items()):
+        if not path.exists():
+            continue
+        size = path.stat().st_size
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+            if size > 1 << 20:
+                handle.seek(max(1 << 20, size - (1 << 20)))
+                digest.update(handle.read())
+        fingerprint[name] = {"bytes": size, "blake2b": digest.hexdigest()}
+    return fingerprint
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_CRC_BLOCK):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+@dataclass(frozen=True, kw_only=True)
+class Role:
+    rank: int = 0
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> "Role":
+        return cls(rank=int(os.environ.get("RANK", 0)), local_rank=int(os.environ.get("LOCAL_RANK", 0)))
+
+    def builds(self, builder: Literal["global", "local"]) -> bool:
+        return (self.rank if builder == "global" else self.local_rank) == 0
+
+
+class IndexCache:
+    """A directory of entries, each a dict of arrays under a described name."""
+
+    def __init__(self, directory: str | os.PathLike, *, builder: Literal["global", "local"] = "global",
+                 timeout_s: float = 3600.0, role: Role | None = None):  # fmt: skip
+        self.directory = Path(directory)
+        self.builder = builder
+        self.timeout_s = timeout_s
+        self.role = role or Role.from_environment()
+        self.built: list[Path] = []
+        """Entries this process built (the rest it loaded): for logs and tests."""
+
+    def entry(self, name: str, description: dict) -> Path:
+        return self.directory / f"{name}-{description_hash(description)[:16]}"
+
+    def get(self, name: str, description: dict, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The entry's arrays, memory-mapped; built (by ``build()``) first if missing or corrupt."""
+        entry = self.entry(name, description)
+        if self.role.builds(self.builder):
+            loaded = self._load(entry, description)
+            if isinstance(loaded, dict):
+                return loaded
+            if loaded is not None:
+                logger.warning("index cache %s is unusable (%s): rebuilding it", entry, loaded)
+            return self._build(entry, description, build)
+        return self._wait(entry, description)
+
+    # ---- reading ------------------------------------------------------------------------------------
+    def _load(self, entry: Path, description: dict):
+        """The entry's contents, None when absent, or a string saying why it cannot be used."""
+        manifest_path = entry / _MANIFEST
+        if not manifest_path.exists():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            return f"unreadable manifest: {error}"
+        if manifest.get("format_version") != CACHE_FORMAT_VERSION or manifest.get("description") != json.loads(
+            json.dumps(description, sort_keys=True, default=str)
+        ):
+            return "manifest describes different data (a hash collision or a hand-edited entry)"
+        arrays = {}
+        for key, info in manifest["files"].items():
+            path = entry / f"{key}.npy"
+            try:
+                size = path.stat().st_size
+            except OSError:
+                return f"{path.name} missing"
+            if size != info["bytes"]:
+                return f"{path.name} has {size} bytes, the manifest says {info['bytes']} (truncated?)"
+            if _crc32(path) != info["crc32"]:
+                return f"{path.name} fails its CRC-32 check"
+            try:
+                array = np.load(path, mmap_mode="r" if 0 not in info["shape"] else None)
+            except (OSError, ValueError) as error:
+                return f"{path.name}: {error}"
+            if list(array.shape) != info["shape"] or str(array.dtype) != info["dtype"]:
+                return (f"{path.name} holds {array.dtype}{list(array.shape)}, "
+                        f"the manifest says {info['dtype']}{info['shape']}")
+            arrays[key] = array
+        return arrays
+
+    def _wait(self, entry: Path, description: dict):
+        started = time.monotonic()
+        delay, reason = 0.05, "not there yet"
+        while True:
+            loaded = self._load(entry, description)
+            if isinstance(loaded, dict):
+                return loaded
+            reason = loaded or reason
+            waited = time.monotonic() - started
+            if waited > self.timeout_s:
+                who = "rank 0" if self.builder == "global" else "local rank 0 of this node"
+                raise IndexCacheError(
+                    f"rank {self.role.rank} waited {waited:.0f} s for the index cache {entry} ({reason}), which "
+                    f"{who} builds: check that rank's log for an error. If it is still building (a very large "
+                    "corpus), raise data.cache_timeout_s; if nodes do not share this directory, set "
+                    "data.cache_builder: local."
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # ---- writing ------------------------------------------------------------------------------------
+    def _build(self, entry: Path, description: dict, build):
+        host = socket.gethostname()
+        staging = entry.with_name(f"{entry.name}.tmp-{host}-{os.getpid()}")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _remove_abandoned(entry, host)
+            staging.mkdir()
+        except OSError as error:
+            raise IndexCacheError(
+                f"cannot write the index cache in {self.directory} ({error.strerror or error}): set data.cache_dir "
+                "to a writable directory, or data.cache: false to build the indices in memory on every rank"
+            ) from error
+        try:
+            arrays = build()
+            files = {}
+            for key, array in arrays.items():
+                path = staging / f"{key}.npy"
+                np.save(path, np.ascontiguousarray(array))
+                files[key] = {"bytes": path.stat().st_size, "crc32": _crc32(path), "dtype": str(array.dtype),
+                              "shape": list(array.shape)}  # fmt: skip
+            manifest = {"format_version": CACHE_FORMAT_VERSION, "description": description, "files": files,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+            (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
+            del arrays
+            if entry.exists():  # unusable (checked by the caller) or just written by another node
+                if isinstance(self._load(entry, description), dict):
+                    shutil.rmtree(staging)
+                    return self._load(entry, description)
+                aside = entry.with_name(f"{entry.name}.bad-{socket.gethostname()}-{os.getpid()}")
+                os.replace(entry, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            try:
+                os.replace(staging, entry)
+            except OSError:  # another builder renamed first
+                shutil.rmtree(staging, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.built.append(entry)
+        loaded = self._load(entry, description)
+        if not isinstance(loaded, dict):
+            raise IndexCacheError(
+                f"the index cache {entry} just written does not read back ({loaded}): is the disk full?"
+            )
+        return loaded
+
+
+def _remove_abandoned(entry: Path, host: str) -> None:
+    """Staging directories of this entry left by builders on this host that no longer run (killed)."""
+    for staged in entry.parent.glob(f"{entry.name}.tmp-{host}-*"):
+        try:
+            os.kill(int(staged.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(staged, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass

@@ -1,0 +1,154 @@
+"""The index cache: built once, read back identically, rebuilt when damaged, errors that name the path."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from megatron_plm.data import splits as splits_module
+from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.index_cache import IndexCache, IndexCacheError, Role
+from megatron_plm.data.splits import Split
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def config(prefix, cache_dir, **overrides):
+    fields = dict(objective="clm", seq_length=64, reverse_prob=0.3, cache_dir=str(cache_dir))
+    fields.update(overrides)
+    return DataConfig(sources=[DataSource(prefix=str(prefix))], **fields)
+
+
+def batches(dataset, count=64):
+    return dataset.samples(np.arange(count))
+
+
+def assert_same(a, b):
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_native_split_hash_equals_hashlib():
+    if splits_module._native() is None:
+        pytest.skip("the C++ split hash is not built (python setup.py build_ext --inplace)")
+    rng = np.random.default_rng(0)
+    fields = [bytes(rng.integers(0, 256, n, dtype=np.uint8)) for n in (0, 1, 8, 127, 128, 129, 256, 257, 4000)]
+    buffer = np.frombuffer(b"".join(fields), dtype=np.uint8)
+    lengths = np.array([len(f) for f in fields])
+    got = splits_module.unit_intervals(buffer, np.r_[0, np.cumsum(lengths)[:-1]], lengths, b"megatron_plm")
+    assert got.tolist() == [splits_module._unit_interval(f, b"megatron_plm") for f in fields]
+
+
+@pytest.mark.parametrize("objective, packed", [("clm", True), ("mlm", False)])
+def test_cached_run_yields_the_batches_of_an_uncached_one(sample_corpus, tmp_path, objective, packed):
+    overrides = dict(objective=objective, packed=packed, reverse_prob=0.3 if objective == "clm" else 0.0)
+    plain = DataBuilder(config(sample_corpus, tmp_path, cache=False, **overrides)).build(Split.TRAIN, 256)
+    first = DataBuilder(config(sample_corpus, tmp_path, **overrides))
+    cold = first.build(Split.TRAIN, 256)
+    assert len(first.cache(str(sample_corpus)).built) == 2  # splits + the dataset
+    second = DataBuilder(config(sample_corpus, tmp_path, **overrides))
+    warm = second.build(Split.TRAIN, 256)
+    assert second.cache(str(sample_corpus)).built == []  # a second launch builds nothing
+    assert isinstance(warm.doc_order, np.memmap) or isinstance(warm.doc_order.base, np.memmap)
+    for dataset in (cold, warm):
+        assert_same(batches(plain), batches(dataset))
+        assert np.array_equal(plain.order.units.documents, dataset.order.units.documents)
+    # A field that shapes the samples gets its own entry; the old one stays valid.
+    third = DataBuilder(config(sample_corpus, tmp_path, seed=99, **overrides))
+    third.build(Split.TRAIN, 256)
+    assert len(third.cache(str(sample_corpus)).built) == 1  # same splits, new sample index
+
+
+def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog):
+    reference = batches(DataBuilder(config(sample_corpus, tmp_path, cache=False)).build(Split.TRAIN, 128))
+    builder = DataBuilder(config(sample_corpus, tmp_path))
+    builder.build(Split.TRAIN, 128)
+    entry = next(p for p in builder.cache(str(sample_corpus)).built if ".all.train-" in p.name)
+    shuffle = entry / "shuffle.npy"
+    with open(shuffle, "r+b") as handle:  # same size, one byte changed: only the checksum sees it
+        handle.seek(-3, os.SEEK_END)
+        byte = handle.read(1)
+        handle.seek(-3, os.SEEK_END)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    rebuilt = DataBuilder(config(sample_corpus, tmp_path))
+    assert_same(reference, batches(rebuilt.build(Split.TRAIN, 128)))
+    assert [p.name for p in rebuilt.cache(str(sample_corpus)).built] == [entry.name]
+    assert "fails its CRC-32 check" in caplog.text
+    with open(entry / "doc_order.npy", "r+b") as handle:  # truncated
+        handle.truncate(100)
+    # A staging directory left by a killed builder is never read, and is cleared by the next builder.
+    abandoned = entry.with_name(entry.name + ".tmp-" + os.uname().nodename + "-999999999")
+    shutil.copytree(entry, abandoned)
+    again = DataBuilder(config(sample_corpus, tmp_path))
+    assert_same(reference, batches(again.build(Split.TRAIN, 128)))
+    assert "truncated" in caplog.text and not abandoned.exists()
+
+
+def test_a_different_corpus_at_the_same_path_gets_new_entries(tmp_path, sample_fasta):
+    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+
+    prefix = tmp_path / "corpus"
+    cache_dir = tmp_path / "cache"
+    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), max_length=300, progress=False))
+    DataBuilder(config(prefix, cache_dir)).build(Split.TRAIN, 128)
+    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), min_length=301, progress=False))
+    builder = DataBuilder(config(prefix, cache_dir))
+    dataset = builder.build(Split.TRAIN, 128)
+    assert len(builder.cache(str(prefix)).built) == 2
+    assert_same(batches(DataBuilder(config(prefix, cache_dir, cache=False)).build(Split.TRAIN, 128)), batches(dataset))
+
+
+def test_unwritable_cache_dir_names_the_path_and_the_fix(sample_corpus, tmp_path):
+    if os.geteuid() == 0:
+        blocked = tmp_path / "a-file"
+        blocked.write_text("not a directory")
+        cache_dir = blocked / "cache"
+    else:
+        cache_dir = tmp_path / "read-only"
+        cache_dir.mkdir(mode=0o500)
+    with pytest.raises(IndexCacheError, match=rf"cannot write the index cache in {cache_dir}.*data.cache_dir"):
+        DataBuilder(config(sample_corpus, cache_dir)).build(Split.TRAIN, 64)
+
+
+def test_a_rank_that_waits_too_long_names_the_entry(tmp_path):
+    cache = IndexCache(tmp_path, timeout_s=0.3, role=Role(rank=3, local_rank=1))
+    with pytest.raises(IndexCacheError, match=r"rank 3 waited 0 s for the index cache .*/c\.splits-[0-9a-f]{16} "
+                                              r"\(not there yet\).*data.cache_timeout_s"):
+        cache.get("c.splits", {"x": 1}, lambda: pytest.fail("a waiting rank must not build"))
+
+
+@pytest.mark.slow
+def test_four_ranks_read_one_cache_built_once(sample_corpus, tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(f"""
+import json, os, sys
+import numpy as np
+from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.splits import Split
+import torch.distributed as dist
+dist.init_process_group("gloo")
+builder = DataBuilder(DataConfig(sources=[DataSource(prefix={str(sample_corpus)!r})], objective="mlm", seq_length=64,
+                                 cache_dir={str(tmp_path / 'cache')!r}))
+data = builder.build(Split.TRAIN, 512)
+tokens = data.samples(np.arange(32))["tokens"]
+out = dict(rank=dist.get_rank(), built=[p.name for p in builder.cache({str(sample_corpus)!r}).built],
+           tokens=tokens.tolist(), mapped=isinstance(data.doc_order, np.memmap) or isinstance(data.doc_order.base, np.memmap))
+open(os.path.join({str(tmp_path)!r}, f"rank{{dist.get_rank()}}.json"), "w").write(json.dumps(out))
+dist.barrier()
+dist.destroy_process_group()
+""")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "4", str(script)], env=env, check=True,
+                   timeout=600, capture_output=True)  # fmt: skip
+    import json
+
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]
+    assert len(results[0]["built"]) == 2 and all(not r["built"] for r in results[1:])
+    assert all(r["mapped"] for r in results[1:])
+    assert all(r["tokens"] == results[0]["tokens"] for r in results)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one splits entry, one dataset entry; nothing staged
