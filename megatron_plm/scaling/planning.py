@@ -68,7 +68,9 @@ def plan_budget(flops: float, objective: str, law) -> BudgetPlan:
 
 def write_config(plan: BudgetPlan, path: str | Path, template: str | Path) -> Path:
     """A run config from ``template`` with the planned shape and token budget (1M-token steps)."""
-    data = yaml.safe_load(Path(template).read_text())
+    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+
+    data = parse_yaml(Path(template).read_text())
     data["name"] = f"{plan.objective}-{plan.shape.non_embedding_parameters / 1e9:.2f}b-{plan.flops:.2g}flops"
     data["objective"] = plan.objective
     data["model"] = {"num_layers": plan.shape.num_layers, "hidden_size": plan.shape.hidden_size,
