@@ -355,26 +355,17 @@ def _write_chunk(
     counts.tokens += int(tokens.size)
 
 
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress_bar(cfg: PreprocessConfig, inputs):
-    if not cfg.progress or not sys.stderr.isatty():
-        return _NoProgress()
-    from tqdm import tqdm
+    """A bar on a terminal, a line every 30 s in a log (long runs only); counts uncompressed bytes."""
+    from megatron_plm.progress import Progress
 
     def is_gzip(path: str) -> bool:
         with open(path, "rb") as handle:
             return handle.read(2) == b"\x1f\x8b"
 
-    # Progress counts uncompressed bytes: a total is known only when no input is compressed.
+    # A total is known only when no input is compressed.
     total = None if any(is_gzip(path) for path, _ in inputs) else sum(os.path.getsize(p) for p, _ in inputs)
-    return tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", file=sys.stderr)
+    return Progress(total, "preprocess", unit="B", enabled=cfg.progress)
 
 
 # ---- command line ----------------------------------------------------------------------------------
