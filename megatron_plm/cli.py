@@ -12,9 +12,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import yaml
-
 
 def _cmd_env(args: argparse.Namespace) -> int:
     from megatron_plm.runtime.environment import describe_environment
@@ -56,7 +53,7 @@ def _cmd_export_hf(args: argparse.Namespace) -> int:
     from megatron_plm.runtime import ParallelConfig, initialize
 
     with initialize(ParallelConfig()) as runtime:
-        out = export_hf(args.checkpoint, args.output, runtime, dtype=args.dtype)
+        out = export_hf(args.checkpoint, args.output, runtime, dtype=args.dtype, show_progress=True)
     print(f"wrote {out}: load it with transformers.AutoModelFor{{MaskedLM,CausalLM}}.from_pretrained({str(out)!r})")
     return 0
 
@@ -73,8 +70,11 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
+    from megatron_plm.outputs import prepare_output
     from megatron_plm.runtime import ParallelConfig, initialize
 
+    if args.output is not None:  # before minutes of work, not after
+        prepare_output(args.output, what="--output")
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -96,13 +96,14 @@ def _evaluate_perplexity(model, args) -> None:
     tok = ProteinTokenizer()
     records = [(r.record_id, tok.encode(r.sequence).astype("int64"))
                for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]  # fmt: skip
-    scores = perplexity(model, records, mask_ratio=args.mask_ratio, seed=args.seed, pseudo=args.pseudo)
+    from megatron_plm.outputs import write_text_atomic
+
+    scores = perplexity(model, records, mask_ratio=args.mask_ratio, seed=args.seed, pseudo=args.pseudo,
+                        show_progress=not args.no_progress)  # fmt: skip
     kind = {"clm": "perplexity", "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})"}
     if args.output:
-        with open(args.output, "w") as handle:
-            handle.write("record_id,length,scored_tokens,perplexity\n")
-            for s in scores:
-                handle.write(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n")
+        write_text_atomic(args.output, "record_id,length,scored_tokens,perplexity\n" + "".join(
+            f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n" for s in scores))  # fmt: skip
     print(f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
           f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}")  # fmt: skip
 
@@ -113,7 +114,7 @@ def _evaluate_dms(model, args) -> None:
 
     assays = load_assays(args.assays, args.assay)
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
-    results = evaluate_assays(model, assays, frequencies)
+    results = evaluate_assays(model, assays, frequencies, show_progress=not args.no_progress)
     if args.output:
         write_scores(args.output, results)
     print(format_table(results, model.name))
@@ -122,11 +123,28 @@ def _evaluate_dms(model, args) -> None:
 def _evaluate_generate(model, args) -> None:
     from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
 
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.tokenizer import RESIDUES
+
     config = SamplingConfig(num_sequences=args.num, max_length=args.max_length, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, reverse=args.reverse, seed=args.seed)  # fmt: skip
-    sequences = generate(model, config)
+    if args.prompt is None:
+        prompts = [("generated", "")]
+    elif Path(args.prompt).is_file():
+        prompts = [(r.record_id, r.sequence.decode().upper()) for r in read_fasta(args.prompt)]
+    else:
+        prompts = [("prompt", args.prompt.upper())]
+    for name, prompt in prompts:
+        bad = sorted(set(prompt) - set(RESIDUES))
+        if bad:
+            where = f"{args.prompt} (record {name!r})" if name != "prompt" else "--prompt"
+            raise ValueError(f"{where}: {bad} are not amino-acid letters ({RESIDUES}); give a sequence or a FASTA file")
+    sequences, names = [], []
+    for name, prompt in prompts:
+        sequences += generate(model, config, prompt, show_progress=not args.no_progress)
+        names += [f"{name}_{i}" for i in range(1, args.num + 1)]
     perplexities = generation_perplexities(model, sequences)
-    write_fasta(args.output, sequences, perplexities)
+    write_fasta(args.output, sequences, perplexities, names=names)
     print(f"wrote {len(sequences)} sequences to {args.output} (mean length "
           f"{sum(map(len, sequences)) / len(sequences):.0f}, mean perplexity {sum(perplexities) / len(perplexities):.2f})")
 
@@ -145,13 +163,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             fitted = json.loads(Path(args.law).read_text())
             a_ci, kn = fitted.get("intervals", {}).get("a"), fitted.get("kN")
             if a_ci and kn:  # N_opt at the interval's exponents, through the fit's centre
-                centre = math.exp(float(np.mean(np.log(fitted["isoflop_budgets"]))))
+                budgets = fitted["isoflop_budgets"]
+                centre = math.exp(sum(map(math.log, budgets)) / len(budgets))
                 anchor = kn * centre ** fitted["a"]
                 interval = tuple(sorted(anchor * (args.budget_flops / centre) ** e for e in a_ci))
         print(format_budget_plan(plan, args.law, interval))
         if args.write_config:
-            template = Path(args.template or f"examples/configs/tiny_{args.objective}.yaml")
-            print(f"wrote {write_config(plan, args.write_config, template)}")
+            from megatron_plm.config import load_config
+
+            written, warnings = write_config(plan, args.write_config, args.template)
+            load_config(written)  # what we write must load
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(f"wrote {written}")
         return 0
     from megatron_plm.config import load_config
     from megatron_plm.planning.planner import format_plan, make_plan
@@ -181,6 +205,8 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
     elif args.step == "sweep":
         shapes = [sweep.parse_shape(s) for s in args.sizes]
         overrides = dict(o.split("=", 1) for o in args.set) if args.set else {}
+        from megatron_plm.config import parse_yaml
+
         overrides = {k: parse_yaml(v) for k, v in overrides.items()}
         runs = sweep.make_sweep(args.base, args.budgets, shapes, args.out, overrides)
         print(sweep.format_sweep(runs))
@@ -256,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--objective", choices=["clm", "mlm"], default="clm", help="objective of --budget-flops")
     plan.add_argument("--law", default="paper", help="'paper' (the study's fits) or a JSON from 'scaling fit --output'")
     plan.add_argument("--write-config", type=Path, help="write a ready run config for the planned model")
-    plan.add_argument("--template", type=Path, help="base config for --write-config")
+    plan.add_argument("--template", type=Path,
+                      help="take --write-config's data section from this config (default: the nearest recipe's)")  # fmt: skip
     plan.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help=OVERRIDES_HELP)
     plan.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb or cpu")
@@ -310,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0: all)")
     gen.add_argument("--reverse", action="store_true", help="sample C->N (framed 2...1), written N->C")
+    gen.add_argument("--prompt", help="residues every sequence starts with (ends with, if --reverse), or a FASTA "
+                                      "file of such prefixes (--num sequences each); counted in --max-length")  # fmt: skip
     for task in (ppl, dms, gen):
+        task.add_argument("--no-progress", action="store_true", help="no progress bar or periodic progress lines")
         task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
         task.add_argument("--seed", type=int, default=0, help="random seed (masking, sampling)")
     evaluate.set_defaults(func=_cmd_evaluate)
@@ -318,9 +348,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_plm.runtime.accelerators import silence_fallback_warnings
-
-    silence_fallback_warnings()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # Overrides may come after options (argparse fills a positional list only once).
@@ -329,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*(args.overrides or []), *extra]
+    if args.command != "preprocess":  # (imports torch, which preprocessing never needs)
+        from megatron_plm.runtime.accelerators import silence_fallback_warnings
+
+        silence_fallback_warnings()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
