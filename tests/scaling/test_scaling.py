@@ -104,3 +104,30 @@ def test_two_by_two_sweep_runs_and_collects(sample_corpus, tmp_path):
     losses = [float(r.split(",")[3]) for r in rows[1:]]
     assert all(np.isfinite(losses)) and max(losses) < np.log(64) + 0.2
     assert "--array=0-3" in (tmp_path / "sweep/sweep.sbatch").read_text()
+
+
+def test_written_config_is_scaled_to_the_planned_model_and_warns_about_repeated_data(sample_corpus, tmp_path):
+    import json
+
+    import yaml
+
+    from megatron_plm.config import load_config
+    from megatron_plm.scaling.planning import recipe_hyperparameters, write_config
+
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump({"data": {"sources": [{"prefix": str(sample_corpus)}]}}))
+    plan = plan_budget(1e19, "clm", PAPER["clm"]["allocation"])
+    path, warnings = write_config(plan, tmp_path / "out" / "run.yaml", template)
+    config = load_config(path)
+    meta = json.loads(open(f"{sample_corpus}.meta.json").read())
+    epochs = plan.d_opt / (meta["num_tokens"] + 2 * meta["num_documents"])
+    assert len(warnings) == 1 and f"{epochs:,.1f} epochs of the configured data" in warnings[0]
+    assert (config.model.num_layers, config.model.hidden_size) == (plan.shape.num_layers, plan.shape.hidden_size)
+    assert config.training.train_iters == plan.steps and config.training.global_batch_size == 1024
+    # Smaller than every CLM recipe: the smallest recipe's (clm_1b) learning rate, not the tiny demo's 3e-3.
+    assert config.optimizer.lr == 3e-4 and config.optimizer.min_lr == 3e-5
+    assert config.optimizer.warmup_iters <= plan.steps // 10 and config.checkpoint.save_interval <= plan.steps // 10
+    assert config.checkpoint.save == f"checkpoints/{config.name}"
+    # Between two recipes the rate is interpolated in log-log: 1B -> 3e-4, 7B -> 1.5e-4.
+    between = recipe_hyperparameters("clm", 3e9)["lr"]
+    assert 1.5e-4 < between < 3e-4
