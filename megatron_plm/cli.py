@@ -259,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
-    train = commands.add_parser("train", help="train a CLM or MLM from a YAML config")
+    train = commands.add_parser(
+        "train", help="train a CLM or MLM from a YAML config",
+        epilog="config sections: objective, name, model, data, training, optimizer, parallel, checkpoint, logging, "
+               "fp8; 'megatron-plm train --print-config' lists every key with its type, default and doc",
+    )  # fmt: skip
     train.add_argument("--config", type=Path, help="YAML run config (see examples/configs/); required to train")
     train.add_argument("--print-config", action="store_true",
                        help="print every config field with its value, type, default and doc, then exit")  # fmt: skip
