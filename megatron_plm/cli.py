@@ -230,7 +230,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` after each flag's help, except where there is nothing to show."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0:
+        if action.default is None or action.default is False or action.default == [] or action.nargs == 0:
             return action.help
         return super()._get_help_string(action)
 
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"
     ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
     ppl.add_argument("--fasta", type=Path, required=True, help="sequences to score (plain or .gz)")
-    ppl.add_argument("--limit", type=int, default=0, help="first N sequences only")
+    ppl.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
     ppl.add_argument("--mask-ratio", type=float, default=0.15, help="MLM masked perplexity: share of residues masked")
     ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")
     ppl.add_argument("--output", type=Path, help="per-sequence CSV")

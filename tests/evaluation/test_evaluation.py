@@ -123,18 +123,27 @@ def test_generation_with_kv_cache_equals_uncached_and_honours_prompts_and_contex
         generate(model, config, "A" * 30)
 
 
-def test_generate_cli_reads_a_fasta_of_prompts(trained, tmp_path, capsys):
-    from megatron_plm.cli import main
+def test_generate_cli_reads_a_fasta_of_prompts(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "generate", "--model", str(trained["clm"]),
+                               *args], cwd=REPO, capture_output=True, text=True)  # fmt: skip
 
     (tmp_path / "prompts.fasta").write_text(">p1\nMKT\n>p2\nGSS\n")
     out = tmp_path / "new_dir" / "gen.fasta"
-    assert main(["evaluate", "generate", "--model", str(trained["clm"]), "--num", "2", "--max-length", "20",
-                 "--prompt", str(tmp_path / "prompts.fasta"), "--output", str(out)]) == 0  # fmt: skip
+    done = cli("--num", "2", "--max-length", "20", "--prompt", str(tmp_path / "prompts.fasta"), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
     records = [(r.record_id, r.sequence.decode()) for r in read_fasta(out)]
     assert [name for name, _ in records] == ["p1_1", "p1_2", "p2_1", "p2_2"]
     assert all(seq.startswith({"p1": "MKT", "p2": "GSS"}[name[:2]]) for name, seq in records)
-    assert main(["evaluate", "generate", "--model", str(trained["clm"]), "--prompt", "MKJ", "--output", str(out)]) == 2
-    assert "--prompt: ['J'] are not amino-acid letters" in capsys.readouterr().err
+    refused = cli("--prompt", "MKJ", "--output", str(out))
+    assert refused.returncode == 2 and "--prompt: ['J'] are not amino-acid letters" in refused.stderr
+    too_long = cli("--max-length", "200", "--output", str(tmp_path / "long.fasta"))
+    assert too_long.returncode == 2 and "at most 127 residues" in too_long.stderr and not (tmp_path / "long.fasta").exists()
 
 
 @pytest.mark.parametrize(
