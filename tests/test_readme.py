@@ -34,8 +34,9 @@ SKIPPED = {
 """First command of a block -> why the block does not run here."""
 
 ADDED = {
-    "megatron-plm train --config examples/configs/tiny_clm.yaml training.train_iters=200": "training.train_iters=32",
-    "examples/launch/torchrun.sh examples/configs/tiny_clm.yaml 4": "training.train_iters=33",
+    "make quickstart": "OVERRIDES=training.train_iters=6",
+    "megatron-plm train --config examples/configs/tiny_clm.yaml training.train_iters=200": "training.train_iters=8",
+    "examples/launch/torchrun.sh examples/configs/tiny_clm.yaml 4": "training.train_iters=9",
     "megatron-plm evaluate dms": "--assay IF1_ECOLI_Kelsic_2016",
     "megatron-plm scaling fit": "--bootstrap 10",
 }
@@ -102,8 +103,7 @@ def test_every_readme_command_runs_verbatim(tmp_path):
             continue
         for command in block:
             adapted = adapt(command, venv)
-            done = subprocess.run(["bash", "-c", adapted], cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=1800)  # fmt: skip
+            done = subprocess.run(["bash", "-c", adapted], cwd=work, env=env, capture_output=True, text=True)
             assert done.returncode == 0, f"README command failed:\n  {command}\nran as:\n  {adapted}\n" + (
                 done.stdout[-3000:] + done.stderr[-3000:])  # fmt: skip
             ran += 1
