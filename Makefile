@@ -12,14 +12,15 @@ $(VENV)/.installed: setup.py tools/install.sh
 setup: $(VENV)/.installed
 
 CORPUS := outputs/sample/uniref90_sample
+OVERRIDES ?=# dotted.key=value overrides for both quickstart runs, e.g. OVERRIDES=training.train_iters=4
 
 quickstart: setup
 	$(PY) -m megatron_plm env
 	$(PY) tools/preprocess_data.py --input $(SAMPLE) --output-prefix $(CORPUS) --source-label uniref90 \
 		--clusters data/uniref90_esm2_pretraining_sample_10k.clusters50.tsv.gz --workers 2 --overwrite
 	rm -rf outputs/tiny_clm outputs/tiny_mlm  # the demo starts fresh; a real run resumes from its checkpoints
-	$(PY) -m megatron_plm train --config examples/configs/tiny_clm.yaml
-	$(PY) -m megatron_plm train --config examples/configs/tiny_mlm.yaml
+	$(PY) -m megatron_plm train --config examples/configs/tiny_clm.yaml $(OVERRIDES)
+	$(PY) -m megatron_plm train --config examples/configs/tiny_mlm.yaml $(OVERRIDES)
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \

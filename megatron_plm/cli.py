@@ -12,9 +12,6 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
-import yaml
-
 
 def _cmd_env(args: argparse.Namespace) -> int:
     from megatron_plm.runtime.environment import describe_environment
@@ -44,6 +41,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.runtime import initialize
     from megatron_plm.training.trainer import TrainingStopped, train
 
+    if args.print_config:
+        from megatron_plm.config import describe_config
+
+        print(describe_config(load_config(args.config, args.overrides) if args.config else None), end="")
+        return 0
+    if args.config is None:
+        raise ValueError("--config FILE is required (see examples/configs/; --print-config lists every field)")
     config = load_config(args.config, args.overrides)
     with initialize(config.parallel, seed=config.training.seed) as runtime:
         try:
@@ -59,7 +63,7 @@ def _cmd_export_hf(args: argparse.Namespace) -> int:
     from megatron_plm.runtime import ParallelConfig, initialize
 
     with initialize(ParallelConfig()) as runtime:
-        out = export_hf(args.checkpoint, args.output, runtime, dtype=args.dtype)
+        out = export_hf(args.checkpoint, args.output, runtime, dtype=args.dtype, show_progress=True)
     print(f"wrote {out}: load it with transformers.AutoModelFor{{MaskedLM,CausalLM}}.from_pretrained({str(out)!r})")
     return 0
 
@@ -76,8 +80,11 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
+    from megatron_plm.outputs import prepare_output
     from megatron_plm.runtime import ParallelConfig, initialize
 
+    if args.output is not None:  # before minutes of work, not after
+        prepare_output(args.output, what="--output")
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -99,13 +106,14 @@ def _evaluate_perplexity(model, args) -> None:
     tok = ProteinTokenizer()
     records = [(r.record_id, tok.encode(r.sequence).astype("int64"))
                for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]  # fmt: skip
-    scores = perplexity(model, records, mask_ratio=args.mask_ratio, seed=args.seed, pseudo=args.pseudo)
+    from megatron_plm.outputs import write_text_atomic
+
+    scores = perplexity(model, records, mask_ratio=args.mask_ratio, seed=args.seed, pseudo=args.pseudo,
+                        show_progress=not args.no_progress)  # fmt: skip
     kind = {"clm": "perplexity", "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})"}
     if args.output:
-        with open(args.output, "w") as handle:
-            handle.write("record_id,length,scored_tokens,perplexity\n")
-            for s in scores:
-                handle.write(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n")
+        write_text_atomic(args.output, "record_id,length,scored_tokens,perplexity\n" + "".join(
+            f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n" for s in scores))  # fmt: skip
     print(f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
           f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}")  # fmt: skip
 
@@ -116,7 +124,7 @@ def _evaluate_dms(model, args) -> None:
 
     assays = load_assays(args.assays, args.assay)
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
-    results = evaluate_assays(model, assays, frequencies)
+    results = evaluate_assays(model, assays, frequencies, show_progress=not args.no_progress)
     if args.output:
         write_scores(args.output, results)
     print(format_table(results, model.name))
@@ -125,11 +133,28 @@ def _evaluate_dms(model, args) -> None:
 def _evaluate_generate(model, args) -> None:
     from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
 
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.tokenizer import RESIDUES
+
     config = SamplingConfig(num_sequences=args.num, max_length=args.max_length, temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, reverse=args.reverse, seed=args.seed)  # fmt: skip
-    sequences = generate(model, config)
+    if args.prompt is None:
+        prompts = [("generated", "")]
+    elif Path(args.prompt).is_file():
+        prompts = [(r.record_id, r.sequence.decode().upper()) for r in read_fasta(args.prompt)]
+    else:
+        prompts = [("prompt", args.prompt.upper())]
+    for name, prompt in prompts:
+        bad = sorted(set(prompt) - set(RESIDUES))
+        if bad:
+            where = f"{args.prompt} (record {name!r})" if name != "prompt" else "--prompt"
+            raise ValueError(f"{where}: {bad} are not amino-acid letters ({RESIDUES}); give a sequence or a FASTA file")
+    sequences, names = [], []
+    for name, prompt in prompts:
+        sequences += generate(model, config, prompt, show_progress=not args.no_progress)
+        names += [f"{name}_{i}" for i in range(1, args.num + 1)]
     perplexities = generation_perplexities(model, sequences)
-    write_fasta(args.output, sequences, perplexities)
+    write_fasta(args.output, sequences, perplexities, names=names)
     print(f"wrote {len(sequences)} sequences to {args.output} (mean length "
           f"{sum(map(len, sequences)) / len(sequences):.0f}, mean perplexity {sum(perplexities) / len(perplexities):.2f})")
 
@@ -148,13 +173,19 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             fitted = json.loads(Path(args.law).read_text())
             a_ci, kn = fitted.get("intervals", {}).get("a"), fitted.get("kN")
             if a_ci and kn:  # N_opt at the interval's exponents, through the fit's centre
-                centre = math.exp(float(np.mean(np.log(fitted["isoflop_budgets"]))))
+                budgets = fitted["isoflop_budgets"]
+                centre = math.exp(sum(map(math.log, budgets)) / len(budgets))
                 anchor = kn * centre ** fitted["a"]
                 interval = tuple(sorted(anchor * (args.budget_flops / centre) ** e for e in a_ci))
         print(format_budget_plan(plan, args.law, interval))
         if args.write_config:
-            template = Path(args.template or f"examples/configs/tiny_{args.objective}.yaml")
-            print(f"wrote {write_config(plan, args.write_config, template)}")
+            from megatron_plm.config import load_config
+
+            written, warnings = write_config(plan, args.write_config, args.template)
+            load_config(written)  # what we write must load
+            for warning in warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            print(f"wrote {written}")
         return 0
     from megatron_plm.config import load_config
     from megatron_plm.planning.planner import format_plan, make_plan
@@ -184,7 +215,9 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
     elif args.step == "sweep":
         shapes = [sweep.parse_shape(s) for s in args.sizes]
         overrides = dict(o.split("=", 1) for o in args.set) if args.set else {}
-        overrides = {k: yaml.safe_load(v) for k, v in overrides.items()}
+        from megatron_plm.config import parse_yaml
+
+        overrides = {k: parse_yaml(v) for k, v in overrides.items()}
         runs = sweep.make_sweep(args.base, args.budgets, shapes, args.out, overrides)
         print(sweep.format_sweep(runs))
         if args.slurm:
@@ -197,8 +230,32 @@ def _cmd_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERRIDES_HELP = (
+    "dotted.key=VALUE overrides of the config, before or after the options; VALUE is YAML (1e-3, null, "
+    "[a, b], {prefix: p}); a number addresses a list item: data.sources.0.prefix=PATH"
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after each flag's help, except where there is nothing to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == [] or action.nargs == 0:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megatron-plm", description="Protein language model pretraining.")
+    from megatron_plm import __version__
+
+    parser = Parser(prog="megatron-plm", description="Protein language model pretraining.")
+    parser.add_argument("--version", action="version", version=f"megatron-plm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     env = commands.add_parser("env", help="report torch, megatron-core, GPU and accelerator availability")
@@ -214,30 +271,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
-    train = commands.add_parser("train", help="train a CLM or MLM from a YAML config")
-    train.add_argument("--config", type=Path, required=True, help="YAML run config (see examples/configs/)")
-    train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help="e.g. training.train_iters=100")
+    train = commands.add_parser(
+        "train", help="train a CLM or MLM from a YAML config",
+        epilog="config sections: objective, name, model, data, training, optimizer, parallel, checkpoint, logging, "
+               "fp8; 'megatron-plm train --print-config' lists every key with its type, default and doc",
+    )  # fmt: skip
+    train.add_argument("--config", type=Path, help="YAML run config (see examples/configs/); required to train")
+    train.add_argument("--print-config", action="store_true",
+                       help="print every config field with its value, type, default and doc, then exit")  # fmt: skip
+    train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help=OVERRIDES_HELP)
     train.set_defaults(func=_cmd_train)
 
     export = commands.add_parser("export-hf", help="checkpoint (any TP/PP layout) -> transformers model directory")
     export.add_argument("checkpoint", type=Path, help="a checkpoint directory (or a run's save directory)")
-    export.add_argument("output", type=Path)
-    export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    export.add_argument("output", type=Path, help="directory to write (config.json, model.safetensors, tokenizer)")
+    export.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="dtype of the written weights")
     export.set_defaults(func=_cmd_export_hf)
 
     imported = commands.add_parser("import-hf", help="transformers ESM-2 / GPT-NeoX directory -> our checkpoint")
     imported.add_argument("source", help="a transformers model directory")
-    imported.add_argument("output", type=Path)
+    imported.add_argument("output", type=Path, help="checkpoint directory to write")
     imported.set_defaults(func=_cmd_import_hf)
     plan = commands.add_parser("plan", help="size a config (memory, fit, days), or a compute budget (N_opt, D_opt)")
-    plan.add_argument("config", type=Path, nargs="?")
+    plan.add_argument("config", type=Path, nargs="?", help="run config to size (or give --budget-flops)")
     plan.add_argument("--budget-flops", type=float, help="plan a model for this compute budget instead")
-    plan.add_argument("--objective", choices=["clm", "mlm"], default="clm")
+    plan.add_argument("--objective", choices=["clm", "mlm"], default="clm", help="objective of --budget-flops")
     plan.add_argument("--law", default="paper", help="'paper' (the study's fits) or a JSON from 'scaling fit --output'")
     plan.add_argument("--write-config", type=Path, help="write a ready run config for the planned model")
-    plan.add_argument("--template", type=Path, help="base config for --write-config")
-    plan.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE")
-    plan.add_argument("--gpus", type=int, default=8)
+    plan.add_argument("--template", type=Path,
+                      help="take --write-config's data section from this config (default: the nearest recipe's)")  # fmt: skip
+    plan.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help=OVERRIDES_HELP)
+    plan.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb or cpu")
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
     plan.set_defaults(func=_cmd_plan)
@@ -245,33 +309,34 @@ def build_parser() -> argparse.ArgumentParser:
     scaling = commands.add_parser("scaling", help="fit scaling laws, run IsoFLOP sweeps")
     steps = scaling.add_subparsers(dest="step", required=True)
     fit_cmd = steps.add_parser("fit", help="fit L(N, D) and IsoFLOP profiles to a runs table (CSV: N, D, loss)")
-    fit_cmd.add_argument("runs", type=Path)
-    fit_cmd.add_argument("--json", action="store_true")
+    fit_cmd.add_argument("runs", type=Path, help="runs table (scaling collect writes one)")
+    fit_cmd.add_argument("--json", action="store_true", help="print the fit as JSON instead of a table")
     fit_cmd.add_argument("--output", type=Path, help="write the fit as JSON (usable as plan --law)")
     fit_cmd.add_argument("--plot", type=Path, help="write IsoFLOP curves and the frontier as PNG")
-    fit_cmd.add_argument("--bootstrap", type=int, default=100)
+    fit_cmd.add_argument("--bootstrap", type=int, default=100, help="bootstrap resamples for the intervals")
     sweep_cmd = steps.add_parser("sweep", help="IsoFLOP grid of configs (tokens = C / 6N); --run or --slurm")
     sweep_cmd.add_argument("--base", type=Path, required=True, help="base run config (data, optimizer, batch)")
-    sweep_cmd.add_argument("--budgets", type=float, nargs="+", required=True)
+    sweep_cmd.add_argument("--budgets", type=float, nargs="+", required=True, help="compute budgets C in FLOPs")
     sweep_cmd.add_argument("--sizes", nargs="+", required=True, help="LAYERSxHIDDEN[xHEADS] ...")
-    sweep_cmd.add_argument("--out", type=Path, required=True)
+    sweep_cmd.add_argument("--out", type=Path, required=True, help="sweep directory (configs, runs, runs.csv)")
     sweep_cmd.add_argument("--set", nargs="*", help="dotted.key=value overrides of the base config")
     sweep_cmd.add_argument("--run", action="store_true", help="train every run here, one after another")
     sweep_cmd.add_argument("--slurm", action="store_true", help="write a SLURM array script")
     collect_cmd = steps.add_parser("collect", help="gather the sweep's final validation losses into runs.csv")
-    collect_cmd.add_argument("--out", type=Path, required=True)
+    collect_cmd.add_argument("--out", type=Path, required=True, help="the sweep directory")
     for command in (fit_cmd, sweep_cmd, collect_cmd):
-        command.add_argument("--objective", choices=["clm", "mlm"], default="clm" if command is not fit_cmd else None)
-        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--objective", choices=["clm", "mlm"], default="clm" if command is not fit_cmd else None,
+                             help="objective of the runs (fit: compare with the paper's law for it)")  # fmt: skip
+        command.add_argument("--seed", type=int, default=0, help="random seed")
     scaling.set_defaults(func=_cmd_scaling)
 
     evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
     tasks = evaluate.add_subparsers(dest="task", required=True)
     sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"
     ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
-    ppl.add_argument("--fasta", type=Path, required=True)
-    ppl.add_argument("--limit", type=int, default=0, help="first N sequences only")
-    ppl.add_argument("--mask-ratio", type=float, default=0.15)
+    ppl.add_argument("--fasta", type=Path, required=True, help="sequences to score (plain or .gz)")
+    ppl.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
+    ppl.add_argument("--mask-ratio", type=float, default=0.15, help="MLM masked perplexity: share of residues masked")
     ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")
     ppl.add_argument("--output", type=Path, help="per-sequence CSV")
     dms = tasks.add_parser("dms", help="zero-shot variant-effect scoring (ProteinGym protocol)")
@@ -281,25 +346,36 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--unigram-fasta", type=Path, default=Path(sample_fasta),
                      help="residue frequencies for the unigram floor (default: the shipped sample)")  # fmt: skip
     gen = tasks.add_parser("generate", help="sample proteins from a CLM")
-    gen.add_argument("--output", type=Path, required=True)
-    gen.add_argument("--num", type=int, default=8)
-    gen.add_argument("--max-length", type=int, default=256)
-    gen.add_argument("--temperature", type=float, default=1.0)
-    gen.add_argument("--top-k", type=int, default=0)
-    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--output", type=Path, required=True, help="FASTA to write")
+    gen.add_argument("--num", type=int, default=8, help="sequences to sample")
+    gen.add_argument("--max-length", type=int, default=256, help="residues at most per sequence")
+    gen.add_argument("--temperature", type=float, default=1.0, help="softmax temperature")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0: all)")
     gen.add_argument("--reverse", action="store_true", help="sample C->N (framed 2...1), written N->C")
+    gen.add_argument("--prompt", help="residues every sequence starts with (ends with, if --reverse), or a FASTA "
+                                      "file of such prefixes (--num sequences each); counted in --max-length")  # fmt: skip
     for task in (ppl, dms, gen):
+        task.add_argument("--no-progress", action="store_true", help="no progress bar or periodic progress lines")
         task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
-        task.add_argument("--seed", type=int, default=0)
+        task.add_argument("--seed", type=int, default=0, help="random seed (masking, sampling)")
     evaluate.set_defaults(func=_cmd_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from megatron_plm.runtime.accelerators import silence_fallback_warnings
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may come after options (argparse fills a positional list only once).
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
+    if args.command != "preprocess":  # (imports torch, which preprocessing never needs)
+        from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
-    silence_fallback_warnings()
-    args = build_parser().parse_args(argv)
+        silence_fallback_warnings()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,

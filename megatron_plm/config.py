@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ class TrainingConfig:
     eval_iters: int = 2
     """Global batches of the valid split per validation (the same ones each time)."""
     seed: int = 1234
+    """Seeds model initialisation and dropout (the data order has its own, ``data.seed``)."""
     precision: Literal["fp32", "bf16", "fp8"] = "fp32"
     """bf16 needs a GPU; fp8 needs Transformer Engine and an FP8-capable GPU (see the ``fp8`` section)."""
     max_skipped_steps: int = 5
@@ -64,6 +67,7 @@ class CheckpointConfig:
 @dataclass(kw_only=True)
 class LoggingConfig:
     log_interval: int = 1
+    """Print (and log) the training metrics every this many steps."""
     metrics_file: str | None = None
     """Append every step and validation as a JSON line here (rank 0)."""
     tensorboard_dir: str | None = None
@@ -75,16 +79,25 @@ class LoggingConfig:
 @dataclass(kw_only=True)
 class TrainConfig:
     objective: Literal["clm", "mlm"]
+    """clm: next-token prediction (ProGen2-style); mlm: masked-token prediction (ESM-2-style)."""
     model: ModelConfig
+    """The transformer body."""
     data: DataConfig
+    """Corpora, sampling, splits, masking."""
     training: TrainingConfig
+    """Steps, batch sizes, evaluation, precision."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Adam and the learning-rate schedule."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Tensor, pipeline, context and data parallelism."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Saving, resuming, initialising from another run."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Progress lines, metrics files, TensorBoard, W&B."""
     fp8: FP8Config = field(default_factory=FP8Config)
     """Used when training.precision is fp8."""
     name: str = "run"
+    """Shown in progress lines and the compute report."""
 
     def __post_init__(self):
         if self.data.objective != self.objective:
@@ -96,6 +109,27 @@ class TrainConfig:
 
 
 # ---- loading -------------------------------------------------------------------------------------------
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3``, ``3e-4`` and ``1e30`` are numbers.
+
+    PyYAML implements YAML 1.1, whose float pattern needs a dot and a signed exponent, so the way
+    people write learning rates would otherwise load as strings."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text):
+    """Parse YAML text (or a stream) with :class:`ConfigLoader`."""
+    return yaml.load(text, Loader=ConfigLoader)
+
 
 
 def _to_plain(value):
@@ -144,6 +178,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be a finite number, got {value!r} (for 'no limit' write a large one, e.g. 1e30)")
         return float(value)
     if annotation is str:
         if not isinstance(value, (str, Path)):
@@ -177,18 +213,37 @@ def from_dict(cls, data: Any, where: str = ""):
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=VALUE`` overrides (VALUE parsed as YAML) to a nested mapping."""
+    """Apply ``a.b.c=VALUE`` overrides (VALUE parsed as YAML) to a nested mapping.
+
+    A number addresses a list item (``data.sources.0.prefix=...``); the index one past the end
+    appends an item."""
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
             raise ValueError(f"override {override!r} is not of the form dotted.key=value")
-        node = data
+        node: Any = data
         parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {override!r}: {part!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            value = parse_yaml(raw) if last else {}
+            where = ".".join(parts[:depth]) or "the config"
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) > len(node):
+                    raise ValueError(f"override {override!r}: {where} is a list of {len(node)}; "
+                                     f"address an item by index 0..{len(node)} ({len(node)} appends)")  # fmt: skip
+                index = int(part)
+                if index == len(node):
+                    node.append(value)
+                elif last:
+                    node[index] = value
+                node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, value)
+            else:
+                raise ValueError(f"override {override!r}: {where} is a value ({node!r}), not a section or list")
     return data
 
 
@@ -200,7 +255,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ValueError(f"--config {path} is a directory; give a YAML file (see examples/configs/)")
         try:
             with open(path, encoding="utf-8-sig") as handle:  # -sig: a UTF-8 BOM is not part of the YAML
-                data = yaml.safe_load(handle) or {}
+                data = parse_yaml(handle) or {}
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f":{mark.line + 1}" if mark is not None else ""
@@ -237,3 +292,82 @@ def validate(config: TrainConfig) -> None:
         config.fp8.validate(config.model.num_layers)
     if config.checkpoint.keep_last < 1:
         raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
+
+
+# ---- describing ----------------------------------------------------------------------------------------
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The first sentence of each field's docstring (the string literal under it), by field name."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        try:
+            body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        except (OSError, TypeError):
+            continue
+        for node, following in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)):  # fmt: skip
+                text = " ".join(following.value.value.split())
+                docs[node.target.id] = re.split(r"(?<=\.)\s(?=[A-Z(`])", text, maxsplit=1)[0].rstrip(".")
+    return docs
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "|".join(map(str, typing.get_args(annotation)))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (list, tuple):
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _yaml_scalar(value) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+
+def _describe(cls, instance, indent: str, lines: list) -> None:
+    hints, docs = typing.get_type_hints(cls), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        annotation = hints[f.name]
+        value = getattr(instance, f.name) if instance is not None else None
+        if f.default is not dataclasses.MISSING:
+            default = _yaml_scalar(_to_plain(f.default))
+        elif f.default_factory is not dataclasses.MISSING:
+            default = None if dataclasses.is_dataclass(annotation) else _yaml_scalar(_to_plain(f.default_factory()))
+        else:
+            default = "required"
+        note = f"{_type_name(annotation)}" + (f", default {default}" if default not in (None, "required") else "")
+        note += ", required" if default == "required" else ""
+        doc = f"  # {note}" + (f". {docs[f.name]}" if f.name in docs else "")
+        item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
+        if dataclasses.is_dataclass(annotation):
+            lines.append(f"{indent}{f.name}:".ljust(40) + (f"  # {docs[f.name]}" if f.name in docs else ""))
+            sub = value if instance is not None else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            _describe(annotation, sub, indent + "  ", lines)
+        elif item is not None and dataclasses.is_dataclass(item):
+            lines.append(f"{indent}{f.name}:".ljust(40) + doc)
+            for element in (value if instance is not None else [None]):
+                start = len(lines)
+                _describe(item, element, indent + "  ", lines)
+                lines[start] = f"{indent}- " + lines[start][len(indent) + 2 :]
+        else:
+            shown = "" if instance is None and default == "required" else " " + _yaml_scalar(
+                _to_plain(value if instance is not None else (f.default if f.default is not dataclasses.MISSING
+                                                                 else f.default_factory())))  # fmt: skip
+            lines.append(f"{indent}{f.name}:{shown}".ljust(40) + doc)
+
+
+def describe_config(config: TrainConfig | None = None) -> str:
+    """Every field as YAML: its value (the defaults when ``config`` is None), type, default and doc."""
+    lines: list[str] = []
+    _describe(TrainConfig, config, "", lines)
+    return "\n".join(line.rstrip() for line in lines) + "\n"

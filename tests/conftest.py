@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import os
+import re
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MEGATRON_PLM_SHARED_DATA") or REPO.parent / "shared" / "data")
+"""The project's shared data: $MEGATRON_PLM_SHARED_DATA, else ``../shared/data`` beside the checkout."""
 
 ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
                hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -24,10 +28,26 @@ def sample_fasta() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_fasta_bytes(sample_fasta) -> bytes:
+    """The first 500 records of the shipped sample as plain FASTA: real sequences, present in every clone."""
+    text = gzip.decompress(sample_fasta.read_bytes())
+    record_501 = [m.start() for m in re.finditer(rb"^>", text, re.MULTILINE)][500]
+    return text[:record_501]
+
+
+@pytest.fixture(scope="session")
+def real_fasta(tmp_path_factory, real_fasta_bytes) -> Path:
+    """:func:`real_fasta_bytes` as a file."""
+    path = tmp_path_factory.mktemp("real") / "sample_500.fasta"
+    path.write_bytes(real_fasta_bytes)
+    return path
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The project's shared real data (../shared/data beside the checkout, as in CI)."""
+    """The project's shared real data (ProteinGym assays, UniProtKB corpora): see :data:`SHARED_DATA`."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        pytest.skip(f"shared data not found at {SHARED_DATA} (set MEGATRON_PLM_SHARED_DATA)")
     return SHARED_DATA
 
 

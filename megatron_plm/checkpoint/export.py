@@ -30,6 +30,15 @@ from megatron_plm.runtime import Runtime
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+def _check_output(final: Path) -> None:
+    """Before loading anything: the output must not exist and its parent must be writable."""
+    from megatron_plm.outputs import prepare_output_dir
+
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; choose another output directory or remove it")
+    prepare_output_dir(final.parent, what=f"the parent of {final}")
+
+
 @contextmanager
 def _staged_directory(final: Path):
     """Yield a temporary sibling of ``final``; rename it to ``final`` only if the block succeeds."""
@@ -71,24 +80,32 @@ def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime
 
 
 def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime: Runtime, *,
-              dtype: Literal["fp32", "bf16"] = "fp32") -> Path:  # fmt: skip
+              dtype: Literal["fp32", "bf16"] = "fp32", show_progress: bool = False) -> Path:  # fmt: skip
     """Write ``output`` as a ``transformers`` model directory (with tokenizer) for the checkpoint."""
     from safetensors.torch import save_file
 
     from megatron_plm.data.hf_tokenizer import save_hf_tokenizer
 
+    from megatron_plm.progress import Progress
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-    directory, objective, model = checkpoint_model(checkpoint)
-    state = full_state_dict(directory, objective, model, runtime)
-    tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf.to_hf(state, objective, model).items()}
     final = Path(output)
-    with _staged_directory(final) as staging:
-        config = hf.hf_config(objective, model)
-        config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
-        config.save_pretrained(str(staging))
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        save_hf_tokenizer(staging, objective, model_max_length=model.seq_length)
+    _check_output(final)
+    directory, objective, model = checkpoint_model(checkpoint)
+    with Progress(3, f"export {final.name}", unit="stages", enabled=show_progress) as progress:
+        state = full_state_dict(directory, objective, model, runtime)
+        progress.update(1)
+        tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf.to_hf(state, objective, model).items()}
+        tensors.update(hf.hf_extra_tensors(objective, model, set(tensors)))
+        progress.update(1)
+        with _staged_directory(final) as staging:
+            config = hf.hf_config(objective, model)
+            config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
+            config.save_pretrained(str(staging))
+            save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+            save_hf_tokenizer(staging, objective, model_max_length=model.seq_length)
+        progress.update(1)
     return final
 
 
@@ -102,6 +119,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
 
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
+    _check_output(Path(output))
     objective, model = hf.model_config_from_hf(AutoConfig.from_pretrained(source), str(source))
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     hf_state = auto.from_pretrained(source, dtype=torch.float32).state_dict()

@@ -48,7 +48,8 @@ ESM_VOCAB = {"embedding.word_embeddings.weight": "esm.embeddings.word_embeddings
 NEOX_VOCAB = {"embedding.word_embeddings.weight": "gpt_neox.embed_in.weight", "output_layer.weight": "lm_head.weight"}
 HF_PREFIX = {"mlm": "esm.encoder.layer.{i}.", "clm": "gpt_neox.layers.{i}."}
 ALLOWED_MISSING_IN_HF = {"mlm": ("esm.contact_head.", "lm_head.decoder.weight"), "clm": ()}
-"""HF tensors we do not provide: ESM's contact head (not trained here), the tied decoder."""
+"""HF tensors the key maps do not provide: ESM's contact head (not trained here), the tied decoder;
+:func:`hf_extra_tensors` fills the first (and rotary buffers) so that an export loads without a report."""
 
 
 def hf_vocab_size(objective: Objective) -> int:
@@ -126,6 +127,33 @@ def from_hf(hf: dict[str, torch.Tensor], objective: Objective, model: ModelConfi
     return out
 
 
+def hf_extra_tensors(objective: Objective, model: ModelConfig, written: set[str]) -> dict[str, torch.Tensor]:
+    """Tensors the installed ``transformers`` expects beyond the key map, so loading reports none missing.
+
+    Which they are changes between versions (4.x stores ESM's rotary ``inv_freq`` once per layer, 5.x once
+    per model), so they are read off the model class itself, built on the meta device: rotary inverse
+    frequencies (computed as the model computes them) and ESM's contact head, untrained here and written
+    as zeros."""
+    import transformers
+
+    cls = transformers.EsmForMaskedLM if objective == "mlm" else transformers.GPTNeoXForCausalLM
+    with torch.device("meta"):
+        expected = cls(hf_config(objective, model)).state_dict()
+    head_dim = model.hidden_size // model.num_attention_heads
+    extras = {}
+    for key, tensor in expected.items():
+        if key in written or key == "lm_head.decoder.weight":  # (tied to the embedding)
+            continue
+        if key.endswith("inv_freq"):
+            extras[key] = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        elif key.startswith("esm.contact_head."):
+            extras[key] = torch.zeros(tensor.shape, dtype=torch.float32)
+        else:
+            raise ValueError(f"transformers {transformers.__version__} expects {key}, which the conversion does not "
+                             "write; megatron_plm.checkpoint.hf needs updating for this version")  # fmt: skip
+    return extras
+
+
 # ---- configs -----------------------------------------------------------------------------------------
 def hf_config(objective: Objective, model: ModelConfig):
     """The ``transformers`` config that expresses our model exactly."""
@@ -166,17 +194,26 @@ def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
     """Our objective and model config for a ``transformers`` config, refusing what we cannot express."""
     kind = getattr(config, "model_type", None)
     if kind == "esm":
-        _require(config.position_embedding_type == "rotary", "position_embedding_type must be 'rotary'", source)
+        # ESM's layers apply exact GELU whatever the config says; configs saved from EsmConfig's defaults
+        # (transformers 5.x) have no hidden_act at all.
+        _require(getattr(config, "hidden_act", "gelu") == "gelu", "hidden_act must be 'gelu'", source)
+        _require(config.position_embedding_type == "rotary", "position_embedding_type must be 'rotary' "
+                 f"(got {config.position_embedding_type!r}; ESM-2 uses rotary)", source)  # fmt: skip
         _require(not config.emb_layer_norm_before, "emb_layer_norm_before must be false", source)
-        _require(config.hidden_act == "gelu", "hidden_act must be 'gelu'", source)
-        _require(config.vocab_size == len(ESM2_VOCAB), f"vocab_size must be ESM-2's {len(ESM2_VOCAB)}", source)
+        _require(config.vocab_size == len(ESM2_VOCAB), f"vocab_size must be ESM-2's {len(ESM2_VOCAB)} "
+                 f"(got {config.vocab_size})", source)  # fmt: skip
         objective: Objective = "mlm"
         eps, ffn, seq = config.layer_norm_eps, config.intermediate_size, config.max_position_embeddings - 2
         token_dropout = bool(config.token_dropout)
     elif kind == "gpt_neox":
         _require(not config.use_parallel_residual, "use_parallel_residual must be false", source)
-        _require(float(getattr(config, "rotary_pct", 1.0)) == 1.0, "rotary_pct must be 1.0", source)
-        _require(config.hidden_act == "gelu", "hidden_act must be 'gelu'", source)
+        rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+        fraction = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 1.0))  # 5.x, 4.x
+        base = rope.get("rope_theta", getattr(config, "rotary_emb_base", 10000))
+        _require(float(fraction) == 1.0, f"the rotary fraction (rotary_pct) must be 1.0, got {fraction}", source)
+        _require(float(base) == 10000, f"the rotary base (rotary_emb_base) must be 10000, got {base}", source)
+        _require(rope.get("rope_type", "default") == "default", "rotary scaling is not supported", source)
+        _require(getattr(config, "hidden_act", "gelu") == "gelu", "hidden_act must be 'gelu'", source)
         _require(getattr(config, "attention_bias", True), "attention_bias must be true", source)
         _require(config.vocab_size == len(VOCAB), f"vocab_size must be {len(VOCAB)} (our CLM vocabulary)", source)
         objective = "clm"

@@ -44,22 +44,29 @@ class DataSource:
 @dataclass(kw_only=True)
 class DataConfig:
     sources: list[DataSource]
+    """Corpora to mix; override one item as ``data.sources.0.prefix=...``."""
     objective: Literal["clm", "mlm"] = "clm"
     """Set from the run's top-level ``objective`` when loaded as part of a TrainConfig."""
     seq_length: int = 1024
+    """Tokens per sample, specials included (the model's context)."""
     packed: bool = True
     """Several proteins per sample (CLM always). MLM unpacked = ESM-2's one protein per sample."""
     reverse_prob: float = 0.0
     """CLM: probability of reversing a protein (framed ``2 ... 1``)."""
     mask_ratio: float = 0.15
+    """MLM: share of residues selected for prediction."""
     mask_token_prob: float = 0.8
+    """MLM: of the selected, the share replaced by ``<mask>``."""
     random_token_prob: float = 0.1
+    """MLM: of the selected, the share replaced by a random residue (the rest stay unchanged)."""
     cluster_sampling: bool = True
+    """Draw a cluster uniformly, then a member (UniRef-style); False: every sequence equally."""
     split_weights: tuple[float, float, float] = (0.98, 0.01, 0.01)
     """train / valid / test shares, assigned by hash (see splits.py)."""
     split_by_cluster: bool = True
     """Hash the cluster name when a document has one, so a cluster never straddles splits."""
     seed: int = 1234
+    """Seeds the sample order and masking (independent of ``training.seed``)."""
     cache: bool = True
     """Build splits and sample indices once and memory-map them on every rank (false: every process
     builds its own in memory, as before; same samples either way)."""

@@ -40,6 +40,12 @@ from typing import Iterable
 import numpy as np
 
 META_FORMAT_VERSION = 1
+INDEX_HEADER = b"MMIDIDX\x00\x00"
+"""megatron-core's ``.idx`` magic (``indexed_dataset._INDEX_HEADER``); written here so that
+preprocessing never imports megatron-core (and torch): it starts in a fraction of a second."""
+INDEX_VERSION = 1
+UINT8_CODE = 1
+"""megatron-core's ``DType.uint8`` code in the index header (tests pin both against megatron-core)."""
 _COPY_BLOCK = 1 << 22  # elements per streamed block when finalising the index
 
 
@@ -171,13 +177,11 @@ class CorpusWriter:
     def _write_index(self, path: Path) -> None:
         # megatron-core's index layout: header, version, dtype code, counts, then
         # lengths (int32), byte pointers (int64), document boundaries (int64).
-        from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType
-
         n = self.num_documents
         with open(path, "wb") as out, open(self._lengths_raw, "rb") as lengths_file:
-            out.write(_INDEX_HEADER)
-            out.write(struct.pack("<Q", 1))
-            out.write(struct.pack("<B", DType.code_from_dtype(np.uint8)))
+            out.write(INDEX_HEADER)
+            out.write(struct.pack("<Q", INDEX_VERSION))
+            out.write(struct.pack("<B", UINT8_CODE))
             out.write(struct.pack("<Q", n))
             out.write(struct.pack("<Q", n + 1))
             while block := lengths_file.read(_COPY_BLOCK * 4):

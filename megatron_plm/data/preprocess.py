@@ -386,26 +386,17 @@ def _write_chunk(
     counts.tokens += int(tokens.size)
 
 
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress_bar(cfg: PreprocessConfig, inputs):
-    if not cfg.progress or not sys.stderr.isatty():
-        return _NoProgress()
-    from tqdm import tqdm
+    """A bar on a terminal, a line every 30 s in a log (long runs only); counts uncompressed bytes."""
+    from megatron_plm.progress import Progress
 
     def is_gzip(path: str) -> bool:
         with open(path, "rb") as handle:
             return handle.read(2) == b"\x1f\x8b"
 
-    # Progress counts uncompressed bytes: a total is known only when no input is compressed.
+    # A total is known only when no input is compressed.
     total = None if any(is_gzip(path) for path, _ in inputs) else sum(os.path.getsize(p) for p, _ in inputs)
-    return tqdm(total=total, unit="B", unit_scale=True, desc="preprocess", file=sys.stderr)
+    return Progress(total, "preprocess", unit="B", enabled=cfg.progress)
 
 
 # ---- command line ----------------------------------------------------------------------------------
@@ -416,24 +407,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("input/output")
     io.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs",
                     help="FASTA (plain or .gz) or JSONL files; globs allowed; repeatable")  # fmt: skip
-    io.add_argument("--output-prefix", required=True)
+    io.add_argument("--output-prefix", required=True, help="writes PREFIX.bin/.idx and metadata beside them")
     io.add_argument("--source-label", action="append", default=[], dest="source_labels",
                     help="label stored per sequence: once for all inputs, or once per --input")  # fmt: skip
-    io.add_argument("--input-format", choices=["auto", "fasta", "jsonl"], default="auto")
+    io.add_argument("--input-format", choices=["auto", "fasta", "jsonl"], default="auto",
+                    help="auto: .jsonl/.json (optionally .gz) are JSONL, everything else FASTA")  # fmt: skip
     io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
     io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
     io.add_argument("--clusters", help="cluster mapping TSV (representative<TAB>member), joined on record id")
     filters = parser.add_argument_group("filters")
-    filters.add_argument("--min-length", type=int, default=1)
-    filters.add_argument("--max-length", type=int, default=None)
+    filters.add_argument("--min-length", type=int, default=1, help="drop shorter sequences (residues)")
+    filters.add_argument("--max-length", type=int, default=None, help="drop longer sequences (residues)")
     filters.add_argument("--dedup", action="store_true", help="drop exact duplicate sequences, keeping the first")
     filters.add_argument("--unknown", choices=["error", "unk", "skip"], default="error",
                          help="characters outside the alphabet: stop, map to <unk>, or skip the record")  # fmt: skip
     run = parser.add_argument_group("run")
-    run.add_argument("--workers", type=int, default=1)
-    run.add_argument("--implementation", choices=["auto", "native", "reference"], default="auto")
-    run.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20)
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--workers", type=int, default=1, help="encoding threads")
+    run.add_argument("--implementation", choices=["auto", "native", "reference"], default="auto",
+                     help="encoder: the C++ extension (native), pure Python (reference), or native if built")  # fmt: skip
+    run.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
+                     help="input read per encoding job (MiB of whole records)")  # fmt: skip
+    run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
 
 

@@ -29,6 +29,7 @@ from megatron_plm.data.fasta import InputFormatError, read_fasta
 from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
 from megatron_plm.evaluation.perplexity import clm_log_likelihood
+from megatron_plm.progress import Progress
 
 TOK = ProteinTokenizer()
 _MUTATION = re.compile(r"^([A-Z])(\d+)([A-Z])$")
@@ -136,11 +137,14 @@ def window(length: int, center: int, size: int) -> tuple[int, int]:
     return start, start + size
 
 
-def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
+def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32,
+                     progress: Progress | None = None) -> np.ndarray:  # fmt: skip
     """MLM scores: per mutated position, the wild type with that position masked (in its window)."""
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     positions = sorted({p for mutation in assay.mutations for _, p, _ in mutation})
     table: dict[int, torch.Tensor] = {}
+    if progress is not None:
+        progress.add_total(len(positions))
     for start in range(0, len(positions), batch_size):
         rows, places = [], []
         for p in positions[start : start + batch_size]:
@@ -153,19 +157,21 @@ def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32) ->
         log_probs = model.log_probs(ids, real)
         for i, p in enumerate(positions[start : start + batch_size]):
             table[p] = log_probs[i, places[i]]
+        if progress is not None:
+            progress.update(len(rows))
     vocab = {letter: TOK.token_to_id(letter) for letter in STANDARD_AMINO_ACIDS + "XBUZO"}
     return np.array([sum(float(table[p][vocab[mt]] - table[p][vocab[wt]]) for wt, p, mt in mutation)
                      for mutation in assay.mutations])  # fmt: skip
 
 
-def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
+def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32,
+                      progress: Progress | None = None) -> np.ndarray:  # fmt: skip
     """CLM scores: log p(mutant) - log p(wild type), both orientations averaged for reverse-trained models."""
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     room = model.context - 2
     orientations = (False, True) if model.reverse else (False,)
-    scores = np.zeros(len(assay.mutations))
+    rows = []  # per orientation, per mutation: wild type, mutant
     for reverse in orientations:
-        rows = []
         for mutation in assay.mutations:
             center = int(round(np.mean([p for _, p, _ in mutation])))
             lo, hi = window(len(wt_ids), center, room)
@@ -173,22 +179,21 @@ def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32) -
             for _, p, mt in mutation:
                 mutated[p] = TOK.token_to_id(mt)
             rows += [TOK.frame_clm(wt_ids[lo:hi], reverse=reverse), TOK.frame_clm(mutated[lo:hi], reverse=reverse)]
-        # Identical wild-type windows are scored once.
-        unique: dict[bytes, int] = {}
-        distinct = []
-        for row in rows:
-            key = row.tobytes()
-            if key not in unique:
-                unique[key] = len(distinct)
-                distinct.append(row)
-        totals = clm_log_likelihood(model, distinct, batch_size)
-        ll = np.array([totals[unique[row.tobytes()]][0] for row in rows])
-        scores += ll[1::2] - ll[0::2]
-    return scores / len(orientations)
+    # Identical wild-type windows are scored once.
+    unique: dict[bytes, int] = {}
+    distinct = []
+    for row in rows:
+        key = row.tobytes()
+        if key not in unique:
+            unique[key] = len(distinct)
+            distinct.append(row)
+    totals = clm_log_likelihood(model, distinct, batch_size, progress)
+    ll = np.array([totals[unique[row.tobytes()]][0] for row in rows]).reshape(len(orientations), -1)
+    return (ll[:, 1::2] - ll[:, 0::2]).mean(axis=0)
 
 
-def score_assay(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
-    return (masked_marginals if model.objective == "mlm" else likelihood_ratios)(model, assay, batch_size)
+def score_assay(model: ScoringModel, assay: Assay, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
+    return (masked_marginals if model.objective == "mlm" else likelihood_ratios)(model, assay, batch_size, progress)
 
 
 # ---- floors and metrics ----------------------------------------------------------------------------
@@ -244,15 +249,16 @@ class AssayResult:
 
 
 def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[str, float],
-                    batch_size: int = 32) -> list[AssayResult]:  # fmt: skip
+                    batch_size: int = 32, show_progress: bool = False) -> list[AssayResult]:  # fmt: skip
     results = []
-    for assay in assays:
+    for i, assay in enumerate(assays, start=1):
         multiple = sum(len(m) > 1 for m in assay.mutations)
         if multiple and model.objective == "mlm":
             print(f"warning: {assay.path}: {multiple:,} of {len(assay.mutants):,} mutants change several residues; "
                   "masked marginals score them as the sum of single-position scores, each masked alone",
                   file=sys.stderr)  # fmt: skip
-        scores = score_assay(model, assay, batch_size)
+        with Progress(None, f"dms {assay.dms_id} ({i}/{len(assays)})", unit="rows", enabled=show_progress) as progress:
+            scores = score_assay(model, assay, batch_size, progress)
         floors = {"unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
                   "BLOSUM62": spearman(blosum62_scores(assay), assay.scores)}  # fmt: skip
         results.append(AssayResult(assay, scores, spearman(scores, assay.scores), auc(scores, assay.binary), floors))
@@ -261,12 +267,17 @@ def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[
 
 def write_scores(path: str | os.PathLike, results: list[AssayResult]) -> None:
     """One row per mutant: DMS_id, mutant, score."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["DMS_id", "mutant", "score"])
-        for result in results:
-            for mutant, score in zip(result.assay.mutants, result.scores):
-                writer.writerow([result.assay.dms_id, mutant, f"{score:.6g}"])
+    import io
+
+    from megatron_plm.outputs import write_text_atomic
+
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["DMS_id", "mutant", "score"])
+    for result in results:
+        for mutant, score in zip(result.assay.mutants, result.scores):
+            writer.writerow([result.assay.dms_id, mutant, f"{score:.6g}"])
+    write_text_atomic(path, handle.getvalue())
 
 
 def format_table(results: list[AssayResult], model_name: str) -> str:

@@ -2,8 +2,9 @@
 
 Forward generation starts at ``1`` (N-terminus) and ends at ``2``; ``reverse`` starts at ``2`` and
 the sampled C->N sequence is flipped back to N->C. Only residues (the 20 standard amino acids unless
-``allow_nonstandard``) and the closing terminus can be sampled. Each step re-runs the model over the
-prefix (no key/value cache): fine for the sizes evaluated on CPU, quadratic in length.
+``allow_nonstandard``) and the closing terminus can be sampled. A prompt fixes the first residues (the
+last ones when reversed). Causal LMs decode through ``transformers``' key/value cache (our checkpoints
+via the export's conversion, in memory): one token per step instead of the whole prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 
 from megatron_plm.data.tokenizer import RESIDUES, STANDARD_AMINO_ACIDS, ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel
+from megatron_plm.outputs import write_text_atomic
+from megatron_plm.progress import Progress
 
 TOK = ProteinTokenizer()
 
@@ -25,7 +28,7 @@ TOK = ProteinTokenizer()
 class SamplingConfig:
     num_sequences: int = 8
     max_length: int = 256
-    """Residues at most (the terminus tokens not counted)."""
+    """Residues at most, a prompt's included (the terminus tokens not counted); must fit the model's context."""
     temperature: float = 1.0
     top_k: int = 0
     """Keep the k most likely tokens (0: all)."""
@@ -34,6 +37,8 @@ class SamplingConfig:
     reverse: bool = False
     allow_nonstandard: bool = False
     seed: int = 0
+    use_cache: bool = True
+    """Decode with the model's key/value cache where it has one (False: re-run the whole prefix each step)."""
 
     def validate(self) -> None:
         if not (self.temperature > 0 and math.isfinite(self.temperature)):  # nan compares false to everything
@@ -56,32 +61,47 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def generate(model: ScoringModel, config: SamplingConfig) -> list[str]:
-    """Sample ``num_sequences`` proteins (N->C strings)."""
+def generate(model: ScoringModel, config: SamplingConfig, prompt: str = "", *, show_progress: bool = False) -> list[str]:
+    """Sample ``num_sequences`` proteins (N->C strings) that begin with ``prompt`` (end with it when reverse).
+
+    With a key/value cache (``model.decoder``) each step feeds one token; without, the whole prefix."""
     if model.objective != "clm":
         raise ValueError(f"{model.name} is a masked LM; generation needs a causal LM")
     config.validate()
-    if config.max_length + 1 > model.context:  # the opening terminus + residues
-        raise ValueError(f"--max-length {config.max_length} exceeds what {model.name} can generate: its context is "
-                         f"{model.context} tokens, {model.context - 1} residues after the opening terminus")  # fmt: skip
+    prompt = prompt.strip().upper()
+    if len(prompt) >= config.max_length:
+        raise ValueError(f"the prompt has {len(prompt)} residues; max_length ({config.max_length}) counts them, "
+                         "so it must be larger")  # fmt: skip
+    if config.max_length + 1 > model.context:
+        raise ValueError(
+            f"max_length {config.max_length} does not fit {model.name}'s context of {model.context} tokens "
+            f"(the opening terminus + residues): at most {model.context - 1} residues; use a smaller max_length"
+        )
     start, stop = (TOK.c_terminus, TOK.n_terminus) if config.reverse else (TOK.n_terminus, TOK.c_terminus)
     allowed = [TOK.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)]
     permitted = torch.full((model.vocab_size,), float("-inf"))
     permitted[allowed + [stop]] = 0.0
     generator = torch.Generator().manual_seed(config.seed)
-    length = min(config.max_length + 1, model.context)  # the opening terminus + residues
-    ids = torch.full((config.num_sequences, 1), start, dtype=torch.long)
+    prefix = TOK.encode(prompt[::-1] if config.reverse else prompt).astype(np.int64)
+    ids = torch.as_tensor(np.concatenate([[start], prefix]), dtype=torch.long).repeat(config.num_sequences, 1)
     done = torch.zeros(config.num_sequences, dtype=torch.bool)
-    while ids.shape[1] < length and not done.all():
-        real = torch.ones_like(ids)
-        logits = model.log_probs(ids, real)[:, -1] + permitted
-        if ids.shape[1] == 1:
-            logits[:, stop] = float("-inf")  # at least one residue
-        probs = torch.softmax(_filter(logits / config.temperature, config.top_k, config.top_p), dim=-1)
-        step = torch.multinomial(probs, 1, generator=generator)[:, 0]
-        step = torch.where(done, torch.full_like(step, TOK.pad), step)
-        done |= step == stop
-        ids = torch.cat([ids, step[:, None]], dim=1)
+    step = model.decoder() if model.decoder is not None and config.use_cache else None
+    fresh = ids
+    with Progress(config.max_length - len(prompt), "generate", unit="tokens", enabled=show_progress) as progress:
+        while ids.shape[1] < config.max_length + 1 and not done.all():
+            if step is not None:
+                logits = model.step_log_probs(step, fresh)[:, -1] + permitted
+            else:
+                logits = model.log_probs(ids, torch.ones_like(ids))[:, -1] + permitted
+            if ids.shape[1] == 1:
+                logits[:, stop] = float("-inf")  # at least one residue
+            probs = torch.softmax(_filter(logits / config.temperature, config.top_k, config.top_p), dim=-1)
+            sampled = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            sampled = torch.where(done, torch.full_like(sampled, TOK.pad), sampled)
+            done |= sampled == stop
+            fresh = sampled[:, None]
+            ids = torch.cat([ids, fresh], dim=1)
+            progress.update(1)
     sequences = []
     for row in ids.tolist():
         body = [t for t in row[1:] if t not in (stop, TOK.pad)]
@@ -90,12 +110,13 @@ def generate(model: ScoringModel, config: SamplingConfig) -> list[str]:
     return sequences
 
 
-def write_fasta(path, sequences: list[str], perplexities: list[float], *, prefix: str = "generated") -> None:
+def write_fasta(path, sequences: list[str], perplexities: list[float], *, prefix: str = "generated",
+                names: list[str] | None = None) -> None:  # fmt: skip
+    names = names or [f"{prefix}_{i}" for i in range(1, len(sequences) + 1)]
     lines = []
-    for i, (sequence, perplexity) in enumerate(zip(sequences, perplexities), start=1):
-        lines.append(f">{prefix}_{i} length={len(sequence)} perplexity={perplexity:.3f}\n{sequence}\n")
-    with open(path, "w") as handle:
-        handle.write("".join(lines))
+    for name, sequence, perplexity in zip(names, sequences, perplexities):
+        lines.append(f">{name} length={len(sequence)} perplexity={perplexity:.3f}\n{sequence}\n")
+    write_text_atomic(path, "".join(lines))
 
 
 def generation_perplexities(model: ScoringModel, sequences: list[str]) -> list[float]:

@@ -30,6 +30,13 @@ class ScoringModel:
     forward_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """``(ids [b, s], real [b, s]) -> logits [b, s, >= vocab_size]``; ``real`` marks non-padding."""
     device: torch.device = torch.device("cpu")
+    decoder: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    """CLM with a key/value cache: returns a fresh ``step(new ids [b, k]) -> logits [b, k, >= vocab_size]``
+    that remembers the ids it was given (generation feeds one token per step)."""
+
+    @torch.no_grad()
+    def step_log_probs(self, step, ids: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(step(ids.to(self.device))[..., : self.vocab_size].float(), dim=-1).cpu()
 
     @torch.no_grad()
     def log_probs(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -46,6 +53,28 @@ def pad_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
         real[i, : len(row)] = 1
     return ids, real
+
+
+def cached_decoder(model) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
+    """Incremental decoding through a ``transformers`` causal LM and its key/value cache."""
+
+    import inspect
+
+    # transformers 5.x names the cache argument and output ``cache``; 4.x ``past_key_values``.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def start():
+        cache = None
+
+        def step(ids: torch.Tensor) -> torch.Tensor:
+            nonlocal cache
+            out = model(input_ids=ids, use_cache=True, **{name: cache})
+            cache = getattr(out, name)
+            return out.logits
+
+        return step
+
+    return start
 
 
 def _from_transformers(path: Path) -> ScoringModel:
@@ -71,7 +100,7 @@ def _from_transformers(path: Path) -> ScoringModel:
         return model(input_ids=ids, attention_mask=real).logits
 
     return ScoringModel(name=str(path), objective=objective, context=context, reverse=False, vocab_size=vocab,
-                        forward_logits=forward)  # fmt: skip
+                        forward_logits=forward, decoder=cached_decoder(model) if objective == "clm" else None)  # fmt: skip
 
 
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
@@ -101,9 +130,33 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
             batch = replace(batch, cu_seqlens=torch.from_numpy(cu).to(ids.device), max_seqlen=longest).pack()
         return chunk(**batch.model_inputs()).reshape(*ids.shape, -1)
 
+    decoder = None
+    if objective == "clm":  # generation runs the same weights as transformers' GPT-NeoX, which has a KV cache
+
+        def decoder():
+            nonlocal hf_model
+            if hf_model is None:
+                hf_model = _as_transformers(chunk, model).to(runtime.device)
+            return cached_decoder(hf_model)()
+
+        hf_model = None
     vocab = len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
     return ScoringModel(name=str(path), objective=objective, context=model.seq_length, reverse=reverse,
-                        vocab_size=vocab, forward_logits=forward, device=runtime.device)  # fmt: skip
+                        vocab_size=vocab, forward_logits=forward, device=runtime.device, decoder=decoder)  # fmt: skip
+
+
+def _as_transformers(chunk, model):
+    """Our CLM's weights in ``transformers``' GPT-NeoX (the export's conversion, in memory)."""
+    from transformers import GPTNeoXForCausalLM
+
+    from megatron_plm.checkpoint import hf
+
+    state = {k: v.detach() for k, v in chunk.state_dict().items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+    converted = GPTNeoXForCausalLM(hf.hf_config("clm", model)).float().eval()
+    tensors = hf.to_hf(state, "clm", model)
+    tensors.update(hf.hf_extra_tensors("clm", model, set(tensors)))
+    converted.load_state_dict(tensors, strict=True)
+    return converted
 
 
 def load_scoring_model(path: str | os.PathLike, runtime=None) -> ScoringModel:

@@ -15,6 +15,7 @@ import torch
 
 from megatron_plm.data.tokenizer import ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
+from megatron_plm.progress import Progress
 
 TOK = ProteinTokenizer()
 
@@ -59,13 +60,16 @@ def clm_windows(framed: np.ndarray, context: int) -> list[tuple[int, int, int]]:
     return windows
 
 
-def clm_log_likelihood(model: ScoringModel, framed_rows: list[np.ndarray], batch_size: int = 16) -> list[tuple[float, int]]:
+def clm_log_likelihood(model: ScoringModel, framed_rows: list[np.ndarray], batch_size: int = 16,
+                       progress: Progress | None = None) -> list[tuple[float, int]]:  # fmt: skip
     """(sum log p, scored tokens) of each framed sequence under a CLM, windowed when needed."""
     jobs = []  # (row, window tokens, offset of first scored target within the window)
     for row, framed in enumerate(framed_rows):
         for start, stop, first in clm_windows(framed, model.context):
             jobs.append((row, framed[start:stop], first - start))
     totals = [[0.0, 0] for _ in framed_rows]
+    if progress is not None:
+        progress.add_total(len(jobs))
     for chunk in _batched(jobs, batch_size):
         ids, real = pad_batch([window for _, window, _ in chunk], TOK.pad)
         log_probs = model.log_probs(ids, real)
@@ -74,6 +78,8 @@ def clm_log_likelihood(model: ScoringModel, framed_rows: list[np.ndarray], batch
             picked = log_probs[i, first - 1 : len(window) - 1].gather(-1, targets[:, None])[:, 0]
             totals[row][0] += float(picked.sum())
             totals[row][1] += len(targets)
+        if progress is not None:
+            progress.update(len(chunk))
     return [(total, count) for total, count in totals]
 
 
@@ -83,7 +89,7 @@ def mlm_windows(residues: np.ndarray, context: int) -> list[tuple[int, int]]:
 
 
 def mlm_masked_log_likelihood(model: ScoringModel, residue_rows: list[np.ndarray], positions: list[np.ndarray],
-                              batch_size: int = 16) -> list[tuple[float, int]]:  # fmt: skip
+                              batch_size: int = 16, progress: Progress | None = None) -> list[tuple[float, int]]:  # fmt: skip
     """(sum log p(true residue), count) over ``positions`` of each sequence, all of a window's chosen
     positions masked at once."""
     jobs = []
@@ -93,6 +99,8 @@ def mlm_masked_log_likelihood(model: ScoringModel, residue_rows: list[np.ndarray
             if len(inside):
                 jobs.append((row, residues[start:stop], inside))
     totals = [[0.0, 0] for _ in residue_rows]
+    if progress is not None:
+        progress.add_total(len(jobs))
     for chunk in _batched(jobs, batch_size):
         rows = []
         for _, window, inside in chunk:
@@ -105,24 +113,32 @@ def mlm_masked_log_likelihood(model: ScoringModel, residue_rows: list[np.ndarray
             truth = torch.as_tensor(window[inside].astype(np.int64))
             totals[row][0] += float(log_probs[i, inside + 1].gather(-1, truth[:, None]).sum())
             totals[row][1] += len(inside)
+        if progress is not None:
+            progress.update(len(chunk))
     return [(total, count) for total, count in totals]
 
 
 def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, mask_ratio: float = 0.15,
-               seed: int = 0, pseudo: bool = False, batch_size: int = 16) -> list[SequenceScore]:  # fmt: skip
+               seed: int = 0, pseudo: bool = False, batch_size: int = 16, show_progress: bool = False,
+               ) -> list[SequenceScore]:  # fmt: skip
     """Per-sequence scores for ``(record id, residue ids)``: CLM perplexity (N->C framing), or MLM masked
     perplexity at ``mask_ratio`` with a fixed ``seed`` (at least one position per sequence), or with
     ``pseudo`` the exact pseudo-perplexity (every residue masked in turn)."""
     if model.objective == "mlm" and not pseudo and not 0 < mask_ratio <= 1:
         raise ValueError(f"--mask-ratio must be in (0, 1], got {mask_ratio} (for every position in turn, use --pseudo)")
     residues = [r for _, r in records]
+    kind = "perplexity" if model.objective == "clm" else "pseudo-perplexity" if pseudo else "masked perplexity"
+    progress = Progress(None, kind, unit="rows", enabled=show_progress)
     if model.objective == "clm":
-        results = clm_log_likelihood(model, [TOK.frame_clm(r) for r in residues], batch_size)
-    elif pseudo:  # every residue masked in turn: one single-mask row per position, batched
-        results = []
-        for r in residues:
-            singles = mlm_masked_log_likelihood(model, [r] * len(r), [np.array([p]) for p in range(len(r))], batch_size)
-            results.append((sum(t for t, _ in singles), sum(c for _, c in singles)))
+        results = clm_log_likelihood(model, [TOK.frame_clm(r) for r in residues], batch_size, progress)
+    elif pseudo:  # every residue masked in turn: one single-mask row per position, batched across sequences
+        owner = np.repeat(np.arange(len(residues)), [len(r) for r in residues])
+        singles = mlm_masked_log_likelihood(model, [residues[i] for i in owner],
+                                            [np.array([p]) for r in residues for p in range(len(r))], batch_size, progress)  # fmt: skip
+        results = [[0.0, 0] for _ in residues]
+        for i, (total, count) in zip(owner, singles):
+            results[i][0] += total
+            results[i][1] += count
     else:
         positions = []
         for i, r in enumerate(residues):
@@ -130,6 +146,7 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
             if not draw.any():
                 draw[np.random.default_rng([seed, i, 1]).integers(len(r))] = True
             positions.append(np.flatnonzero(draw))
-        results = mlm_masked_log_likelihood(model, residues, positions, batch_size)
+        results = mlm_masked_log_likelihood(model, residues, positions, batch_size, progress)
+    progress.close()
     return [SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count)
             for (name, r), (total, count) in zip(records, results)]  # fmt: skip

@@ -18,21 +18,28 @@ class ModelConfig:
     """Shape of the transformer body shared by the CLM and MLM objectives."""
 
     num_layers: int
+    """Transformer layers."""
     hidden_size: int
+    """Width of the residual stream."""
     num_attention_heads: int
+    """Attention heads per layer (must divide hidden_size)."""
     ffn_hidden_size: int | None = None
     """MLP inner width; None means 4 x hidden_size (ESM-2's ratio)."""
     seq_length: int = 1024
-    """Maximum tokens per sample, specials included."""
+    """Maximum tokens per sample, specials included (in a run config: set from ``data.seq_length``)."""
     vocab_size: int = 33
     """Tokenizer vocabulary size before padding for tensor parallelism."""
     make_vocab_size_divisible_by: int = 64
     """The embedding is padded to a multiple of this, independent of the parallel layout, so a
     checkpoint saved at one TP size loads at another (it must be divisible by the TP size)."""
     layernorm_epsilon: float = 1e-5
+    """Added to the variance in every LayerNorm."""
     hidden_dropout: float = 0.0
+    """Dropout after attention and MLP outputs (ESM-2 and ProGen2 pretrain without)."""
     attention_dropout: float = 0.0
+    """Dropout on attention probabilities."""
     init_method_std: float = 0.02
+    """Standard deviation of the normal weight initialisation."""
     attention_backend: Literal["local", "sdpa", "varlen", "te"] = "local"
     """Core attention: megatron-core's own (the reference), PyTorch's scaled_dot_product_attention
     with a block-diagonal mask, PyTorch's varlen flash attention over packed batches (GPU, torch >= 2.9;

@@ -66,18 +66,106 @@ def plan_budget(flops: float, objective: str, law) -> BudgetPlan:
     return BudgetPlan(flops, objective, n_opt, d_opt, nearest_shape(n_opt))
 
 
-def write_config(plan: BudgetPlan, path: str | Path, template: str | Path) -> Path:
-    """A run config from ``template`` with the planned shape and token budget (1M-token steps)."""
-    data = yaml.safe_load(Path(template).read_text())
-    data["name"] = f"{plan.objective}-{plan.shape.non_embedding_parameters / 1e9:.2f}b-{plan.flops:.2g}flops"
-    data["objective"] = plan.objective
-    data["model"] = {"num_layers": plan.shape.num_layers, "hidden_size": plan.shape.hidden_size,
-                     "num_attention_heads": plan.shape.num_attention_heads}  # fmt: skip
-    data.setdefault("data", {})["seq_length"] = 1024
-    data.setdefault("training", {}).update({"train_iters": plan.steps, "global_batch_size": 1024})
-    Path(path).write_text(f"# planned for C = {plan.flops:.3g} FLOPs: N_opt = {plan.n_opt:.3g}, D_opt = {plan.d_opt:.3g}\n"
-                          + yaml.safe_dump(data, sort_keys=False))  # fmt: skip
-    return Path(path)
+RECIPES = Path(__file__).resolve().parents[2] / "examples" / "configs" / "recipes"
+
+
+def _recipes(objective: str) -> list[tuple[float, Path, dict]]:
+    """(non-embedding parameters, path, config) of the shipped recipes for ``objective``, smallest first."""
+    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+
+    found = []
+    for path in sorted(RECIPES.glob("*.yaml")):
+        data = parse_yaml(path.read_text())
+        if data.get("objective") == objective:
+            m = data["model"]
+            found.append((Shape(m["num_layers"], m["hidden_size"], m["num_attention_heads"]).non_embedding_parameters, path, data))
+    return sorted(found, key=lambda r: r[0])
+
+
+def recipe_hyperparameters(objective: str, parameters: float) -> dict:
+    """Learning rate, warm-up, batch, parallel layout and precision for a model of ``parameters``, from the
+    recipes: the peak learning rate interpolated in log-log between the recipes that bracket the size
+    (clamped at the ends), the rest from the recipe nearest in size."""
+    recipes = _recipes(objective)
+    if not recipes:
+        raise ValueError(f"no {objective} recipes in {RECIPES}")
+    sizes = [math.log(n) for n, _, _ in recipes]
+    rates = [math.log(float(d["optimizer"]["lr"])) for _, _, d in recipes]
+    x = min(max(math.log(parameters), sizes[0]), sizes[-1])
+    upper = next((i for i, size in enumerate(sizes) if size >= x), len(sizes) - 1)
+    lower = max(upper - 1, 0)
+    span = sizes[upper] - sizes[lower]
+    lr = math.exp(rates[lower] + (rates[upper] - rates[lower]) * ((x - sizes[lower]) / span if span else 0.0))
+    nearest = min(recipes, key=lambda r: abs(math.log(r[0] / parameters)))
+    return {"lr": float(f"{lr:.3g}"), "recipe": nearest[1], "config": nearest[2]}
+
+
+def corpus_tokens(sources: list[dict]) -> tuple[int | None, list[str]]:
+    """Tokens one epoch of ``sources`` yields (residues plus two framing tokens per protein), from each
+    corpus's ``PREFIX.meta.json``; None and the missing prefixes when some cannot be read."""
+    import json
+
+    total, missing = 0, []
+    for source in sources:
+        meta = Path(f"{source['prefix']}.meta.json")
+        if not meta.exists():
+            missing.append(str(source["prefix"]))
+            continue
+        described = json.loads(meta.read_text())
+        total += int(described["num_tokens"]) + 2 * int(described["num_documents"])
+    return (None if missing else total), missing
+
+
+def write_config(plan: BudgetPlan, path: str | Path, template: str | Path | None = None) -> tuple[Path, list[str]]:
+    """A run config for the planned model and token budget, and warnings to show.
+
+    Hyperparameters come from the recipes (see :func:`recipe_hyperparameters`): peak learning rate, warm-up
+    (at most a tenth of the run), 1M-token steps, save/eval intervals (at most a tenth of the run), precision
+    and layout of the nearest recipe. The data section comes from ``template`` when given (else the recipe's);
+    a warning says when the token budget is more than one epoch of it (the laws assume about one)."""
+    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+    from megatron_plm.outputs import write_text_atomic
+
+    picked = recipe_hyperparameters(plan.objective, plan.shape.non_embedding_parameters)
+    recipe = picked["config"]
+    base = parse_yaml(Path(template).read_text()) if template else recipe
+    name = f"{plan.objective}-{plan.shape.non_embedding_parameters / 1e9:.2f}b-{plan.flops:.2g}flops"
+    steps, tenth = plan.steps, max(1, plan.steps // 10)
+    data = dict(base.get("data", {}))
+    data["seq_length"] = 1024
+    training = {**recipe["training"], "train_iters": steps, "global_batch_size": TOKENS_PER_STEP // 1024,
+                "eval_interval": min(int(recipe["training"].get("eval_interval", tenth)), tenth)}  # fmt: skip
+    optimizer = {**recipe.get("optimizer", {}), "lr": picked["lr"], "min_lr": float(f"{picked['lr'] / 10:.3g}"),
+                 "warmup_iters": min(int(recipe.get("optimizer", {}).get("warmup_iters", 0)), tenth)}  # fmt: skip
+    config = {
+        "name": name, "objective": plan.objective,
+        "model": {**{k: v for k, v in recipe["model"].items() if k not in ("num_layers", "hidden_size",
+                                                                           "num_attention_heads", "ffn_hidden_size")},
+                  "num_layers": plan.shape.num_layers, "hidden_size": plan.shape.hidden_size,
+                  "num_attention_heads": plan.shape.num_attention_heads},
+        "data": data, "training": training, "optimizer": optimizer, "parallel": dict(recipe.get("parallel", {})),
+        "checkpoint": {"save": f"checkpoints/{name}", "save_interval": min(int(recipe["checkpoint"].get("save_interval", tenth)), tenth)},
+        "logging": {"log_interval": 10, "metrics_file": f"checkpoints/{name}/metrics.jsonl"},
+    }  # fmt: skip
+    tp = int(config["parallel"].get("tensor_model_parallel_size", 1))
+    while plan.shape.num_attention_heads % tp:  # the recipe's TP must divide the planned model's heads
+        tp //= 2
+    if "tensor_model_parallel_size" in config["parallel"]:
+        config["parallel"]["tensor_model_parallel_size"] = tp
+        config["parallel"]["sequence_parallel"] = bool(config["parallel"].get("sequence_parallel")) and tp > 1
+    warnings = []
+    tokens, missing = corpus_tokens(data.get("sources", []))
+    if missing:
+        warnings.append(f"cannot check how many epochs the budget is: no corpus at {', '.join(missing)} "
+                        "(set data.sources to your preprocessed corpora)")  # fmt: skip
+    elif tokens and plan.d_opt > tokens:
+        warnings.append(f"D_opt = {plan.d_opt:.3g} tokens is {plan.d_opt / tokens:,.1f} epochs of the configured data "
+                        f"({tokens:,} tokens); the scaling laws assume about one: add data or plan a smaller budget")  # fmt: skip
+    header = (f"# planned for C = {plan.flops:.3g} FLOPs: N_opt = {plan.n_opt:.3g}, D_opt = {plan.d_opt:.3g}\n"
+              f"# hyperparameters from {picked['recipe'].name} (lr interpolated between recipes by size)\n")  # fmt: skip
+    out = write_text_atomic(path, header + "".join(f"# warning: {w}\n" for w in warnings)
+                            + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
+    return out, warnings
 
 
 def format_budget_plan(plan: BudgetPlan, law_name: str, interval: tuple | None = None) -> str:

@@ -55,7 +55,9 @@ def training_tokens(base: dict) -> float:
 def make_sweep(base_config: str | Path, budgets: list[float], shapes: list[Shape], out: str | Path,
                overrides: dict | None = None) -> list[SweepRun]:  # fmt: skip
     """Write one config per (budget, shape) under ``out/configs`` and describe the grid."""
-    base = yaml.safe_load(Path(base_config).read_text())
+    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+
+    base = parse_yaml(Path(base_config).read_text())
     for key, value in (overrides or {}).items():
         node = base
         *parents, last = key.split(".")
@@ -89,8 +91,10 @@ def make_sweep(base_config: str | Path, budgets: list[float], shapes: list[Shape
 
 
 def run_locally(runs: list[SweepRun], *, log=print) -> None:
+    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+
     for i, run in enumerate(runs, start=1):
-        if Path(yaml.safe_load(run.config.read_text())["logging"]["metrics_file"]).exists():
+        if Path(parse_yaml(run.config.read_text())["logging"]["metrics_file"]).exists():
             log(f"[{i}/{len(runs)}] {run.name}: already has metrics, skipped")
             continue
         log(f"[{i}/{len(runs)}] {run.name}: {run.steps} steps")
@@ -115,11 +119,13 @@ python -m megatron_plm train --config "${{CONFIGS[$SLURM_ARRAY_TASK_ID]}}"
 
 def collect(out: str | Path, objective: str) -> Path:
     """``out/runs.csv`` (N, D, loss, objective, C, epochs, name) from the runs' final validation losses."""
+    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+
     out = Path(out)
     described = json.loads((out / "sweep.json").read_text())
     rows = []
     for run in described:
-        metrics = Path(yaml.safe_load(Path(run["config"]).read_text())["logging"]["metrics_file"])
+        metrics = Path(parse_yaml(Path(run["config"]).read_text())["logging"]["metrics_file"])
         if not metrics.exists():
             continue
         validation = [json.loads(line) for line in metrics.read_text().splitlines() if '"validation"' in line]

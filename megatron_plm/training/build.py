@@ -17,11 +17,17 @@ class OptimizerConfig:
     """Adam with decoupled weight decay, as ESM-2 and the reference study train."""
 
     lr: float = 4e-4
+    """Peak learning rate, reached at the end of warm-up."""
     min_lr: float = 4e-5
+    """Learning rate at the last step."""
     weight_decay: float = 0.01
+    """Decoupled (AdamW) weight decay."""
     adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
     adam_beta2: float = 0.98
+    """Adam's second-moment decay."""
     adam_eps: float = 1e-8
+    """Adam's denominator epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip; 0 disables clipping."""
     warmup_iters: int = 0

@@ -20,8 +20,8 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def real_sequences(shared_data):
-    records = read_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta")
+def real_sequences(sample_fasta):
+    records = read_fasta(sample_fasta)
     return [r.sequence.decode()[:100] for _, r in zip(range(6), records)]
 
 
@@ -185,3 +185,45 @@ def test_checkpoints_of_te_runs_convert_and_score_without_te(runtime, trained, r
     ids, real = batch_of(real_sequences, objective)
     scored = [load_scoring_model(path, runtime).forward_logits(ids, real) for path in (trained[objective], relabelled)]
     assert torch.equal(scored[0], scored[1])
+
+
+def test_exports_load_with_no_missing_or_unexpected_keys(runtime, trained, tmp_path):
+    """transformers reports nothing on loading an export: rotary buffers and ESM's (zero) contact head are
+    written for whichever layout the installed version expects."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    for objective, auto in (("mlm", AutoModelForMaskedLM), ("clm", AutoModelForCausalLM)):
+        out = export_hf(trained[objective], tmp_path / objective, runtime)
+        model, info = auto.from_pretrained(out, output_loading_info=True)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), (transformers.__version__, info)
+        fresh = type(model)(model.config)  # the buffers transformers computes itself
+        for name, buffer in fresh.named_buffers():
+            if name.endswith("inv_freq"):
+                assert torch.equal(dict(model.named_buffers())[name], buffer), name
+
+
+def test_import_of_a_default_constructed_esm_config(runtime, sample_fasta, tmp_path):
+    """EsmConfig's defaults leave hidden_act unset (transformers 5.x writes none): ESM always uses GELU."""
+    from transformers import EsmConfig, EsmForMaskedLM
+
+    config = EsmConfig(vocab_size=33, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                       position_embedding_type="rotary", mask_token_id=32, pad_token_id=1, token_dropout=True)  # fmt: skip
+    torch.manual_seed(0)
+    reference = EsmForMaskedLM(config).eval()
+    reference.save_pretrained(tmp_path / "esm")
+    saved = json.loads((tmp_path / "esm/config.json").read_text())
+    if hasattr(EsmConfig(), "hidden_act"):
+        saved.pop("hidden_act")  # transformers 4.x spells the default out; drop it to test the same case
+        (tmp_path / "esm/config.json").write_text(json.dumps(saved))
+    assert "hidden_act" not in saved
+    chunk, objective = load_ours(import_hf(tmp_path / "esm", tmp_path / "ours", runtime), runtime)
+    sequences = [r.sequence.decode()[:80] for _, r in zip(range(4), read_fasta(sample_fasta))]
+    ids, real = batch_of(sequences, "mlm", mask_every=5)
+    with torch.no_grad():
+        theirs = reference(input_ids=ids, attention_mask=real).logits
+    difference = (our_logits(chunk, ids, real, "mlm")[..., :33] - theirs)[real.bool()].abs().max().item()
+    assert difference <= TOLERANCE
+    EsmConfig().save_pretrained(tmp_path / "plain")  # every default: absolute positions, no vocabulary
+    with pytest.raises(ValueError, match=r"position_embedding_type must be 'rotary' \(got 'absolute'"):
+        import_hf(tmp_path / "plain", tmp_path / "ours_plain", runtime)

@@ -60,8 +60,8 @@ def test_bad_input_names_file_line_and_record(tmp_path, case, implementation):
     assert not any((tmp_path / "out").iterdir()), "a failed run left files behind"
 
 
-def test_truncated_gzip_names_the_file(tmp_path, shared_data):
-    data = (shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta").read_bytes()
+def test_truncated_gzip_names_the_file(tmp_path, real_fasta_bytes):
+    data = real_fasta_bytes
     compressed = gzip.compress(data)
     path = tmp_path / "truncated.fasta.gz"
     path.write_bytes(compressed[: len(compressed) // 2])

@@ -36,9 +36,9 @@ def assert_same(chunk: bytes, tokenizer: ProteinTokenizer):
         assert got.ids == want.ids, context
 
 
-def test_mutated_real_records(shared_data):
+def test_mutated_real_records(real_fasta_bytes):
     tokenizer = ProteinTokenizer()
-    source = (shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta").read_bytes()
+    source = real_fasta_bytes
     records = [b">" + r for r in source.split(b"\n>")[1:]]
     records[0] = records[0][1:] if records[0].startswith(b">>") else records[0]
     rng = np.random.default_rng(20261124)
@@ -61,9 +61,9 @@ def test_edge_cases(chunk):
     assert_same(chunk, ProteinTokenizer())
 
 
-def test_chunk_size_does_not_change_the_result(shared_data):
+def test_chunk_size_does_not_change_the_result(sample_fasta):
     tokenizer = ProteinTokenizer()
-    path = shared_data / "corpus/uniprotkb_mmseqs2_example_DB.fasta.gz"
+    path = sample_fasta
 
     def encode_all(chunk_bytes):
         parts = [_encode_fasta_chunk_native(c, tokenizer.byte_lookup, Unknown.ERROR, tokenizer.unk)

@@ -89,6 +89,27 @@ def test_index_is_byte_identical_to_megatron_builder(tmp_path, sample_fasta):
     builder.finalize(str(tmp_path / "megatron.idx"))
     assert (tmp_path / "megatron.idx").read_bytes() == files["idx"].read_bytes()
     assert (tmp_path / "megatron.bin").read_bytes() == files["bin"].read_bytes()
+    from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType
+
+    from megatron_plm.data import corpus
+
+    assert (corpus.INDEX_HEADER, corpus.UINT8_CODE) == (_INDEX_HEADER, DType.code_from_dtype(np.uint8))
+
+
+def test_preprocessing_imports_neither_torch_nor_megatron_core(tmp_path, sample_fasta):
+    """Preprocessing writes the .idx format itself, so it starts fast (no torch import)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = ("import sys; sys.argv[1:] = ['--input', {!r}, '--output-prefix', {!r}, '--no-progress']; "
+            "import runpy; runpy.run_path('tools/preprocess_data.py', run_name='not_main'); "
+            "from megatron_plm.cli import main; assert main(['preprocess', *sys.argv[1:]]) == 0; "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'transformers')); "
+            "assert not heavy, heavy").format(str(sample_fasta), str(tmp_path / "c"))  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    assert (tmp_path / "c.idx").exists()
 
 
 def test_gpt_dataset_reads_the_corpus(tmp_path, sample_fasta):
@@ -153,8 +174,8 @@ def test_sources_filters_dedup_and_clusters(tmp_path, shared_data, sample_fasta)
     assert summary.documents_without_cluster == sum(1 for _, s in kept if s == 1)
 
 
-def test_jsonl_and_globs(tmp_path, shared_data):
-    records = independent_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta")[:40]
+def test_jsonl_and_globs(tmp_path, real_fasta):
+    records = independent_fasta(real_fasta)[:40]
     for part in range(2):
         rows = records[part * 20 : (part + 1) * 20]
         text = "".join(json.dumps({"id": n, "seq": s.lower()}) + "\n" for n, s in rows)

@@ -42,7 +42,7 @@ def test_framing_for_both_objectives():
     assert tok.decode(tok.frame_clm(ids, reverse=True)) == "2TKM1"
 
 
-def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, shared_data):
+def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, real_fasta):
     from transformers import AutoTokenizer, EsmTokenizer
 
     from megatron_plm.data.fasta import read_fasta
@@ -53,7 +53,7 @@ def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, shared_data):
     save_hf_tokenizer(tmp_path / "mlm", "mlm")
     loaded = AutoTokenizer.from_pretrained(tmp_path / "mlm")
     ours = ProteinTokenizer()
-    records = [r for _, r in zip(range(50), read_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta"))]
+    records = [r for _, r in zip(range(50), read_fasta(real_fasta))]
     for record in records:
         text = record.sequence.decode()
         expected = ours.frame_mlm(ours.encode(text)).tolist()

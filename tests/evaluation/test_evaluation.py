@@ -58,13 +58,13 @@ def test_masked_marginals_equal_transformers_and_our_imported_checkpoint(runtime
     assert np.std(expected) > 0  # random weights still spread the scores: the comparison is not vacuous
 
 
-def test_clm_perplexity_equals_transformers_loss(runtime, trained, shared_data, tmp_path):
+def test_clm_perplexity_equals_transformers_loss(runtime, trained, sample_fasta, tmp_path):
     from transformers import AutoModelForCausalLM
 
     exported = export_hf(trained["clm"], tmp_path / "hf", runtime)
     reference = AutoModelForCausalLM.from_pretrained(exported).eval()
     records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:100])
-               for _, r in zip(range(5), read_fasta(shared_data / "corpus/uniprotkb_mmseqs2_example_QUERY.fasta"))]  # fmt: skip
+               for _, r in zip(range(5), read_fasta(sample_fasta))]  # fmt: skip
     ours = perplexity(load_scoring_model(trained["clm"], runtime), records)
     for (_, residues), score in zip(records, ours):
         ids = torch.as_tensor(TOK.frame_clm(residues))[None]
@@ -105,6 +105,45 @@ def test_generation_is_seeded_framed_and_scored(runtime, trained):
     assert reported == [s.perplexity for s in perplexity(model, records)]
     with pytest.raises(ValueError, match="masked LM"):
         generate(load_scoring_model(trained["mlm"], runtime), config)
+
+
+def test_generation_with_kv_cache_equals_uncached_and_honours_prompts_and_context(runtime, trained):
+    model = load_scoring_model(trained["clm"], runtime)
+    assert model.decoder is not None
+    config = SamplingConfig(num_sequences=3, max_length=30, seed=2)
+    cached = generate(model, config)
+    assert cached == generate(model, SamplingConfig(num_sequences=3, max_length=30, seed=2, use_cache=False))
+    forward = generate(model, config, "MKTAYIAK")
+    assert all(s.startswith("MKTAYIAK") and 9 <= len(s) <= 30 for s in forward)
+    backward = generate(model, SamplingConfig(num_sequences=3, max_length=30, seed=2, reverse=True), "MKTAYIAK")
+    assert all(s.endswith("MKTAYIAK") and 9 <= len(s) <= 30 for s in backward)
+    with pytest.raises(ValueError, match=r"max_length 200 does not fit .*context of 128 tokens.*at most 127 residues"):
+        generate(model, SamplingConfig(max_length=200))
+    with pytest.raises(ValueError, match=r"the prompt has 30 residues; max_length \(30\)"):
+        generate(model, config, "A" * 30)
+
+
+def test_generate_cli_reads_a_fasta_of_prompts(trained, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "generate", "--model", str(trained["clm"]),
+                               *args], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+
+    (tmp_path / "prompts.fasta").write_text(">p1\nMKT\n>p2\nGSS\n")
+    out = tmp_path / "new_dir" / "gen.fasta"
+    done = cli("--num", "2", "--max-length", "20", "--prompt", str(tmp_path / "prompts.fasta"), "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [(r.record_id, r.sequence.decode()) for r in read_fasta(out)]
+    assert [name for name, _ in records] == ["p1_1", "p1_2", "p2_1", "p2_2"]
+    assert all(seq.startswith({"p1": "MKT", "p2": "GSS"}[name[:2]]) for name, seq in records)
+    refused = cli("--prompt", "MKJ", "--output", str(out))
+    assert refused.returncode == 2 and "--prompt: ['J'] are not amino-acid letters" in refused.stderr
+    too_long = cli("--max-length", "200", "--output", str(tmp_path / "long.fasta"))
+    assert too_long.returncode == 2 and "at most 127 residues" in too_long.stderr and not (tmp_path / "long.fasta").exists()
 
 
 @pytest.mark.parametrize(

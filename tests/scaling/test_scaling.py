@@ -122,3 +122,30 @@ def test_slurm_script_quotes_config_paths(tmp_path):
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert printed.splitlines() == [str(c) for c in configs]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_written_config_is_scaled_to_the_planned_model_and_warns_about_repeated_data(sample_corpus, tmp_path):
+    import json
+
+    import yaml
+
+    from megatron_plm.config import load_config
+    from megatron_plm.scaling.planning import recipe_hyperparameters, write_config
+
+    template = tmp_path / "template.yaml"
+    template.write_text(yaml.safe_dump({"data": {"sources": [{"prefix": str(sample_corpus)}]}}))
+    plan = plan_budget(1e19, "clm", PAPER["clm"]["allocation"])
+    path, warnings = write_config(plan, tmp_path / "out" / "run.yaml", template)
+    config = load_config(path)
+    meta = json.loads(open(f"{sample_corpus}.meta.json").read())
+    epochs = plan.d_opt / (meta["num_tokens"] + 2 * meta["num_documents"])
+    assert len(warnings) == 1 and f"{epochs:,.1f} epochs of the configured data" in warnings[0]
+    assert (config.model.num_layers, config.model.hidden_size) == (plan.shape.num_layers, plan.shape.hidden_size)
+    assert config.training.train_iters == plan.steps and config.training.global_batch_size == 1024
+    # Smaller than every CLM recipe: the smallest recipe's (clm_1b) learning rate, not the tiny demo's 3e-3.
+    assert config.optimizer.lr == 3e-4 and config.optimizer.min_lr == 3e-5
+    assert config.optimizer.warmup_iters <= plan.steps // 10 and config.checkpoint.save_interval <= plan.steps // 10
+    assert config.checkpoint.save == f"checkpoints/{config.name}"
+    # Between two recipes the rate is interpolated in log-log: 1B -> 3e-4, 7B -> 1.5e-4.
+    between = recipe_hyperparameters("clm", 3e9)["lr"]
+    assert 1.5e-4 < between < 3e-4

@@ -1,0 +1,111 @@
+"""Every ```bash block of README.md, run verbatim and in order, as a reader would (slow).
+
+The commands run in a scratch directory that links the checkout's files (so their outputs land there,
+not in the checkout), beside ``../shared/data``. The only adaptations, each a documented knob:
+
+- ``.venv/bin/python`` and ``.venv/bin/megatron-plm`` are this test's interpreter (``make`` gets it as
+  ``VENV``, ``torchrun.sh`` as ``PYTHON``);
+- ``ADDED``: options or overrides appended to commands that would otherwise run long (later overrides win);
+- ``SKIPPED``: blocks that cannot run here, each with its reason.
+
+A new README block runs as written. Entries of ``ADDED`` and ``SKIPPED`` that match no command fail the
+test, so neither list outlives the README it describes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+
+pytestmark = pytest.mark.slow
+
+SKIPPED = {
+    "make test": "runs this test suite itself",
+    "docker build -t megatron-plm .": "needs Docker and a GPU",
+}
+"""First command of a block -> why the block does not run here."""
+
+ADDED = {
+    "make quickstart": "OVERRIDES=training.train_iters=6",
+    "megatron-plm train --config examples/configs/tiny_clm.yaml training.train_iters=200": "training.train_iters=8",
+    "examples/launch/torchrun.sh examples/configs/tiny_clm.yaml 4": "training.train_iters=9",
+    "megatron-plm evaluate dms": "--assay IF1_ECOLI_Kelsic_2016",
+    "megatron-plm scaling fit": "--bootstrap 10",
+}
+"""Part of a command -> arguments appended to it."""
+
+
+def readme_blocks(text: str) -> list[list[str]]:
+    """The commands of each ```bash block: continuation lines joined, comments and blank lines dropped."""
+    blocks = []
+    for body in re.findall(r"^```bash\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
+        joined = re.sub(r"\\\n\s*", " ", body)
+        blocks.append([line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")])
+    return blocks
+
+
+def adapt(command: str, venv: Path) -> str:
+    python = shlex.quote(sys.executable)
+    extra = " ".join(more for part, more in ADDED.items() if part in command)
+    if command.split()[:1] == ["make"]:
+        extra += f" VENV={shlex.quote(str(venv))}"
+    if extra:
+        comment = command.find("  #")
+        command = f"{command} {extra}" if comment < 0 else f"{command[:comment]} {extra}{command[comment:]}"
+    tools = {"python": python, "megatron-plm": f"{python} -m megatron_plm"}
+    return re.sub(r"(?<![\w/.])\.venv/bin/(python|megatron-plm)\b", lambda m: tools[m.group(1)], command)
+
+
+def _scratch(tmp_path: Path) -> tuple[Path, Path]:
+    """A working copy of the checkout made of links, beside ``shared/data``; and a stand-in ``.venv``."""
+    work = tmp_path / "checkout"
+    work.mkdir()
+    for entry in REPO.iterdir():
+        if entry.name not in {".git", ".venv", "outputs", "runs", "results", "hf", "ckpt", "corpora", "sweep"}:
+            (work / entry.name).symlink_to(entry)
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(SHARED_DATA)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed").touch()  # make: already installed (this interpreter)
+    return work, venv
+
+
+def test_readme_lists_match_its_commands():
+    blocks = readme_blocks((REPO / "README.md").read_text())
+    assert len(blocks) >= 5, "README.md has fewer bash blocks than expected: is the parser still right?"
+    firsts = [block[0] for block in blocks]
+    assert not set(SKIPPED) - set(firsts), f"SKIPPED names blocks the README no longer has: {set(SKIPPED) - set(firsts)}"
+    commands = [c for block in blocks for c in block]
+    unused = [part for part in ADDED if not any(part in c for c in commands)]
+    assert not unused, f"ADDED names commands the README no longer has: {unused}"
+
+
+def test_every_readme_command_runs_verbatim(tmp_path):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"the README uses ../shared/data, not found at {SHARED_DATA} (set MEGATRON_PLM_SHARED_DATA)")
+    work, venv = _scratch(tmp_path)
+    env = dict(os.environ, PYTHON=sys.executable, MEGATRON_PLM_PROGRESS_INTERVAL="600",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))  # fmt: skip
+    ran = 0
+    for block in readme_blocks((REPO / "README.md").read_text()):
+        if block[0] in SKIPPED:
+            continue
+        for command in block:
+            adapted = adapt(command, venv)
+            done = subprocess.run(["bash", "-c", adapted], cwd=work, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, f"README command failed:\n  {command}\nran as:\n  {adapted}\n" + (
+                done.stdout[-3000:] + done.stderr[-3000:])  # fmt: skip
+            ran += 1
+    assert (work / "outputs/tiny_mlm/latest").exists() and (work / "hf/tiny_clm/model.safetensors").exists()
+    assert ran >= 15
