@@ -29,6 +29,24 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_msa_weights(args: argparse.Namespace) -> int:
+    import time
+
+    from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
+    from megatron_plm.data.msa import msa_format_of, read_msa
+
+    started = time.perf_counter()
+    alignment = read_msa(args.alignment, args.format or msa_format_of(str(args.alignment)) or "a3m")
+    result = homolog_weights(alignment, args.identity)
+    clusters = greedy_clusters(result, alignment.ids)
+    files = write_weights(args.output_prefix, alignment.ids, result, clusters)
+    n, columns = alignment.columns.shape
+    print(f"{n:,} sequences x {columns} match columns: Neff {result.neff:,.1f} at {args.identity:.0%} identity, "
+          f"{clusters.max() + 1:,} clusters ({time.perf_counter() - started:.1f} s)")
+    print(f"wrote {files['weights']}, {files['clusters']} (train on the clusters: preprocess --clusters)")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.config import load_config
     from megatron_plm.runtime import initialize
@@ -106,7 +124,15 @@ def _evaluate_dms(model, args) -> None:
 
     assays = load_assays(args.assays, args.assay)
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
-    results = evaluate_assays(model, assays, frequencies)
+    profile = None
+    if args.msa:
+        from megatron_plm.data.msa import msa_format_of, read_msa
+        from megatron_plm.evaluation.profile import build_profile
+
+        profile = build_profile(read_msa(args.msa, args.msa_format or msa_format_of(str(args.msa)) or "a3m"))
+        if all(profile.scores(a.wild_type, []) is None for a in assays):
+            raise ValueError(f"--msa {args.msa}: its first sequence is not in any assay's wild type")
+    results = evaluate_assays(model, assays, frequencies, profile=profile)
     if args.output:
         write_scores(args.output, results)
     print(format_table(results, model.name))
@@ -202,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
+    weights = commands.add_parser("msa-weights", help="homolog weights 1/(neighbours at >= 80%% identity) of an "
+                                  "alignment, and identity clusters that carry them into cluster-aware sampling")
+    weights.add_argument("alignment", type=Path, help="a3m, a2m or aligned FASTA (optionally .gz)")
+    weights.add_argument("--output-prefix", required=True, help="writes PREFIX.weights.tsv and PREFIX.clusters.tsv")
+    weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (default 0.8, as EVE)")
+    weights.add_argument("--format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    weights.set_defaults(func=_cmd_msa_weights)
+
     train = commands.add_parser("train", help="train a CLM or MLM from a YAML config")
     train.add_argument("--config", type=Path, required=True, help="YAML run config (see examples/configs/)")
     train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help="e.g. training.train_iters=100")
@@ -268,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--output", type=Path, help="per-mutant CSV: DMS_id,mutant,score")
     dms.add_argument("--unigram-fasta", type=Path, default=Path(sample_fasta),
                      help="residue frequencies for the unigram floor (default: the shipped sample)")  # fmt: skip
+    dms.add_argument("--msa", type=Path, help="alignment of the assay's protein (query first; a3m/a2m/afa): adds its "
+                     "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor")  # fmt: skip
+    dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     gen = tasks.add_parser("generate", help="sample proteins from a CLM")
     gen.add_argument("--output", type=Path, required=True)
     gen.add_argument("--num", type=int, default=8)
