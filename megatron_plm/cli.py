@@ -92,6 +92,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             _evaluate_perplexity(model, args)
         elif args.task == "dms":
             _evaluate_dms(model, args)
+        elif args.task == "embed":
+            _evaluate_embed(model, args)
+        elif args.task == "probe":
+            _evaluate_probe(model, args)
         else:
             _evaluate_generate(model, args)
     return 0
@@ -136,6 +140,27 @@ def _evaluate_dms(model, args) -> None:
     if args.output:
         write_scores(args.output, results)
     print(format_table(results, model.name))
+
+
+def _evaluate_embed(model, args) -> None:
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.evaluation.embed import embed
+
+    tok = ProteinTokenizer()
+    records = [(r.record_id, tok.encode(r.sequence).astype("int64")) for r in read_fasta(args.fasta)]
+    result = embed(model, records, layers=args.layers, pool=args.pool, batch_size=args.batch_size)
+    result.save(args.output)
+    shapes = ", ".join(f"layer_{k} {list(v.shape)}" for k, v in result.layers.items())
+    print(f"wrote {args.output}: {len(records):,} sequences, {args.pool}: {shapes}")
+
+
+def _evaluate_probe(model, args) -> None:
+    from megatron_plm.evaluation.probe import ProbeConfig, format_probe, run_probe
+
+    config = ProbeConfig(data=str(args.data), chains=args.chains, max_length=args.max_length, layer=args.layer,
+                         window=args.window, test_fraction=args.test_fraction, seed=args.seed)  # fmt: skip
+    print(format_probe(run_probe(model, config), model.name))
 
 
 def _evaluate_generate(model, args) -> None:
@@ -305,6 +330,23 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--msa", type=Path, help="alignment of the assay's protein (query first; a3m/a2m/afa): adds its "
                      "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor")  # fmt: skip
     dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
+    emb.add_argument("--fasta", type=Path, required=True)
+    emb.add_argument("--output", type=Path, required=True, help=".npz: ids, layer_<k> (and offsets for per-token)")
+    emb.add_argument("--pool", choices=["mean", "cls", "per-token"], default="mean",
+                     help="mean over residues, the <cls> token (CLM: the closing 2), or every residue")  # fmt: skip
+    emb.add_argument("--layers", type=int, nargs="+", default=[-1],
+                     help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)")  # fmt: skip
+    emb.add_argument("--batch-size", type=int, default=16)
+    probe = tasks.add_parser("probe", help="linear secondary-structure probe (Q3/Q8) on frozen per-residue "
+                             "embeddings, beside a residue-identity window baseline")  # fmt: skip
+    probe.add_argument("--data", type=Path, default=Path("../shared/data/secondary_structure/"
+                       "porter6_train_sample_2000_dssp8.tsv.gz"), help="TSV: index, sequence, ss8 (DSSP 8-state)")  # fmt: skip
+    probe.add_argument("--chains", type=int, default=400, help="use the first N chains (split by chain)")
+    probe.add_argument("--max-length", type=int, default=1000, help="skip longer chains")
+    probe.add_argument("--layer", type=int, default=-1, help="hidden layer to probe (-1: final)")
+    probe.add_argument("--window", type=int, default=7, help="baseline: residues either side it sees")
+    probe.add_argument("--test-fraction", type=float, default=0.2)
     gen = tasks.add_parser("generate", help="sample proteins from a CLM")
     gen.add_argument("--output", type=Path, required=True)
     gen.add_argument("--num", type=int, default=8)
@@ -313,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--reverse", action="store_true", help="sample C->N (framed 2...1), written N->C")
-    for task in (ppl, dms, gen):
+    for task in (ppl, dms, emb, probe, gen):
         task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
         task.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(func=_cmd_evaluate)
