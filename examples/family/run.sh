@@ -3,7 +3,8 @@
 #   examples/family/run.sh prepare                 # corpora: plain, and with 80%-identity clusters
 #   examples/family/run.sh VARIANT [overrides...]  # train one variant, then score it on the assay
 # VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-finetune
-# (the fine-tuned ones start from the quickstart's tiny models: run `make quickstart` first).
+# (the fine-tuned ones start from the quickstart's pretrained tiny CLM, outputs/tiny_clm: run `make quickstart`
+# first; the MLM takes its body, as in the CLM -> MLM transfer).
 # Each run's log, wall time and scores land in outputs/family/<variant>/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +26,7 @@ fi
 case $variant in
     mlm)            args=(--config examples/family/mlm.yaml) ;;
     mlm-unweighted) args=(--config examples/family/mlm.yaml "data.sources=[{prefix: $OUT/blat}]") ;;
-    mlm-finetune)   args=(--config examples/family/mlm.yaml checkpoint.init_from=outputs/tiny_mlm) ;;
+    mlm-finetune)   args=(--config examples/family/mlm.yaml checkpoint.init_from=outputs/tiny_clm) ;;  # its body
     clm)            args=(--config examples/family/clm.yaml) ;;
     clm-unweighted) args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/blat}]") ;;
     clm-finetune)   args=(--config examples/family/clm.yaml checkpoint.init_from=outputs/tiny_clm) ;;
