@@ -36,6 +36,24 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_msa_weights(args: argparse.Namespace) -> int:
+    import time
+
+    from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
+    from megatron_plm.data.msa import msa_format_of, read_msa
+
+    started = time.perf_counter()
+    alignment = read_msa(args.alignment, args.format or msa_format_of(str(args.alignment)) or "a3m")
+    result = homolog_weights(alignment, args.identity)
+    clusters = greedy_clusters(result, alignment.ids)
+    files = write_weights(args.output_prefix, alignment.ids, result, clusters)
+    n, columns = alignment.columns.shape
+    print(f"{n:,} sequences x {columns} match columns: Neff {result.neff:,.1f} at {args.identity:.0%} identity, "
+          f"{clusters.max() + 1:,} clusters ({time.perf_counter() - started:.1f} s)")
+    print(f"wrote {files['weights']}, {files['clusters']} (train on the clusters: preprocess --clusters)")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.config import load_config
     from megatron_plm.runtime import initialize
@@ -91,6 +109,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             _evaluate_perplexity(model, args)
         elif args.task == "dms":
             _evaluate_dms(model, args)
+        elif args.task == "embed":
+            _evaluate_embed(model, args)
+        elif args.task == "probe":
+            _evaluate_probe(model, args)
         else:
             _evaluate_generate(model, args)
     return 0
@@ -124,10 +146,42 @@ def _evaluate_dms(model, args) -> None:
 
     assays = load_assays(args.assays, args.assay)
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
-    results = evaluate_assays(model, assays, frequencies, show_progress=not args.no_progress)
+    profile = None
+    if args.msa:
+        from megatron_plm.data.msa import msa_format_of, read_msa
+        from megatron_plm.evaluation.profile import build_profile
+
+        profile = build_profile(read_msa(args.msa, args.msa_format or msa_format_of(str(args.msa)) or "a3m"))
+        if all(profile.scores(a.wild_type, []) is None for a in assays):
+            raise ValueError(f"--msa {args.msa}: its first sequence is not in any assay's wild type")
+    results = evaluate_assays(model, assays, frequencies, profile=profile, show_progress=not args.no_progress)
     if args.output:
         write_scores(args.output, results)
     print(format_table(results, model.name))
+
+
+def _evaluate_embed(model, args) -> None:
+    import itertools
+
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.evaluation.embed import embed
+
+    tok = ProteinTokenizer()
+    records = [(r.record_id, tok.encode(r.sequence).astype("int64"))
+               for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]  # fmt: skip
+    result = embed(model, records, layers=args.layers, pool=args.pool, batch_size=args.batch_size)
+    result.save(args.output)
+    shapes = ", ".join(f"layer_{k} {list(v.shape)}" for k, v in result.layers.items())
+    print(f"wrote {args.output}: {len(records):,} sequences, {args.pool}: {shapes}")
+
+
+def _evaluate_probe(model, args) -> None:
+    from megatron_plm.evaluation.probe import ProbeConfig, format_probe, run_probe
+
+    config = ProbeConfig(data=str(args.data), chains=args.chains, max_length=args.max_length, layer=args.layer,
+                         window=args.window, test_fraction=args.test_fraction, seed=args.seed)  # fmt: skip
+    print(format_probe(run_probe(model, config), model.name))
 
 
 def _evaluate_generate(model, args) -> None:
@@ -271,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
+    weights = commands.add_parser("msa-weights", help="homolog weights 1/(neighbours at >= 80%% identity) of an "
+                                  "alignment, and identity clusters that carry them into cluster-aware sampling")
+    weights.add_argument("alignment", type=Path, help="a3m, a2m or aligned FASTA (optionally .gz)")
+    weights.add_argument("--output-prefix", required=True, help="writes PREFIX.weights.tsv and PREFIX.clusters.tsv")
+    weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (default 0.8, as EVE)")
+    weights.add_argument("--format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    weights.set_defaults(func=_cmd_msa_weights)
+
     train = commands.add_parser(
         "train", help="train a CLM or MLM from a YAML config",
         epilog="config sections: objective, name, model, data, training, optimizer, parallel, checkpoint, logging, "
@@ -345,6 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--output", type=Path, help="per-mutant CSV: DMS_id,mutant,score")
     dms.add_argument("--unigram-fasta", type=Path, default=Path(sample_fasta),
                      help="residue frequencies for the unigram floor (default: the shipped sample)")  # fmt: skip
+    dms.add_argument("--msa", type=Path, help="alignment of the assay's protein (query first; a3m/a2m/afa): adds its "
+                     "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor")  # fmt: skip
+    dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
+    emb.add_argument("--fasta", type=Path, required=True)
+    emb.add_argument("--output", type=Path, required=True, help=".npz: ids, layer_<k> (and offsets for per-token)")
+    emb.add_argument("--pool", choices=["mean", "cls", "per-token"], default="mean",
+                     help="mean over residues, the <cls> token (CLM: the closing 2), or every residue")  # fmt: skip
+    emb.add_argument("--layers", type=int, nargs="+", default=[-1],
+                     help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)")  # fmt: skip
+    emb.add_argument("--batch-size", type=int, default=16)
+    emb.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
+    probe = tasks.add_parser("probe", help="linear secondary-structure probe (Q3/Q8) on frozen per-residue "
+                             "embeddings, beside a residue-identity window baseline")  # fmt: skip
+    probe.add_argument("--data", type=Path, default=Path("../shared/data/secondary_structure/"
+                       "porter6_train_sample_2000_dssp8.tsv.gz"), help="TSV: index, sequence, ss8 (DSSP 8-state)")  # fmt: skip
+    probe.add_argument("--chains", type=int, default=400, help="use the first N chains (split by chain)")
+    probe.add_argument("--max-length", type=int, default=1000, help="skip longer chains")
+    probe.add_argument("--layer", type=int, default=-1, help="hidden layer to probe (-1: final)")
+    probe.add_argument("--window", type=int, default=7, help="baseline: residues either side it sees")
+    probe.add_argument("--test-fraction", type=float, default=0.2)
     gen = tasks.add_parser("generate", help="sample proteins from a CLM")
     gen.add_argument("--output", type=Path, required=True, help="FASTA to write")
     gen.add_argument("--num", type=int, default=8, help="sequences to sample")
@@ -355,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--reverse", action="store_true", help="sample C->N (framed 2...1), written N->C")
     gen.add_argument("--prompt", help="residues every sequence starts with (ends with, if --reverse), or a FASTA "
                                       "file of such prefixes (--num sequences each); counted in --max-length")  # fmt: skip
-    for task in (ppl, dms, gen):
+    for task in (ppl, dms, emb, probe, gen):
         task.add_argument("--no-progress", action="store_true", help="no progress bar or periodic progress lines")
         task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
         task.add_argument("--seed", type=int, default=0, help="random seed (masking, sampling)")

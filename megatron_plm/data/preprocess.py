@@ -38,10 +38,11 @@ from megatron_plm.data.fasta import (
     iter_chunks,
     problem_to_error,
 )
+from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
 from megatron_plm.data.tokenizer import ProteinTokenizer
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
-_SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt")
+_SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
 
 
 @dataclass(kw_only=True)
@@ -52,8 +53,9 @@ class PreprocessConfig:
     """Writes PREFIX.bin, PREFIX.idx, PREFIX.ids.txt, PREFIX.source.npy, PREFIX.meta.json (+ cluster files)."""
     source_labels: list[str] = field(default_factory=list)
     """One label for all inputs, or one per input pattern; default: each file's name without suffixes."""
-    input_format: Literal["auto", "fasta", "jsonl"] = "auto"
-    """``auto``: ``.jsonl``/``.json`` (optionally ``.gz``) are JSONL, everything else FASTA."""
+    input_format: Literal["auto", "fasta", "jsonl", "a3m", "a2m", "afa"] = "auto"
+    """``auto``: ``.jsonl``/``.json`` are JSONL, ``.a3m``/``.a2m``/``.afa`` alignments (each optionally
+    ``.gz``), everything else FASTA. Alignments become their homologs: gaps dropped, insertions upper-cased."""
     json_keys: list[str] = field(default_factory=lambda: ["sequence"])
     """JSONL: the field holding the sequence (Megatron's ``--json-keys``; one key)."""
     json_id_key: str | None = "id"
@@ -126,6 +128,8 @@ def detect_format(path: str, configured: str) -> str:
     if configured != "auto":
         return configured
     name = path[:-3] if path.endswith(".gz") else path
+    if msa_format_of(path):
+        return msa_format_of(path)
     return "jsonl" if name.endswith((".jsonl", ".json")) else "fasta"
 
 
@@ -252,7 +256,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     unknown = Unknown[cfg.unknown.upper()]
     formats = {path: detect_format(path, cfg.input_format) for path, _ in inputs}
     implementation, fasta_encoder = fasta_chunk_encoder(cfg.implementation)
-    if "fasta" not in formats.values():
+    if "jsonl" in formats.values() and len(set(formats.values())) == 1:
         implementation = "reference"  # JSONL parsing is Python either way
     clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
     labels = list(dict.fromkeys(label for _, label in inputs))
@@ -282,7 +286,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                     summary.input_bytes += size
                     progress.update(size)
                 if summary.records_read == records_before:
-                    kind = "FASTA records" if formats[path] == "fasta" else "JSON lines"
+                    kind = "JSON lines" if formats[path] == "jsonl" else "FASTA records"
                     raise InputFormatError(path, None, f"empty input: no {kind}")
         summary.seconds = time.perf_counter() - started
         if writer.num_documents == 0:
@@ -317,6 +321,10 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
 
 
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
+    if fmt in MSA_FORMATS:  # one job: the alignment as FASTA, line numbers kept
+        fasta = msa_as_fasta(path, fmt)
+        yield (_encode_with_position, fasta_encoder, 1, len(fasta), fasta, tokenizer.byte_lookup, unknown, tokenizer.unk)
+        return
     boundary = b"\n>" if fmt == "fasta" else b"\n"
     for first_line, chunk in iter_chunks(path, boundary=boundary, chunk_bytes=cfg.chunk_bytes):
         if first_line == 1:
@@ -410,8 +418,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--output-prefix", required=True, help="writes PREFIX.bin/.idx and metadata beside them")
     io.add_argument("--source-label", action="append", default=[], dest="source_labels",
                     help="label stored per sequence: once for all inputs, or once per --input")  # fmt: skip
-    io.add_argument("--input-format", choices=["auto", "fasta", "jsonl"], default="auto",
-                    help="auto: .jsonl/.json (optionally .gz) are JSONL, everything else FASTA")  # fmt: skip
+    io.add_argument("--input-format", choices=["auto", "fasta", "jsonl", *MSA_FORMATS], default="auto",
+                    help="auto: by extension (.jsonl/.json, .a3m/.a2m/.afa alignments, else FASTA)")  # fmt: skip
     io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
     io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
     io.add_argument("--clusters", help="cluster mapping TSV (representative<TAB>member), joined on record id")

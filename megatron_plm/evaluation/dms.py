@@ -245,11 +245,14 @@ class AssayResult:
     spearman: float
     auc: float | None
     floors: dict[str, float]
-    """Spearman of the unigram-frequency and BLOSUM62 scores on the same assay."""
+    """Spearman of the unigram-frequency and BLOSUM62 scores (and, given an alignment of the assay's
+    protein, its profile) on the same assay."""
 
 
 def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[str, float],
-                    batch_size: int = 32, show_progress: bool = False) -> list[AssayResult]:  # fmt: skip
+                    batch_size: int = 32, show_progress: bool = False, profile=None) -> list[AssayResult]:  # fmt: skip
+    """``profile``: a :class:`~megatron_plm.evaluation.profile.Profile` scored as a floor on the assays
+    whose wild type contains its query."""
     results = []
     for i, assay in enumerate(assays, start=1):
         multiple = sum(len(m) > 1 for m in assay.mutations)
@@ -261,6 +264,9 @@ def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[
             scores = score_assay(model, assay, batch_size, progress)
         floors = {"unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
                   "BLOSUM62": spearman(blosum62_scores(assay), assay.scores)}  # fmt: skip
+        profile_scores = profile.scores(assay.wild_type, assay.mutations) if profile is not None else None
+        if profile_scores is not None:
+            floors["profile"] = spearman(profile_scores, assay.scores)
         results.append(AssayResult(assay, scores, spearman(scores, assay.scores), auc(scores, assay.binary), floors))
     return results
 
@@ -284,18 +290,23 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
     def cell(value):
         return f"{value:.3f}" if value is not None and not math.isnan(value) else "-"
 
-    header = ["DMS_id", "mutants", "Spearman", "AUC", "unigram", "BLOSUM62"] + [f"PG {c}" for c in PROTEINGYM_COLUMNS]
+    with_profile = any("profile" in r.floors for r in results)
+    header = ["DMS_id", "mutants", "Spearman", "AUC", "unigram", "BLOSUM62"] + ["profile"] * with_profile
+    header += [f"PG {c}" for c in PROTEINGYM_COLUMNS]
     rows = [[r.assay.dms_id, str(len(r.assay.mutants)), cell(r.spearman), cell(r.auc), cell(r.floors["unigram"]),
-             cell(r.floors["BLOSUM62"])] + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
+             cell(r.floors["BLOSUM62"])] + [cell(r.floors.get("profile"))] * with_profile
+            + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
             for r in results]  # fmt: skip
     if len(results) > 1:
         mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
         rows.append(["mean", str(sum(len(r.assay.mutants) for r in results)), cell(mean([r.spearman for r in results])),
                      cell(mean([r.auc for r in results if r.auc is not None])),
                      cell(mean([r.floors["unigram"] for r in results])), cell(mean([r.floors["BLOSUM62"] for r in results]))]
+                    + [cell(mean([r.floors["profile"] for r in results if "profile" in r.floors]))] * with_profile
                     + [cell(mean([r.assay.baselines[c] for r in results if c in r.assay.baselines]))
                        for c in PROTEINGYM_COLUMNS])  # fmt: skip
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; unigram/BLOSUM62 = floors)"]
+    floors = "unigram/BLOSUM62" + "/profile (the alignment's PSSM)" * with_profile
+    lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors)"]
     lines += ["  ".join(value.rjust(width) for value, width in zip(row, widths)) for row in [header] + rows]
     return "\n".join(lines)

@@ -34,6 +34,11 @@ class ScoringModel:
     """CLM with a key/value cache: returns a fresh ``step(new ids [b, k]) -> logits [b, k, >= vocab_size]``
     that remembers the ids it was given (generation feeds one token per step)."""
 
+    hidden_states: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]] | None = None
+    """``(ids, real) -> [embeddings, layer 1, ..., final]``, each ``[b, s, h]``: the input to the first
+    layer, each layer's output, and the last one after the final LayerNorm (``transformers``'
+    ``hidden_states`` convention)."""
+
     @torch.no_grad()
     def step_log_probs(self, step, ids: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(step(ids.to(self.device))[..., : self.vocab_size].float(), dim=-1).cpu()
@@ -99,8 +104,12 @@ def _from_transformers(path: Path) -> ScoringModel:
     def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=real).logits
 
+    def hidden(ids: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
+        return list(model(input_ids=ids, attention_mask=real, output_hidden_states=True).hidden_states)
+
     return ScoringModel(name=str(path), objective=objective, context=context, reverse=False, vocab_size=vocab,
-                        forward_logits=forward, decoder=cached_decoder(model) if objective == "clm" else None)  # fmt: skip
+                        forward_logits=forward, decoder=cached_decoder(model) if objective == "clm" else None,
+                        hidden_states=hidden)  # fmt: skip
 
 
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
@@ -130,6 +139,25 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
             batch = replace(batch, cu_seqlens=torch.from_numpy(cu).to(ids.device), max_seqlen=longest).pack()
         return chunk(**batch.model_inputs()).reshape(*ids.shape, -1)
 
+    def hidden(ids: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
+        # Hooks catch the first layer's input (after ESM-2's token dropout), each layer's output and the
+        # final LayerNorm's; [s, b, h] (or [b * s, 1, h] packed) -> [b, s, h].
+        captured: list[torch.Tensor] = []
+        layers = chunk.decoder.layers
+        handles = [layers[0].register_forward_pre_hook(
+            lambda _m, args, kwargs: captured.append(kwargs.get("hidden_states", args[0] if args else None)),
+            with_kwargs=True)]  # fmt: skip
+        for module in [*layers, chunk.decoder.final_layernorm]:
+            handles.append(module.register_forward_hook(
+                lambda _m, _in, out: captured.append(out[0] if isinstance(out, tuple) else out)))  # fmt: skip
+        try:
+            forward(ids, real)
+        finally:
+            for handle in handles:
+                handle.remove()
+        del captured[-2]  # the last layer's output before the final LayerNorm
+        return [h.transpose(0, 1).reshape(*ids.shape, -1) for h in captured]
+
     decoder = None
     if objective == "clm":  # generation runs the same weights as transformers' GPT-NeoX, which has a KV cache
 
@@ -142,7 +170,8 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         hf_model = None
     vocab = len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
     return ScoringModel(name=str(path), objective=objective, context=model.seq_length, reverse=reverse,
-                        vocab_size=vocab, forward_logits=forward, device=runtime.device, decoder=decoder)  # fmt: skip
+                        vocab_size=vocab, forward_logits=forward, device=runtime.device, decoder=decoder,
+                        hidden_states=hidden)  # fmt: skip
 
 
 def _as_transformers(chunk, model):
