@@ -29,6 +29,22 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
+
+    meta = train_subword_tokenizer(SubwordTrainConfig(
+        inputs=args.inputs, output=str(args.output), model_type=args.model_type, vocab_size=args.vocab_size,
+        sample_sequences=args.sample_sequences, max_piece_length=args.max_piece_length, seed=args.seed,
+        threads=args.threads, progress=not args.no_progress,
+    ))  # fmt: skip
+    fed = meta["trained_on"]
+    print(f"wrote {args.output}: {meta['model_type']} vocabulary of {meta['vocab_size']:,} tokens "
+          f"({len(meta['fixed_tokens'])} fixed + {meta['vocab_size'] - len(meta['fixed_tokens']):,} pieces) from "
+          f"{fed['sequences']:,} sequences ({fed['residues']:,} residues; a sample of at most "
+          f"{fed['sample_sequences']:,} kept) in {fed['seconds']:.1f} s")  # fmt: skip
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.config import load_config
     from megatron_plm.runtime import initialize
@@ -201,6 +217,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
+
+    tokenizer = commands.add_parser("tokenizer", help="subword (SentencePiece BPE / unigram) protein tokenizers")
+    tokenizer_steps = tokenizer.add_subparsers(dest="step", required=True)
+    tok_train = tokenizer_steps.add_parser("train", help="learn a subword vocabulary from FASTA files")
+    tok_train.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs", help="FASTA files")
+    tok_train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    tok_train.add_argument("--vocab-size", type=int, required=True, help="total, the 35 fixed tokens included")
+    tok_train.add_argument("--output", type=Path, required=True, help="tokenizer directory to write")
+    tok_train.add_argument("--sample-sequences", type=int, default=1_000_000,
+                           help="sequences SentencePiece keeps in memory (uniform sample; bounds memory)")  # fmt: skip
+    tok_train.add_argument("--max-piece-length", type=int, default=16, help="longest piece, in residues")
+    tok_train.add_argument("--seed", type=int, default=0)
+    tok_train.add_argument("--threads", type=int, default=1)
+    tok_train.add_argument("--no-progress", action="store_true")
+    tok_train.set_defaults(func=_cmd_tokenizer)
 
     train = commands.add_parser("train", help="train a CLM or MLM from a YAML config")
     train.add_argument("--config", type=Path, required=True, help="YAML run config (see examples/configs/)")
