@@ -11,12 +11,14 @@ then times on it, in this one run:
       plain Python FASTA loop). It is slow, so it runs on the first ``--baseline-mb`` MB;
       rates are per MB, so the ratio is like for like.
   (b) ours, Python/NumPy reference encoder, 1 worker;
-  (c) ours, C++ encoder, 1 and 2 workers.
+  (c) ours, C++ encoder, 1 and 2 workers;
+  (d) with ``--tokenizer DIR`` (repeatable): ours, C++ encoder then a subword tokenizer from
+      ``megatron-plm tokenizer train``, 1 worker, on the first ``--subword-mb`` MB (it is slower).
 
 Each of ours is the full pipeline (read, encode, write .bin/.idx and metadata,
 finalise), best of ``--repeats``. Usage:
 
-    python benchmarks/preprocess.py [--target-mb 200] [--baseline-mb 16] [--repeats 2]
+    python benchmarks/preprocess.py [--target-mb 200] [--baseline-mb 16] [--repeats 2] [--tokenizer DIR ...]
 """
 
 from __future__ import annotations
@@ -54,11 +56,11 @@ def build_input(directory: Path, target_mb: float) -> tuple[Path, int]:
     return target, copies
 
 
-def prefix_of(path: Path, megabytes: float, directory: Path) -> Path:
+def prefix_of(path: Path, megabytes: float, directory: Path, name: str = "baseline") -> Path:
     """The first whole records of ``path`` up to ``megabytes``."""
     data = path.open("rb").read(int(megabytes * 1e6))
     cut = data.rfind(b"\n>")
-    target = directory / "baseline.fasta"
+    target = directory / f"{name}.fasta"
     target.write_bytes(data[: cut + 1])
     return target
 
@@ -101,7 +103,8 @@ def run_baseline(path: Path, out_dir: Path) -> tuple[float, int, int]:
     return time.perf_counter() - started, path.stat().st_size, records
 
 
-def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repeats: int) -> tuple[float, int, int]:
+def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repeats: int,
+             tokenizer: str | None = None) -> tuple[float, int, int]:  # fmt: skip
     from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 
     best = float("inf")
@@ -111,7 +114,7 @@ def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repea
         started = time.perf_counter()
         summary, files = preprocess(
             PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), implementation=implementation,
-                             workers=workers, progress=False)  # fmt: skip
+                             workers=workers, tokenizer=tokenizer, progress=False)  # fmt: skip
         )
         best = min(best, time.perf_counter() - started)
         records = summary.records_read
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target-mb", type=float, default=200.0)
     parser.add_argument("--baseline-mb", type=float, default=16.0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tokenizer", action="append", default=[], help="subword tokenizer directory (row d)")
+    parser.add_argument("--subword-mb", type=float, default=4.0)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -144,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(("(c) ours, C++", workers, *run_ours(source, scratch, "native", workers, args.repeats)))
         else:
             print("C++ extension not built: (c) skipped", file=sys.stderr)
+        if args.tokenizer:
+            subword_input = prefix_of(source, args.subword_mb, scratch, "subword")
+            rows.append(("(c) ours, C++, residues (same input as d)", 1,
+                         *run_ours(subword_input, scratch, "auto", 1, args.repeats)))  # fmt: skip
+        for directory in args.tokenizer:
+            name = f"(d) ours, C++ + subword {Path(directory).name}"
+            rows.append((name, 1, *run_ours(subword_input, scratch, "auto", 1, args.repeats, directory)))
         base_rate = rows[0][3] / rows[0][2]
         print(f"\n{'path':<62} {'workers':>7} {'MB':>8} {'seconds':>8} {'MB/s':>8} {'seq/s':>10} {'vs (a)':>8}")
         for name, workers, seconds, size, records in rows:

@@ -20,6 +20,7 @@ from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.datasets import ProteinDataset, SampleConfig
 from megatron_plm.data.masking import MaskingConfig
 from megatron_plm.data.splits import Split, assign_splits
+from megatron_plm.data.subword import load_tokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
 
 _BLEND_SURPLUS = 0.005
@@ -56,6 +57,9 @@ class DataConfig:
     split_by_cluster: bool = True
     """Hash the cluster name when a document has one, so a cluster never straddles splits."""
     seed: int = 1234
+    tokenizer: str | None = None
+    """A subword tokenizer directory (``megatron-plm tokenizer train``); None: one token per residue.
+    Every corpus must have been preprocessed with the same tokenizer."""
     masking: MaskingConfig = field(init=False)
 
     def __post_init__(self):
@@ -80,6 +84,9 @@ class DataConfig:
             if not source.weight > 0:
                 raise ValueError(f"data.sources[{i}].weight must be > 0, got {source.weight}")
         self.sample_config().validate()
+        if self.tokenizer is not None and self.reverse_prob:
+            raise ValueError("data.reverse_prob must be 0 with a subword data.tokenizer: the corpus stores the "
+                             "forward tokenization, and reversing its tokens would not tokenize the reversed protein")
 
 
 def _derived_seed(seed: int, split: Split, source: int) -> int:
@@ -93,13 +100,21 @@ class DataBuilder:
     def __init__(self, config: DataConfig, tokenizer: ProteinTokenizer | None = None):
         config.validate()
         self.config = config
-        self.tokenizer = tokenizer or ProteinTokenizer()
+        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer)
         self._corpora: dict[str, Corpus] = {}
         self._splits: dict[str, np.ndarray] = {}
 
     def corpus(self, prefix: str) -> Corpus:
         if prefix not in self._corpora:
-            self._corpora[prefix] = Corpus.open(prefix)
+            corpus = Corpus.open(prefix)
+            stored, expected = corpus.meta.get("tokenizer"), self.tokenizer.unique_identifiers
+            if stored != expected:
+                raise ValueError(
+                    f"{prefix} was preprocessed with tokenizer {stored} but the run uses {expected} "
+                    f"(data.tokenizer={self.config.tokenizer!r}): preprocess it with --tokenizer "
+                    f"{self.config.tokenizer or '(none)'} or set data.tokenizer to the corpus's"
+                )
+            self._corpora[prefix] = corpus
             self._splits[prefix] = assign_splits(
                 self._corpora[prefix], self.config.split_weights, by_cluster=self.config.split_by_cluster
             )

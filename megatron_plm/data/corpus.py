@@ -57,8 +57,10 @@ def _write_npy_from_raw(target, raw_path: Path, dtype: np.dtype, count: int) -> 
 class CorpusWriter:
     """Append chunks of encoded sequences; :meth:`finalize` makes the corpus appear atomically."""
 
-    def __init__(self, prefix: str | os.PathLike, *, with_clusters: bool):
+    def __init__(self, prefix: str | os.PathLike, *, with_clusters: bool, token_dtype=np.uint8):
         self.prefix = os.fspath(prefix)
+        self.token_dtype = np.dtype(token_dtype)
+        """uint8 for the residue tokenizer; uint16 for subword vocabularies beyond 256 tokens."""
         self.final = corpus_paths(prefix)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         tag = f".tmp-{os.getpid()}"
@@ -76,8 +78,9 @@ class CorpusWriter:
         self.num_tokens = 0
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: bytes, source: int, clusters: np.ndarray | None):
-        """``tokens`` (uint8) of ``len(lengths)`` documents; ``ids`` one ``\\n``-terminated id each."""
-        self._bin.write(np.ascontiguousarray(tokens, dtype=np.uint8).data)
+        """``tokens`` (ids, stored as ``token_dtype``) of ``len(lengths)`` documents; ``ids`` one
+        ``\\n``-terminated id each."""
+        self._bin.write(np.ascontiguousarray(tokens, dtype=self.token_dtype).data)
         self._lengths.write(np.asarray(lengths, dtype=np.int32).tobytes())
         self._ids.write(ids)
         self._source.write(np.full(len(lengths), source, dtype=np.uint16).tobytes())
@@ -95,15 +98,15 @@ class CorpusWriter:
         with open(path, "wb") as out, open(self._lengths_raw, "rb") as lengths_file:
             out.write(_INDEX_HEADER)
             out.write(struct.pack("<Q", 1))
-            out.write(struct.pack("<B", DType.code_from_dtype(np.uint8)))
+            out.write(struct.pack("<B", DType.code_from_dtype(self.token_dtype.type)))
             out.write(struct.pack("<Q", n))
             out.write(struct.pack("<Q", n + 1))
             while block := lengths_file.read(_COPY_BLOCK * 4):
                 out.write(block)
             lengths_file.seek(0)
-            offset = 0  # uint8 tokens: byte pointer = token offset
+            offset, size = 0, self.token_dtype.itemsize  # byte pointers
             while block := lengths_file.read(_COPY_BLOCK * 4):
-                lengths = np.frombuffer(block, dtype=np.int32).astype(np.int64)
+                lengths = np.frombuffer(block, dtype=np.int32).astype(np.int64) * size
                 ends = np.cumsum(lengths) + offset
                 out.write((ends - lengths).tobytes())
                 offset = int(ends[-1])

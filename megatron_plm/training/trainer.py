@@ -19,7 +19,7 @@ from megatron_plm.config import TrainConfig
 from megatron_plm.data.builder import DataBuilder, epochs_per_source
 from megatron_plm.data.loader import BatchLoader
 from megatron_plm.data.splits import Split
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.subword import load_tokenizer
 from megatron_plm.runtime import Runtime
 from megatron_plm.training.build import build_training_state
 from megatron_plm.training.step import evaluate, train_step
@@ -103,7 +103,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
 
     t, ckpt = config.training, config.checkpoint
     log = _Logger(config, runtime)
-    tokenizer = ProteinTokenizer()
+    tokenizer = load_tokenizer(config.data.tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
     state = build_training_state(
         config.model, config.optimizer, runtime, objective=config.objective,

@@ -5,20 +5,22 @@ import itertools
 import numpy as np
 import pytest
 
+from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.fasta import read_fasta
+from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 from megatron_plm.data.subword import SubwordTokenizer, SubwordTrainConfig, train_subword_tokenizer
 from megatron_plm.data.tokenizer import VOCAB, ProteinTokenizer
 
 
 @pytest.fixture(scope="session")
 def subword_tokenizers(tmp_path_factory, sample_fasta):
-    """A BPE (from a 2,000-sequence sample of the shipped corpus) and a unigram (300 sequences: its
-    trainer is slow) vocabulary of 128 tokens."""
+    """A BPE vocabulary of 300 tokens (uint16 ids) from a 2,000-sequence sample of the shipped corpus, and a
+    unigram one of 128 (uint8) from 300 sequences (its trainer is slow)."""
     root = tmp_path_factory.mktemp("tokenizers")
     out = {}
-    for model_type, sample in (("bpe", 2000), ("unigram", 300)):
+    for model_type, size, sample in (("bpe", 300, 2000), ("unigram", 128, 300)):
         train_subword_tokenizer(SubwordTrainConfig(inputs=[str(sample_fasta)], output=str(root / model_type),
-                                                   model_type=model_type, vocab_size=128, sample_sequences=sample,
+                                                   model_type=model_type, vocab_size=size, sample_sequences=sample,
                                                    progress=False))  # fmt: skip
         out[model_type] = root / model_type
     return out
@@ -28,7 +30,8 @@ def subword_tokenizers(tmp_path_factory, sample_fasta):
 def test_special_tokens_keep_their_ids(subword_tokenizers, model_type):
     residue = ProteinTokenizer()
     tok = SubwordTokenizer.load(subword_tokenizers[model_type])
-    assert tok.vocab_size == 128 and tok.vocab[: len(VOCAB)] == VOCAB
+    size = {"bpe": 300, "unigram": 128}[model_type]
+    assert tok.vocab_size == size and tok.vocab[: len(VOCAB)] == VOCAB
     for name in ("cls", "pad", "eos", "unk", "mask", "n_terminus", "c_terminus"):
         assert getattr(tok, name) == getattr(residue, name)
     # The HF backend (what preprocessing and the export use) agrees, and keeps specials whole.
@@ -39,9 +42,9 @@ def test_special_tokens_keep_their_ids(subword_tokenizers, model_type):
     assert residue.mask in backend.encode("<cls>MKT<mask>2").ids
     # Multi-residue pieces exist and are made of residues only.
     pieces = tok.vocab[len(VOCAB) :]
-    assert len(pieces) == 128 - len(VOCAB) and all(len(p) > 1 and set(p) <= set("LAGVSERTIDPKQNFYMHWCXBUZO")
+    assert len(pieces) == size - len(VOCAB) and all(len(p) > 1 and set(p) <= set("LAGVSERTIDPKQNFYMHWCXBUZO")
                                                    for p in pieces)  # fmt: skip
-    assert tok.token_dtype == np.uint8
+    assert tok.token_dtype == (np.uint16 if size > 256 else np.uint8)
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
@@ -66,3 +69,46 @@ def test_invalid_residue_in_training_input_names_file_and_line(tmp_path):
         train_subword_tokenizer(SubwordTrainConfig(inputs=[str(fasta)], output=str(tmp_path / "tok"), vocab_size=64,
                                                    progress=False))  # fmt: skip
     assert not (tmp_path / "tok").exists()
+
+
+@pytest.fixture(scope="session")
+def subword_corpus(tmp_path_factory, subword_tokenizers, sample_fasta):
+    """The first 1,500 records of the shipped sample, preprocessed with the BPE tokenizer."""
+    root = tmp_path_factory.mktemp("subword_corpus")
+    fasta = root / "head.fasta"
+    fasta.write_text("".join(f">{r.record_id}\n{r.sequence.decode()}\n"
+                             for r in itertools.islice(read_fasta(sample_fasta), 1500)))  # fmt: skip
+    summary, _ = preprocess(PreprocessConfig(inputs=[str(fasta)], output_prefix=str(root / "bpe"),
+                                             tokenizer=str(subword_tokenizers["bpe"]), progress=False))  # fmt: skip
+    return root / "bpe", fasta, summary
+
+
+def test_preprocessing_stores_subword_ids_in_the_smallest_dtype(subword_corpus, subword_tokenizers):
+    prefix, fasta, summary = subword_corpus
+    tok = SubwordTokenizer.load(subword_tokenizers["bpe"])
+    corpus = Corpus.open(prefix)
+    assert corpus.meta["tokenizer"] == tok.unique_identifiers and corpus.meta["token_dtype"] == "uint16"
+    assert corpus.meta["vocab"] == list(tok.vocab) and corpus.meta["num_tokens"] == summary.tokens_written
+    indexed = corpus.indexed_dataset()
+    assert indexed.index.dtype == np.uint16
+    records = list(read_fasta(fasta))
+    assert len(indexed) == len(records) == 1500
+    for i in (0, 1, 777, 1499):
+        ids = indexed[i]
+        assert tok.decode(ids) == records[i].sequence.decode() and list(ids) == list(tok.encode(records[i].sequence))
+    assert summary.residues_written == sum(len(r.sequence) for r in records) > 1.3 * summary.tokens_written
+
+
+def test_training_refuses_a_corpus_of_another_tokenizer(subword_corpus, subword_tokenizers, sample_corpus):
+    from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
+
+    prefix, _, _ = subword_corpus
+    with pytest.raises(ValueError, match=r"preprocessed with tokenizer .*SubwordTokenizer.* but the run uses .*Protein"):
+        DataBuilder(DataConfig(sources=[DataSource(prefix=str(prefix))])).corpus(str(prefix))
+    other = DataConfig(sources=[DataSource(prefix=str(sample_corpus))], tokenizer=str(subword_tokenizers["unigram"]))
+    with pytest.raises(ValueError, match=r"preprocessed with tokenizer .*ProteinTokenizer.* but the run uses .*unigram"):
+        DataBuilder(other).corpus(str(sample_corpus))
+    same = DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer=str(subword_tokenizers["bpe"]))
+    assert len(DataBuilder(same).corpus(str(prefix))) == 1500
+    with pytest.raises(ValueError, match="reverse_prob must be 0 with a subword"):
+        DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer="x", reverse_prob=0.5).validate()
