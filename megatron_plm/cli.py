@@ -109,11 +109,13 @@ def _evaluate_perplexity(model, args) -> None:
     kind = {"clm": "perplexity", "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})"}
     if args.output:
         with open(args.output, "w") as handle:
-            handle.write("record_id,length,scored_tokens,perplexity\n")
+            handle.write("record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue\n")
             for s in scores:
-                handle.write(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n")
+                handle.write(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},"
+                             f"{s.perplexity_per_residue:.6g}\n")  # fmt: skip
     print(f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
-          f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}")  # fmt: skip
+          f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
+          f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}")  # fmt: skip
 
 
 def _evaluate_dms(model, args) -> None:

@@ -26,15 +26,23 @@ class SequenceScore:
     nll: float
     """Summed negative log-likelihood (nats) of the scored tokens."""
     tokens: int
+    residues: int = 0
+    """Residues the scored tokens cover (a framing token counts one): equals ``tokens`` for the
+    residue tokenizer; the per-residue denominator that compares vocabularies."""
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
 
+    @property
+    def perplexity_per_residue(self) -> float:
+        return math.exp(self.nll / self.residues) if self.residues else float("nan")
 
-def corpus_perplexity(scores: list[SequenceScore]) -> float:
-    """Token-weighted: exp(total NLL / total scored tokens)."""
-    return math.exp(sum(s.nll for s in scores) / sum(s.tokens for s in scores))
+
+def corpus_perplexity(scores: list[SequenceScore], *, per_residue: bool = False) -> float:
+    """Token-weighted: exp(total NLL / total scored tokens), or per residue covered."""
+    denominator = sum(s.residues if per_residue else s.tokens for s in scores)
+    return math.exp(sum(s.nll for s in scores) / denominator)
 
 
 def _batched(jobs: list, size: int):
@@ -113,14 +121,24 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
     """Per-sequence scores for ``(record id, residue ids)``: CLM perplexity (N->C framing), or MLM masked
     perplexity at ``mask_ratio`` with a fixed ``seed`` (at least one position per sequence), or with
     ``pseudo`` the exact pseudo-perplexity (every residue masked in turn)."""
-    residues = [r for _, r in records]
+    from megatron_plm.data.subword import SubwordTokenizer, token_residues
+
+    tok = model.tokenizer
+    if isinstance(tok, SubwordTokenizer):  # residue ids -> the model's subword ids
+        residues = [tok.encode_residue_ids(r, np.array([len(r)]))[0] for _, r in records]
+    else:
+        residues = [r for _, r in records]
+    weight = token_residues(tok)
     if model.objective == "clm":
-        results = clm_log_likelihood(model, [TOK.frame_clm(r) for r in residues], batch_size)
+        framed = [TOK.frame_clm(r) for r in residues]
+        covered = [int(weight[f[1:]].sum()) for f in framed]  # every token after the first is scored once
+        results = clm_log_likelihood(model, framed, batch_size)
     elif pseudo:  # every residue masked in turn: one single-mask row per position, batched
         results = []
         for r in residues:
             singles = mlm_masked_log_likelihood(model, [r] * len(r), [np.array([p]) for p in range(len(r))], batch_size)
             results.append((sum(t for t, _ in singles), sum(c for _, c in singles)))
+        covered = [int(weight[r].sum()) for r in residues]
     else:
         positions = []
         for i, r in enumerate(residues):
@@ -129,5 +147,6 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
                 draw[np.random.default_rng([seed, i, 1]).integers(len(r))] = True
             positions.append(np.flatnonzero(draw))
         results = mlm_masked_log_likelihood(model, residues, positions, batch_size)
-    return [SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count)
-            for (name, r), (total, count) in zip(records, results)]  # fmt: skip
+        covered = [int(weight[r[p]].sum()) for r, p in zip(residues, positions)]
+    return [SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count, residues=n)
+            for (name, r), (total, count), n in zip(records, results, covered)]  # fmt: skip
