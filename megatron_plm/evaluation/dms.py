@@ -33,11 +33,15 @@ import numpy as np
 import torch
 
 from megatron_plm.data.fasta import InputFormatError, read_fasta
+from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
 from megatron_plm.evaluation.perplexity import clm_log_likelihood
 
 TOK = ProteinTokenizer()
+MAX_PIECE = 16
+"""Longest subword piece (``tokenizer train --max-piece-length`` allows at most this): the room a
+mutant span's extra masks may need in a window."""
 _MUTATION = re.compile(r"^([A-Z])(\d+)([A-Z])$")
 
 
@@ -141,7 +145,7 @@ def _subword_masked_marginals(model: ScoringModel, assay: Assay, batch_size: int
     for mutation in assay.mutations:
         mutant_terms = []
         for wt, p, mt in mutation:
-            lo, hi = window(len(assay.wild_type), p, model.context - 2 - 8)  # room for a longer mutant span
+            lo, hi = window(len(assay.wild_type), p, model.context - 2 - MAX_PIECE)  # room for a longer mutant span
             ids = tok.encode(assay.wild_type[lo:hi]).astype(np.int64)
             ends = np.cumsum(tok.token_residues[ids]) + lo
             j = int(np.searchsorted(ends, p, side="right"))
@@ -168,7 +172,7 @@ def _subword_masked_marginals(model: ScoringModel, assay: Assay, batch_size: int
 
 def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
     """MLM scores: per mutated position, the wild type with that position masked (in its window)."""
-    if model.tokenizer.vocab_size != TOK.vocab_size:
+    if isinstance(model.tokenizer, SubwordTokenizer):
         return _subword_masked_marginals(model, assay, batch_size)
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     positions = sorted({p for mutation in assay.mutations for _, p, _ in mutation})
@@ -195,7 +199,7 @@ def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32) -
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     room = model.context - 2
     tok = model.tokenizer
-    subword = tok.vocab_size != TOK.vocab_size
+    subword = isinstance(tok, SubwordTokenizer)
     orientations = (False, True) if model.reverse else (False,)
     scores = np.zeros(len(assay.mutations))
     for reverse in orientations:

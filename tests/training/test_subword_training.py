@@ -107,3 +107,18 @@ def test_perplexity_per_residue_and_dms_for_a_subword_clm(runtime, subword_train
     assay.mutants, assay.mutations, assay.scores = assay.mutants[:12], assay.mutations[:12], assay.scores[:12]
     scored = score_assay(model, assay)
     assert scored.shape == (12,) and np.isfinite(scored).all() and np.abs(scored).max() > 0
+
+
+def test_dms_for_a_subword_mlm_masks_the_covering_token(runtime, subword_trained, shared_data):
+    from megatron_plm.evaluation.dms import _subword_masked_marginals, load_assays
+    from megatron_plm.evaluation.model import load_scoring_model
+
+    model = load_scoring_model(subword_trained["mlm"][0], runtime)
+    assay = load_assays(shared_data / "dms", ["SUMO1_HUMAN_Weile_2017"])[0]
+    assay.mutants, assay.mutations, assay.scores = assay.mutants[:12], assay.mutations[:12], assay.scores[:12]
+    scores = _subword_masked_marginals(model, assay)
+    assert scores.shape == (12,) and np.isfinite(scores).all() and np.abs(scores).max() > 0
+    # A "mutation" to the wild-type residue reads the same input twice: its score is exactly zero.
+    wt, p, _ = assay.mutations[0][0]
+    assay.mutations = [[(wt, p, wt)]]
+    assert _subword_masked_marginals(model, assay)[0] == 0.0
