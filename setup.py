@@ -141,6 +141,9 @@ setup(
         # Evaluation: rank statistics (Spearman, AUC) and the BLOSUM62 floor for variant scoring.
         "scipy>=1.10",
         "biopython>=1.80",
+        # Subword tokenizers: SentencePiece learns the vocabulary (`megatron-plm tokenizer train`);
+        # `tokenizers` (a transformers dependency) applies it.
+        "sentencepiece>=0.2",
         # Scaling-law plots.
         "matplotlib>=3.7",
     ],

@@ -11,7 +11,9 @@ then times on it, in this one run:
       plain Python FASTA loop). It is slow, so it runs on the first ``--baseline-mb`` MB;
       rates are per MB, so the ratio is like for like.
   (b) ours, Python/NumPy reference encoder, 1 worker;
-  (c) ours, C++ encoder, 1 and 2 workers.
+  (c) ours, C++ encoder, 1 and 2 workers;
+  (d) with ``--tokenizer DIR`` (repeatable): ours, C++ encoder then a subword tokenizer from
+      ``megatron-plm tokenizer train``, 1 worker, on the first ``--subword-mb`` MB (it is slower).
 
 Each of ours is the full pipeline (read, encode, write .bin/.idx and metadata,
 finalise), best of ``--repeats``. A second table times whole processes as a user
@@ -20,7 +22,7 @@ present): ``tools/preprocess_data.py --help``, ``tools/preprocess_data.py`` end 
 end, and the baseline in its own process (interpreter start, imports and all),
 best of ``--process-repeats``. Usage:
 
-    python benchmarks/preprocess.py [--target-mb 200] [--baseline-mb 16] [--repeats 2] [--process-repeats 3]
+    python benchmarks/preprocess.py [--target-mb 200] [--baseline-mb 16] [--repeats 2] [--process-repeats 3] [--tokenizer DIR ...]
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ def build_input(directory: Path, target_mb: float) -> tuple[Path, int]:
     return target, copies
 
 
-def prefix_of(path: Path, megabytes: float, directory: Path) -> Path:
+def prefix_of(path: Path, megabytes: float, directory: Path, name: str = "baseline") -> Path:
     """The first whole records of ``path`` up to ``megabytes``."""
     data = path.open("rb").read(int(megabytes * 1e6))
     cut = data.rfind(b"\n>")
-    target = directory / "baseline.fasta"
+    target = directory / f"{name}.fasta"
     target.write_bytes(data[: cut + 1])
     return target
 
@@ -149,7 +151,8 @@ def whole_process_table(scratch: Path, repeats: int) -> None:
           f"inner loops {inner_baseline / inner:.0f}x")
 
 
-def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repeats: int) -> tuple[float, int, int]:
+def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repeats: int,
+             tokenizer: str | None = None) -> tuple[float, int, int]:  # fmt: skip
     from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 
     best = float("inf")
@@ -159,7 +162,7 @@ def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repea
         started = time.perf_counter()
         summary, files = preprocess(
             PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), implementation=implementation,
-                             workers=workers, progress=False)  # fmt: skip
+                             workers=workers, tokenizer=tokenizer, progress=False)  # fmt: skip
         )
         best = min(best, time.perf_counter() - started)
         records = summary.records_read
@@ -175,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--process-repeats", type=int, default=3, help="runs per whole-process timing (best kept)")
     parser.add_argument("--only-process", action="store_true", help="only the whole-process table")
+    parser.add_argument("--tokenizer", action="append", default=[], help="subword tokenizer directory (row d)")
+    parser.add_argument("--subword-mb", type=float, default=4.0)
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args(argv)
 
@@ -197,6 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(("(c) ours, C++", workers, *run_ours(source, scratch, "native", workers, args.repeats)))
         else:
             print("C++ extension not built: (c) skipped", file=sys.stderr)
+        if args.tokenizer:
+            subword_input = prefix_of(source, args.subword_mb, scratch, "subword")
+            rows.append(("(c) ours, C++, residues (same input as d)", 1,
+                         *run_ours(subword_input, scratch, "auto", 1, args.repeats)))  # fmt: skip
+        for directory in args.tokenizer:
+            name = f"(d) ours, C++ + subword {Path(directory).name}"
+            rows.append((name, 1, *run_ours(subword_input, scratch, "auto", 1, args.repeats, directory)))
         base_rate = rows[0][3] / rows[0][2]
         print(f"\n{'path':<62} {'workers':>7} {'MB':>8} {'seconds':>8} {'MB/s':>8} {'seq/s':>10} {'vs (a)':>8}")
         for name, workers, seconds, size, records in rows:

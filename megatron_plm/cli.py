@@ -54,6 +54,22 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_tokenizer(args: argparse.Namespace) -> int:
+    from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
+
+    meta = train_subword_tokenizer(SubwordTrainConfig(
+        inputs=args.inputs, output=str(args.output), model_type=args.model_type, vocab_size=args.vocab_size,
+        sample_sequences=args.sample_sequences, max_piece_length=args.max_piece_length, seed=args.seed,
+        threads=args.threads, progress=not args.no_progress,
+    ))  # fmt: skip
+    fed = meta["trained_on"]
+    print(f"wrote {args.output}: {meta['model_type']} vocabulary of {meta['vocab_size']:,} tokens "
+          f"({len(meta['fixed_tokens'])} fixed + {meta['vocab_size'] - len(meta['fixed_tokens']):,} pieces) from "
+          f"{fed['sequences']:,} sequences ({fed['residues']:,} residues; a sample of at most "
+          f"{fed['sample_sequences']:,} kept) in {fed['seconds']:.1f} s")  # fmt: skip
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.config import load_config
     from megatron_plm.runtime import initialize
@@ -134,10 +150,12 @@ def _evaluate_perplexity(model, args) -> None:
                         show_progress=not args.no_progress)  # fmt: skip
     kind = {"clm": "perplexity", "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})"}
     if args.output:
-        write_text_atomic(args.output, "record_id,length,scored_tokens,perplexity\n" + "".join(
-            f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g}\n" for s in scores))  # fmt: skip
+        write_text_atomic(args.output, "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue\n"
+                          + "".join(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},"
+                                    f"{s.perplexity_per_residue:.6g}\n" for s in scores))  # fmt: skip
     print(f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
-          f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}")  # fmt: skip
+          f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
+          f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}")  # fmt: skip
 
 
 def _evaluate_dms(model, args) -> None:
@@ -332,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (default 0.8, as EVE)")
     weights.add_argument("--format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     weights.set_defaults(func=_cmd_msa_weights)
+
+    tokenizer = commands.add_parser("tokenizer", help="subword (SentencePiece BPE / unigram) protein tokenizers")
+    tokenizer_steps = tokenizer.add_subparsers(dest="step", required=True)
+    tok_train = tokenizer_steps.add_parser("train", help="learn a subword vocabulary from FASTA files")
+    tok_train.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs", help="FASTA files")
+    tok_train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    tok_train.add_argument("--vocab-size", type=int, required=True, help="total, the 35 fixed tokens included")
+    tok_train.add_argument("--output", type=Path, required=True, help="tokenizer directory to write")
+    tok_train.add_argument("--sample-sequences", type=int, default=1_000_000,
+                           help="sequences SentencePiece keeps in memory (uniform sample; bounds memory)")  # fmt: skip
+    tok_train.add_argument("--max-piece-length", type=int, default=16, help="longest piece, in residues")
+    tok_train.add_argument("--seed", type=int, default=0)
+    tok_train.add_argument("--threads", type=int, default=1)
+    tok_train.add_argument("--no-progress", action="store_true")
+    tok_train.set_defaults(func=_cmd_tokenizer)
 
     train = commands.add_parser(
         "train", help="train a CLM or MLM from a YAML config",

@@ -77,6 +77,39 @@ def uniprot_corpus(tmp_path_factory, shared_data):
     return prefix
 
 
+@pytest.fixture(scope="session")
+def subword_tokenizers(tmp_path_factory, sample_fasta):
+    """A BPE vocabulary of 300 tokens (uint16 ids) from a 2,000-sequence sample of the shipped corpus, and a
+    unigram one of 128 (uint8) from 300 sequences (its trainer is slow)."""
+    from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    out = {}
+    for model_type, size, sample in (("bpe", 300, 2000), ("unigram", 128, 300)):
+        train_subword_tokenizer(SubwordTrainConfig(inputs=[str(sample_fasta)], output=str(root / model_type),
+                                                   model_type=model_type, vocab_size=size, sample_sequences=sample,
+                                                   progress=False))  # fmt: skip
+        out[model_type] = root / model_type
+    return out
+
+
+@pytest.fixture(scope="session")
+def subword_corpus(tmp_path_factory, subword_tokenizers, sample_fasta):
+    """The first 1,500 records of the shipped sample, preprocessed with the BPE tokenizer."""
+    import itertools
+
+    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+
+    root = tmp_path_factory.mktemp("subword_corpus")
+    fasta = root / "head.fasta"
+    fasta.write_text("".join(f">{r.record_id}\n{r.sequence.decode()}\n"
+                             for r in itertools.islice(read_fasta(sample_fasta), 1500)))  # fmt: skip
+    summary, _ = preprocess(PreprocessConfig(inputs=[str(fasta)], output_prefix=str(root / "bpe"),
+                                             tokenizer=str(subword_tokenizers["bpe"]), progress=False))  # fmt: skip
+    return root / "bpe", fasta, summary
+
+
 @pytest.fixture(scope="module")
 def runtime():
     """A single-process megatron-core runtime for the module (conversion and evaluation need one)."""

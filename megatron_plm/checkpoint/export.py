@@ -65,6 +65,24 @@ def checkpoint_model(path: str | os.PathLike) -> tuple[Path, str, ModelConfig]:
     return directory, config["objective"], from_dict(ModelConfig, config["model"], "model")
 
 
+def checkpoint_tokenizer(directory: Path):
+    """The subword tokenizer a checkpoint was trained with (``data.tokenizer``), or None for residues."""
+    from megatron_plm.data.subword import SubwordTokenizer
+
+    path = (saved_run_config(directory) or {}).get("data", {}).get("tokenizer")
+    if path is None:
+        return None
+    try:
+        tokenizer = SubwordTokenizer.load(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{directory} was trained with data.tokenizer={path!r}: {error}") from None
+    config = saved_run_config(directory)
+    if config["model"]["vocab_size"] != tokenizer.vocab_size:
+        raise ValueError(f"{directory}: the model has {config['model']['vocab_size']} tokens but {path} has "
+                         f"{tokenizer.vocab_size}: the tokenizer directory changed since training")  # fmt: skip
+    return tokenizer
+
+
 def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime: Runtime) -> dict[str, torch.Tensor]:
     """The model's tensors at TP=1, PP=1, however the checkpoint was sharded."""
     from megatron_plm.training.build import build_model_chunk
@@ -93,6 +111,7 @@ def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime:
     final = Path(output)
     _check_output(final)
     directory, objective, model = checkpoint_model(checkpoint)
+    subword = checkpoint_tokenizer(directory)
     with Progress(3, f"export {final.name}", unit="stages", enabled=show_progress) as progress:
         state = full_state_dict(directory, objective, model, runtime)
         progress.update(1)
@@ -104,7 +123,7 @@ def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime:
             config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
             config.save_pretrained(str(staging))
             save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-            save_hf_tokenizer(staging, objective, model_max_length=model.seq_length)
+            save_hf_tokenizer(staging, objective, model_max_length=model.seq_length, subword=subword)
         progress.update(1)
     return final
 

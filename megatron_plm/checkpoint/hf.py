@@ -52,7 +52,11 @@ ALLOWED_MISSING_IN_HF = {"mlm": ("esm.contact_head.", "lm_head.decoder.weight"),
 :func:`hf_extra_tensors` fills the first (and rotary buffers) so that an export loads without a report."""
 
 
-def hf_vocab_size(objective: Objective) -> int:
+def hf_vocab_size(objective: Objective, model: ModelConfig | None = None) -> int:
+    """ESM-2's 33 tokens (MLM) or ours with the terminus markers (CLM); a model trained with a subword
+    tokenizer (a vocabulary beyond our 35 tokens) keeps all of it under either objective."""
+    if model is not None and model.vocab_size > len(VOCAB):
+        return model.vocab_size
     return len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
 
 
@@ -83,7 +87,7 @@ def to_hf(state: dict[str, torch.Tensor], objective: Objective, model: ModelConf
     layer_map, global_map, vocab_map = (
         (ESM_LAYER, ESM_GLOBAL, ESM_VOCAB) if objective == "mlm" else (NEOX_LAYER, NEOX_GLOBAL, NEOX_VOCAB)
     )
-    vocab = hf_vocab_size(objective)
+    vocab = hf_vocab_size(objective, model)
     out: dict[str, torch.Tensor] = {}
     for i in range(model.num_layers):
         ours, theirs = LAYER.format(i=i), HF_PREFIX[objective].format(i=i)
@@ -165,7 +169,7 @@ def hf_config(objective: Objective, model: ModelConfig):
         from transformers import EsmConfig
 
         return EsmConfig(
-            vocab_size=hf_vocab_size("mlm"), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+            vocab_size=hf_vocab_size("mlm", model), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
             num_attention_heads=model.num_attention_heads, intermediate_size=ffn, hidden_act="gelu",
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=model.seq_length + 2,
             position_embedding_type="rotary", layer_norm_eps=model.layernorm_epsilon, emb_layer_norm_before=False,
@@ -175,7 +179,7 @@ def hf_config(objective: Objective, model: ModelConfig):
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
-        vocab_size=hf_vocab_size("clm"), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
+        vocab_size=hf_vocab_size("clm", model), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
         num_attention_heads=model.num_attention_heads, intermediate_size=ffn, hidden_act="gelu",
         rotary_pct=1.0, rotary_emb_base=10000, max_position_embeddings=model.seq_length,
         layer_norm_eps=model.layernorm_epsilon, use_parallel_residual=False, attention_bias=True,

@@ -24,6 +24,7 @@ from megatron_plm.data.datasets import ProteinDataset, SampleConfig, build_index
 from megatron_plm.data.index_cache import IndexCache, corpus_fingerprint
 from megatron_plm.data.masking import MaskingConfig
 from megatron_plm.data.splits import Split, assign_splits
+from megatron_plm.data.subword import load_tokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
 
 _BLEND_SURPLUS = 0.005
@@ -77,6 +78,9 @@ class DataConfig:
     of each node (``local``, node-local disks)."""
     cache_timeout_s: float = 3600.0
     """How long the other ranks wait for the builder before failing with an error naming the entry."""
+    tokenizer: str | None = None
+    """A subword tokenizer directory (``megatron-plm tokenizer train``); None: one token per residue.
+    Every corpus must have been preprocessed with the same tokenizer."""
     masking: MaskingConfig = field(init=False)
 
     def __post_init__(self):
@@ -105,6 +109,9 @@ class DataConfig:
         if not self.cache_timeout_s > 0:
             raise ValueError(f"data.cache_timeout_s must be > 0, got {self.cache_timeout_s}")
         self.sample_config().validate()
+        if self.tokenizer is not None and self.reverse_prob:
+            raise ValueError("data.reverse_prob must be 0 with a subword data.tokenizer: the corpus stores the "
+                             "forward tokenization, and reversing its tokens would not tokenize the reversed protein")
 
 
 INDEX_VERSION = 1
@@ -122,7 +129,7 @@ class DataBuilder:
     def __init__(self, config: DataConfig, tokenizer: ProteinTokenizer | None = None):
         config.validate()
         self.config = config
-        self.tokenizer = tokenizer or ProteinTokenizer()
+        self.tokenizer = tokenizer or load_tokenizer(config.tokenizer)
         self._corpora: dict[str, Corpus] = {}
         self._splits: dict[str, np.ndarray] = {}
         self._fingerprints: dict[str, dict] = {}
@@ -130,7 +137,15 @@ class DataBuilder:
 
     def corpus(self, prefix: str) -> Corpus:
         if prefix not in self._corpora:
-            self._corpora[prefix] = Corpus.open(prefix)
+            corpus = Corpus.open(prefix)
+            stored, expected = corpus.meta.get("tokenizer"), self.tokenizer.unique_identifiers
+            if stored != expected:
+                raise ValueError(
+                    f"{prefix} was preprocessed with tokenizer {stored} but the run uses {expected} "
+                    f"(data.tokenizer={self.config.tokenizer!r}): preprocess it with --tokenizer "
+                    f"{self.config.tokenizer or '(none)'} or set data.tokenizer to the corpus's"
+                )
+            self._corpora[prefix] = corpus
         return self._corpora[prefix]
 
     def cache(self, prefix: str) -> IndexCache | None:

@@ -44,8 +44,9 @@ INDEX_HEADER = b"MMIDIDX\x00\x00"
 """megatron-core's ``.idx`` magic (``indexed_dataset._INDEX_HEADER``); written here so that
 preprocessing never imports megatron-core (and torch): it starts in a fraction of a second."""
 INDEX_VERSION = 1
-UINT8_CODE = 1
-"""megatron-core's ``DType.uint8`` code in the index header (tests pin both against megatron-core)."""
+TOKEN_DTYPE_CODES = {"uint8": 1, "uint16": 8}
+"""megatron-core's ``DType`` codes in the index header for the token dtypes written here: uint8 for
+residues, uint16 for subword vocabularies (tests pin them against megatron-core)."""
 _COPY_BLOCK = 1 << 22  # elements per streamed block when finalising the index
 
 
@@ -143,8 +144,10 @@ def _write_npy_from_raw(target, raw_path: Path, dtype: np.dtype, count: int) -> 
 class CorpusWriter:
     """Append chunks of encoded sequences; :meth:`finalize` makes the corpus appear atomically."""
 
-    def __init__(self, prefix: str | os.PathLike, *, with_clusters: bool):
+    def __init__(self, prefix: str | os.PathLike, *, with_clusters: bool, token_dtype=np.uint8):
         self.prefix = os.fspath(prefix)
+        self.token_dtype = np.dtype(token_dtype)
+        """uint8 for the residue tokenizer; uint16 for subword vocabularies beyond 256 tokens."""
         self.final = corpus_paths(prefix)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         recover_interrupted(self.prefix)
@@ -164,8 +167,9 @@ class CorpusWriter:
         self.num_tokens = 0
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: bytes, source: int, clusters: np.ndarray | None):
-        """``tokens`` (uint8) of ``len(lengths)`` documents; ``ids`` one ``\\n``-terminated id each."""
-        self._bin.write(np.ascontiguousarray(tokens, dtype=np.uint8).data)
+        """``tokens`` (ids, stored as ``token_dtype``) of ``len(lengths)`` documents; ``ids`` one
+        ``\\n``-terminated id each."""
+        self._bin.write(np.ascontiguousarray(tokens, dtype=self.token_dtype).data)
         self._lengths.write(np.asarray(lengths, dtype=np.int32).tobytes())
         self._ids.write(ids)
         self._source.write(np.full(len(lengths), source, dtype=np.uint16).tobytes())
@@ -181,15 +185,15 @@ class CorpusWriter:
         with open(path, "wb") as out, open(self._lengths_raw, "rb") as lengths_file:
             out.write(INDEX_HEADER)
             out.write(struct.pack("<Q", INDEX_VERSION))
-            out.write(struct.pack("<B", UINT8_CODE))
+            out.write(struct.pack("<B", TOKEN_DTYPE_CODES[self.token_dtype.name]))
             out.write(struct.pack("<Q", n))
             out.write(struct.pack("<Q", n + 1))
             while block := lengths_file.read(_COPY_BLOCK * 4):
                 out.write(block)
             lengths_file.seek(0)
-            offset = 0  # uint8 tokens: byte pointer = token offset
+            offset, size = 0, self.token_dtype.itemsize  # byte pointers
             while block := lengths_file.read(_COPY_BLOCK * 4):
-                lengths = np.frombuffer(block, dtype=np.int32).astype(np.int64)
+                lengths = np.frombuffer(block, dtype=np.int32).astype(np.int64) * size
                 ends = np.cumsum(lengths) + offset
                 out.write((ends - lengths).tobytes())
                 offset = int(ends[-1])
@@ -315,31 +319,32 @@ class Corpus:
 def check_files(paths: dict[str, Path], meta: dict) -> None:
     """``.bin`` and ``.idx`` are the files ``meta.json`` describes (sizes, header, dtype, counts,
     fingerprints); raise naming the file that is not."""
-    from megatron.core.datasets.indexed_dataset import _INDEX_HEADER, DType
-
     fix = "; rerun preprocess for this corpus"
     try:
         documents, tokens = int(meta["num_documents"]), int(meta["num_tokens"])
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{paths['meta']} lacks num_documents/num_tokens ({error}){fix}") from error
-    if meta.get("token_dtype", "uint8") != "uint8":
-        raise ValueError(f"{paths['meta']}: token_dtype {meta['token_dtype']!r}, this version reads uint8{fix}")
+    dtype = meta.get("token_dtype", "uint8")
+    if dtype not in TOKEN_DTYPE_CODES:
+        raise ValueError(f"{paths['meta']}: token_dtype {dtype!r}, this version reads {sorted(TOKEN_DTYPE_CODES)}{fix}")
     idx, size = paths["idx"], paths["idx"].stat().st_size
     with open(idx, "rb") as handle:
         head = handle.read(34)
-    if head[:9] != _INDEX_HEADER:
+    if head[:9] != INDEX_HEADER:
         raise ValueError(f"{idx} is not a megatron index (bad header){fix}")
     version, code, sequences, boundaries = struct.unpack("<QBQQ", head[9:34]) if len(head) == 34 else (0, 0, -1, -1)
-    if version != 1 or code != DType.code_from_dtype(np.uint8):
-        raise ValueError(f"{idx}: index version {version}, dtype code {code}; expected version 1, uint8 tokens{fix}")
+    if version != INDEX_VERSION or code != TOKEN_DTYPE_CODES[dtype]:
+        raise ValueError(f"{idx}: index version {version}, dtype code {code}; expected version {INDEX_VERSION}, "
+                         f"{dtype} tokens (code {TOKEN_DTYPE_CODES[dtype]}) as {paths['meta']} says{fix}")  # fmt: skip
     if sequences != documents or boundaries != documents + 1:
         raise ValueError(f"{idx} indexes {sequences:,} documents, {paths['meta']} says {documents:,}{fix}")
     if size != _index_size(documents):
         raise ValueError(f"{idx} is {size:,} bytes, expected {_index_size(documents):,} for {documents:,} documents "
                          f"(truncated?){fix}")  # fmt: skip
-    if paths["bin"].stat().st_size != tokens:
+    width = np.dtype(dtype).itemsize
+    if paths["bin"].stat().st_size != tokens * width:
         raise ValueError(f"{paths['bin']} is {paths['bin'].stat().st_size:,} bytes, {paths['meta']} says "
-                         f"{tokens:,} tokens of 1 byte (truncated or replaced?){fix}")  # fmt: skip
+                         f"{tokens:,} tokens of {width} byte(s) (truncated or replaced?){fix}")  # fmt: skip
     for name, expected in meta.get("fingerprints", {}).items():  # absent in corpora of older versions
         if name in ("bin", "idx") and fingerprint(paths[name]) != expected:
             raise ValueError(f"{paths[name]} differs from the file preprocess wrote (sampled sha256 in "

@@ -57,11 +57,34 @@ def _clm_tokenizer(model_max_length: int):
     )
 
 
-def save_hf_tokenizer(directory: str | os.PathLike, objective: Objective, *, model_max_length: int = 1024) -> Path:
-    """Write tokenizer files for ``objective`` into ``directory`` (created if needed)."""
+def _subword_tokenizer(subword, objective: Objective, model_max_length: int):
+    """A subword vocabulary (``megatron_plm.data.subword``) framed as the objective's datasets frame it."""
+    import copy
+
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(subword.backend)
+    first, last = ("<cls>", "<eos>") if objective == "mlm" else ("1", "2")
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{first} $A {last}", special_tokens=[(first, subword.token_to_id(first)), (last, subword.token_to_id(last))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=first if objective == "clm" else None, eos_token=last,
+        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", cls_token="<cls>", model_max_length=model_max_length,
+    )  # fmt: skip
+
+
+def save_hf_tokenizer(directory: str | os.PathLike, objective: Objective, *, model_max_length: int = 1024,
+                      subword=None) -> Path:  # fmt: skip
+    """Write tokenizer files for ``objective`` into ``directory`` (created if needed); ``subword``: a
+    :class:`~megatron_plm.data.subword.SubwordTokenizer` the model was trained with."""
     if objective not in ("mlm", "clm"):
         raise ValueError(f"objective must be 'mlm' or 'clm', got {objective!r}")
-    tokenizer = (_mlm_tokenizer if objective == "mlm" else _clm_tokenizer)(model_max_length)
+    if subword is not None:
+        tokenizer = _subword_tokenizer(subword, objective, model_max_length)
+    else:
+        tokenizer = (_mlm_tokenizer if objective == "mlm" else _clm_tokenizer)(model_max_length)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(directory))

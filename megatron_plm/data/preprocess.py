@@ -39,6 +39,7 @@ from megatron_plm.data.fasta import (
     problem_to_error,
 )
 from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
+from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
@@ -74,6 +75,8 @@ class PreprocessConfig:
     implementation: Literal["auto", "native", "reference"] = "auto"
     """``auto`` uses the C++ encoder when built, else the Python reference (with a warning)."""
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    tokenizer: str | None = None
+    """A ``megatron-plm tokenizer train`` directory: store subword ids (default: one id per residue)."""
     progress: bool = True
     overwrite: bool = False
     """Replace a corpus already at the output prefix (without it, that is an error)."""
@@ -149,6 +152,8 @@ class PreprocessSummary:
     residues_written: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
     records_with_unk: int = 0
+    tokens_written: int | None = None
+    """Subword tokens (None: the residue tokenizer, one token per residue)."""
     documents_without_cluster: int = 0
     input_bytes: int = 0
     """Uncompressed input bytes."""
@@ -175,6 +180,8 @@ class PreprocessSummary:
             f"records read       {self.records_read:,}",
             f"documents written  {self.documents_written:,}",
             f"residues written   {self.residues_written:,}",
+            *([f"tokens written     {self.tokens_written:,} ({self.residues_written / max(self.tokens_written, 1):.2f} "
+               "residues per token)"] if self.tokens_written is not None else []),
             f"skipped            {skipped}",
         ]
         if self.records_with_unk:
@@ -253,6 +260,8 @@ def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path
 def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
     inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
     tokenizer = ProteinTokenizer()
+    subword = SubwordTokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
+    stored = subword or tokenizer
     unknown = Unknown[cfg.unknown.upper()]
     formats = {path: detect_format(path, cfg.input_format) for path, _ in inputs}
     implementation, fasta_encoder = fasta_chunk_encoder(cfg.implementation)
@@ -260,7 +269,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
         implementation = "reference"  # JSONL parsing is Python either way
     clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
     labels = list(dict.fromkeys(label for _, label in inputs))
-    summary = PreprocessSummary(implementation=implementation, workers=cfg.workers)
+    summary = PreprocessSummary(implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None)
     summary.sources = {label: SourceCounts() for label in labels}
     seen: set[bytes] = set()
 
@@ -272,7 +281,8 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
         executor = concurrent.futures.ProcessPoolExecutor(cfg.workers)
 
     progress = _progress_bar(cfg, inputs)
-    writer = CorpusWriter(cfg.output_prefix, with_clusters=clusters is not None)
+    writer = CorpusWriter(cfg.output_prefix, with_clusters=clusters is not None,
+                          token_dtype=subword.token_dtype if subword else np.uint8)
     started = time.perf_counter()
     try:
         with executor:
@@ -282,7 +292,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
                     if encoded.problem is not None:
                         raise problem_to_error(encoded.problem, path, first_line)
-                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen)
+                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword)
                     summary.input_bytes += size
                     progress.update(size)
                 if summary.records_read == records_before:
@@ -296,9 +306,10 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
             )
         meta = {
             "sources": labels,
-            "tokenizer": tokenizer.unique_identifiers,
-            "vocab": list(tokenizer.vocab),
-            "token_dtype": "uint8",
+            "tokenizer": stored.unique_identifiers,
+            "tokenizer_path": os.path.abspath(cfg.tokenizer) if cfg.tokenizer else None,
+            "vocab": list(stored.vocab),
+            "token_dtype": writer.token_dtype.name,
             "inputs": [{"path": os.path.abspath(path), "source": label} for path, label in inputs],
             "settings": {
                 "min_length": cfg.min_length,
@@ -352,6 +363,7 @@ def _write_chunk(
     cfg: PreprocessConfig,
     clusters: ClusterMap | None,
     seen: set[bytes],
+    subword: SubwordTokenizer | None = None,
 ) -> None:
     lengths, status = encoded.lengths, encoded.status
     n = len(lengths)
@@ -384,14 +396,18 @@ def _write_chunk(
     cluster_index = clusters.lookup(kept_ids) if clusters else None
     if cluster_index is not None:
         summary.documents_without_cluster += int((cluster_index < 0).sum())
+    residues = int(tokens.size)
+    if subword is not None:  # filters and dedup act on residues; the corpus stores subword ids
+        tokens, kept_lengths = subword.encode_residue_ids(tokens, kept_lengths)
+        summary.tokens_written += int(tokens.size)
     writer.add(tokens, kept_lengths, kept_ids, source, cluster_index)
     summary.records_read += n
     summary.documents_written += len(kept_lengths)
-    summary.residues_written += int(tokens.size)
+    summary.residues_written += residues
     counts = summary.sources[label]
     counts.records_read += n
     counts.documents += len(kept_lengths)
-    counts.tokens += int(tokens.size)
+    counts.tokens += residues
 
 
 def _progress_bar(cfg: PreprocessConfig, inputs):
@@ -437,6 +453,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="input read per encoding job (MiB of whole records)")  # fmt: skip
     run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
+    io.add_argument("--tokenizer", help="subword tokenizer directory (megatron-plm tokenizer train); default: residues")
 
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
@@ -455,6 +472,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         workers=args.workers,
         implementation=args.implementation,
         chunk_bytes=int(args.chunk_mb * 2**20),
+        tokenizer=args.tokenizer,
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )

@@ -9,6 +9,14 @@ optionally ProteinGym's ``assays.csv`` with published baselines.
 - CLM: log-likelihood ratio of the mutated vs the wild-type sequence, averaged over both
   orientations when the model was trained on reversed proteins.
 
+With a subword tokenizer a mutation can change the tokenization, so scores are over tokens:
+
+- CLM: the same ratio, each sequence (window) tokenized on its own: a full-sequence likelihood.
+- MLM: per mutation, the wild-type token covering the mutated residue is masked; the mutant's
+  version of that token's residues is tokenized alone (m tokens) and put in as m masks. Score =
+  sum of log p over the m mutant tokens (input with m masks) - log p(wild-type token) (input with
+  one mask); with m = 1 both read the same input, a masked marginal over pieces.
+
 Proteins longer than the context are scored in a window around the mutations, as ProteinGym does.
 """
 
@@ -26,12 +34,16 @@ import numpy as np
 import torch
 
 from megatron_plm.data.fasta import InputFormatError, read_fasta
+from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
 from megatron_plm.evaluation.perplexity import clm_log_likelihood
 from megatron_plm.progress import Progress
 
 TOK = ProteinTokenizer()
+MAX_PIECE = 16
+"""Longest subword piece (``tokenizer train --max-piece-length`` allows at most this): the room a
+mutant span's extra masks may need in a window."""
 _MUTATION = re.compile(r"^([A-Z])(\d+)([A-Z])$")
 
 
@@ -137,9 +149,44 @@ def window(length: int, center: int, size: int) -> tuple[int, int]:
     return start, start + size
 
 
+def _subword_masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32) -> np.ndarray:
+    """MLM scores for a subword model: mask the wild-type token covering each mutated residue (see above)."""
+    tok = model.tokenizer
+    rows: dict[tuple, np.ndarray] = {}  # (window, token index, pieces put in) -> framed input
+    terms = []  # per mutant: [(row key, position in the row, target id, sign)]
+    for mutation in assay.mutations:
+        mutant_terms = []
+        for wt, p, mt in mutation:
+            lo, hi = window(len(assay.wild_type), p, model.context - 2 - MAX_PIECE)  # room for a longer mutant span
+            ids = tok.encode(assay.wild_type[lo:hi]).astype(np.int64)
+            ends = np.cumsum(tok.token_residues[ids]) + lo
+            j = int(np.searchsorted(ends, p, side="right"))
+            start = int(ends[j - 1]) if j else lo
+            span = assay.wild_type[start : ends[j]]
+            mutant = tok.encode(span[: p - start] + mt + span[p - start + 1 :]).astype(np.int64)
+            for pieces, sign in (((int(ids[j]),), -1.0), (tuple(mutant.tolist()), 1.0)):
+                key = (lo, hi, j, len(pieces))
+                if key not in rows:
+                    body = np.concatenate([ids[:j], np.full(len(pieces), tok.mask), ids[j + 1 :]])
+                    rows[key] = tok.frame_mlm(body)
+                mutant_terms += [(key, j + 1 + k, piece, sign) for k, piece in enumerate(pieces)]
+        terms.append(mutant_terms)
+    keys = list(rows)
+    table: dict[tuple, torch.Tensor] = {}
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start : start + batch_size]
+        ids, real = pad_batch([rows[k] for k in chunk], tok.pad)
+        for key, log_probs in zip(chunk, model.log_probs(ids, real)):
+            table[key] = log_probs
+    return np.array([sum(sign * float(table[key][place, target]) for key, place, target, sign in mutant_terms)
+                     for mutant_terms in terms])  # fmt: skip
+
+
 def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32,
                      progress: Progress | None = None) -> np.ndarray:  # fmt: skip
     """MLM scores: per mutated position, the wild type with that position masked (in its window)."""
+    if isinstance(model.tokenizer, SubwordTokenizer):
+        return _subword_masked_marginals(model, assay, batch_size)
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     positions = sorted({p for mutation in assay.mutations for _, p, _ in mutation})
     table: dict[int, torch.Tensor] = {}
@@ -169,6 +216,8 @@ def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32,
     """CLM scores: log p(mutant) - log p(wild type), both orientations averaged for reverse-trained models."""
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     room = model.context - 2
+    tok = model.tokenizer
+    subword = isinstance(tok, SubwordTokenizer)
     orientations = (False, True) if model.reverse else (False,)
     rows = []  # per orientation, per mutation: wild type, mutant
     for reverse in orientations:
@@ -178,6 +227,9 @@ def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32,
             mutated = wt_ids.copy()
             for _, p, mt in mutation:
                 mutated[p] = TOK.token_to_id(mt)
+            if subword:  # each sequence tokenized on its own (subword models are trained forward only)
+                rows += [TOK.frame_clm(tok.encode(TOK.decode(part))) for part in (wt_ids[lo:hi], mutated[lo:hi])]
+                continue
             rows += [TOK.frame_clm(wt_ids[lo:hi], reverse=reverse), TOK.frame_clm(mutated[lo:hi], reverse=reverse)]
     # Identical wild-type windows are scored once.
     unique: dict[bytes, int] = {}

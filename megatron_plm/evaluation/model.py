@@ -13,7 +13,7 @@ from typing import Callable, Literal
 
 import torch
 
-from megatron_plm.data.tokenizer import ESM2_VOCAB, VOCAB
+from megatron_plm.data.tokenizer import ESM2_VOCAB, VOCAB, ProteinTokenizer
 
 Objective = Literal["clm", "mlm"]
 
@@ -30,6 +30,8 @@ class ScoringModel:
     forward_logits: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     """``(ids [b, s], real [b, s]) -> logits [b, s, >= vocab_size]``; ``real`` marks non-padding."""
     device: torch.device = torch.device("cpu")
+    tokenizer: ProteinTokenizer = ProteinTokenizer()
+    """The residue tokenizer, or the :class:`~megatron_plm.data.subword.SubwordTokenizer` it was trained with."""
     decoder: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None
     """CLM with a key/value cache: returns a fresh ``step(new ids [b, k]) -> logits [b, k, >= vocab_size]``
     that remembers the ids it was given (generation feeds one token per step)."""
@@ -86,7 +88,18 @@ def _from_transformers(path: Path) -> ScoringModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
     config = AutoConfig.from_pretrained(path)
-    if config.model_type == "esm":
+    tokenizer = ProteinTokenizer()
+    if config.vocab_size > len(VOCAB) and (path / "tokenizer.json").exists():  # a subword export
+        from megatron_plm.data.subword import SubwordTokenizer
+
+        tokenizer = SubwordTokenizer.load(path)
+        if tokenizer.vocab_size != config.vocab_size:
+            raise ValueError(f"{path}: tokenizer.json has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
+        objective = "mlm" if config.model_type == "esm" else "clm"
+        auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
+        vocab = tokenizer.vocab_size
+        context = int(config.max_position_embeddings) - (2 if objective == "mlm" else 0)
+    elif config.model_type == "esm":
         objective, vocab, auto = "mlm", len(ESM2_VOCAB), AutoModelForMaskedLM
         context = int(config.max_position_embeddings) - 2  # ESM counts 2 positions beyond its context
     elif config.vocab_size == len(VOCAB):
@@ -109,11 +122,11 @@ def _from_transformers(path: Path) -> ScoringModel:
 
     return ScoringModel(name=str(path), objective=objective, context=context, reverse=False, vocab_size=vocab,
                         forward_logits=forward, decoder=cached_decoder(model) if objective == "clm" else None,
-                        hidden_states=hidden)  # fmt: skip
+                        hidden_states=hidden, tokenizer=tokenizer)  # fmt: skip
 
 
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
-    from megatron_plm.checkpoint.export import checkpoint_model
+    from megatron_plm.checkpoint.export import checkpoint_model, checkpoint_tokenizer
     from megatron_plm.checkpoint.training import load_model_tensors, saved_run_config
     from megatron_plm.data.batch import Batch, cu_seqlens_from_segments
     from megatron_plm.models.mcore import PACKED_BACKENDS
@@ -168,10 +181,11 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
             return cached_decoder(hf_model)()
 
         hf_model = None
-    vocab = len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
+    subword = checkpoint_tokenizer(directory)
+    vocab = subword.vocab_size if subword else len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
     return ScoringModel(name=str(path), objective=objective, context=model.seq_length, reverse=reverse,
                         vocab_size=vocab, forward_logits=forward, device=runtime.device, decoder=decoder,
-                        hidden_states=hidden)  # fmt: skip
+                        hidden_states=hidden, tokenizer=subword or ProteinTokenizer())  # fmt: skip
 
 
 def _as_transformers(chunk, model):

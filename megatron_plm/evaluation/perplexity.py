@@ -27,15 +27,23 @@ class SequenceScore:
     nll: float
     """Summed negative log-likelihood (nats) of the scored tokens."""
     tokens: int
+    residues: int = 0
+    """Residues the scored tokens cover (a framing token counts one): equals ``tokens`` for the
+    residue tokenizer; the per-residue denominator that compares vocabularies."""
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.nll / self.tokens) if self.tokens else float("nan")
 
+    @property
+    def perplexity_per_residue(self) -> float:
+        return math.exp(self.nll / self.residues) if self.residues else float("nan")
 
-def corpus_perplexity(scores: list[SequenceScore]) -> float:
-    """Token-weighted: exp(total NLL / total scored tokens)."""
-    return math.exp(sum(s.nll for s in scores) / sum(s.tokens for s in scores))
+
+def corpus_perplexity(scores: list[SequenceScore], *, per_residue: bool = False) -> float:
+    """Token-weighted: exp(total NLL / total scored tokens), or per residue covered."""
+    denominator = sum(s.residues if per_residue else s.tokens for s in scores)
+    return math.exp(sum(s.nll for s in scores) / denominator)
 
 
 def _batched(jobs: list, size: int):
@@ -126,11 +134,20 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
     ``pseudo`` the exact pseudo-perplexity (every residue masked in turn)."""
     if model.objective == "mlm" and not pseudo and not 0 < mask_ratio <= 1:
         raise ValueError(f"--mask-ratio must be in (0, 1], got {mask_ratio} (for every position in turn, use --pseudo)")
-    residues = [r for _, r in records]
+    from megatron_plm.data.subword import SubwordTokenizer, token_residues
+
+    tok = model.tokenizer
+    if isinstance(tok, SubwordTokenizer):  # residue ids -> the model's subword ids
+        residues = [tok.encode_residue_ids(r, np.array([len(r)]))[0] for _, r in records]
+    else:
+        residues = [r for _, r in records]
+    weight = token_residues(tok)
     kind = "perplexity" if model.objective == "clm" else "pseudo-perplexity" if pseudo else "masked perplexity"
     progress = Progress(None, kind, unit="rows", enabled=show_progress)
     if model.objective == "clm":
-        results = clm_log_likelihood(model, [TOK.frame_clm(r) for r in residues], batch_size, progress)
+        framed = [TOK.frame_clm(r) for r in residues]
+        covered = [int(weight[f[1:]].sum()) for f in framed]  # every token after the first is scored once
+        results = clm_log_likelihood(model, framed, batch_size, progress)
     elif pseudo:  # every residue masked in turn: one single-mask row per position, batched across sequences
         owner = np.repeat(np.arange(len(residues)), [len(r) for r in residues])
         singles = mlm_masked_log_likelihood(model, [residues[i] for i in owner],
@@ -139,6 +156,7 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
         for i, (total, count) in zip(owner, singles):
             results[i][0] += total
             results[i][1] += count
+        covered = [int(weight[r].sum()) for r in residues]
     else:
         positions = []
         for i, r in enumerate(residues):
@@ -147,6 +165,7 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
                 draw[np.random.default_rng([seed, i, 1]).integers(len(r))] = True
             positions.append(np.flatnonzero(draw))
         results = mlm_masked_log_likelihood(model, residues, positions, batch_size, progress)
+        covered = [int(weight[r[p]].sum()) for r, p in zip(residues, positions)]
     progress.close()
-    return [SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count)
-            for (name, r), (total, count) in zip(records, results)]  # fmt: skip
+    return [SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count, residues=n)
+            for (name, r), (total, count), n in zip(records, results, covered)]  # fmt: skip

@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from megatron_plm.config import TrainConfig
 from megatron_plm.data.builder import DataBuilder, epochs_per_source
 from megatron_plm.data.loader import BatchLoader
 from megatron_plm.data.splits import Split
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.subword import load_tokenizer
 from megatron_plm.runtime import Runtime
 from megatron_plm.training.build import build_training_state
 from megatron_plm.training.step import evaluate, train_step
@@ -131,6 +132,19 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
         )
 
 
+def supervised_residues(dataset, num_samples: int, tokenizer) -> int:
+    """Residues under the supervised labels of the first ``num_samples`` samples (framing tokens count
+    one): the denominator of per-residue loss. Every rank computes it over all the samples."""
+    from megatron_plm.data.subword import token_residues
+
+    per_token = token_residues(tokenizer)
+    total = 0
+    for index in range(num_samples):
+        sample = dataset[index]
+        total += int((per_token[np.asarray(sample["labels"])] * (np.asarray(sample["loss_mask"]) > 0)).sum())
+    return total
+
+
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     from megatron_plm.checkpoint.training import (
         compute_phases,
@@ -147,7 +161,7 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
         _check_outputs(config)
     _check_memory(config, runtime)
     log = _Logger(config, runtime)
-    tokenizer = ProteinTokenizer()
+    tokenizer = load_tokenizer(config.data.tokenizer)
     config.model.vocab_size = tokenizer.vocab_size
     state = build_training_state(
         config.model, config.optimizer, runtime, objective=config.objective,
@@ -191,14 +205,26 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     loader = BatchLoader(train_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
                          runtime.data_parallel_size, causal=causal, consumed_samples=result.consumed_samples)  # fmt: skip
 
+    subword = config.data.tokenizer is not None
+    valid_residues: list[int] = []
+
     def validate(step: int) -> None:
         valid = BatchLoader(valid_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
                             runtime.data_parallel_size, causal=causal)  # fmt: skip
         loss, tokens = evaluate(state, [valid.next_step() for _ in range(t.eval_iters)], runtime)
         entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+        line = f"validation at step {step}: loss {loss:.4f}, perplexity {math.exp(loss):.2f} ({tokens:,} tokens)"
+        if subword:  # per residue too, so runs with different vocabularies compare (residues = tokens otherwise)
+            if not valid_residues:
+                valid_residues.append(supervised_residues(valid_data, t.eval_iters * t.global_batch_size, tokenizer))
+            per_residue = loss * tokens / valid_residues[0]
+            entry.update(loss_per_residue=per_residue, perplexity_per_residue=math.exp(per_residue),
+                         residues=valid_residues[0])  # fmt: skip
+            line += f"; per residue: loss {per_residue:.4f}, perplexity {math.exp(per_residue):.2f} " \
+                    f"({valid_residues[0]:,} residues)"
         result.validation.append(entry)
         log.record("validation", entry)
-        log.say(f"validation at step {step}: loss {loss:.4f}, perplexity {math.exp(loss):.2f} ({tokens:,} tokens)")
+        log.say(line)
         log.scalars(step, {"valid/loss": loss, "valid/perplexity": math.exp(loss)})
 
     def save(step: int) -> None:

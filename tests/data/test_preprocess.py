@@ -93,7 +93,8 @@ def test_index_is_byte_identical_to_megatron_builder(tmp_path, sample_fasta):
 
     from megatron_plm.data import corpus
 
-    assert (corpus.INDEX_HEADER, corpus.UINT8_CODE) == (_INDEX_HEADER, DType.code_from_dtype(np.uint8))
+    assert corpus.INDEX_HEADER == _INDEX_HEADER
+    assert corpus.TOKEN_DTYPE_CODES == {name: DType.code_from_dtype(getattr(np, name)) for name in corpus.TOKEN_DTYPE_CODES}
 
 
 def test_preprocessing_imports_neither_torch_nor_megatron_core(tmp_path, sample_fasta):

@@ -74,6 +74,18 @@ def test_clm_perplexity_equals_transformers_loss(runtime, trained, sample_fasta,
         assert score.perplexity == pytest.approx(math.exp(float(loss)), rel=1e-5)
 
 
+@pytest.mark.parametrize("objective,pseudo", [("clm", False), ("mlm", False), ("mlm", True)])
+def test_perplexity_per_residue_equals_per_token_for_the_residue_tokenizer(runtime, trained, sample_fasta,
+                                                                           objective, pseudo):  # fmt: skip
+    from megatron_plm.evaluation.perplexity import corpus_perplexity
+
+    records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:40]) for _, r in zip(range(3), read_fasta(sample_fasta))]
+    scores = perplexity(load_scoring_model(trained[objective], runtime), records, pseudo=pseudo)
+    for score in scores:
+        assert score.residues == score.tokens > 0 and score.perplexity_per_residue == score.perplexity
+    assert corpus_perplexity(scores, per_residue=True) == corpus_perplexity(scores)
+
+
 def test_clm_windows_score_every_token_once_with_context():
     for length, context in ((300, 128), (129, 128), (1000, 64), (50, 128)):
         windows = clm_windows(np.arange(length), context)
