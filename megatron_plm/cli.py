@@ -32,15 +32,23 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.config import load_config
     from megatron_plm.runtime import initialize
+    from megatron_plm.training.preemption import EXIT_PREEMPTED
     from megatron_plm.training.trainer import TrainingStopped, train
 
     config = load_config(args.config, args.overrides)
     with initialize(config.parallel, seed=config.training.seed) as runtime:
         try:
-            train(config, runtime)
+            result = train(config, runtime)
         except TrainingStopped as stopped:
             print(f"megatron-plm train: stopped: {stopped}", file=sys.stderr)
             return 3
+    return EXIT_PREEMPTED if result.stopped_by else 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from megatron_plm.training.curves import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.output)}")
     return 0
 
 
@@ -206,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, required=True, help="YAML run config (see examples/configs/)")
     train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help="e.g. training.train_iters=100")
     train.set_defaults(func=_cmd_train)
+
+    plot = commands.add_parser("plot", help="loss, perplexity, LR and tokens/s of one or more runs -> PNG")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (or metrics.jsonl files)")
+    plot.add_argument("--output", type=Path, help="PNG to write (default: RUN_DIR/curves.png of the first run)")
+    plot.set_defaults(func=_cmd_plot)
 
     export = commands.add_parser("export-hf", help="checkpoint (any TP/PP layout) -> transformers model directory")
     export.add_argument("checkpoint", type=Path, help="a checkpoint directory (or a run's save directory)")
