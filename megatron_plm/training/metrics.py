@@ -117,6 +117,20 @@ class RunLog:
             self.metrics.write(json.dumps({"kind": kind, **entry}) + "\n")
             self.metrics.flush()
 
+    def train(self, entry: dict, line: str | None = None) -> None:
+        """One training step: always to the metrics file; to the log and trackers when ``line`` is given."""
+        self.record("train", entry)
+        if line is not None:
+            self.say(line)
+            self.scalars(entry["step"], {"train/loss": entry["loss"], "train/lr": entry["lr"],
+                                         "train/tokens_per_s": entry["tokens_per_s"]})  # fmt: skip
+
+    def validation(self, entry: dict) -> None:
+        self.record("validation", entry)
+        self.say(f"validation at step {entry['step']}: loss {entry['loss']:.4f}, perplexity {entry['perplexity']:.2f} "
+                 f"({entry['tokens']:,} tokens)")  # fmt: skip
+        self.scalars(entry["step"], {"valid/loss": entry["loss"], "valid/perplexity": entry["perplexity"]})
+
     def scalars(self, step: int, values: dict) -> None:
         if self.writer is not None:
             for key, value in values.items():

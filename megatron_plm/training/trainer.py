@@ -67,69 +67,47 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     ledger = ComputeLedger(config, runtime, start.compute)
     result.compute = ledger.phases
 
-    builder = DataBuilder(config.data)
-    train_data = builder.build(Split.TRAIN, t.train_iters * t.global_batch_size)
-    validator = Validator(config, state, builder.build(Split.VALID, t.eval_iters * t.global_batch_size), runtime)
+    train_data, valid_data = build_datasets(config)
+    validator = Validator(config, state, valid_data, runtime)
     loader = BatchLoader(train_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
                          runtime.data_parallel_size, causal=config.objective == "clm",
                          consumed_samples=start.consumed_samples)  # fmt: skip
 
     def validate(step: int) -> None:
-        entry = validator(step)
-        result.validation.append(entry)
-        log.record("validation", {**entry, "tokens_seen": loader.consumed_samples * config.data.seq_length})
-        log.say(f"validation at step {step}: loss {entry['loss']:.4f}, perplexity {entry['perplexity']:.2f} "
-                f"({entry['tokens']:,} tokens)")  # fmt: skip
-        log.scalars(step, {"valid/loss": entry["loss"], "valid/perplexity": entry["perplexity"]})
+        result.validation.append(validator(step))
+        log.validation({**result.validation[-1], "tokens_seen": loader.consumed_samples * config.data.seq_length})
 
     def save(step: int) -> None:
         result.checkpoint = save_run(config, state, step, loader.consumed_samples, ledger.phases)
         log.say(f"saved checkpoint {result.checkpoint}")
 
     log.say(describe_run(config, runtime, start.iteration + 1))
-    progress = Progress(start.iteration + 1, t.train_iters)
-    skipped_in_a_row = 0
+    progress, skipped_in_a_row = Progress(start.iteration + 1, t.train_iters), 0
     with StopSignals(runtime, t.exit_signal) as signals:
         for step in range(start.iteration + 1, t.train_iters + 1):
             started = time.perf_counter()
             outcome = train_step(state, [b.to(runtime.device) for b in loader.next_step()], runtime)
-            skipped_in_a_row = skipped_in_a_row + 1 if outcome.skipped else 0
-            if outcome.skipped:
-                log.say(f"step {step}: non-finite loss ({outcome.loss}); update skipped")
-                if skipped_in_a_row >= t.max_skipped_steps:
-                    raise TrainingStopped(
-                        f"{skipped_in_a_row} consecutive steps with a non-finite loss (last at step {step}); "
-                        "stopped without saving. Lower optimizer.lr or check the data."
-                    )
-            else:
+            skipped_in_a_row = check_skipped(outcome, step, skipped_in_a_row + 1 if outcome.skipped else 0, t, log)
+            if not outcome.skipped:
                 state.scheduler.step(increment=1)
             entry = step_entry(config, state, step, outcome, time.perf_counter() - started, loader.consumed_samples)
             ledger.add(t.global_batch_size * config.data.seq_length)
             result.history.append(entry)
-            log.record("train", entry)
             result.iterations, result.consumed_samples = step, loader.consumed_samples
-            if step % config.logging.log_interval == 0 or step == t.train_iters:
-                log.say(step_line(entry, ledger, train_data) + " | " + progress.describe(step))
-                log.scalars(step, {"train/loss": entry["loss"], "train/lr": entry["lr"],
-                                   "train/tokens_per_s": entry["tokens_per_s"]})  # fmt: skip
+            show = step % config.logging.log_interval == 0 or step == t.train_iters
+            log.train(entry, step_line(entry, ledger, train_data) + " | " + progress.describe(step) if show else None)
             if step == t.train_iters:
                 break
             if t.eval_interval and step % t.eval_interval == 0:
                 validate(step)
-            if signals.agreed():
-                if ckpt.save:
-                    save(step)
-                log.say(f"stopping after step {step} on {signals.name()}"
-                        + ("; relaunch to resume" if ckpt.save else " (no checkpoint.save: this run's steps are lost)"))
-                result.stopped_by = signals.name()
-                break
-            if t.exit_interval and step % t.exit_interval == 0:
-                if ckpt.save:
-                    save(step)
-                log.say(f"stopping at step {step} (training.exit_interval); relaunch to resume")
-                break
-            if ckpt.save and ckpt.save_interval and step % ckpt.save_interval == 0:
+            stop = stop_reason(step, t, signals)
+            if ckpt.save and (stop or (ckpt.save_interval and step % ckpt.save_interval == 0)):
                 save(step)
+            if stop:
+                result.stopped_by = signals.name() if stop.startswith("on ") else None
+                log.say(f"stopping after step {step} {stop}; " + ("relaunch to resume" if ckpt.save else
+                        "no checkpoint.save, so these steps are not kept"))  # fmt: skip
+                break
     if result.iterations < t.train_iters:
         log.close()
         return result
@@ -143,6 +121,35 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
             + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))  # fmt: skip
     log.close()
     return result
+
+
+def build_datasets(config: TrainConfig):
+    """The train split sized for ``train_iters`` global batches, and the valid split for one validation."""
+    t = config.training
+    builder = DataBuilder(config.data)
+    return (builder.build(Split.TRAIN, t.train_iters * t.global_batch_size),
+            builder.build(Split.VALID, t.eval_iters * t.global_batch_size))  # fmt: skip
+
+
+def check_skipped(outcome, step: int, in_a_row: int, t, log: RunLog) -> int:
+    """Report a skipped update; stop the run (no checkpoint) after ``training.max_skipped_steps`` in a row."""
+    if outcome.skipped:
+        log.say(f"step {step}: non-finite loss ({outcome.loss}); update skipped")
+        if in_a_row >= t.max_skipped_steps:
+            raise TrainingStopped(
+                f"{in_a_row} consecutive steps with a non-finite loss (last at step {step}); "
+                "stopped without saving. Lower optimizer.lr or check the data."
+            )
+    return in_a_row
+
+
+def stop_reason(step: int, t, signals: StopSignals) -> str | None:
+    """Why this launch stops after ``step`` (before ``train_iters``), or None. Collective (the signal check)."""
+    if signals.agreed():
+        return f"on {signals.name()}"
+    if t.exit_interval and step % t.exit_interval == 0:
+        return "(training.exit_interval)"
+    return None
 
 
 def save_run(config: TrainConfig, state: TrainingState, step: int, consumed_samples: int, phases: list[dict]) -> Path:
