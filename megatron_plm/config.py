@@ -103,7 +103,7 @@ class TrainConfig:
         from megatron_plm.data.tokenizer import ProteinTokenizer
 
         if self.data.objective != self.objective:
-            self.data.objective = self.objective
+            self.data = dataclasses.replace(self.data, objective=self.objective)
         self.model.seq_length = self.data.seq_length
         self.model.vocab_size = ProteinTokenizer().vocab_size
 

@@ -26,8 +26,8 @@ IMMUTABLE = (
     "objective",
     "model.num_layers", "model.hidden_size", "model.num_attention_heads", "model.ffn_hidden_size",
     "model.vocab_size", "model.make_vocab_size_divisible_by", "model.token_dropout",
-    "data.sources", "data.seq_length", "data.packed", "data.reverse_prob", "data.mask_ratio",
-    "data.mask_token_prob", "data.random_token_prob", "data.cluster_sampling", "data.split_weights",
+    "data.sources", "data.seq_length", "data.packed", "data.reverse_prob", "data.masking.mask_ratio",
+    "data.masking.mask_token_prob", "data.masking.random_token_prob", "data.cluster_sampling", "data.split_weights",
     "data.split_by_cluster", "data.seed",
 )  # fmt: skip
 SCHEDULE = (
