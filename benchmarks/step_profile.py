@@ -270,7 +270,7 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
                                                                  4 * full_layers * roofline.launch_seconds)))  # fmt: skip
         if config.model.attention_backend in ("sdpa", "varlen"):  # their MLP ran the fused op's reference
             records = [r for r in records if ".mlp.bias_gelu" not in r.module]
-            ffn = (config.model.ffn_hidden_size or 4 * config.model.hidden_size) // config.parallel.tensor_model_parallel_size
+            ffn = config.model.ffn_size // config.parallel.tensor_model_parallel_size
             activation = sum(b.tokens.numel() for b in measured) * ffn * 2  # bf16
             moved = 5 * activation * full_layers  # forward: read x, write; backward: read x and grad, write
             calls = 3 * len(measured) * full_layers  # forward, backward, the bias gradient's partial sums
