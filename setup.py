@@ -138,6 +138,6 @@ setup(
         # Scaling-law plots.
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},
 )
