@@ -21,6 +21,7 @@ quickstart: setup
 	rm -rf outputs/tiny_clm outputs/tiny_mlm  # the demo starts fresh; a real run resumes from its checkpoints
 	$(PY) -m megatron_plm train --config examples/configs/tiny_clm.yaml $(OVERRIDES)
 	$(PY) -m megatron_plm train --config examples/configs/tiny_mlm.yaml $(OVERRIDES)
+	$(PY) -m megatron_plm plot outputs/tiny_clm outputs/tiny_mlm --output outputs/quickstart_curves.png
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \

@@ -147,6 +147,6 @@ setup(
         # Scaling-law plots.
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},
 )

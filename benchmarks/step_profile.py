@@ -221,17 +221,15 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
     from megatron_plm.data.builder import DataBuilder
     from megatron_plm.data.loader import BatchLoader
     from megatron_plm.data.splits import Split
-    from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.planning.planner import count_parameters
     from megatron_plm.runtime import initialize
-    from megatron_plm.training.build import build_training_state
+    from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
 
     config = load_config(config_path, [*overrides, "training.train_iters=2", "parallel.use_distributed_optimizer=false"])
     # One microbatch is recorded; the optimizer's work is shared by all microbatches of a step on one GPU.
     microbatches = microbatches_per_step or max(1, config.training.global_batch_size // config.training.micro_batch_size)
     config.training.global_batch_size = config.training.micro_batch_size
-    config.model.vocab_size = ProteinTokenizer().vocab_size
     full_layers = config.model.num_layers
     full_params = count_parameters(config).total
     if layers:
@@ -240,9 +238,7 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
     t = config.training
     with initialize(config.parallel, seed=t.seed) as runtime:
         on_gpu = runtime.device.type == "cuda"
-        state = build_training_state(config.model, config.optimizer, runtime, objective=config.objective,
-                                     precision=t.precision, train_iters=2, fp8=config.fp8,
-                                     allow_cpu_bf16=True)  # fmt: skip
+        state = build_run(config, runtime, allow_cpu_bf16=True)
         data = DataBuilder(config.data).build(Split.TRAIN, 2 * t.global_batch_size)
         loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, 0, 1, causal=config.objective == "clm")
         warmup, measured = ([b.to(runtime.device) for b in loader.next_step()] for _ in range(2))
@@ -274,7 +270,7 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
                                                                  4 * full_layers * roofline.launch_seconds)))  # fmt: skip
         if config.model.attention_backend in ("sdpa", "varlen"):  # their MLP ran the fused op's reference
             records = [r for r in records if ".mlp.bias_gelu" not in r.module]
-            ffn = (config.model.ffn_hidden_size or 4 * config.model.hidden_size) // config.parallel.tensor_model_parallel_size
+            ffn = config.model.ffn_size // config.parallel.tensor_model_parallel_size
             activation = sum(b.tokens.numel() for b in measured) * ffn * 2  # bf16
             moved = 5 * activation * full_layers  # forward: read x, write; backward: read x and grad, write
             calls = 3 * len(measured) * full_layers  # forward, backward, the bias gradient's partial sums

@@ -6,6 +6,11 @@ Builds the model, optimizer and data of CONFIG exactly as ``megatron-plm train``
 Launch under torchrun for a parallel layout. Usage:
 
     python benchmarks/train_step.py --config examples/configs/tiny_clm.yaml [dotted.key=value ...]
+
+``--optimizer-step`` instead times the optimizer part of a step two ways on the same model and
+gradients, alternating (``--steps`` times each, medians): ``training.step.optimizer_step`` (prepare the grads and reduce
+the gradient norm once, then clip and step) against the step it replaced, which called
+``prepare_grads()`` and ``get_grad_norm()`` and then ``optimizer.step()`` (preparing and reducing again).
 """
 
 from __future__ import annotations
@@ -20,26 +25,17 @@ import torch
 def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict | None:
     """Time ``steps`` training steps of a config (after ``warmup``); returns a row on the main rank."""
     from megatron_plm.config import load_config
-    from megatron_plm.data.builder import DataBuilder
-    from megatron_plm.data.loader import BatchLoader
-    from megatron_plm.data.splits import Split
-    from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.planning.planner import flops_per_token, peak_flops
     from megatron_plm.runtime import initialize
-    from megatron_plm.training.build import build_training_state
+    from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
 
     total = warmup + steps
     config = load_config(config_path, [*overrides, f"training.train_iters={total}"])
-    config.model.vocab_size = ProteinTokenizer().vocab_size
     t = config.training
     with initialize(config.parallel, seed=t.seed) as runtime:
-        state = build_training_state(config.model, config.optimizer, runtime, objective=config.objective,
-                                     precision=t.precision, train_iters=total, fp8=config.fp8)  # fmt: skip
-        data = DataBuilder(config.data).build(Split.TRAIN, total * t.global_batch_size)
-        loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
-                             runtime.data_parallel_size, causal=config.objective == "clm")  # fmt: skip
-        batches = [[b.to(runtime.device) for b in loader.next_step()] for _ in range(total)]
+        state = build_run(config, runtime)
+        batches = _batches(config, runtime, total)
         for microbatches in batches[:warmup]:
             train_step(state, microbatches, runtime)
         if runtime.device.type == "cuda":
@@ -67,6 +63,95 @@ def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict
             "tflops": achieved / 1e12 if runtime.device.type == "cuda" else None,
             "mfu": achieved / peak if peak else None,
         }  # fmt: skip
+
+
+def _batches(config, runtime, steps: int) -> list:
+    from megatron_plm.data.builder import DataBuilder
+    from megatron_plm.data.loader import BatchLoader
+    from megatron_plm.data.splits import Split
+
+    t = config.training
+    data = DataBuilder(config.data).build(Split.TRAIN, steps * t.global_batch_size)
+    loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
+                         runtime.data_parallel_size, causal=config.objective == "clm")  # fmt: skip
+    return [[b.to(runtime.device) for b in loader.next_step()] for _ in range(steps)]
+
+
+def _reducing_twice(optimizer, *, finite: bool = True) -> tuple[bool, float]:
+    """The optimizer step before: checked with its own norm, then ``optimizer.step()`` prepares and reduces again."""
+    import math
+
+    found_inf = optimizer.prepare_grads()
+    grad_norm = float(optimizer.get_grad_norm())
+    if found_inf or not finite or not math.isfinite(grad_norm):
+        optimizer.zero_grad()
+        return True, grad_norm
+    success, norm, _ = optimizer.step()
+    return not success, norm if norm is not None else grad_norm
+
+
+def measure_optimizer_step(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> list[dict] | None:
+    """Milliseconds in the optimizer part of a step, one gradient-norm reduction against two: after
+    ``warmup`` training steps and one timed one, each variant runs ``steps`` times on the gradients
+    of that step, alternating, and the medians are reported (robust to a busy machine)."""
+    import statistics
+
+    from megatron_plm.config import load_config
+    from megatron_plm.runtime import initialize
+    from megatron_plm.training.build import build_run
+    from megatron_plm.training.step import optimizer_step, train_step
+
+    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + 1 + 2 * steps}"])
+    variants = {"one reduction (optimizer_step)": optimizer_step, "two reductions (before)": _reducing_twice}
+    with initialize(config.parallel, seed=config.training.seed) as runtime:
+        state = build_run(config, runtime)
+        sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
+        batches = _batches(config, runtime, warmup + 1)
+        for microbatches in batches[:warmup]:
+            train_step(state, microbatches, runtime)
+        sync()
+        started = time.perf_counter()
+        train_step(state, batches[warmup], runtime)  # leaves its gradients in the grad buffers
+        sync()
+        step_ms = (time.perf_counter() - started) * 1e3
+        samples = {name: [] for name in variants}
+        cpu_samples = {name: [] for name in variants}
+        reductions = {name: 0 for name in variants}
+        all_reduce = torch.distributed.all_reduce
+        try:
+            for repeat in range(steps):
+                for name in sorted(variants, reverse=repeat % 2 == 1):
+
+                    def counted(*args, _name=name, **kwargs):  # the collectives this variant issues
+                        reductions[_name] += 1
+                        return all_reduce(*args, **kwargs)
+
+                    torch.distributed.all_reduce = counted
+                    sync()
+                    started, cpu_started = time.perf_counter(), time.process_time()
+                    variants[name](state.optimizer)
+                    sync()
+                    samples[name].append((time.perf_counter() - started) * 1e3)
+                    cpu_samples[name].append((time.process_time() - cpu_started) * 1e3)
+                    torch.distributed.all_reduce = all_reduce
+        finally:
+            torch.distributed.all_reduce = all_reduce
+        if not runtime.is_main_process:
+            return None
+    return [{"variant": name, "step_ms": step_ms, "optimizer_ms": statistics.median(times),
+             "optimizer_cpu_ms": statistics.median(cpu_samples[name]), "all_reduces": reductions[name] / steps}
+            for name, times in samples.items()]  # fmt: skip
+
+
+def format_optimizer_rows(rows: list[dict]) -> str:
+    base = rows[-1]
+    lines = [f"{'optimizer step':<32} {'all-reduces':>11} {'wall ms (median)':>17} {'CPU ms (median)':>16} "
+             f"{'saved wall ms/step':>19} {'of a step':>10}"]  # fmt: skip
+    for r in rows:
+        saved = base["optimizer_ms"] - r["optimizer_ms"]
+        lines.append(f"{r['variant']:<32} {r['all_reduces']:>11.0f} {r['optimizer_ms']:>17.3f} "
+                     f"{r['optimizer_cpu_ms']:>16.3f} {saved:>19.3f} {saved / r['step_ms']:>10.2%}")  # fmt: skip
+    return "\n".join(lines) + f"\n(one whole training step: {rows[0]['step_ms']:.1f} ms)"
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -110,7 +195,16 @@ def parse_benchmark_args(description: str, argv: list[str] | None, *, extra=None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_benchmark_args(__doc__, argv)
+    def optimizer_step_flag(parser):
+        parser.add_argument("--optimizer-step", action="store_true",
+                            help="time the one-reduction optimizer step against the two-reduction one it replaced")  # fmt: skip
+
+    args = parse_benchmark_args(__doc__, argv, extra=optimizer_step_flag)
+    if args.optimizer_step:
+        rows = measure_optimizer_step(args.config, args.overrides, warmup=args.warmup, steps=args.steps)
+        if rows is not None:
+            print(format_optimizer_rows(rows))
+        return 0
     row = measure(args.config, args.overrides, warmup=args.warmup, steps=args.steps)
     if row is not None:
         print(format_rows([row]))

@@ -14,6 +14,7 @@ GPU's bf16 dense peak) and the non-pad fraction in one table. Usage:
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 
@@ -44,7 +45,7 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     # What a transformers user trains on: for MLM, ESM-2's one protein per sample (whatever our run packs),
     # padded per batch to its longest; for CLM, the same packed samples as ours.
     if config.objective == "mlm":
-        config.data.packed = False
+        config.data = dataclasses.replace(config.data, packed=False)
     data = DataBuilder(config.data).build(Split.TRAIN, (warmup + steps) * t.global_batch_size)
     loader = BatchLoader(data, t.global_batch_size, t.global_batch_size, 0, 1, causal=config.objective == "clm")
     batches = []

@@ -73,6 +73,7 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from megatron_plm.config import load_config
     from megatron_plm.runtime import initialize
+    from megatron_plm.training.preemption import EXIT_PREEMPTED
     from megatron_plm.training.trainer import TrainingStopped, train
 
     if args.print_config:
@@ -85,10 +86,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     with initialize(config.parallel, seed=config.training.seed) as runtime:
         try:
-            train(config, runtime)
+            result = train(config, runtime)
         except TrainingStopped as stopped:
             print(f"megatron-plm train: stopped: {stopped}", file=sys.stderr)
             return 3
+    return EXIT_PREEMPTED if result.stopped_by else 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from megatron_plm.training.curves import plot_runs
+
+    print(f"wrote {plot_runs(args.run_dirs, args.output)}")
     return 0
 
 
@@ -376,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="print every config field with its value, type, default and doc, then exit")  # fmt: skip
     train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help=OVERRIDES_HELP)
     train.set_defaults(func=_cmd_train)
+
+    plot = commands.add_parser("plot", help="loss, perplexity, LR and tokens/s of one or more runs -> PNG")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (or metrics.jsonl files)")
+    plot.add_argument("--output", type=Path, help="PNG to write (default: RUN_DIR/curves.png of the first run)")
+    plot.set_defaults(func=_cmd_plot)
 
     export = commands.add_parser("export-hf", help="checkpoint (any TP/PP layout) -> transformers model directory")
     export.add_argument("checkpoint", type=Path, help="a checkpoint directory (or a run's save directory)")

@@ -48,6 +48,9 @@ class TrainingConfig:
     exit_interval: int = 0
     """Save and stop when the step count reaches a multiple of this (fits a run into scheduler time
     slots; the next launch resumes). 0: run to ``train_iters``."""
+    exit_signal: str | None = None
+    """A signal that, like SIGTERM and SIGINT, makes every rank finish its step, save and exit with
+    status 75 (e.g. ``SIGUSR1``, sent by ``sbatch --signal=USR1@120`` ahead of a time limit)."""
 
 
 @dataclass(kw_only=True)
@@ -62,14 +65,23 @@ class CheckpointConfig:
     """Resume from this directory's latest checkpoint (default: ``save``, if it has one)."""
     init_from: str | None = None
     """Start a new run from another run's weights: the body only when objectives differ (CLM -> MLM)."""
+    resume_schedule: Literal["config", "checkpoint"] = "config"
+    """On resume, where the LR schedule (``training.train_iters``, ``optimizer.lr``/``min_lr``/
+    ``warmup_iters``/``decay_style``/``weight_decay``) comes from: ``config`` rebuilds it from this
+    config at the resumed step (Megatron-LM's ``--override-opt_param-scheduler``); ``checkpoint``
+    continues the saved one (``--use-checkpoint-opt_param-scheduler``)."""
 
 
 @dataclass(kw_only=True)
 class LoggingConfig:
     log_interval: int = 1
     """Print (and log) the training metrics every this many steps."""
+    run_dir: str | None = None
+    """Where the run writes its resolved ``config.yaml`` and ``metrics.jsonl`` (default:
+    ``checkpoint.save``; nothing is written when both are unset)."""
     metrics_file: str | None = None
-    """Append every step and validation as a JSON line here (rank 0)."""
+    """Every step and validation as a JSON line (rank 0; default: ``RUN_DIR/metrics.jsonl``). On
+    resume, entries after the resumed step are dropped, so each step appears once."""
     tensorboard_dir: str | None = None
     """Write TensorBoard events here (needs the ``tensorboard`` package)."""
     wandb_project: str | None = None
@@ -100,9 +112,22 @@ class TrainConfig:
     """Shown in progress lines and the compute report."""
 
     def __post_init__(self):
+        # Derived, not set twice: the data follows the objective, the model its data and tokenizer.
+        from megatron_plm.data.subword import load_tokenizer
+
         if self.data.objective != self.objective:
-            self.data.objective = self.objective
+            self.data = dataclasses.replace(self.data, objective=self.objective)
         self.model.seq_length = self.data.seq_length
+        self.model.vocab_size = load_tokenizer(self.data.tokenizer).vocab_size
+
+    def run_dir(self) -> Path | None:
+        directory = self.logging.run_dir or self.checkpoint.save
+        return Path(directory) if directory else None
+
+    def metrics_path(self) -> Path | None:
+        if self.logging.metrics_file:
+            return Path(self.logging.metrics_file)
+        return self.run_dir() / "metrics.jsonl" if self.run_dir() else None
 
     def to_dict(self) -> dict:
         return _to_plain(self)
@@ -271,8 +296,20 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ValueError("data.objective differs from objective; state the objective once, at the top")
         data.setdefault("objective", data["data"].pop("objective"))
     config = from_dict(TrainConfig, data)
+    _check_derived(data.get("model"), config)
     validate(config)
     return config
+
+
+def _check_derived(model: Any, config: TrainConfig) -> None:
+    """``model.seq_length`` and ``model.vocab_size`` follow the data and the tokenizer; a config may
+    repeat them (a saved one does) but not contradict them."""
+    derived = {"seq_length": ("data.seq_length", config.model.seq_length),
+               "vocab_size": ("the tokenizer", config.model.vocab_size)}  # fmt: skip
+    for name, (source, value) in derived.items():
+        given = model.get(name) if isinstance(model, dict) else None
+        if given is not None and given != value:
+            raise ValueError(f"model.{name} is {given} but is derived from {source} ({value}); remove model.{name}")
 
 
 def validate(config: TrainConfig) -> None:
@@ -290,6 +327,12 @@ def validate(config: TrainConfig) -> None:
         )
     if t.precision == "fp8":
         config.fp8.validate(config.model.num_layers)
+    config.parallel.check_supported()
+    if t.exit_signal is not None:
+        import signal
+
+        if t.exit_signal not in signal.Signals.__members__ or t.exit_signal in ("SIGKILL", "SIGSTOP"):
+            raise ValueError(f"training.exit_signal must be a catchable signal name such as SIGUSR1, got {t.exit_signal!r}")
     if config.checkpoint.keep_last < 1:
         raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
 

@@ -164,7 +164,7 @@ def hf_config(objective: Objective, model: ModelConfig):
     from megatron_plm.data.tokenizer import ProteinTokenizer
 
     tok = ProteinTokenizer()
-    ffn = model.ffn_hidden_size or 4 * model.hidden_size
+    ffn = model.ffn_size
     if objective == "mlm":
         from transformers import EsmConfig
 

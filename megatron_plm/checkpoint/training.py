@@ -50,6 +50,8 @@ class ResumeState:
     directory: Path
     compute: list[dict]
     """Tokens and FLOPs of each training phase so far (e.g. a CLM phase, then this MLM one)."""
+    scheduler: dict | None = None
+    """The LR scheduler's saved state (its ``num_steps`` counts applied updates, skipped steps excluded)."""
 
 
 def _rank() -> int:
@@ -265,8 +267,9 @@ def _check_optimizer_can_resume(state) -> None:
         )
 
 
-def load_checkpoint(directory: Path, state) -> ResumeState:
-    """Load model, optimizer, scheduler and RNG from ``directory`` (saved at any TP/PP layout)."""
+def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -> ResumeState:
+    """Load model, optimizer, scheduler and RNG from ``directory`` (saved at any TP/PP layout).
+    ``restore_scheduler=False`` leaves ``state.scheduler`` as built (the config's schedule)."""
     from megatron.core import dist_checkpointing
 
     _check_optimizer_can_resume(state)
@@ -276,13 +279,14 @@ def load_checkpoint(directory: Path, state) -> ResumeState:
     (chunk,) = state.unwrapped()
     chunk.load_state_dict(loaded["model"])
     state.optimizer.load_state_dict(loaded["optimizer"])
-    if state.scheduler is not None and payload["scheduler"] is not None:
+    if restore_scheduler and state.scheduler is not None and payload["scheduler"] is not None:
         state.scheduler.load_state_dict(payload["scheduler"])
     rng_file = directory / f"rng_rank{_rank()}.pt"
     if rng_file.exists():  # absent when the layout changed (more ranks now): keep the fresh seeds
         _set_rng_state(load_rng_file(rng_file))
     return ResumeState(iteration=payload["iteration"], consumed_samples=payload["consumed_samples"],
-                       config=payload["config"], directory=directory, compute=payload.get("compute", []))  # fmt: skip
+                       config=payload["config"], directory=directory, compute=payload.get("compute", []),
+                       scheduler=payload["scheduler"])  # fmt: skip
 
 
 def _read_state(path: Path) -> dict:

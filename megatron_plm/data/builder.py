@@ -13,16 +13,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.datasets import ProteinDataset, SampleConfig, build_index
+from megatron_plm.data.datasets import Objective, ProteinDataset, SampleConfig, build_index
 from megatron_plm.data.index_cache import IndexCache, corpus_fingerprint
-from megatron_plm.data.masking import MaskingConfig
 from megatron_plm.data.splits import Split, assign_splits
 from megatron_plm.data.subword import load_tokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
@@ -42,26 +41,15 @@ class DataSource:
     """Use only this corpus's documents with this source label (None: all of them)."""
 
 
-@dataclass(kw_only=True)
-class DataConfig:
+@dataclass(frozen=True, kw_only=True)
+class DataConfig(SampleConfig):
+    """How samples are made (the fields of :class:`SampleConfig`, masking under ``masking``), plus
+    where they come from and how the corpora split."""
+
     sources: list[DataSource]
     """Corpora to mix; override one item as ``data.sources.0.prefix=...``."""
-    objective: Literal["clm", "mlm"] = "clm"
+    objective: Objective = "clm"
     """Set from the run's top-level ``objective`` when loaded as part of a TrainConfig."""
-    seq_length: int = 1024
-    """Tokens per sample, specials included (the model's context)."""
-    packed: bool = True
-    """Several proteins per sample (CLM always). MLM unpacked = ESM-2's one protein per sample."""
-    reverse_prob: float = 0.0
-    """CLM: probability of reversing a protein (framed ``2 ... 1``)."""
-    mask_ratio: float = 0.15
-    """MLM: share of residues selected for prediction."""
-    mask_token_prob: float = 0.8
-    """MLM: of the selected, the share replaced by ``<mask>``."""
-    random_token_prob: float = 0.1
-    """MLM: of the selected, the share replaced by a random residue (the rest stay unchanged)."""
-    cluster_sampling: bool = True
-    """Draw a cluster uniformly, then a member (UniRef-style); False: every sequence equally."""
     split_weights: tuple[float, float, float] = (0.98, 0.01, 0.01)
     """train / valid / test shares, assigned by hash (see splits.py)."""
     split_by_cluster: bool = True
@@ -81,22 +69,9 @@ class DataConfig:
     tokenizer: str | None = None
     """A subword tokenizer directory (``megatron-plm tokenizer train``); None: one token per residue.
     Every corpus must have been preprocessed with the same tokenizer."""
-    masking: MaskingConfig = field(init=False)
-
-    def __post_init__(self):
-        self.masking = MaskingConfig(
-            mask_ratio=self.mask_ratio, mask_token_prob=self.mask_token_prob, random_token_prob=self.random_token_prob
-        )
 
     def sample_config(self) -> SampleConfig:
-        return SampleConfig(
-            objective=self.objective,
-            seq_length=self.seq_length,
-            packed=self.packed,
-            reverse_prob=self.reverse_prob,
-            masking=self.masking,
-            cluster_sampling=self.cluster_sampling,
-        )
+        return SampleConfig(**{f.name: getattr(self, f.name) for f in fields(SampleConfig)})
 
     def validate(self) -> None:
         if not self.sources:

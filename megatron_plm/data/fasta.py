@@ -237,22 +237,3 @@ def parse_jsonl_line(
     if not sequence:
         raise InputFormatError(path, number, f"field {sequence_key!r} is empty", record_id)
     return record_id, sequence.encode("utf-8")
-
-
-def read_jsonl(
-    path: str | os.PathLike, *, sequence_key: str = "sequence", id_key: str | None = "id"
-) -> Iterator[SequenceRecord]:
-    """Yield one record per JSON object line; ``sequence_key`` must hold a non-empty string."""
-    saw_any = False
-    for first_line, chunk in iter_chunks(path, boundary=b"\n"):
-        if first_line == 1:
-            check_text(path, first_line, chunk)
-        for offset, line in enumerate(chunk.split(b"\n")):
-            if not line.strip():
-                continue
-            saw_any = True
-            number = first_line + offset
-            record_id, sequence = parse_jsonl_line(line, number, path, sequence_key=sequence_key, id_key=id_key)
-            yield SequenceRecord(record_id, sequence, number)
-    if not saw_any:
-        raise InputFormatError(path, None, "empty input: no JSON lines")

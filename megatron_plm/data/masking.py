@@ -18,10 +18,10 @@ class MaskingConfig:
 
     def validate(self) -> None:
         if not 0 < self.mask_ratio < 1:
-            raise ValueError(f"data.mask_ratio must be in (0, 1), got {self.mask_ratio}")
+            raise ValueError(f"data.masking.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.mask_token_prob < 0 or self.random_token_prob < 0 or self.mask_token_prob + self.random_token_prob > 1:
             raise ValueError(
-                "data.mask_token_prob and data.random_token_prob must be >= 0 and sum to at most 1, "
+                "data.masking.mask_token_prob and data.masking.random_token_prob must be >= 0 and sum to at most 1, "
                 f"got {self.mask_token_prob} and {self.random_token_prob}"
             )
 

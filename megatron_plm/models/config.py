@@ -13,6 +13,13 @@ if TYPE_CHECKING:
     from megatron_plm.runtime import ParallelConfig
 
 
+def layer_parameters(hidden_size: int, ffn_hidden_size: int) -> int:
+    """Parameters of one transformer layer: two LayerNorms (2h each), fused QKV (3h^2 + 3h), output
+    projection (h^2 + h) and MLP (2hf + f + h). 12h^2 + 13h at the default f = 4h."""
+    h, f = hidden_size, ffn_hidden_size
+    return 4 * h + 3 * h * h + 3 * h + h * h + h + 2 * h * f + f + h
+
+
 @dataclass(kw_only=True)
 class ModelConfig:
     """Shape of the transformer body shared by the CLM and MLM objectives."""
@@ -48,6 +55,14 @@ class ModelConfig:
     token_dropout: bool = False
     """MLM: ESM-2's token dropout -- ``<mask>`` embeddings are zeroed and the rest rescaled by
     (1 - 0.15 x 0.8) / (1 - observed mask ratio). ESM-2's published models use it."""
+
+    @property
+    def ffn_size(self) -> int:
+        """The MLP width in effect: ``ffn_hidden_size``, or 4 x ``hidden_size``."""
+        return self.ffn_hidden_size or 4 * self.hidden_size
+
+    def layer_parameters(self) -> int:
+        return layer_parameters(self.hidden_size, self.ffn_size)
 
     def validate(self) -> None:
         for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
@@ -95,7 +110,7 @@ class ModelConfig:
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
             num_attention_heads=self.num_attention_heads,
-            ffn_hidden_size=self.ffn_hidden_size or 4 * self.hidden_size,
+            ffn_hidden_size=self.ffn_size,
             layernorm_epsilon=self.layernorm_epsilon,
             hidden_dropout=self.hidden_dropout,
             attention_dropout=self.attention_dropout,

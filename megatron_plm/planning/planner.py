@@ -49,8 +49,7 @@ USABLE_MEMORY = 0.9
 def flops_per_token(config: TrainConfig) -> float:
     """Training FLOPs per token: 6 x non-embedding parameters (matmuls) plus attention scores (12 L h s)."""
     m = config.model
-    ffn = m.ffn_hidden_size or 4 * m.hidden_size
-    return 6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * ffn) + 12 * m.num_layers * m.hidden_size * config.data.seq_length
+    return 6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_size) + 12 * m.num_layers * m.hidden_size * config.data.seq_length
 
 
 def accelerator_of(device_name: str) -> Accelerator | None:
@@ -87,10 +86,8 @@ class ParameterCount:
 
 def count_parameters(config: TrainConfig) -> ParameterCount:
     m = config.model
-    h, f = m.hidden_size, m.ffn_hidden_size or 4 * m.hidden_size
-    vocab = m.padded_vocab_size()
-    # Two LayerNorms (2h each), fused QKV (3h^2 + 3h), projection (h^2 + h), MLP (2hf + f + h).
-    per_layer = 4 * h + 3 * h * h + 3 * h + h * h + h + 2 * h * f + f + h
+    h, vocab = m.hidden_size, m.padded_vocab_size()
+    per_layer = m.layer_parameters()
     head = vocab * h if config.objective == "clm" else h * h + h + 2 * h + vocab  # MLM: dense, LN, bias (tied)
     return ParameterCount(per_layer=per_layer, layers=m.num_layers, embedding=vocab * h, head=head, final_norm=2 * h)
 

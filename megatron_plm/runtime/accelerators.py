@@ -31,11 +31,6 @@ class Accelerators:
     fp8_capable_gpu: bool
     """A GPU with compute capability >= 8.9 (Ada/Hopper/Blackwell) is present."""
 
-    def describe(self) -> str:
-        te = self.transformer_engine or "not installed"
-        apex = "installed" if self.apex else "not installed"
-        return f"Transformer Engine: {te}; apex: {apex}; CUDA devices: {self.cuda_devices}"
-
 
 def _has_nvidia_apex() -> bool:
     # NVIDIA apex provides apex.normalization; the unrelated PyPI 'apex' does not.

@@ -43,6 +43,20 @@ class ParallelConfig:
     def model_parallel_size(self) -> int:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
 
+    def check_supported(self) -> None:
+        """The trainer builds one model chunk per rank and gives every rank whole sequences, so
+        interleaved pipeline stages and context parallelism are refused rather than ignored."""
+        if self.virtual_pipeline_model_parallel_size not in (None, 1):
+            raise ValueError(
+                "parallel.virtual_pipeline_model_parallel_size is not supported (the trainer builds one model "
+                f"chunk per pipeline stage), got {self.virtual_pipeline_model_parallel_size}; set it to null"
+            )
+        if self.context_parallel_size != 1:
+            raise ValueError(
+                "parallel.context_parallel_size is not supported (nothing splits sequences across ranks), "
+                f"got {self.context_parallel_size}; set it to 1"
+            )
+
     def validate(self, world_size: int) -> None:
         for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
             value = getattr(self, name)
@@ -54,6 +68,7 @@ class ParallelConfig:
                 f"pipeline ({self.pipeline_model_parallel_size}) x context ({self.context_parallel_size}) parallel "
                 f"sizes = {self.model_parallel_size()}; change parallel.* or the number of processes"
             )
+        self.check_supported()
         if self.virtual_pipeline_model_parallel_size is not None and self.pipeline_model_parallel_size < 2:
             raise ValueError(
                 "parallel.virtual_pipeline_model_parallel_size needs parallel.pipeline_model_parallel_size >= 2; "

@@ -6,8 +6,7 @@ C = 6 N D throughout (N non-embedding parameters, D tokens), as the study and Me
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -72,11 +71,3 @@ def load_law(source: str, objective: str):
     if all(k in data for k in ("kN", "a", "kD", "b")) and data.get("kN") is not None:
         return AllocationLaw(kN=data["kN"], a=data["a"], kD=data["kD"], b=data["b"])
     return ParametricLaw(**{k: data[k] for k in ("E", "A", "B", "alpha", "beta")})
-
-
-def law_to_dict(law) -> dict:
-    return asdict(law)
-
-
-def isfinite_law(law: ParametricLaw) -> bool:
-    return all(math.isfinite(v) for v in asdict(law).values())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from megatron_plm.models.config import layer_parameters
 from megatron_plm.scaling.laws import AllocationLaw, ParametricLaw
 
 TOKENS_PER_STEP = 1024 * 1024  # the study's ~1M-token batches: 1,024 sequences of 1,024
@@ -21,8 +22,7 @@ class Shape:
 
     @property
     def non_embedding_parameters(self) -> int:
-        h = self.hidden_size
-        return self.num_layers * (12 * h * h + 13 * h)
+        return self.num_layers * layer_parameters(self.hidden_size, 4 * self.hidden_size)
 
 
 def nearest_shape(target: float, *, aspect: float = 100.0, tolerance: float = 0.02) -> Shape:
@@ -33,7 +33,7 @@ def nearest_shape(target: float, *, aspect: float = 100.0, tolerance: float = 0.
     for hidden in range(64, 16385, 64):
         if hidden >= 2048 and hidden % 128:
             continue
-        per_layer = 12 * hidden * hidden + 13 * hidden
+        per_layer = layer_parameters(hidden, 4 * hidden)
         for layers in {max(1, math.floor(target / per_layer)), max(1, math.ceil(target / per_layer))}:
             shapes.append(Shape(layers, hidden, hidden // (64 if hidden < 2048 else 128)))
 

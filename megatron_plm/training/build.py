@@ -146,6 +146,15 @@ def precision_settings(precision: str, runtime: Runtime, fp8=None, *,
     return torch.bfloat16, fp8.transformer_config_kwargs(), "te"
 
 
+def build_run(config, runtime: Runtime, *, allow_cpu_bf16: bool = False) -> TrainingState:
+    """The model, optimizer and LR schedule of a run config (a :class:`~megatron_plm.config.TrainConfig`),
+    as ``megatron-plm train`` builds them; benchmarks and tests call this too."""
+    t = config.training
+    return build_training_state(config.model, config.optimizer, runtime, objective=config.objective,
+                                precision=t.precision, train_iters=t.train_iters, fp8=config.fp8,
+                                allow_cpu_bf16=allow_cpu_bf16)  # fmt: skip
+
+
 def build_training_state(
     model_cfg: ModelConfig,
     optim_cfg: OptimizerConfig,

@@ -96,14 +96,27 @@ def train_step(state: TrainingState, microbatches: Iterable[Batch], runtime: Run
     state.optimizer.zero_grad()
     reports = _forward_backward(state, microbatches, forward_only=False)
     loss, tokens = reduce_loss_reports(reports, runtime)
-    found_inf = state.optimizer.prepare_grads()  # main grads ready: the norm below is this step's
-    grad_norm = float(state.optimizer.get_grad_norm())
-    if found_inf or not math.isfinite(loss) or not math.isfinite(grad_norm):
-        state.optimizer.zero_grad()
-        return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=True)
-    success, clipped_norm, _ = state.optimizer.step()
-    return StepResult(loss=loss, tokens=tokens, grad_norm=clipped_norm if clipped_norm is not None else grad_norm,
-                      skipped=not success)  # fmt: skip
+    found_inf, grad_norm = optimizer_step(state.optimizer, finite=math.isfinite(loss))
+    return StepResult(loss=loss, tokens=tokens, grad_norm=grad_norm, skipped=found_inf)
+
+
+@torch.no_grad()
+def optimizer_step(optimizer, *, finite: bool = True) -> tuple[bool, float]:
+    """megatron-core's ``optimizer.step()`` from its pieces, with one gradient-norm all-reduce: the
+    norm that decides whether to skip is the norm that clips. Returns ``(skipped, grad norm)``."""
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    found_inf = optimizer.prepare_grads()  # main grads ready, inf/nan checked (mixed precision)
+    grad_norm = float(optimizer.get_grad_norm())
+    if found_inf or not finite or not math.isfinite(grad_norm):
+        optimizer.zero_grad()
+        return True, grad_norm
+    for part in getattr(optimizer, "chained_optimizers", [optimizer]):
+        params = part.get_parameters()
+        if part.config.clip_grad > 0 and params and not getattr(part, "is_stub_optimizer", False):
+            clip_grad_by_total_norm_fp32(params, max_norm=part.config.clip_grad, total_norm=grad_norm,
+                                         use_decoupled_grad=part.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)  # fmt: skip
+    return not optimizer.step_with_ready_grads(), grad_norm
 
 
 @torch.no_grad()

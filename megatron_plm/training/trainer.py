@@ -1,30 +1,33 @@
 """The training loop: ``megatron-plm train --config FILE [dotted.key=value ...]``.
 
-Top to bottom: runtime -> model, optimizer, LR schedule -> resume (or CLM -> MLM body
-transfer) -> datasets and the batch loader at the consumed-sample count -> steps (log,
-validate, checkpoint) -> final validation and checkpoint.
+Top to bottom: model, optimizer, LR schedule (``build``) -> resume or ``init_from`` (``restore``)
+-> datasets and the batch loader at the consumed-sample count -> steps (log and ``metrics``,
+``validation``, checkpoint; stop on a signal, ``preemption``) -> final validation and checkpoint.
+The compute ledger (``ledger``) counts tokens and FLOPs per phase.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from megatron_plm.config import TrainConfig
 from megatron_plm.data.builder import DataBuilder, epochs_per_source
 from megatron_plm.data.loader import BatchLoader
 from megatron_plm.data.splits import Split
-from megatron_plm.data.subword import load_tokenizer
 from megatron_plm.runtime import Runtime
-from megatron_plm.training.build import build_training_state
-from megatron_plm.training.step import evaluate, train_step
+from megatron_plm.training.build import TrainingState, build_run
+from megatron_plm.training.ledger import ComputeLedger
+from megatron_plm.training.metrics import Progress, RunLog
+from megatron_plm.training.preemption import StopSignals
+from megatron_plm.training.restore import restore
+from megatron_plm.training.step import train_step
+from megatron_plm.training.validation import Validator
 
 
 class TrainingStopped(RuntimeError):
@@ -44,53 +47,10 @@ class TrainResult:
     """Tensors loaded by ``checkpoint.init_from``."""
     compute: list[dict] = field(default_factory=list)
     """Tokens and FLOPs per training phase: earlier runs this one started from, then this one."""
-
-
-class _Logger:
-    def __init__(self, config: TrainConfig, runtime: Runtime):
-        self.main = runtime.is_main_process
-        self.writer = None
-        if self.main and config.logging.tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise ValueError(
-                    "logging.tensorboard_dir is set but the tensorboard package is missing: pip install tensorboard"
-                ) from error
-            self.writer = SummaryWriter(config.logging.tensorboard_dir)
-        self.metrics = None
-        if self.main and config.logging.metrics_file:
-            Path(config.logging.metrics_file).parent.mkdir(parents=True, exist_ok=True)
-            self.metrics = open(config.logging.metrics_file, "a")
-        self.wandb = None
-        if self.main and config.logging.wandb_project:
-            import wandb  # optional; the config asked for it
-
-            self.wandb = wandb.init(project=config.logging.wandb_project, name=config.name, config=config.to_dict())
-
-    def say(self, text: str) -> None:
-        if self.main:
-            print(text, flush=True)
-
-    def record(self, kind: str, entry: dict) -> None:
-        if self.metrics is not None:
-            self.metrics.write(json.dumps({"kind": kind, **entry}) + "\n")
-            self.metrics.flush()
-
-    def scalars(self, step: int, values: dict) -> None:
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-        if self.wandb is not None:
-            self.wandb.log(values, step=step)
-
-    def close(self) -> None:
-        if self.metrics is not None:
-            self.metrics.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+    stopped_by: str | None = None
+    """The signal that stopped this launch after a save (the run continues on relaunch)."""
+    already_done: bool = False
+    """The checkpoint was already at ``training.train_iters``: nothing was trained or saved."""
 
 
 def _check_outputs(config: TrainConfig) -> None:
@@ -98,11 +58,12 @@ def _check_outputs(config: TrainConfig) -> None:
     only after training had finished)."""
     from megatron_plm.checkpoint.training import check_writable
 
-    metrics = config.logging.metrics_file
-    if metrics and Path(metrics).is_dir():
+    metrics = config.metrics_path()
+    if metrics and metrics.is_dir():
         raise ValueError(f"logging.metrics_file={metrics} is a directory; give a file name")
-    outputs = {"checkpoint.save": config.checkpoint.save, "logging.tensorboard_dir": config.logging.tensorboard_dir,
-               "logging.metrics_file": metrics and Path(metrics).parent}  # fmt: skip
+    outputs = {"checkpoint.save": config.checkpoint.save, "logging.run_dir": config.run_dir(),
+               "logging.tensorboard_dir": config.logging.tensorboard_dir,
+               "logging.metrics_file": metrics and metrics.parent}  # fmt: skip
     for name, directory in outputs.items():
         if directory:
             check_writable(directory, name)
@@ -132,176 +93,145 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
         )
 
 
-def supervised_residues(dataset, num_samples: int, tokenizer) -> int:
-    """Residues under the supervised labels of the first ``num_samples`` samples (framing tokens count
-    one): the denominator of per-residue loss. Every rank computes it over all the samples."""
-    from megatron_plm.data.subword import token_residues
-
-    per_token = token_residues(tokenizer)
-    total = 0
-    for index in range(num_samples):
-        sample = dataset[index]
-        total += int((per_token[np.asarray(sample["labels"])] * (np.asarray(sample["loss_mask"]) > 0)).sum())
-    return total
-
-
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
-    from megatron_plm.checkpoint.training import (
-        compute_phases,
-        latest_checkpoint,
-        load_checkpoint,
-        load_model_tensors,
-        resume_directory,
-        save_checkpoint,
-        saved_run_config,
-    )
-
     t, ckpt = config.training, config.checkpoint
     if runtime.is_main_process:
         _check_outputs(config)
     _check_memory(config, runtime)
-    log = _Logger(config, runtime)
-    tokenizer = load_tokenizer(config.data.tokenizer)
-    config.model.vocab_size = tokenizer.vocab_size
-    state = build_training_state(
-        config.model, config.optimizer, runtime, objective=config.objective,
-        precision=t.precision, train_iters=t.train_iters, fp8=config.fp8,
-    )  # fmt: skip
-    result = TrainResult(iterations=0, consumed_samples=0)
+    log = RunLog(config, runtime)
+    state = build_run(config, runtime)
+    start = restore(config, state, log.say)
+    result = TrainResult(iterations=start.iteration, consumed_samples=start.consumed_samples,
+                         transferred=start.transferred)  # fmt: skip
+    if start.finished:
+        log.say(f"{config.name} is already at step {start.iteration} (training.train_iters={t.train_iters}): "
+                "nothing to train; raise training.train_iters to continue")  # fmt: skip
+        result.already_done = True
+        log.close()
+        return result
+    log.start_at(start.iteration)
+    ledger = ComputeLedger(config, runtime, start.compute)
+    result.compute = ledger.phases
 
-    # ---- resume, or start from another run's weights -------------------------------------------
-    resume_from = resume_directory(ckpt.load, ckpt.save)
-    if resume_from is not None:
-        saved = saved_run_config(resume_from)
-        if saved["model"] != config.to_dict()["model"] or saved["objective"] != config.objective:
-            raise ValueError(f"{resume_from} holds a different model or objective; point checkpoint.save elsewhere")
-        resumed = load_checkpoint(resume_from, state)
-        result.iterations, result.consumed_samples = resumed.iteration, resumed.consumed_samples
-        result.compute = resumed.compute
-        log.say(f"resumed from {resume_from} at step {resumed.iteration} ({resumed.consumed_samples:,} samples)")
-    elif ckpt.init_from:
-        source = latest_checkpoint(ckpt.init_from) or Path(ckpt.init_from)
-        saved = saved_run_config(source)
-        body_only = saved is not None and saved["objective"] != config.objective
-        result.compute = compute_phases(source)
-        result.transferred = load_model_tensors(source, state.unwrapped()[0], body_only=body_only)
-        log.say(f"initialised {'the body ' if body_only else ''}from {source}: {len(result.transferred)} tensors "
-                f"({', '.join(result.transferred[:4])}{', ...' if len(result.transferred) > 4 else ''})")  # fmt: skip
-
-    from megatron_plm.planning.planner import flops_per_token as count_flops_per_token
-    from megatron_plm.planning.planner import peak_flops
-
-    flops_per_token = count_flops_per_token(config)
-    peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device.type == "cuda" else None
-    if not result.compute or result.compute[-1]["name"] != config.name:
-        result.compute.append({"name": config.name, "objective": config.objective, "tokens": 0, "flops": 0.0})
-    phase = result.compute[-1]
-
-    # ---- data -------------------------------------------------------------------------------------
-    builder = DataBuilder(config.data, tokenizer)
-    train_data = builder.build(Split.TRAIN, t.train_iters * t.global_batch_size)
-    valid_data = builder.build(Split.VALID, t.eval_iters * t.global_batch_size)
-    causal = config.objective == "clm"
+    train_data, valid_data = build_datasets(config)
+    validator = Validator(config, state, valid_data, runtime)
     loader = BatchLoader(train_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
-                         runtime.data_parallel_size, causal=causal, consumed_samples=result.consumed_samples)  # fmt: skip
-
-    subword = config.data.tokenizer is not None
-    valid_residues: list[int] = []
+                         runtime.data_parallel_size, causal=config.objective == "clm",
+                         consumed_samples=start.consumed_samples)  # fmt: skip
 
     def validate(step: int) -> None:
-        valid = BatchLoader(valid_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
-                            runtime.data_parallel_size, causal=causal)  # fmt: skip
-        loss, tokens = evaluate(state, [valid.next_step() for _ in range(t.eval_iters)], runtime)
-        entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
-        line = f"validation at step {step}: loss {loss:.4f}, perplexity {math.exp(loss):.2f} ({tokens:,} tokens)"
-        if subword:  # per residue too, so runs with different vocabularies compare (residues = tokens otherwise)
-            if not valid_residues:
-                valid_residues.append(supervised_residues(valid_data, t.eval_iters * t.global_batch_size, tokenizer))
-            per_residue = loss * tokens / valid_residues[0]
-            entry.update(loss_per_residue=per_residue, perplexity_per_residue=math.exp(per_residue),
-                         residues=valid_residues[0])  # fmt: skip
-            line += f"; per residue: loss {per_residue:.4f}, perplexity {math.exp(per_residue):.2f} " \
-                    f"({valid_residues[0]:,} residues)"
-        result.validation.append(entry)
-        log.record("validation", entry)
-        log.say(line)
-        log.scalars(step, {"valid/loss": loss, "valid/perplexity": math.exp(loss)})
+        result.validation.append(validator(step))
+        log.validation({**result.validation[-1], "tokens_seen": loader.consumed_samples * config.data.seq_length})
 
     def save(step: int) -> None:
-        result.checkpoint = save_checkpoint(ckpt.save, iteration=step, consumed_samples=loader.consumed_samples,
-                                            state=state, config=config.to_dict(), keep_last=ckpt.keep_last,
-                                            compute=result.compute)  # fmt: skip
+        result.checkpoint = save_run(config, state, step, loader.consumed_samples, ledger.phases)
         log.say(f"saved checkpoint {result.checkpoint}")
 
-    # ---- steps ------------------------------------------------------------------------------------
-    p = runtime.parallel
-    log.say(
-        f"{config.name}: {config.objective.upper()} {config.model.num_layers} layers x {config.model.hidden_size}, "
-        f"steps {result.iterations + 1}..{t.train_iters}, global batch {t.global_batch_size} x "
-        f"{config.data.seq_length} tokens; TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
-        f"x DP {runtime.data_parallel_size} on {runtime.device.type}"
-    )
-    skipped_in_a_row = 0
-    tokens_per_step = t.global_batch_size * config.data.seq_length
-    for step in range(result.iterations + 1, t.train_iters + 1):
-        started = time.perf_counter()
-        microbatches = [batch.to(runtime.device) for batch in loader.next_step()]
-        outcome = train_step(state, microbatches, runtime)
-        if outcome.skipped:
-            skipped_in_a_row += 1
-            log.say(f"step {step}: non-finite loss ({outcome.loss}); update skipped")
-            if skipped_in_a_row >= t.max_skipped_steps:
-                raise TrainingStopped(
-                    f"{skipped_in_a_row} consecutive steps with a non-finite loss (last at step {step}); "
-                    "stopped without saving. Lower optimizer.lr or check the data."
-                )
-        else:
-            skipped_in_a_row = 0
-            state.scheduler.step(increment=1)
-        elapsed = time.perf_counter() - started
-        phase["tokens"] += tokens_per_step
-        phase["flops"] += flops_per_token * tokens_per_step
-        lr = state.optimizer.param_groups[0]["lr"]
-        entry = {"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
-                 "tokens": outcome.tokens, "skipped": outcome.skipped, "seconds": elapsed}  # fmt: skip
-        result.history.append(entry)
-        log.record("train", entry)
-        result.iterations, result.consumed_samples = step, loader.consumed_samples
-        if step % config.logging.log_interval == 0 or step == t.train_iters:
-            processed = t.global_batch_size * config.data.seq_length
-            line = (f"step {step:>6} | loss {outcome.loss:.4f} | ppl {math.exp(min(outcome.loss, 50)):.2f} | "
-                    f"lr {lr:.3e} | grad norm {outcome.grad_norm or float('nan'):.3f} | "
-                    f"{processed / elapsed:,.0f} tokens/s | samples {loader.consumed_samples:,}")  # fmt: skip
-            scalars = {"train/loss": outcome.loss, "train/lr": lr, "train/tokens_per_s": processed / elapsed}
-            if runtime.device.type == "cuda":
-                tflops = flops_per_token * processed / elapsed / runtime.world_size / 1e12
-                line += f" | {tflops:.1f} TFLOP/s/GPU" + (f" | MFU {tflops * 1e12 / peak:.1%}" if peak else "")
-                scalars["train/tflops_per_gpu"] = tflops
-            epochs = epochs_per_source(train_data, loader.consumed_samples)
-            line += " | epochs " + ", ".join(f"{Path(name).name} {value:.3f}" for name, value in epochs.items())
-            log.say(line)
-            log.scalars(step, scalars)
-        if t.eval_interval and step % t.eval_interval == 0 and step != t.train_iters:
-            validate(step)
-        if t.exit_interval and step % t.exit_interval == 0 and step != t.train_iters:
-            if ckpt.save:
+    log.say(describe_run(config, runtime, start.iteration + 1))
+    progress, skipped_in_a_row = Progress(start.iteration + 1, t.train_iters), 0
+    with StopSignals(runtime, t.exit_signal) as signals:
+        for step in range(start.iteration + 1, t.train_iters + 1):
+            started = time.perf_counter()
+            outcome = train_step(state, [b.to(runtime.device) for b in loader.next_step()], runtime)
+            skipped_in_a_row = check_skipped(outcome, step, skipped_in_a_row + 1 if outcome.skipped else 0, t, log)
+            if not outcome.skipped:
+                state.scheduler.step(increment=1)
+            entry = step_entry(config, state, step, outcome, time.perf_counter() - started, loader.consumed_samples)
+            ledger.add(t.global_batch_size * config.data.seq_length)
+            result.history.append(entry)
+            result.iterations, result.consumed_samples = step, loader.consumed_samples
+            show = step % config.logging.log_interval == 0 or step == t.train_iters
+            log.train(entry, step_line(entry, ledger, train_data) + " | " + progress.describe(step) if show else None)
+            if step == t.train_iters:
+                break
+            if t.eval_interval and step % t.eval_interval == 0:
+                validate(step)
+            stop = stop_reason(step, t, signals)
+            if ckpt.save and (stop or (ckpt.save_interval and step % ckpt.save_interval == 0)):
                 save(step)
-            log.say(f"stopping at step {step} (training.exit_interval); relaunch to resume")
-            log.close()
-            return result
-        if ckpt.save and ckpt.save_interval and step % ckpt.save_interval == 0 and step != t.train_iters:
-            save(step)
+            if stop:
+                result.stopped_by = signals.name() if stop.startswith("on ") else None
+                log.say(f"stopping after step {step} {stop}; " + ("relaunch to resume" if ckpt.save else
+                        "no checkpoint.save, so these steps are not kept"))  # fmt: skip
+                break
+    if result.iterations < t.train_iters:
+        log.close()
+        return result
 
     validate(result.iterations)
     if ckpt.save:
         save(result.iterations)
-    total_flops = sum(p["flops"] for p in result.compute) or 1.0
-    log.say("compute: " + "; ".join(
-        f"{p['name']} ({p['objective']}) {p['tokens']:,} tokens, {p['flops']:.3g} FLOPs = {p['flops'] / total_flops:.0%}"
-        for p in result.compute))  # fmt: skip
-    final = result.validation[-1]
+    log.say(ledger.summary())
     log.say(f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
-            f"validation perplexity {final['perplexity']:.2f}"
+            f"validation perplexity {result.validation[-1]['perplexity']:.2f}"
             + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))  # fmt: skip
     log.close()
     return result
+
+
+def build_datasets(config: TrainConfig):
+    """The train split sized for ``train_iters`` global batches, and the valid split for one validation."""
+    t = config.training
+    builder = DataBuilder(config.data)
+    return (builder.build(Split.TRAIN, t.train_iters * t.global_batch_size),
+            builder.build(Split.VALID, t.eval_iters * t.global_batch_size))  # fmt: skip
+
+
+def check_skipped(outcome, step: int, in_a_row: int, t, log: RunLog) -> int:
+    """Report a skipped update; stop the run (no checkpoint) after ``training.max_skipped_steps`` in a row."""
+    if outcome.skipped:
+        log.say(f"step {step}: non-finite loss ({outcome.loss}); update skipped")
+        if in_a_row >= t.max_skipped_steps:
+            raise TrainingStopped(
+                f"{in_a_row} consecutive steps with a non-finite loss (last at step {step}); "
+                "stopped without saving. Lower optimizer.lr or check the data."
+            )
+    return in_a_row
+
+
+def stop_reason(step: int, t, signals: StopSignals) -> str | None:
+    """Why this launch stops after ``step`` (before ``train_iters``), or None. Collective (the signal check)."""
+    if signals.agreed():
+        return f"on {signals.name()}"
+    if t.exit_interval and step % t.exit_interval == 0:
+        return "(training.exit_interval)"
+    return None
+
+
+def save_run(config: TrainConfig, state: TrainingState, step: int, consumed_samples: int, phases: list[dict]) -> Path:
+    """Collective: a checkpoint of this run at ``step`` under ``checkpoint.save``."""
+    from megatron_plm.checkpoint.training import save_checkpoint
+
+    return save_checkpoint(config.checkpoint.save, iteration=step, consumed_samples=consumed_samples, state=state,
+                           config=config.to_dict(), keep_last=config.checkpoint.keep_last, compute=phases)  # fmt: skip
+
+
+def describe_run(config: TrainConfig, runtime: Runtime, first_step: int) -> str:
+    p, t = runtime.parallel, config.training
+    return (
+        f"{config.name}: {config.objective.upper()} {config.model.num_layers} layers x {config.model.hidden_size}, "
+        f"steps {first_step}..{t.train_iters}, global batch {t.global_batch_size} x "
+        f"{config.data.seq_length} tokens; TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
+        f"x DP {runtime.data_parallel_size} on {runtime.device.type}"
+    )
+
+
+def step_entry(config: TrainConfig, state: TrainingState, step: int, outcome, seconds: float,
+               consumed_samples: int) -> dict:  # fmt: skip
+    """The metrics record of one step (``tokens`` are supervised tokens; ``tokens_seen`` all tokens so far)."""
+    processed = config.training.global_batch_size * config.data.seq_length
+    return {"step": step, "loss": outcome.loss, "perplexity": math.exp(min(outcome.loss, 50)),
+            "lr": state.optimizer.param_groups[0]["lr"], "grad_norm": outcome.grad_norm, "tokens": outcome.tokens,
+            "skipped": outcome.skipped, "seconds": seconds, "tokens_per_s": processed / seconds,
+            "samples": consumed_samples, "tokens_seen": consumed_samples * config.data.seq_length}  # fmt: skip
+
+
+def step_line(entry: dict, ledger: ComputeLedger, train_data) -> str:
+    line = (f"step {entry['step']:>6} | loss {entry['loss']:.4f} | ppl {entry['perplexity']:.2f} | "
+            f"lr {entry['lr']:.3e} | grad norm {entry['grad_norm'] or float('nan'):.3f} | "
+            f"{entry['tokens_per_s']:,.0f} tokens/s | samples {entry['samples']:,}")  # fmt: skip
+    rates = ledger.rates(entry["tokens_per_s"])
+    if "tflops_per_gpu" in rates:
+        line += f" | {rates['tflops_per_gpu']:.1f} TFLOP/s/GPU" + (f" | MFU {rates['mfu']:.1%}" if "mfu" in rates else "")
+    epochs = epochs_per_source(train_data, entry["samples"])
+    return line + " | epochs " + ", ".join(f"{Path(name).name} {value:.3f}" for name, value in epochs.items())

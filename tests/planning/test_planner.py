@@ -15,12 +15,10 @@ RECIPES = REPO / "examples/configs/recipes"
 
 @pytest.mark.parametrize("recipe, target", [("clm_7b", 7.2e9), ("mlm_10b", 10.7e9), ("clm_1b", 1.2089e9)])
 def test_flagship_recipes_have_the_papers_sizes_on_the_meta_device(recipe, target):
-    from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.runtime import ParallelConfig, initialize
     from megatron_plm.training.build import build_model_chunk
 
     config = load_config(RECIPES / f"{recipe}.yaml")
-    config.model.vocab_size = ProteinTokenizer().vocab_size
     with initialize(ParallelConfig()) as runtime, torch.device("meta"):
         chunk = build_model_chunk(config.model, runtime, objective=config.objective)
     built = sum(p.numel() for p in chunk.parameters())
@@ -60,17 +58,16 @@ from megatron_plm.data.loader import BatchLoader
 from megatron_plm.data.splits import Split
 from megatron_plm.planning.planner import make_plan
 from megatron_plm.runtime import initialize
-from megatron_plm.training.build import build_training_state
+from megatron_plm.training.build import build_run
 from megatron_plm.training.step import train_step
 if __name__ == "__main__":
-    config = load_config(sys.argv[1], sys.argv[2:])
-    config.model.vocab_size = 35
+    config = load_config(sys.argv[1], sys.argv[2:] + ["training.train_iters=3"])
     with initialize(config.parallel) as runtime:
         data = DataBuilder(config.data).build(Split.TRAIN, 64)
         loader = BatchLoader(data, 8, 8, 0, 1, causal=True)
         batches = [loader.next_step() for _ in range(3)]
         base = psutil.Process().memory_info().rss
-        state = build_training_state(config.model, config.optimizer, runtime, objective="clm", train_iters=3)
+        state = build_run(config, runtime)
         for microbatches in batches:
             train_step(state, microbatches, runtime)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,152 @@
+"""What a run tells its user: log lines (with elapsed time and ETA), ``metrics.jsonl`` and the
+resolved ``config.yaml`` in the run directory, and optional TensorBoard / Weights & Biases.
+
+Only the main rank writes. ``metrics.jsonl`` holds one JSON object per line, ``{"kind": "train" |
+"validation", "step": ..., ...}``; when a run resumes at step N the entries after N (written by a
+launch that died before its next checkpoint) are dropped, so every step appears once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from megatron_plm.config import TrainConfig
+from megatron_plm.runtime import Runtime
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The entries of a ``metrics.jsonl`` (a run directory is accepted too)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    entries = []
+    with open(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from error
+    return entries
+
+
+def keep_through(path: Path, step: int) -> int:
+    """Drop the entries after ``step`` from a metrics file; returns how many were dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        staging = path.with_name(path.name + f".tmp-{os.getpid()}")
+        staging.write_text("".join(kept))
+        os.replace(staging, path)
+    return len(lines) - len(kept)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class Progress:
+    """Elapsed time of this launch and the ETA to ``train_iters`` from its mean step time."""
+
+    def __init__(self, first_step: int, last_step: int):
+        self.started = time.monotonic()
+        self.first_step, self.last_step = first_step, last_step
+
+    def describe(self, step: int) -> str:
+        elapsed = time.monotonic() - self.started
+        done = step - self.first_step + 1
+        eta = elapsed / done * (self.last_step - step) if done > 0 else float("nan")
+        return f"elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}"
+
+
+class RunLog:
+    """Log lines on the main rank, the run directory's files, and the optional trackers."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime):
+        self.main = runtime.is_main_process
+        self.metrics_path = config.metrics_path() if self.main else None
+        self.metrics = None
+        self.writer = None
+        self.wandb = None
+        if not self.main:
+            return
+        run_dir = config.run_dir()
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        if config.logging.tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ValueError(
+                    "logging.tensorboard_dir is set but the tensorboard package is missing: "
+                    "pip install 'megatron-plm[tensorboard]'"
+                ) from error
+            self.writer = SummaryWriter(config.logging.tensorboard_dir)
+        if config.logging.wandb_project:
+            import wandb  # optional; the config asked for it
+
+            self.wandb = wandb.init(project=config.logging.wandb_project, name=config.name, config=config.to_dict())
+
+    def start_at(self, step: int) -> None:
+        """Open the metrics file for a launch that starts after ``step`` (0: a fresh run)."""
+        if self.metrics_path is None:
+            return
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        dropped = keep_through(self.metrics_path, step)
+        if dropped:
+            self.say(f"{self.metrics_path}: dropped {dropped} entries after step {step} (their steps run again)")
+        self.metrics = open(self.metrics_path, "a")
+
+    def say(self, text: str) -> None:
+        if self.main:
+            print(text, flush=True)
+
+    def record(self, kind: str, entry: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(json.dumps({"kind": kind, **entry}) + "\n")
+            self.metrics.flush()
+
+    def train(self, entry: dict, line: str | None = None) -> None:
+        """One training step: always to the metrics file; to the log and trackers when ``line`` is given."""
+        self.record("train", entry)
+        if line is not None:
+            self.say(line)
+            self.scalars(entry["step"], {"train/loss": entry["loss"], "train/lr": entry["lr"],
+                                         "train/tokens_per_s": entry["tokens_per_s"]})  # fmt: skip
+
+    def validation(self, entry: dict) -> None:
+        self.record("validation", entry)
+        line = (f"validation at step {entry['step']}: loss {entry['loss']:.4f}, perplexity {entry['perplexity']:.2f} "
+                f"({entry['tokens']:,} tokens)")  # fmt: skip
+        if "residues" in entry:  # a subword run: per residue as well
+            line += (f"; per residue: loss {entry['loss_per_residue']:.4f}, perplexity "
+                     f"{entry['perplexity_per_residue']:.2f} ({entry['residues']:,} residues)")  # fmt: skip
+        self.say(line)
+        self.scalars(entry["step"], {"valid/loss": entry["loss"], "valid/perplexity": entry["perplexity"]})
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.writer is not None:
+            self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,141 @@
+"""Where a run starts: its own latest checkpoint (resume), another run's weights (``init_from``), or nothing.
+
+Resuming compares the resolved config with the checkpoint's and prints every field that changed.
+Three kinds of field, one rule each:
+
+- *immutable* (:data:`IMMUTABLE`): the model's shape, the objective and the data fields that shape
+  the sample order. A change is an error naming the field: the weights or the consumed-sample
+  count would no longer mean what they meant.
+- *schedule* (:data:`SCHEDULE`): ``checkpoint.resume_schedule`` decides. ``config`` (default)
+  rebuilds the LR schedule from this config and evaluates it at the resumed step, so a new
+  ``optimizer.lr`` or ``training.train_iters`` takes effect from the next step; ``checkpoint``
+  continues the saved schedule and ignores the config's values.
+- everything else (parallel layout, intervals, logging, ...) simply takes the new value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from megatron_plm.config import TrainConfig
+from megatron_plm.training.build import TrainingState
+
+IMMUTABLE = (
+    "objective",
+    "model.num_layers", "model.hidden_size", "model.num_attention_heads", "model.ffn_hidden_size",
+    "model.vocab_size", "model.make_vocab_size_divisible_by", "model.token_dropout",
+    "data.sources", "data.seq_length", "data.packed", "data.reverse_prob", "data.masking.mask_ratio",
+    "data.masking.mask_token_prob", "data.masking.random_token_prob", "data.cluster_sampling", "data.split_weights",
+    "data.split_by_cluster", "data.seed",
+)  # fmt: skip
+SCHEDULE = (
+    "training.train_iters", "optimizer.lr", "optimizer.min_lr", "optimizer.warmup_iters",
+    "optimizer.decay_style", "optimizer.weight_decay",
+)  # fmt: skip
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
+    """``(dotted field, checkpoint value, current value)`` for every field that differs; fields
+    the checkpoint's config lacks (added since) are not changes."""
+    before, after = _flatten(saved), _flatten(current)
+    return [(name, before[name], value) for name, value in after.items()
+            if name in before and before[name] != value]  # fmt: skip
+
+
+def check_resumable(changes: list[tuple[str, Any, Any]], directory: Path) -> None:
+    """Raise naming the first immutable field that changed."""
+    for name, old, new in changes:
+        if name in IMMUTABLE:
+            raise ValueError(
+                f"{name} changed since {directory} ({old!r} -> {new!r}): a run cannot resume with a different "
+                f"{name}. Restore it, or start a new run from these weights with checkpoint.init_from={directory} "
+                "and another checkpoint.save"
+            )
+
+
+@dataclass
+class Start:
+    """Where this launch begins."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+    compute: list[dict] = field(default_factory=list)
+    """Tokens and FLOPs of earlier phases (resume: this run's so far; init_from: the source run's)."""
+    transferred: list[str] = field(default_factory=list)
+    """Tensors loaded by ``checkpoint.init_from``."""
+    directory: Path | None = None
+    finished: bool = False
+    """The checkpoint is already at ``training.train_iters``; nothing was loaded."""
+
+
+def restore(config: TrainConfig, state: TrainingState, say: Callable[[str], None]) -> Start:
+    """Resume from ``checkpoint.load`` (default ``checkpoint.save``), else initialise from
+    ``checkpoint.init_from``, else start fresh."""
+    from megatron_plm.checkpoint.training import latest_checkpoint
+
+    ckpt = config.checkpoint
+    load_root = ckpt.load or ckpt.save
+    resume_from = latest_checkpoint(load_root) if load_root else None
+    if resume_from is not None:
+        return resume(config, state, resume_from, say)
+    if ckpt.init_from:
+        return init_from(config, state, ckpt.init_from, say)
+    return Start()
+
+
+def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Callable[[str], None]) -> Start:
+    import json
+
+    from megatron_plm.checkpoint.training import STATE_FILE, load_checkpoint, saved_run_config
+
+    changes = config_changes(saved_run_config(directory), config.to_dict())
+    check_resumable(changes, directory)
+    rule = config.checkpoint.resume_schedule
+    for name, old, new in changes:
+        note = ""
+        if name in SCHEDULE:
+            note = " (schedule: from this config)" if rule == "config" else " (ignored: checkpoint.resume_schedule=checkpoint)"
+        say(f"changed since {directory.name}: {name} {old!r} -> {new!r}{note}")
+    saved = json.loads((directory / STATE_FILE).read_text())
+    if saved["iteration"] >= config.training.train_iters:  # nothing to do: do not load the weights
+        return Start(iteration=saved["iteration"], consumed_samples=saved["consumed_samples"],
+                     compute=saved.get("compute", []), directory=directory, finished=True)  # fmt: skip
+    # megatron-core keeps each param group's max_lr/min_lr in the optimizer state, which the load restores.
+    bounds = [{k: g[k] for k in ("max_lr", "min_lr") if k in g} for g in state.optimizer.param_groups]
+    resumed = load_checkpoint(directory, state, restore_scheduler=rule == "checkpoint")
+    if rule == "config" and state.scheduler is not None:
+        # The freshly built schedule, advanced by the updates applied so far (skipped steps excluded).
+        for group, saved_bounds in zip(state.optimizer.param_groups, bounds):
+            group.update(saved_bounds)
+        applied = resumed.scheduler["num_steps"] if resumed.scheduler else resumed.iteration
+        state.scheduler.step(increment=applied)
+    say(f"resumed from {directory} at step {resumed.iteration} ({resumed.consumed_samples:,} samples); "
+        f"LR schedule from the {rule}")  # fmt: skip
+    return Start(iteration=resumed.iteration, consumed_samples=resumed.consumed_samples, compute=resumed.compute,
+                 directory=directory)  # fmt: skip
+
+
+def init_from(config: TrainConfig, state: TrainingState, source: str, say: Callable[[str], None]) -> Start:
+    """A new run from another run's weights; only the body when the objectives differ (CLM -> MLM)."""
+    from megatron_plm.checkpoint.training import compute_phases, latest_checkpoint, load_model_tensors, saved_run_config
+
+    directory = latest_checkpoint(source) or Path(source)
+    saved = saved_run_config(directory)
+    body_only = saved is not None and saved["objective"] != config.objective
+    transferred = load_model_tensors(directory, state.unwrapped()[0], body_only=body_only)
+    say(f"initialised {'the body ' if body_only else ''}from {directory}: {len(transferred)} tensors "
+        f"({', '.join(transferred[:4])}{', ...' if len(transferred) > 4 else ''})")  # fmt: skip
+    return Start(compute=compute_phases(directory), transferred=transferred, directory=directory)
