@@ -171,6 +171,7 @@ def test_checkpoints_of_te_runs_convert_and_score_without_te(runtime, trained, r
 
     from safetensors.torch import load_file
 
+    from megatron_plm.checkpoint.manifest import write_manifest
     from megatron_plm.evaluation.model import load_scoring_model
 
     relabelled = shutil.copytree(trained[objective], tmp_path / "te_run")
@@ -178,6 +179,7 @@ def test_checkpoints_of_te_runs_convert_and_score_without_te(runtime, trained, r
         saved = json.loads(state.read_text())
         saved["config"]["model"]["attention_backend"] = "te"
         state.write_text(json.dumps(saved))
+        write_manifest(state.parent)  # the checksums a TE run would have saved
     assert checkpoint_model(relabelled)[2].attention_backend == "te"
     original = load_file(export_hf(trained[objective], tmp_path / "hf", runtime) / "model.safetensors")
     converted = load_file(export_hf(relabelled, tmp_path / "hf_te", runtime) / "model.safetensors")

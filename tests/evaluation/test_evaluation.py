@@ -196,6 +196,7 @@ def test_checkpoints_trained_for_packed_attention_score_alike(runtime, trained, 
     rows split off as their own segments; the logits of real tokens equal the mask path's."""
     import json
 
+    from megatron_plm.checkpoint.manifest import write_manifest
     from megatron_plm.checkpoint.training import STATE_FILE, latest_checkpoint
 
     copy = tmp_path / objective
@@ -203,6 +204,7 @@ def test_checkpoints_trained_for_packed_attention_score_alike(runtime, trained, 
     state = json.loads((copy / STATE_FILE).read_text())
     state["config"]["model"]["attention_backend"] = "varlen"
     (copy / STATE_FILE).write_text(json.dumps(state))
+    write_manifest(copy)  # the checksums a varlen run would have saved
     masked, packed = load_scoring_model(trained[objective], runtime), load_scoring_model(copy, runtime)
     rows = [TOK.encode(r.sequence[: 30 + 10 * i]) for i, (_, r) in enumerate(zip(range(4), read_fasta(sample_fasta)))]
     ids, real = pad_batch(rows, TOK.pad)
