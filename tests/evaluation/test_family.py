@@ -28,8 +28,8 @@ def test_family_mlm_beats_the_unigram_floor(runtime, shared_data, tmp_path):
     files = write_weights(tmp_path / "blat80", alignment.ids, weights, greedy_clusters(weights, alignment.ids))
     preprocess(PreprocessConfig(inputs=[str(a3m)], output_prefix=str(tmp_path / "blat"), clusters=files["clusters"],
                                 progress=False))  # fmt: skip
-    config = load_config(REPO / "examples/family/mlm_scratch.yaml", [
-        f"data.sources=[{{prefix: {tmp_path / 'blat'}}}]", "training.train_iters=40", "training.eval_interval=0",
+    config = load_config(REPO / "examples/family/mlm.yaml", [
+        f"data.sources=[{{prefix: {tmp_path / 'blat'}}}]", "training.train_iters=300", "training.eval_interval=0",
         f"checkpoint.save={tmp_path / 'mlm'}", "logging.log_interval=100",
     ])  # fmt: skip
     train(config, runtime)
@@ -38,6 +38,8 @@ def test_family_mlm_beats_the_unigram_floor(runtime, shared_data, tmp_path):
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(REPO / "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"))
     (result,) = evaluate_assays(model, assays, frequencies, profile=build_profile(alignment))
     assert len(result.scores) == 4996 and np.isfinite(result.scores).all()
+    # The same run as `examples/family/run.sh mlm` (measured there: 0.253; at 40 steps it was 0.058, still
+    # at the floor, so the test trains the example's full 300 steps).
     assert result.spearman > result.floors["unigram"] + 0.1, (result.spearman, result.floors)
     assert result.floors["profile"] == pytest.approx(0.658, abs=0.005)  # the measured 0.66
 
