@@ -9,6 +9,7 @@ step, saves, and the launcher exits with :data:`EXIT_PREEMPTED`. A second SIGINT
 from __future__ import annotations
 
 import signal
+import threading
 
 import torch
 
@@ -34,6 +35,8 @@ class StopSignals:
         self.received = signal.Signals(number)
 
     def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python delivers signals to the main thread only; the caller keeps its handlers
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
