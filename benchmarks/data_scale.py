@@ -171,7 +171,7 @@ def table(results: dict[int, dict[str, dict]]) -> str:
         if name == "loader":
             values = [results[n][name]["batches_per_s"] for n in sizes]
             cells = [f"{v:.1f} batches/s" for v in values]
-            lines.append(f"| loader, global batch 64 x 1024 | " + " | ".join(cells) + " | (per step: size-independent) |")
+            lines.append("| loader, global batch 64 x 1024 | " + " | ".join(cells) + " | (per step: size-independent) |")
             continue
         rows = [results[n][name] for n in sizes]
         cells = [f"{r['seconds']:.1f} s, peak {r['peak_mb'] / 1024:.2f} GB, private {r['private_mb'] / 1024:.2f} GB"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Iterator, Optional, TextIO, TypeVar
+from typing import Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
 

@@ -18,7 +18,6 @@ import glob
 import hashlib
 import os
 import signal
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
