@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 SKIPPED = {
     "make test": "runs this test suite itself",
     "docker build -t megatron-plm .": "needs Docker and a GPU",
+    "tools/offline_wheels.sh wheels": "downloads wheels for another Python and ends on a GPU; "
+    "tests/benchmarks/test_gpu_suite.py runs the --dry-run",
 }
 """First command of a block -> why the block does not run here."""
 
@@ -39,6 +41,7 @@ ADDED = {
     "examples/launch/torchrun.sh examples/configs/tiny_clm.yaml 4": "training.train_iters=9",
     "megatron-plm evaluate dms": "--assay IF1_ECOLI_Kelsic_2016",
     "megatron-plm scaling fit": "--bootstrap 10",
+    "data.tokenizer=tokenizers/bpe1k": "training.train_iters=6",
 }
 """Part of a command -> arguments appended to it."""
 
@@ -69,7 +72,7 @@ def _scratch(tmp_path: Path) -> tuple[Path, Path]:
     work = tmp_path / "checkout"
     work.mkdir()
     for entry in REPO.iterdir():
-        if entry.name not in {".git", ".venv", "outputs", "runs", "results", "hf", "ckpt", "corpora", "sweep"}:
+        if entry.name not in {".git", ".venv", "outputs", "runs", "results", "hf", "ckpt", "corpora", "sweep", "tokenizers", "wheels"}:
             (work / entry.name).symlink_to(entry)
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "data").symlink_to(SHARED_DATA)

@@ -116,7 +116,8 @@ def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime:
         state = full_state_dict(directory, objective, model, runtime)
         progress.update(1)
         tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf.to_hf(state, objective, model).items()}
-        tensors.update(hf.hf_extra_tensors(objective, model, set(tensors)))
+        extras = hf.hf_extra_tensors(objective, model, set(tensors))  # rotary frequencies stay fp32, as transformers keeps them
+        tensors.update({k: v if k.endswith("inv_freq") else v.to(DTYPES[dtype]) for k, v in extras.items()})
         progress.update(1)
         with _staged_directory(final) as staging:
             config = hf.hf_config(objective, model)

@@ -84,11 +84,10 @@ class Start:
 def restore(config: TrainConfig, state: TrainingState, say: Callable[[str], None]) -> Start:
     """Resume from ``checkpoint.load`` (default ``checkpoint.save``), else initialise from
     ``checkpoint.init_from``, else start fresh."""
-    from megatron_plm.checkpoint.training import latest_checkpoint
+    from megatron_plm.checkpoint.training import resume_directory
 
     ckpt = config.checkpoint
-    load_root = ckpt.load or ckpt.save
-    resume_from = latest_checkpoint(load_root) if load_root else None
+    resume_from = resume_directory(ckpt.load, ckpt.save)
     if resume_from is not None:
         return resume(config, state, resume_from, say)
     if ckpt.init_from:

@@ -95,7 +95,8 @@ def test_a_different_corpus_at_the_same_path_gets_new_entries(tmp_path, sample_f
     cache_dir = tmp_path / "cache"
     preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), max_length=300, progress=False))
     DataBuilder(config(prefix, cache_dir)).build(Split.TRAIN, 128)
-    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), min_length=301, progress=False))
+    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), min_length=301, progress=False,
+                                overwrite=True))
     builder = DataBuilder(config(prefix, cache_dir))
     dataset = builder.build(Split.TRAIN, 128)
     assert len(builder.cache(str(prefix)).built) == 2

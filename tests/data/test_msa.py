@@ -30,7 +30,7 @@ EXPECTED = {"query": "MKTAYIAK", "hom1": "MKAYIWWAKQR", "hom2": "TAYIAKG"}
 
 def corpus_of(tmp_path, path, **options):
     prefix = tmp_path / "out" / "family"
-    preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), progress=False, **options))
+    preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), progress=False, overwrite=True, **options))
     opened = Corpus.open(prefix)
     tok = ProteinTokenizer()
     return dict(zip(opened.record_ids(), (tok.decode(s) for s in opened.indexed_dataset())))
