@@ -89,13 +89,25 @@ def restore(config: TrainConfig, state: TrainingState, say: Callable[[str], None
     ckpt = config.checkpoint
     resume_from = resume_directory(ckpt.load, ckpt.save)
     if resume_from is not None:
-        return resume(config, state, resume_from, say)
+        return resume(config, state, resume_from, say, from_another_run=_another_run(ckpt.load, ckpt.save))
     if ckpt.init_from:
         return init_from(config, state, ckpt.init_from, say)
     return Start()
 
 
-def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Callable[[str], None]) -> Start:
+def _another_run(load: str | None, save: str | None) -> bool:
+    """``checkpoint.load`` names a checkpoint outside ``checkpoint.save`` (e.g. to reshard it)."""
+    if not load:
+        return False
+    loaded = Path(load).resolve()
+    return save is None or Path(save).resolve() not in (loaded, loaded.parent)
+
+
+def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Callable[[str], None],
+           from_another_run: bool = False) -> Start:
+    """Continue from ``directory``. A relaunch of a finished run loads nothing; a finished checkpoint of
+    another run (``checkpoint.load`` outside ``checkpoint.save``) is loaded, validated and saved to
+    ``checkpoint.save`` at this run's layout: how a checkpoint is resharded."""
     import json
 
     from megatron_plm.checkpoint.training import STATE_FILE, load_checkpoint, saved_run_config
@@ -109,7 +121,7 @@ def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Call
             note = " (schedule: from this config)" if rule == "config" else " (ignored: checkpoint.resume_schedule=checkpoint)"
         say(f"changed since {directory.name}: {name} {old!r} -> {new!r}{note}")
     saved = json.loads((directory / STATE_FILE).read_text())
-    if saved["iteration"] >= config.training.train_iters:  # nothing to do: do not load the weights
+    if saved["iteration"] >= config.training.train_iters and not from_another_run:  # nothing to do: load nothing
         return Start(iteration=saved["iteration"], consumed_samples=saved["consumed_samples"],
                      compute=saved.get("compute", []), directory=directory, finished=True)  # fmt: skip
     # megatron-core keeps each param group's max_lr/min_lr in the optimizer state, which the load restores.
