@@ -237,6 +237,6 @@ def test_mask_ratio_and_max_length_outside_the_model_are_refused(runtime, traine
     for ratio in (0.0, 1.5):
         with pytest.raises(ValueError, match=rf"--mask-ratio must be in \(0, 1\], got {ratio}"):
             perplexity(mlm, records, mask_ratio=ratio)
-    with pytest.raises(ValueError, match=rf"--max-length {clm.context} exceeds .* context is {clm.context} tokens"):
+    with pytest.raises(ValueError, match=rf"max_length {clm.context} does not fit .*context of {clm.context} tokens"):
         generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context))
     assert len(generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context - 1))) == 1
