@@ -363,15 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_steps = tokenizer.add_subparsers(dest="step", required=True)
     tok_train = tokenizer_steps.add_parser("train", help="learn a subword vocabulary from FASTA files")
     tok_train.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs", help="FASTA files")
-    tok_train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe")
+    tok_train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe",
+                           help="SentencePiece algorithm: byte-pair merges (ProtGPT2) or a unigram LM")  # fmt: skip
     tok_train.add_argument("--vocab-size", type=int, required=True, help="total, the 35 fixed tokens included")
     tok_train.add_argument("--output", type=Path, required=True, help="tokenizer directory to write")
     tok_train.add_argument("--sample-sequences", type=int, default=1_000_000,
                            help="sequences SentencePiece keeps in memory (uniform sample; bounds memory)")  # fmt: skip
     tok_train.add_argument("--max-piece-length", type=int, default=16, help="longest piece, in residues")
-    tok_train.add_argument("--seed", type=int, default=0)
-    tok_train.add_argument("--threads", type=int, default=1)
-    tok_train.add_argument("--no-progress", action="store_true")
+    tok_train.add_argument("--seed", type=int, default=0, help="seed of the input sample")
+    tok_train.add_argument("--threads", type=int, default=1, help="SentencePiece training threads")
+    tok_train.add_argument("--no-progress", action="store_true", help="no progress lines")
     tok_train.set_defaults(func=_cmd_tokenizer)
 
     train = commands.add_parser(
@@ -457,13 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor")  # fmt: skip
     dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
-    emb.add_argument("--fasta", type=Path, required=True)
+    emb.add_argument("--fasta", type=Path, required=True, help="proteins to embed (plain or .gz)")
     emb.add_argument("--output", type=Path, required=True, help=".npz: ids, layer_<k> (and offsets for per-token)")
     emb.add_argument("--pool", choices=["mean", "cls", "per-token"], default="mean",
                      help="mean over residues, the <cls> token (CLM: the closing 2), or every residue")  # fmt: skip
     emb.add_argument("--layers", type=int, nargs="+", default=[-1],
                      help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)")  # fmt: skip
-    emb.add_argument("--batch-size", type=int, default=16)
+    emb.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     emb.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
     probe = tasks.add_parser("probe", help="linear secondary-structure probe (Q3/Q8) on frozen per-residue "
                              "embeddings, beside a residue-identity window baseline")  # fmt: skip
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--max-length", type=int, default=1000, help="skip longer chains")
     probe.add_argument("--layer", type=int, default=-1, help="hidden layer to probe (-1: final)")
     probe.add_argument("--window", type=int, default=7, help="baseline: residues either side it sees")
-    probe.add_argument("--test-fraction", type=float, default=0.2)
+    probe.add_argument("--test-fraction", type=float, default=0.2, help="share of chains held out for Q3/Q8")
     gen = tasks.add_parser("generate", help="sample proteins from a CLM")
     gen.add_argument("--output", type=Path, required=True, help="FASTA to write")
     gen.add_argument("--num", type=int, default=8, help="sequences to sample")

@@ -58,6 +58,7 @@ class SampleConfig:
     reverse_prob: float = 0.0
     """CLM: probability that a protein is reversed and framed ``2 ... 1`` (ProGen2's augmentation)."""
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    """MLM: which residues are selected for prediction and how they are corrupted (ESM-2: 15%, 80/10/10)."""
     cluster_sampling: bool = True
     """Uniform over clusters, then a uniform member, when the corpus has cluster ids."""
 
