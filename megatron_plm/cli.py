@@ -125,7 +125,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.outputs import prepare_output
     from megatron_plm.runtime import ParallelConfig, initialize
 
-    if args.output is not None:  # before minutes of work, not after
+    if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
