@@ -213,6 +213,17 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _unknown_field_hint(key: str, fields: dict, hints: dict, where: str) -> str:
+    """A field that moved into a nested section (``data.mask_ratio`` -> ``data.masking.mask_ratio``)
+    is named exactly; otherwise the closest spelling, if any."""
+    for name in fields:
+        nested = hints.get(name)
+        if dataclasses.is_dataclass(nested) and key in {f.name for f in dataclasses.fields(nested) if f.init}:
+            return f" (it moved: write {'.'.join(filter(None, [where, name, key]))!r})"
+    close = difflib.get_close_matches(key, fields, n=1)
+    return f" (did you mean {'.'.join(filter(None, [where, close[0]]))!r}?)" if close else ""
+
+
 def from_dict(cls, data: Any, where: str = ""):
     """Build dataclass ``cls`` from a mapping, checking every key and type."""
     if not isinstance(data, dict):
@@ -223,9 +234,7 @@ def from_dict(cls, data: Any, where: str = ""):
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean {'.'.join(filter(None, [where, close[0]]))!r}?)" if close else ""
-            raise ValueError(f"unknown config field {path!r}{hint}")
+            raise ValueError(f"unknown config field {path!r}{_unknown_field_hint(key, fields, hints, where)}")
         kwargs[key] = _convert(value, hints[key], path)
     missing = [
         name for name, f in fields.items()

@@ -66,6 +66,9 @@ def test_config_errors_name_the_field(tmp_path):
     base = REPO / "examples/configs/tiny_clm.yaml"
     with pytest.raises(ValueError, match=r"unknown config field 'model\.num_layer' \(did you mean 'model\.num_layers'\?\)"):
         load_config(base, ["model.num_layer=3"])
+    # A key that moved into a nested section is named where it lives now.
+    with pytest.raises(ValueError, match=r"unknown config field 'data\.mask_ratio' \(it moved: write 'data\.masking\.mask_ratio'\)"):
+        load_config(base, ["data.mask_ratio=0.2"])
     with pytest.raises(ValueError, match=r"training\.train_iters must be an integer"):
         load_config(base, ["training.train_iters=ten"])
     with pytest.raises(ValueError, match=r"objective must be one of \['clm', 'mlm'\]"):
