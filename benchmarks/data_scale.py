@@ -3,11 +3,12 @@
 
 For each size (documents), a synthetic corpus of short random proteins (30-90 residues) and a
 cluster map of one cluster per 5 documents are written under ``--scratch``; then, each step in its
-own process (peak RSS = that process's ``ru_maxrss``; private = its anonymous memory, file maps
+own process (peak RSS = that process's ``VmHWM``; private = its anonymous memory, file maps
 excluded, from ``/proc/self/smaps_rollup``):
 
   preprocess              without / with the cluster map
   cluster map, old dict   baseline: the ``dict[bytes, int]`` join this replaced (commit ed094f6)
+  imports                 the floor of every start-up: torch, megatron-core, our modules
   start-up, no cache      baseline: every rank builds splits, units, order, sample index in memory
   start-up, cold cache    the builder rank: build + write the cache, to the first batch
   start-up, warm cache    a second launch: map the cache, to the first batch
@@ -40,17 +41,23 @@ OLD_DICT_LIMIT = 20_000_000
 AMINO = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
 _MEASURE = """
-import json, os, resource, sys, time
+import json, os, sys, time
 sys.path.insert(0, {repo!r})
 def private_mb():
     for line in open("/proc/self/smaps_rollup"):
         if line.startswith("Anonymous:"):
             return int(line.split()[1]) / 1024
+def peak_mb():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child would report its parent's peak.
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
 started = time.perf_counter()
 {body}
 seconds = time.perf_counter() - started
-print("RESULT " + json.dumps(dict(seconds=seconds, peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                                  private_mb=private_mb(), **globals().get("extra", {{}}))))
+result = dict(seconds=seconds, peak_mb=peak_mb(), private_mb=private_mb())
+result.update(globals().get("extra", {{}}))
+print("RESULT " + json.dumps(result))
 """
 
 
@@ -93,7 +100,7 @@ def measure(body: str, *, torchrun: int = 0, env: dict | None = None) -> list[di
 
 PREPROCESS = """
 from megatron_plm.data.preprocess import PreprocessConfig, preprocess
-preprocess(PreprocessConfig(inputs=[{fasta!r}], output_prefix={prefix!r}, clusters={clusters!r}, progress=False,
+preprocess(PreprocessConfig(inputs=[{fasta!r}], output_prefix={prefix!r}, clusters={clusters!r}, progress=False, overwrite=True,
                             workers=1))
 """
 
@@ -103,6 +110,13 @@ source = subprocess.run(["git", "-C", {repo!r}, "show", "ed094f6:megatron_plm/da
                         text=True, check=True).stdout
 module = types.ModuleType("old_clusters"); sys.modules["old_clusters"] = module; exec(compile(source, "old_clusters.py", "exec"), module.__dict__)
 mapping = module.ClusterMap.load({tsv!r})
+"""
+
+IMPORTS = """
+from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.loader import BatchLoader
+import torch
+import megatron.core.datasets.indexed_dataset  # imported by the corpus reader on first use: ~2/3 of the floor
 """
 
 STARTUP = """
@@ -118,7 +132,7 @@ config = DataConfig(sources=[DataSource(prefix={prefix!r})], objective="mlm", se
 data = DataBuilder(config).build(Split.TRAIN, {samples})
 loader = BatchLoader(data, 64, 64, 0, 1, causal=False)
 loader.next_step()
-extra = dict(rank=int(os.environ.get("RANK", 0)))
+extra = dict(rank=int(os.environ.get("RANK", 0)), seconds=time.perf_counter() - started)  # to the first batch
 if {loader_steps}:
     t0 = time.perf_counter()
     for _ in range({loader_steps}):
@@ -137,6 +151,7 @@ def run_size(n: int, scratch: Path, samples: int, loader_steps: int) -> dict[str
         "preprocess --clusters": lambda: measure(PREPROCESS.format(fasta=str(fasta), prefix=str(prefix),
                                                                    clusters=str(tsv))),
         "cluster map, old dict (baseline)": lambda: measure(OLD_CLUSTER_MAP.format(repo=str(REPO), tsv=str(tsv))),
+        "imports (in every start-up below)": lambda: measure(IMPORTS),
         "start-up, no cache (baseline)": lambda: measure(STARTUP.format(cache=False, loader_steps=0, **startup)),
         "start-up, cold cache": lambda: measure(STARTUP.format(cache=True, loader_steps=0, **startup)),
         "start-up, warm cache": lambda: measure(STARTUP.format(cache=True, loader_steps=loader_steps, **startup)),
