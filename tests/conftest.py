@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# One OpenBLAS thread for numpy and scipy, in this process and the commands it starts (set before either is
+# imported): the suite's arrays are small, and scipy's 5-parameter L-BFGS-B fits (scaling laws) spent most of
+# their time waking BLAS threads (measured with two threads, then one: the in-process parametric fit test
+# 137 s, then 7.8 s; the fit CLI test 283 s, then 29 s). The largest matrix products here, the TEM-1 homolog
+# weights, took 4.5 s with two threads and 4.2 s with one.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
 SHARED_DATA = Path(os.environ.get("MEGATRON_PLM_SHARED_DATA") or REPO.parent / "shared" / "data")
