@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pytest
 
+# One OpenBLAS thread for numpy and scipy, in this process and the commands it starts (set before either is
+# imported): the suite's arrays are small, and scipy's 5-parameter L-BFGS-B fits (scaling laws) spent most of
+# their time waking BLAS threads (measured with two threads, then one: the in-process parametric fit test
+# 137 s, then 7.8 s; the fit CLI test 283 s, then 29 s). The largest matrix products here, the TEM-1 homolog
+# weights, took 4.5 s with two threads and 4.2 s with one.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
 SHARED_DATA = Path(os.environ.get("MEGATRON_PLM_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -119,19 +126,28 @@ def runtime():
         yield rt
 
 
+@pytest.fixture(scope="session")
+def _trained_checkpoints() -> dict:
+    """Where :func:`trained` keeps its checkpoints for the session (filled by the first module that asks)."""
+    return {}
+
+
 @pytest.fixture(scope="module")
-def trained(runtime, sample_corpus, tmp_path_factory):
-    """Tiny CLM and MLM checkpoints after a few real steps on the shipped sample."""
+def trained(runtime, sample_corpus, tmp_path_factory, _trained_checkpoints):
+    """Tiny CLM and MLM checkpoints after a few real steps on the shipped sample.
+
+    Trained once per session, in the runtime of the first module that asks, and shared: tests only read
+    them (a test that damages or relabels a checkpoint copies it first)."""
     from megatron_plm.config import load_config
     from megatron_plm.training.trainer import train
 
-    root = tmp_path_factory.mktemp("trained")
-    out = {}
-    for objective in ("clm", "mlm"):
-        config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
-            f"data.sources=[{{prefix: {sample_corpus}}}]", "training.train_iters=4", "training.eval_interval=0",
-            f"checkpoint.save={root / objective}", "checkpoint.init_from=null", "logging.log_interval=100",
-        ])  # fmt: skip
-        train(config, runtime)
-        out[objective] = root / objective
-    return out
+    if not _trained_checkpoints:
+        root = tmp_path_factory.mktemp("trained")
+        for objective in ("clm", "mlm"):
+            config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
+                f"data.sources=[{{prefix: {sample_corpus}}}]", "training.train_iters=4", "training.eval_interval=0",
+                f"checkpoint.save={root / objective}", "checkpoint.init_from=null", "logging.log_interval=100",
+            ])  # fmt: skip
+            train(config, runtime)
+            _trained_checkpoints[objective] = root / objective
+    return dict(_trained_checkpoints)

@@ -6,7 +6,9 @@ not in the checkout), beside ``../shared/data``. The only adaptations, each a do
 - ``.venv/bin/python`` and ``.venv/bin/megatron-plm`` are this test's interpreter (``make`` gets it as
   ``VENV``, ``torchrun.sh`` as ``PYTHON``);
 - ``ADDED``: options or overrides appended to commands that would otherwise run long (later overrides win);
-- ``SKIPPED``: blocks that cannot run here, each with its reason.
+- ``SKIPPED``: blocks that cannot run here, each with its reason;
+- one OpenBLAS thread (``OPENBLAS_NUM_THREADS=1``): ``scaling fit``'s 5-parameter L-BFGS-B fits otherwise
+  spend most of their time waking scipy's BLAS threads (see ``tests/scaling/test_scaling.py``).
 
 A new README block runs as written. Entries of ``ADDED`` and ``SKIPPED`` that match no command fail the
 test, so neither list outlives the README it describes.
@@ -103,7 +105,7 @@ def test_every_readme_command_runs_verbatim(tmp_path):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the README uses ../shared/data, not found at {SHARED_DATA} (set MEGATRON_PLM_SHARED_DATA)")
     work, venv = _scratch(tmp_path)
-    env = dict(os.environ, PYTHON=sys.executable, MEGATRON_PLM_PROGRESS_INTERVAL="600",
+    env = dict(os.environ, PYTHON=sys.executable, MEGATRON_PLM_PROGRESS_INTERVAL="600", OPENBLAS_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))  # fmt: skip
     ran = 0
     for block in readme_blocks((REPO / "README.md").read_text()):

@@ -1,6 +1,7 @@
 """Scaling-law tooling: recovery of known laws, the paper's presets, planning, transfer, a 2x2 sweep."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,8 +82,11 @@ def test_fit_cli_json_has_the_documented_keys(tmp_path):
     runs = synthetic_runs(TRUE)
     path = tmp_path / "runs.csv"
     path.write_text("N,D,loss\n" + "".join(f"{n},{d},{l}\n" for n, d, l in zip(runs.N, runs.D, runs.loss)))
+    # One BLAS thread: otherwise the 5-parameter L-BFGS-B fits spend most of their time waking scipy's
+    # OpenBLAS threads (measured in-process on these runs: fit_all took 171 s of CPU, 24 s with one thread).
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-m", "megatron_plm", "scaling", "fit", str(path), "--json",
-                          "--bootstrap", "20"], cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+                          "--bootstrap", "20"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert {"E", "A", "B", "alpha", "beta", "a", "b", "intervals"} <= result.keys()
