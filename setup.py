@@ -146,6 +146,8 @@ setup(
         "sentencepiece>=0.2",
         # Scaling-law plots.
         "matplotlib>=3.7",
+        # Scaling-law fits run their small optimisations with one BLAS thread (see scaling/fit.py).
+        "threadpoolctl>=3",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},
