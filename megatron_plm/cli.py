@@ -242,7 +242,7 @@ def _evaluate_generate(model, args) -> None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     if args.budget_flops is not None:
         from megatron_plm.scaling.laws import load_law
-        from megatron_plm.scaling.planning import format_budget_plan, plan_budget, write_config
+        from megatron_plm.scaling.allocation import format_budget_plan, plan_budget, write_config
 
         if args.config is not None:
             raise ValueError("give either a CONFIG or --budget-flops, not both")

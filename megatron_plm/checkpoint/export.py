@@ -23,7 +23,7 @@ import torch
 
 from megatron_plm.checkpoint import hf
 from megatron_plm.checkpoint.manifest import write_manifest
-from megatron_plm.checkpoint.training import IMPORT_FILE, latest_checkpoint, load_model_tensors, saved_run_config
+from megatron_plm.checkpoint.distributed import IMPORT_FILE, latest_checkpoint, load_model_tensors, saved_run_config
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.runtime import Runtime
 

@@ -127,7 +127,7 @@ def _from_transformers(path: Path) -> ScoringModel:
 
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     from megatron_plm.checkpoint.export import checkpoint_model, checkpoint_tokenizer
-    from megatron_plm.checkpoint.training import load_model_tensors, saved_run_config
+    from megatron_plm.checkpoint.distributed import load_model_tensors, saved_run_config
     from megatron_plm.data.batch import Batch, cu_seqlens_from_segments
     from megatron_plm.models.mcore import PACKED_BACKENDS
     from megatron_plm.training.build import build_model_chunk, runnable_model_config
@@ -204,7 +204,7 @@ def _as_transformers(chunk, model):
 
 def load_scoring_model(path: str | os.PathLike, runtime=None) -> ScoringModel:
     """Our checkpoint (a run's save directory or one ``iter_*``) or a ``transformers`` model directory."""
-    from megatron_plm.checkpoint.training import latest_checkpoint, saved_run_config
+    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
 
     path = Path(path)
     if not path.exists():

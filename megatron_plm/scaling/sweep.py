@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from megatron_plm.scaling.planning import Shape
+from megatron_plm.scaling.allocation import Shape
 
 
 @dataclass

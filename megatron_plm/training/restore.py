@@ -84,7 +84,7 @@ class Start:
 def restore(config: TrainConfig, state: TrainingState, say: Callable[[str], None]) -> Start:
     """Resume from ``checkpoint.load`` (default ``checkpoint.save``), else initialise from
     ``checkpoint.init_from``, else start fresh."""
-    from megatron_plm.checkpoint.training import resume_directory
+    from megatron_plm.checkpoint.distributed import resume_directory
 
     ckpt = config.checkpoint
     resume_from = resume_directory(ckpt.load, ckpt.save)
@@ -110,7 +110,7 @@ def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Call
     ``checkpoint.save`` at this run's layout: how a checkpoint is resharded."""
     import json
 
-    from megatron_plm.checkpoint.training import STATE_FILE, load_checkpoint, saved_run_config
+    from megatron_plm.checkpoint.distributed import STATE_FILE, load_checkpoint, saved_run_config
 
     changes = config_changes(saved_run_config(directory), config.to_dict())
     check_resumable(changes, directory)
@@ -141,7 +141,7 @@ def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Call
 
 def init_from(config: TrainConfig, state: TrainingState, source: str, say: Callable[[str], None]) -> Start:
     """A new run from another run's weights; only the body when the objectives differ (CLM -> MLM)."""
-    from megatron_plm.checkpoint.training import compute_phases, latest_checkpoint, load_model_tensors, saved_run_config
+    from megatron_plm.checkpoint.distributed import compute_phases, latest_checkpoint, load_model_tensors, saved_run_config
 
     directory = latest_checkpoint(source) or Path(source)
     saved = saved_run_config(directory)

@@ -56,7 +56,7 @@ class TrainResult:
 def _check_outputs(config: TrainConfig) -> None:
     """Every output path is writable before the first step (a read-only checkpoint.save once failed
     only after training had finished)."""
-    from megatron_plm.checkpoint.training import check_writable
+    from megatron_plm.checkpoint.distributed import check_writable
 
     metrics = config.metrics_path()
     if metrics and metrics.is_dir():
@@ -200,7 +200,7 @@ def stop_reason(step: int, t, signals: StopSignals) -> str | None:
 
 def save_run(config: TrainConfig, state: TrainingState, step: int, consumed_samples: int, phases: list[dict]) -> Path:
     """Collective: a checkpoint of this run at ``step`` under ``checkpoint.save``."""
-    from megatron_plm.checkpoint.training import save_checkpoint
+    from megatron_plm.checkpoint.distributed import save_checkpoint
 
     return save_checkpoint(config.checkpoint.save, iteration=step, consumed_samples=consumed_samples, state=state,
                            config=config.to_dict(), keep_last=config.checkpoint.keep_last, compute=phases)  # fmt: skip

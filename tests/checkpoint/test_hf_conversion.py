@@ -9,7 +9,7 @@ import torch
 from conftest import ESM2_8M
 
 from megatron_plm.checkpoint.export import checkpoint_model, export_hf, import_hf
-from megatron_plm.checkpoint.training import load_model_tensors
+from megatron_plm.checkpoint.distributed import load_model_tensors
 from megatron_plm.data.batch import Batch
 from megatron_plm.data.fasta import read_fasta
 from megatron_plm.data.tokenizer import ProteinTokenizer
@@ -124,7 +124,7 @@ def test_bf16_export(runtime, trained, tmp_path):
 def test_bad_checkpoints_give_clear_errors_and_no_output(runtime, trained, tmp_path):
     import shutil
 
-    from megatron_plm.checkpoint.training import latest_checkpoint
+    from megatron_plm.checkpoint.distributed import latest_checkpoint
 
     source = latest_checkpoint(trained["clm"])
     truncated = tmp_path / "truncated"

@@ -126,7 +126,7 @@ def test_overwritten_shard_bytes_are_named_and_an_older_checkpoint_suggested(run
 
 
 def test_truncated_and_unlisted_files(run_copy):
-    from megatron_plm.checkpoint.training import verify_checkpoint
+    from megatron_plm.checkpoint.distributed import verify_checkpoint
 
     latest = run_copy / "iter_0000002"
     verify_checkpoint(latest)  # intact
@@ -174,7 +174,7 @@ def test_damaged_train_state_is_named(runtime, sample_corpus, run_copy, tmp_path
 def test_non_finite_parameters_never_become_latest(runtime, sample_corpus, run_copy, tmp_path):
     with pytest.raises(ValueError, match=r"optimizer\.lr must be a finite number, got inf"):
         tiny(sample_corpus, run_copy, "optimizer.lr=.inf")
-    from megatron_plm.checkpoint.training import save_checkpoint
+    from megatron_plm.checkpoint.distributed import save_checkpoint
     from megatron_plm.training.build import build_training_state
 
     config = tiny(sample_corpus, run_copy)
@@ -223,7 +223,7 @@ def test_a_killed_save_leaves_no_writer_process(tmp_path):
 
     script = """
 import multiprocessing, os, sys, time
-from megatron_plm.checkpoint.training import writers_die_with_parent
+from megatron_plm.checkpoint.distributed import writers_die_with_parent
 with writers_die_with_parent():
     writer = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
     writer.start()

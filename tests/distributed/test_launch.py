@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from megatron_plm.checkpoint.training import latest_checkpoint
+from megatron_plm.checkpoint.distributed import latest_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 

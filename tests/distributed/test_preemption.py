@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from megatron_plm.checkpoint.training import latest_checkpoint
+from megatron_plm.checkpoint.distributed import latest_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 STEPS = 12

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from megatron_plm.checkpoint.training import latest_checkpoint
+from megatron_plm.checkpoint.distributed import latest_checkpoint
 from megatron_plm.config import load_config
 from megatron_plm.runtime import initialize
 from megatron_plm.training.trainer import train

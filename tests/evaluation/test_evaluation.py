@@ -197,7 +197,7 @@ def test_checkpoints_trained_for_packed_attention_score_alike(runtime, trained, 
     import json
 
     from megatron_plm.checkpoint.manifest import write_manifest
-    from megatron_plm.checkpoint.training import STATE_FILE, latest_checkpoint
+    from megatron_plm.checkpoint.distributed import STATE_FILE, latest_checkpoint
 
     copy = tmp_path / objective
     shutil.copytree(latest_checkpoint(trained[objective]), copy)

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from megatron_plm.scaling.fit import Runs, bootstrap, fit_isoflop, fit_parametric
 from megatron_plm.scaling.laws import PAPER, ParametricLaw
-from megatron_plm.scaling.planning import nearest_shape, plan_budget
+from megatron_plm.scaling.allocation import nearest_shape, plan_budget
 from megatron_plm.scaling.transfer import effective_tokens, optimal_clm_share, transferred_tokens
 
 TRUE = ParametricLaw(E=1.8, A=400.0, B=2000.0, alpha=0.34, beta=0.28)
@@ -134,7 +134,7 @@ def test_written_config_is_scaled_to_the_planned_model_and_warns_about_repeated_
     import yaml
 
     from megatron_plm.config import load_config
-    from megatron_plm.scaling.planning import recipe_hyperparameters, write_config
+    from megatron_plm.scaling.allocation import recipe_hyperparameters, write_config
 
     template = tmp_path / "template.yaml"
     template.write_text(yaml.safe_dump({"data": {"sources": [{"prefix": str(sample_corpus)}]}}))
