@@ -104,8 +104,19 @@ class OptionalBuildExt(build_ext):
         os.makedirs(self.build_temp, exist_ok=True)
         for source in ext.cuda_sources:
             obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
-            command = [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", *gencode,
-                       *[f"-I{d}" for d in ext.include_dirs], "-c", source, "-o", obj]  # fmt: skip
+            command = [
+                nvcc,
+                "-O3",
+                "-std=c++17",
+                "-Xcompiler",
+                "-fPIC",
+                *gencode,
+                *[f"-I{d}" for d in ext.include_dirs],
+                "-c",
+                source,
+                "-o",
+                obj,
+            ]
             print(" ".join(command))
             subprocess.run(command, check=True)
             ext.extra_objects.append(obj)
@@ -149,6 +160,6 @@ setup(
         # Scaling-law fits run their small optimisations with one BLAS thread (see scaling/fit.py).
         "threadpoolctl>=3",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"], "tensorboard": ["tensorboard"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "ruff==0.17.5"], "tensorboard": ["tensorboard"]},
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},
 )

@@ -46,9 +46,15 @@ def our_dataset(prefix: str, objective: str, packed: bool, seq_length: int, samp
     from megatron_plm.data.splits import Split
 
     corpus = Corpus.open(prefix)
-    return ProteinDataset(corpus, np.arange(len(corpus)), num_samples=samples, seed=1, split=Split.TRAIN,
-                          name=objective, config=SampleConfig(objective=objective, packed=packed,
-                                                              seq_length=seq_length))  # fmt: skip
+    return ProteinDataset(
+        corpus,
+        np.arange(len(corpus)),
+        num_samples=samples,
+        seed=1,
+        split=Split.TRAIN,
+        name=objective,
+        config=SampleConfig(objective=objective, packed=packed, seq_length=seq_length),
+    )
 
 
 def time_ours(dataset, batch_size: int, causal: bool) -> tuple[float, int, int, int]:
@@ -101,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = ProteinTokenizer()
         mlm = our_dataset(prefix, "mlm", False, args.seq_length, args.samples)
         sequences = [tokenizer.decode(mlm.indexed[int(d)]) for d in mlm.doc_order[: args.samples]]
-        rows = [("(a) transformers EsmTokenizer + DataCollatorForLanguageModeling",
-                 *time_transformers(sequences, args.batch_size, args.seq_length, scratch))]  # fmt: skip
+        rows = [
+            (
+                "(a) transformers EsmTokenizer + DataCollatorForLanguageModeling",
+                *time_transformers(sequences, args.batch_size, args.seq_length, scratch),
+            )
+        ]
         rows.append(("(b) ours, MLM one protein per sample (ESM-2)", *time_ours(mlm, args.batch_size, False)))
         packed = our_dataset(prefix, "mlm", True, args.seq_length, args.samples)
         rows.append(("(b) ours, MLM packed", *time_ours(packed, args.batch_size, False)))
@@ -113,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.samples} samples, context {args.seq_length}, batch {args.batch_size}, one process\n")
     print(f"{'pipeline':<66} {'samples/s':>10} {'real tok/s':>11} {'vs (a)':>7} {'non-pad':>8}")
     for name, seconds, count, real, total in rows:
-        print(f"{name:<66} {count / seconds:>10,.0f} {real / seconds:>11,.0f} "
-              f"{count / seconds / base:>6.1f}x {real / total:>8.1%}")  # fmt: skip
+        print(
+            f"{name:<66} {count / seconds:>10,.0f} {real / seconds:>11,.0f} "
+            f"{count / seconds / base:>6.1f}x {real / total:>8.1%}"
+        )
     print("\n(a) pads each batch to its longest protein; ours pad single-protein MLM samples to the context.")
     return 0
 

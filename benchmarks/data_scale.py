@@ -89,8 +89,13 @@ def measure(body: str, *, torchrun: int = 0, env: dict | None = None) -> list[di
     script.write_text(code)
     command = [sys.executable, str(script)]
     if torchrun:
-        command = [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", str(torchrun),
-                   str(script)]  # fmt: skip
+        command = [
+            str(Path(sys.executable).with_name("torchrun")),
+            "--standalone",
+            "--nproc-per-node",
+            str(torchrun),
+            str(script),
+        ]
     run = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     results = [json.loads(line[7:]) for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     if run.returncode or not results:
@@ -148,16 +153,18 @@ def run_size(n: int, scratch: Path, samples: int, loader_steps: int) -> dict[str
     startup = dict(prefix=str(prefix), cache_dir=str(cache_dir), samples=samples)
     steps = {
         "preprocess": lambda: measure(PREPROCESS.format(fasta=str(fasta), prefix=str(where / "plain"), clusters=None)),
-        "preprocess --clusters": lambda: measure(PREPROCESS.format(fasta=str(fasta), prefix=str(prefix),
-                                                                   clusters=str(tsv))),
+        "preprocess --clusters": lambda: measure(
+            PREPROCESS.format(fasta=str(fasta), prefix=str(prefix), clusters=str(tsv))
+        ),
         "cluster map, old dict (baseline)": lambda: measure(OLD_CLUSTER_MAP.format(repo=str(REPO), tsv=str(tsv))),
         "imports (in every start-up below)": lambda: measure(IMPORTS),
         "start-up, no cache (baseline)": lambda: measure(STARTUP.format(cache=False, loader_steps=0, **startup)),
         "start-up, cold cache": lambda: measure(STARTUP.format(cache=True, loader_steps=0, **startup)),
         "start-up, warm cache": lambda: measure(STARTUP.format(cache=True, loader_steps=loader_steps, **startup)),
-        "4 ranks warm (max over ranks)": lambda: measure(STARTUP.format(cache=True, loader_steps=0, **startup),
-                                                         torchrun=4, env={"OMP_NUM_THREADS": "1"}),
-    }  # fmt: skip
+        "4 ranks warm (max over ranks)": lambda: measure(
+            STARTUP.format(cache=True, loader_steps=0, **startup), torchrun=4, env={"OMP_NUM_THREADS": "1"}
+        ),
+    }
     shutil.rmtree(cache_dir, ignore_errors=True)
     rows = {}
     for name, step in steps.items():
@@ -195,16 +202,22 @@ def table(results: dict[int, dict[str, dict]]) -> str:
         if name == "loader":
             values = [results[n][name]["batches_per_s"] for n in sizes]
             cells = [f"{v:.1f} batches/s" for v in values]
-            lines.append("| loader, global batch 64 x 1024 | " + " | ".join(cells) + " | (per step: size-independent) |")
+            lines.append(
+                "| loader, global batch 64 x 1024 | " + " | ".join(cells) + " | (per step: size-independent) |"
+            )
             continue
         rows = [results[n][name] for n in sizes]
-        cells = [f"{r['seconds']:.1f} s, peak {r['peak_mb'] / 1024:.2f} GB, private {r['private_mb'] / 1024:.2f} GB"
-                 for r in rows]  # fmt: skip
+        cells = [
+            f"{r['seconds']:.1f} s, peak {r['peak_mb'] / 1024:.2f} GB, private {r['private_mb'] / 1024:.2f} GB"
+            for r in rows
+        ]
         seconds = extrapolate(sizes, [r["seconds"] for r in rows])
         peak = extrapolate(sizes, [r["peak_mb"] for r in rows]) / 1024
         private = extrapolate(sizes, [r["private_mb"] for r in rows]) / 1024
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {seconds / 60:.1f} min, peak {peak:.1f} GB, "
-                     f"private {private:.1f} GB |")  # fmt: skip
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {seconds / 60:.1f} min, peak {peak:.1f} GB, "
+            f"private {private:.1f} GB |"
+        )
     return "\n".join(lines)
 
 

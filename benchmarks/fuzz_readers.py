@@ -25,12 +25,23 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=20_000, help="examples per property")
     args = parser.parse_args()
     started = time.perf_counter()
-    command = [sys.executable, "-m", "pytest", "tests/data/test_fuzz_readers.py", "-q", "-p", "no:cacheprovider",
-               f"--hypothesis-seed={time.time_ns() % 2**32}"]  # fmt: skip
-    status = subprocess.call(command, cwd=REPO, env={**os.environ, "FUZZ_PROFILE": "long",
-                                                             "FUZZ_EXAMPLES": str(args.examples)})  # fmt: skip
-    print(f"fuzz: {'passed' if status == 0 else 'FAILED'} in {time.perf_counter() - started:,.0f} s "
-          f"({args.examples:,} examples per property)")
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/data/test_fuzz_readers.py",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        f"--hypothesis-seed={time.time_ns() % 2**32}",
+    ]
+    status = subprocess.call(
+        command, cwd=REPO, env={**os.environ, "FUZZ_PROFILE": "long", "FUZZ_EXAMPLES": str(args.examples)}
+    )
+    print(
+        f"fuzz: {'passed' if status == 0 else 'FAILED'} in {time.perf_counter() - started:,.0f} s "
+        f"({args.examples:,} examples per property)"
+    )
     return status
 
 

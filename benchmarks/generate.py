@@ -38,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
                 started = time.perf_counter()
                 sequences = generate(model, config)
                 best = min(best, time.perf_counter() - started)
-            rows["cached (transformers KV cache)" if use_cache else "uncached (whole prefix each step)"] = (best, sequences)
+            rows["cached (transformers KV cache)" if use_cache else "uncached (whole prefix each step)"] = (
+                best,
+                sequences,
+            )
     (base, base_seqs), (cached, cached_seqs) = rows.values()
     residues = sum(map(len, base_seqs))
-    print(f"{model.name}: {args.num} sequences, max {args.max_length} residues, on {runtime.device}; "
-          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; best of {args.repeats}")
+    print(
+        f"{model.name}: {args.num} sequences, max {args.max_length} residues, on {runtime.device}; "
+        f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; best of {args.repeats}"
+    )
     print(f"{'mode':<36} {'seconds':>8} {'residues/s':>11} {'speed-up':>9}")
     for name, (seconds, sequences) in rows.items():
         print(f"{name:<36} {seconds:>8.2f} {sum(map(len, sequences)) / seconds:>11,.0f} {base / seconds:>8.1f}x")

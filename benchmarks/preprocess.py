@@ -93,7 +93,7 @@ def run_baseline(path: Path, out_dir: Path) -> tuple[float, int, int]:
         records += 1
 
     size = 0
-    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as handle:
+    with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as handle:
         parts: list[str] = []
         for line in handle:
             size += len(line)
@@ -130,29 +130,43 @@ def time_process(command: list[str], repeats: int) -> float:
 def whole_process_table(scratch: Path, repeats: int) -> None:
     corpus = whole_process_corpus()
     tool = [sys.executable, "tools/preprocess_data.py"]
-    baseline = [sys.executable, "-c", "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
-                "from preprocess import run_baseline; run_baseline(Path(sys.argv[1]), Path(sys.argv[2]))",
-                str(corpus), str(scratch)]  # fmt: skip
+    baseline = [
+        sys.executable,
+        "-c",
+        "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; "
+        "from preprocess import run_baseline; run_baseline(Path(sys.argv[1]), Path(sys.argv[2]))",
+        str(corpus),
+        str(scratch),
+    ]
     inner, _, _ = run_ours(corpus, scratch, "native", 1, repeats)
     inner_baseline, size, _ = run_baseline(corpus, scratch)
     rows = [
         ("tools/preprocess_data.py --help", time_process([*tool, "--help"], repeats), None),
-        ("tools/preprocess_data.py (C++, 1 worker), whole process",
-         time_process([*tool, "--input", str(corpus), "--output-prefix", str(scratch / "proc"), "--no-progress"],
-                      repeats), inner),
+        (
+            "tools/preprocess_data.py (C++, 1 worker), whole process",
+            time_process(
+                [*tool, "--input", str(corpus), "--output-prefix", str(scratch / "proc"), "--no-progress"], repeats
+            ),
+            inner,
+        ),
         ("baseline (a), whole process", time_process(baseline, 1), inner_baseline),
-    ]  # fmt: skip
-    print(f"\nwhole processes on {corpus.name} ({corpus.stat().st_size / 1e6:.1f} MB on disk, {size / 1e6:.1f} MB FASTA; "
-          f"best of {repeats}, the baseline once; load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+    ]
+    print(
+        f"\nwhole processes on {corpus.name} ({corpus.stat().st_size / 1e6:.1f} MB on disk, {size / 1e6:.1f} MB FASTA; "
+        f"best of {repeats}, the baseline once; load average {os.getloadavg()[0]:.1f})"
+    )
     print(f"{'command':<62} {'seconds':>8} {'inner loop s':>13}")
     for name, seconds, loop in rows:
         print(f"{name:<62} {seconds:>8.2f} {'' if loop is None else f'{loop:.2f}':>13}")
-    print(f"end to end, ours is {rows[2][1] / rows[1][1]:.1f}x faster than the baseline process; "
-          f"inner loops {inner_baseline / inner:.0f}x")
+    print(
+        f"end to end, ours is {rows[2][1] / rows[1][1]:.1f}x faster than the baseline process; "
+        f"inner loops {inner_baseline / inner:.0f}x"
+    )
 
 
-def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repeats: int,
-             tokenizer: str | None = None) -> tuple[float, int, int]:  # fmt: skip
+def run_ours(
+    path: Path, out_dir: Path, implementation: str, workers: int, repeats: int, tokenizer: str | None = None
+) -> tuple[float, int, int]:
     from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 
     best = float("inf")
@@ -161,8 +175,14 @@ def run_ours(path: Path, out_dir: Path, implementation: str, workers: int, repea
         prefix = out_dir / f"ours_{implementation}_{workers}_{attempt}"
         started = time.perf_counter()
         summary, files = preprocess(
-            PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), implementation=implementation,
-                             workers=workers, tokenizer=tokenizer, progress=False)  # fmt: skip
+            PreprocessConfig(
+                inputs=[str(path)],
+                output_prefix=str(prefix),
+                implementation=implementation,
+                workers=workers,
+                tokenizer=tokenizer,
+                progress=False,
+            )
         )
         best = min(best, time.perf_counter() - started)
         records = summary.records_read
@@ -192,10 +212,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         source, copies = build_input(scratch, args.target_mb)
         baseline_input = prefix_of(source, args.baseline_mb, scratch)
-        print(f"input: {source.stat().st_size / 1e6:.1f} MB plain FASTA = {copies} copies of "
-              f"{', '.join(p.name for p in source_corpora())}; {os.cpu_count()} CPU cores", flush=True)  # fmt: skip
-        rows = [("(a) baseline: EsmTokenizer + IndexedDatasetBuilder.add_item", 1,
-                 *run_baseline(baseline_input, scratch))]  # fmt: skip
+        print(
+            f"input: {source.stat().st_size / 1e6:.1f} MB plain FASTA = {copies} copies of "
+            f"{', '.join(p.name for p in source_corpora())}; {os.cpu_count()} CPU cores",
+            flush=True,
+        )
+        rows = [
+            ("(a) baseline: EsmTokenizer + IndexedDatasetBuilder.add_item", 1, *run_baseline(baseline_input, scratch))
+        ]
         rows.append(("(b) ours, reference (Python/NumPy)", 1, *run_ours(source, scratch, "reference", 1, args.repeats)))
         if native_available():
             for workers in (1, 2):
@@ -204,8 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             print("C++ extension not built: (c) skipped", file=sys.stderr)
         if args.tokenizer:
             subword_input = prefix_of(source, args.subword_mb, scratch, "subword")
-            rows.append(("(c) ours, C++, residues (same input as d)", 1,
-                         *run_ours(subword_input, scratch, "auto", 1, args.repeats)))  # fmt: skip
+            rows.append(
+                (
+                    "(c) ours, C++, residues (same input as d)",
+                    1,
+                    *run_ours(subword_input, scratch, "auto", 1, args.repeats),
+                )
+            )
         for directory in args.tokenizer:
             name = f"(d) ours, C++ + subword {Path(directory).name}"
             rows.append((name, 1, *run_ours(subword_input, scratch, "auto", 1, args.repeats, directory)))
@@ -213,10 +242,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'path':<62} {'workers':>7} {'MB':>8} {'seconds':>8} {'MB/s':>8} {'seq/s':>10} {'vs (a)':>8}")
         for name, workers, seconds, size, records in rows:
             rate = size / seconds
-            print(f"{name:<62} {workers:>7} {size / 1e6:>8.1f} {seconds:>8.2f} {rate / 1e6:>8.1f} "
-                  f"{records / seconds:>10,.0f} {rate / base_rate:>7.1f}x")  # fmt: skip
-        print(f"\n(a) ran on the first {rows[0][3] / 1e6:.1f} MB of the same input; ours on all of it "
-              f"(best of {args.repeats}). MB = uncompressed FASTA bytes read.")  # fmt: skip
+            print(
+                f"{name:<62} {workers:>7} {size / 1e6:>8.1f} {seconds:>8.2f} {rate / 1e6:>8.1f} "
+                f"{records / seconds:>10,.0f} {rate / base_rate:>7.1f}x"
+            )
+        print(
+            f"\n(a) ran on the first {rows[0][3] / 1e6:.1f} MB of the same input; ours on all of it "
+            f"(best of {args.repeats}). MB = uncompressed FASTA bytes read."
+        )
         whole_process_table(scratch, args.process_repeats)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

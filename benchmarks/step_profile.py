@@ -108,8 +108,10 @@ class OpRecorder(TorchDispatchMode):
     def __enter__(self):
         from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-        self._hooks = [register_module_forward_pre_hook(self._enter_module),
-                       register_module_forward_hook(self._leave_module)]  # fmt: skip
+        self._hooks = [
+            register_module_forward_pre_hook(self._enter_module),
+            register_module_forward_hook(self._leave_module),
+        ]
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -215,8 +217,15 @@ def price(record: OpRecord, roofline: Roofline) -> float:
     return max(compute, record.bytes / roofline.bandwidth, record.calls * roofline.launch_seconds)
 
 
-def profile(config_path: str, overrides: list[str], *, layers: int | None, roofline: Roofline,
-            attention_efficiency: float, microbatches_per_step: int | None = None) -> tuple[list[OpRecord], dict]:  # fmt: skip
+def profile(
+    config_path: str,
+    overrides: list[str],
+    *,
+    layers: int | None,
+    roofline: Roofline,
+    attention_efficiency: float,
+    microbatches_per_step: int | None = None,
+) -> tuple[list[OpRecord], dict]:
     from megatron_plm.config import load_config
     from megatron_plm.data.builder import DataBuilder
     from megatron_plm.data.loader import BatchLoader
@@ -226,9 +235,13 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
 
-    config = load_config(config_path, [*overrides, "training.train_iters=2", "parallel.use_distributed_optimizer=false"])
+    config = load_config(
+        config_path, [*overrides, "training.train_iters=2", "parallel.use_distributed_optimizer=false"]
+    )
     # One microbatch is recorded; the optimizer's work is shared by all microbatches of a step on one GPU.
-    microbatches = microbatches_per_step or max(1, config.training.global_batch_size // config.training.micro_batch_size)
+    microbatches = microbatches_per_step or max(
+        1, config.training.global_batch_size // config.training.micro_batch_size
+    )
     config.training.global_batch_size = config.training.micro_batch_size
     full_layers = config.model.num_layers
     full_params = count_parameters(config).total
@@ -255,41 +268,82 @@ def profile(config_path: str, overrides: list[str], *, layers: int | None, roofl
     layer_scale, param_scale = full_layers / config.model.num_layers, full_params / small_params
     for r in records:
         r.seconds = sum(s.elapsed_time(e) for s, e in r.events) / 1e3 if on_gpu else price(r, roofline)
-        scale = (param_scale / microbatches if "[optimizer]" in r.module
-                 else layer_scale if r.module.startswith("decoder.layers") else 1)  # fmt: skip
-        r.seconds, r.flops, r.bytes, r.calls = r.seconds * scale, r.flops * scale, r.bytes * scale, round(r.calls * scale)
+        scale = (
+            param_scale / microbatches
+            if "[optimizer]" in r.module
+            else layer_scale
+            if r.module.startswith("decoder.layers")
+            else 1
+        )
+        r.seconds, r.flops, r.bytes, r.calls = (
+            r.seconds * scale,
+            r.flops * scale,
+            r.bytes * scale,
+            round(r.calls * scale),
+        )
     if not on_gpu:
         seconds = sum(attention_seconds(b, config, roofline, attention_efficiency) for b in measured)
-        records.append(OpRecord("decoder.layers.*.self_attention.core_attention", "varlen flash (priced)", 0, 0,
-                                2 * len(measured) * full_layers, seconds=seconds * full_layers))  # fmt: skip
+        records.append(
+            OpRecord(
+                "decoder.layers.*.self_attention.core_attention",
+                "varlen flash (priced)",
+                0,
+                0,
+                2 * len(measured) * full_layers,
+                seconds=seconds * full_layers,
+            )
+        )
         if config.model.attention_backend == "varlen":  # its RoPE ran inside core attention: price the kernel
             qk = sum(b.tokens.numel() for b in measured) * 2 * config.model.hidden_size * 2  # q and k, bf16
             moved = 2 * 2 * qk * full_layers  # read + write, forward + backward
-            records.append(OpRecord("decoder.layers.*.self_attention", "fused rotary (priced)", 0, moved,
-                                    4 * full_layers, seconds=max(moved / roofline.bandwidth,
-                                                                 4 * full_layers * roofline.launch_seconds)))  # fmt: skip
+            records.append(
+                OpRecord(
+                    "decoder.layers.*.self_attention",
+                    "fused rotary (priced)",
+                    0,
+                    moved,
+                    4 * full_layers,
+                    seconds=max(moved / roofline.bandwidth, 4 * full_layers * roofline.launch_seconds),
+                )
+            )
         if config.model.attention_backend in ("sdpa", "varlen"):  # their MLP ran the fused op's reference
             records = [r for r in records if ".mlp.bias_gelu" not in r.module]
             ffn = config.model.ffn_size // config.parallel.tensor_model_parallel_size
             activation = sum(b.tokens.numel() for b in measured) * ffn * 2  # bf16
             moved = 5 * activation * full_layers  # forward: read x, write; backward: read x and grad, write
             calls = 3 * len(measured) * full_layers  # forward, backward, the bias gradient's partial sums
-            records.append(OpRecord("decoder.layers.*.mlp.bias_gelu", "fused bias+GELU (priced)", 0, moved, calls,
-                                    seconds=max(moved / roofline.bandwidth, calls * roofline.launch_seconds)))
+            records.append(
+                OpRecord(
+                    "decoder.layers.*.mlp.bias_gelu",
+                    "fused bias+GELU (priced)",
+                    0,
+                    moved,
+                    calls,
+                    seconds=max(moved / roofline.bandwidth, calls * roofline.launch_seconds),
+                )
+            )
     tokens = sum(b.tokens.numel() for b in measured)
     real = sum(int((b.segment_ids >= 0).sum()) for b in measured)
-    info = {"config": config.name, "layers": f"{config.model.num_layers} built, {full_layers} priced",
-            "microbatches": microbatches,
-            "tokens": tokens, "real": real, "device": runtime.device.type}  # fmt: skip
+    info = {
+        "config": config.name,
+        "layers": f"{config.model.num_layers} built, {full_layers} priced",
+        "microbatches": microbatches,
+        "tokens": tokens,
+        "real": real,
+        "device": runtime.device.type,
+    }
     return records, info
 
 
 def format_profile(records: list[OpRecord], info: dict, roofline: Roofline, top: int) -> str:
     total = sum(r.seconds for r in records)
     how = "measured (CUDA events)" if info["device"] == "cuda" else f"priced on {roofline.name}"
-    lines = [f"{info['config']}: one microbatch, {info['tokens']:,} tokens ({info['real'] / info['tokens']:.1%} real), "
-             f"layers {info['layers']}, optimizer shared by {info['microbatches']} microbatches; times {how}", "",
-             f"{'kind of work':<36} {'kernels':>8} {'GFLOP':>10} {'GB moved':>9} {'ms':>9} {'share':>6}"]  # fmt: skip
+    lines = [
+        f"{info['config']}: one microbatch, {info['tokens']:,} tokens ({info['real'] / info['tokens']:.1%} real), "
+        f"layers {info['layers']}, optimizer shared by {info['microbatches']} microbatches; times {how}",
+        "",
+        f"{'kind of work':<36} {'kernels':>8} {'GFLOP':>10} {'GB moved':>9} {'ms':>9} {'share':>6}",
+    ]
     by_kind = defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for r in records:
         row = by_kind[category(r)]
@@ -298,10 +352,16 @@ def format_profile(records: list[OpRecord], info: dict, roofline: Roofline, top:
         row[2] += r.bytes
         row[3] += r.seconds
     for kind, (calls, flops, moved, seconds) in sorted(by_kind.items(), key=lambda kv: -kv[1][3]):
-        lines.append(f"{kind:<36} {calls:>8,} {flops / 1e9:>10,.0f} {moved / 1e9:>9.2f} {seconds * 1e3:>9.2f} "
-                     f"{seconds / total:>6.1%}")  # fmt: skip
-    lines += ["", f"total {total * 1e3:.2f} ms; the {top} costliest ops outside GEMMs and attention:", "",
-              f"{'module':<58} {'op':<28} {'calls':>6} {'GB moved':>9} {'ms':>8}"]  # fmt: skip
+        lines.append(
+            f"{kind:<36} {calls:>8,} {flops / 1e9:>10,.0f} {moved / 1e9:>9.2f} {seconds * 1e3:>9.2f} "
+            f"{seconds / total:>6.1%}"
+        )
+    lines += [
+        "",
+        f"total {total * 1e3:.2f} ms; the {top} costliest ops outside GEMMs and attention:",
+        "",
+        f"{'module':<58} {'op':<28} {'calls':>6} {'GB moved':>9} {'ms':>8}",
+    ]
     rest = [r for r in records if category(r) not in ("GEMM", "core attention")]
     for r in sorted(rest, key=lambda r: -r.seconds)[:top]:
         lines.append(f"{r.module[:58]:<58} {r.op[:28]:<28} {r.calls:>6} {r.bytes / 1e9:>9.2f} {r.seconds * 1e3:>8.2f}")
@@ -315,18 +375,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--layers", type=int, default=None, help="transformer layers to build (rows scale up)")
     parser.add_argument("--price-on", choices=sorted(ROOFLINES), default="h100")
-    parser.add_argument("--attention-efficiency", type=float, default=0.45,
-                        help="share of the matrix rate a varlen flash kernel reaches (FA2 on H100: ~0.45)")
-    parser.add_argument("--microbatches-per-step", type=int, default=None,
-                        help="microbatches sharing one optimizer step (default: global / micro batch size)")
+    parser.add_argument(
+        "--attention-efficiency",
+        type=float,
+        default=0.45,
+        help="share of the matrix rate a varlen flash kernel reaches (FA2 on H100: ~0.45)",
+    )
+    parser.add_argument(
+        "--microbatches-per-step",
+        type=int,
+        default=None,
+        help="microbatches sharing one optimizer step (default: global / micro batch size)",
+    )
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_intermixed_args(argv)  # flags may follow the overrides
     silence_fallback_warnings()
     roofline = ROOFLINES[args.price_on]
-    records, info = profile(args.config, args.overrides, layers=args.layers, roofline=roofline,
-                            attention_efficiency=args.attention_efficiency,
-                            microbatches_per_step=args.microbatches_per_step)  # fmt: skip
+    records, info = profile(
+        args.config,
+        args.overrides,
+        layers=args.layers,
+        roofline=roofline,
+        attention_efficiency=args.attention_efficiency,
+        microbatches_per_step=args.microbatches_per_step,
+    )
     print(format_profile(records, info, roofline, args.top))
     return 0
 

@@ -58,11 +58,14 @@ def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict
         return {
             "name": f"{config.name} [{config.model.attention_backend}]",
             "layout": f"TP{p.tensor_model_parallel_size}xPP{p.pipeline_model_parallel_size}xDP{runtime.data_parallel_size}",
-            "device": runtime.device.type, "seconds": seconds, "tokens_per_s": processed / seconds,
-            "tokens_per_s_device": per_device, "non_pad": real / processed,
+            "device": runtime.device.type,
+            "seconds": seconds,
+            "tokens_per_s": processed / seconds,
+            "tokens_per_s_device": per_device,
+            "non_pad": real / processed,
             "tflops": achieved / 1e12 if runtime.device.type == "cuda" else None,
             "mfu": achieved / peak if peak else None,
-        }  # fmt: skip
+        }
 
 
 def _batches(config, runtime, steps: int) -> list:
@@ -72,8 +75,14 @@ def _batches(config, runtime, steps: int) -> list:
 
     t = config.training
     data = DataBuilder(config.data).build(Split.TRAIN, steps * t.global_batch_size)
-    loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
-                         runtime.data_parallel_size, causal=config.objective == "clm")  # fmt: skip
+    loader = BatchLoader(
+        data,
+        t.global_batch_size,
+        t.micro_batch_size,
+        runtime.dp_rank,
+        runtime.data_parallel_size,
+        causal=config.objective == "clm",
+    )
     return [[b.to(runtime.device) for b in loader.next_step()] for _ in range(steps)]
 
 
@@ -138,30 +147,45 @@ def measure_optimizer_step(config_path, overrides, *, warmup: int = 3, steps: in
             torch.distributed.all_reduce = all_reduce
         if not runtime.is_main_process:
             return None
-    return [{"variant": name, "step_ms": step_ms, "optimizer_ms": statistics.median(times),
-             "optimizer_cpu_ms": statistics.median(cpu_samples[name]), "all_reduces": reductions[name] / steps}
-            for name, times in samples.items()]  # fmt: skip
+    return [
+        {
+            "variant": name,
+            "step_ms": step_ms,
+            "optimizer_ms": statistics.median(times),
+            "optimizer_cpu_ms": statistics.median(cpu_samples[name]),
+            "all_reduces": reductions[name] / steps,
+        }
+        for name, times in samples.items()
+    ]
 
 
 def format_optimizer_rows(rows: list[dict]) -> str:
     base = rows[-1]
-    lines = [f"{'optimizer step':<32} {'all-reduces':>11} {'wall ms (median)':>17} {'CPU ms (median)':>16} "
-             f"{'saved wall ms/step':>19} {'of a step':>10}"]  # fmt: skip
+    lines = [
+        f"{'optimizer step':<32} {'all-reduces':>11} {'wall ms (median)':>17} {'CPU ms (median)':>16} "
+        f"{'saved wall ms/step':>19} {'of a step':>10}"
+    ]
     for r in rows:
         saved = base["optimizer_ms"] - r["optimizer_ms"]
-        lines.append(f"{r['variant']:<32} {r['all_reduces']:>11.0f} {r['optimizer_ms']:>17.3f} "
-                     f"{r['optimizer_cpu_ms']:>16.3f} {saved:>19.3f} {saved / r['step_ms']:>10.2%}")  # fmt: skip
+        lines.append(
+            f"{r['variant']:<32} {r['all_reduces']:>11.0f} {r['optimizer_ms']:>17.3f} "
+            f"{r['optimizer_cpu_ms']:>16.3f} {saved:>19.3f} {saved / r['step_ms']:>10.2%}"
+        )
     return "\n".join(lines) + f"\n(one whole training step: {rows[0]['step_ms']:.1f} ms)"
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'run':<40} {'layout':<13} {'device':<7} {'s/step':>8} {'tokens/s':>10} {'tok/s/dev':>10} "
-             f"{'non-pad':>8} {'TFLOP/s/dev':>12} {'MFU':>6}"]  # fmt: skip
+    lines = [
+        f"{'run':<40} {'layout':<13} {'device':<7} {'s/step':>8} {'tokens/s':>10} {'tok/s/dev':>10} "
+        f"{'non-pad':>8} {'TFLOP/s/dev':>12} {'MFU':>6}"
+    ]
     for r in rows:
         tflops = f"{r['tflops']:.1f}" if r["tflops"] is not None else "-"
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-        lines.append(f"{r['name']:<40} {r['layout']:<13} {r['device']:<7} {r['seconds']:>8.3f} {r['tokens_per_s']:>10,.0f} "
-                     f"{r['tokens_per_s_device']:>10,.0f} {r['non_pad']:>8.1%} {tflops:>12} {mfu:>6}")  # fmt: skip
+        lines.append(
+            f"{r['name']:<40} {r['layout']:<13} {r['device']:<7} {r['seconds']:>8.3f} {r['tokens_per_s']:>10,.0f} "
+            f"{r['tokens_per_s_device']:>10,.0f} {r['non_pad']:>8.1%} {tflops:>12} {mfu:>6}"
+        )
     return "\n".join(lines)
 
 
@@ -196,8 +220,11 @@ def parse_benchmark_args(description: str, argv: list[str] | None, *, extra=None
 
 def main(argv: list[str] | None = None) -> int:
     def optimizer_step_flag(parser):
-        parser.add_argument("--optimizer-step", action="store_true",
-                            help="time the one-reduction optimizer step against the two-reduction one it replaced")  # fmt: skip
+        parser.add_argument(
+            "--optimizer-step",
+            action="store_true",
+            help="time the one-reduction optimizer step against the two-reduction one it replaced",
+        )
 
     args = parse_benchmark_args(__doc__, argv, extra=optimizer_step_flag)
     if args.optimizer_step:

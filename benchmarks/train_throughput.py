@@ -76,33 +76,50 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     real = sum(int(mask.sum()) for _, mask, _ in batches[warmup:]) / steps
     achieved = flops_per_token(config) * processed / seconds
     peak = peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
-    return {"name": f"transformers {type(model).__name__} [sdpa]", "layout": "1 device", "device": device.type,
-            "seconds": seconds, "tokens_per_s": processed / seconds, "tokens_per_s_device": processed / seconds,
-            "non_pad": real / processed, "tflops": achieved / 1e12 if device.type == "cuda" else None,
-            "mfu": achieved / peak if peak else None}  # fmt: skip
+    return {
+        "name": f"transformers {type(model).__name__} [sdpa]",
+        "layout": "1 device",
+        "device": device.type,
+        "seconds": seconds,
+        "tokens_per_s": processed / seconds,
+        "tokens_per_s_device": processed / seconds,
+        "non_pad": real / processed,
+        "tflops": achieved / 1e12 if device.type == "cuda" else None,
+        "mfu": achieved / peak if peak else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     from megatron_plm.runtime.accelerators import detect
 
     def backends_flag(parser):
-        parser.add_argument("--backends", default=None,
-                            help="comma-separated attention backends to time (default: local,sdpa,varlen and te "
-                                 "where installed)")  # fmt: skip
+        parser.add_argument(
+            "--backends",
+            default=None,
+            help="comma-separated attention backends to time (default: local,sdpa,varlen and te where installed)",
+        )
 
     args = parse_benchmark_args(__doc__, argv, extra=backends_flag)
     if args.backends:
         backends = args.backends.split(",")
     else:
         backends = ["local", "sdpa", "varlen"] + (["te"] if detect().transformer_engine else [])
-    rows = [measure(args.config, [*args.overrides, f"model.attention_backend={backend}"], warmup=args.warmup,
-                    steps=args.steps) for backend in backends]  # fmt: skip
+    rows = [
+        measure(
+            args.config, [*args.overrides, f"model.attention_backend={backend}"], warmup=args.warmup, steps=args.steps
+        )
+        for backend in backends
+    ]
     rows.append(measure_transformers(args.config, args.overrides, warmup=args.warmup, steps=args.steps))
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}")
     print(format_rows(rows))
     base = rows[-1]["tokens_per_s"]
-    print("real tokens/s vs transformers: " + ", ".join(
-        f"{r['name']} {r['tokens_per_s'] * r['non_pad'] / (base * rows[-1]['non_pad']):.2f}x" for r in rows[:-1]))
+    print(
+        "real tokens/s vs transformers: "
+        + ", ".join(
+            f"{r['name']} {r['tokens_per_s'] * r['non_pad'] / (base * rows[-1]['non_pad']):.2f}x" for r in rows[:-1]
+        )
+    )
     print(mfu_basis())
     return 0
 

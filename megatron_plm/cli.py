@@ -21,8 +21,10 @@ def _cmd_env(args: argparse.Namespace) -> int:
         from megatron_plm.kernels.selfcheck import check_all, format_results
 
         results, skipped = check_all()
-        print(f"\nfused kernels (self-check: forward and backward against the PyTorch reference)\n"
-              f"{format_results(results, skipped)}")  # fmt: skip
+        print(
+            f"\nfused kernels (self-check: forward and backward against the PyTorch reference)\n"
+            f"{format_results(results, skipped)}"
+        )
         # A GPU machine where a kernel fails or was not built is an error; a CPU machine has nothing to check.
         import torch
 
@@ -48,8 +50,10 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
     clusters = greedy_clusters(result, alignment.ids)
     files = write_weights(args.output_prefix, alignment.ids, result, clusters)
     n, columns = alignment.columns.shape
-    print(f"{n:,} sequences x {columns} match columns: Neff {result.neff:,.1f} at {args.identity:.0%} identity, "
-          f"{clusters.max() + 1:,} clusters ({time.perf_counter() - started:.1f} s)")
+    print(
+        f"{n:,} sequences x {columns} match columns: Neff {result.neff:,.1f} at {args.identity:.0%} identity, "
+        f"{clusters.max() + 1:,} clusters ({time.perf_counter() - started:.1f} s)"
+    )
     print(f"wrote {files['weights']}, {files['clusters']} (train on the clusters: preprocess --clusters)")
     return 0
 
@@ -57,16 +61,26 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
     from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
 
-    meta = train_subword_tokenizer(SubwordTrainConfig(
-        inputs=args.inputs, output=str(args.output), model_type=args.model_type, vocab_size=args.vocab_size,
-        sample_sequences=args.sample_sequences, max_piece_length=args.max_piece_length, seed=args.seed,
-        threads=args.threads, progress=not args.no_progress,
-    ))  # fmt: skip
+    meta = train_subword_tokenizer(
+        SubwordTrainConfig(
+            inputs=args.inputs,
+            output=str(args.output),
+            model_type=args.model_type,
+            vocab_size=args.vocab_size,
+            sample_sequences=args.sample_sequences,
+            max_piece_length=args.max_piece_length,
+            seed=args.seed,
+            threads=args.threads,
+            progress=not args.no_progress,
+        )
+    )
     fed = meta["trained_on"]
-    print(f"wrote {args.output}: {meta['model_type']} vocabulary of {meta['vocab_size']:,} tokens "
-          f"({len(meta['fixed_tokens'])} fixed + {meta['vocab_size'] - len(meta['fixed_tokens']):,} pieces) from "
-          f"{fed['sequences']:,} sequences ({fed['residues']:,} residues; a sample of at most "
-          f"{fed['sample_sequences']:,} kept) in {fed['seconds']:.1f} s")  # fmt: skip
+    print(
+        f"wrote {args.output}: {meta['model_type']} vocabulary of {meta['vocab_size']:,} tokens "
+        f"({len(meta['fixed_tokens'])} fixed + {meta['vocab_size'] - len(meta['fixed_tokens']):,} pieces) from "
+        f"{fed['sequences']:,} sequences ({fed['residues']:,} residues; a sample of at most "
+        f"{fed['sample_sequences']:,} kept) in {fed['seconds']:.1f} s"
+    )
     return 0
 
 
@@ -150,25 +164,49 @@ def _evaluate_perplexity(model, args) -> None:
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
 
     tok = ProteinTokenizer()
-    records = [(r.record_id, tok.encode(r.sequence).astype("int64"))
-               for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]  # fmt: skip
+    records = [
+        (r.record_id, tok.encode(r.sequence).astype("int64"))
+        for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
+    ]
     from megatron_plm.outputs import write_text_atomic
 
-    scores = perplexity(model, records, mask_ratio=args.mask_ratio, seed=args.seed, pseudo=args.pseudo,
-                        show_progress=not args.no_progress)  # fmt: skip
-    kind = {"clm": "perplexity", "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})"}
+    scores = perplexity(
+        model,
+        records,
+        mask_ratio=args.mask_ratio,
+        seed=args.seed,
+        pseudo=args.pseudo,
+        show_progress=not args.no_progress,
+    )
+    kind = {
+        "clm": "perplexity",
+        "mlm": "pseudo-perplexity" if args.pseudo else f"masked perplexity ({args.mask_ratio:.0%})",
+    }
     if args.output:
-        write_text_atomic(args.output, "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue\n"
-                          + "".join(f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},"
-                                    f"{s.perplexity_per_residue:.6g}\n" for s in scores))  # fmt: skip
-    print(f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
-          f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
-          f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}")  # fmt: skip
+        write_text_atomic(
+            args.output,
+            "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue\n"
+            + "".join(
+                f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},{s.perplexity_per_residue:.6g}\n"
+                for s in scores
+            ),
+        )
+    print(
+        f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
+        f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
+        f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}"
+    )
 
 
 def _evaluate_dms(model, args) -> None:
     from megatron_plm.data.fasta import read_fasta
-    from megatron_plm.evaluation.dms import evaluate_assays, format_table, load_assays, residue_frequencies, write_scores
+    from megatron_plm.evaluation.dms import (
+        evaluate_assays,
+        format_table,
+        load_assays,
+        residue_frequencies,
+        write_scores,
+    )
 
     assays = load_assays(args.assays, args.assay)
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
@@ -194,8 +232,10 @@ def _evaluate_embed(model, args) -> None:
     from megatron_plm.evaluation.embed import embed
 
     tok = ProteinTokenizer()
-    records = [(r.record_id, tok.encode(r.sequence).astype("int64"))
-               for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]  # fmt: skip
+    records = [
+        (r.record_id, tok.encode(r.sequence).astype("int64"))
+        for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
+    ]
     result = embed(model, records, layers=args.layers, pool=args.pool, batch_size=args.batch_size)
     result.save(args.output)
     shapes = ", ".join(f"layer_{k} {list(v.shape)}" for k, v in result.layers.items())
@@ -205,8 +245,15 @@ def _evaluate_embed(model, args) -> None:
 def _evaluate_probe(model, args) -> None:
     from megatron_plm.evaluation.probe import ProbeConfig, format_probe, run_probe
 
-    config = ProbeConfig(data=str(args.data), chains=args.chains, max_length=args.max_length, layer=args.layer,
-                         window=args.window, test_fraction=args.test_fraction, seed=args.seed)  # fmt: skip
+    config = ProbeConfig(
+        data=str(args.data),
+        chains=args.chains,
+        max_length=args.max_length,
+        layer=args.layer,
+        window=args.window,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
     print(format_probe(run_probe(model, config), model.name))
 
 
@@ -216,8 +263,15 @@ def _evaluate_generate(model, args) -> None:
     from megatron_plm.data.fasta import read_fasta
     from megatron_plm.data.tokenizer import RESIDUES
 
-    config = SamplingConfig(num_sequences=args.num, max_length=args.max_length, temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, reverse=args.reverse, seed=args.seed)  # fmt: skip
+    config = SamplingConfig(
+        num_sequences=args.num,
+        max_length=args.max_length,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        reverse=args.reverse,
+        seed=args.seed,
+    )
     if args.prompt is None:
         prompts = [("generated", "")]
     elif Path(args.prompt).is_file():
@@ -235,8 +289,10 @@ def _evaluate_generate(model, args) -> None:
         names += [f"{name}_{i}" for i in range(1, args.num + 1)]
     perplexities = generation_perplexities(model, sequences)
     write_fasta(args.output, sequences, perplexities, names=names)
-    print(f"wrote {len(sequences)} sequences to {args.output} (mean length "
-          f"{sum(map(len, sequences)) / len(sequences):.0f}, mean perplexity {sum(perplexities) / len(perplexities):.2f})")
+    print(
+        f"wrote {len(sequences)} sequences to {args.output} (mean length "
+        f"{sum(map(len, sequences)) / len(sequences):.0f}, mean perplexity {sum(perplexities) / len(perplexities):.2f})"
+    )
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -339,8 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     env = commands.add_parser("env", help="report torch, megatron-core, GPU and accelerator availability")
-    env.add_argument("--check-kernels", action="store_true",
-                     help="run every fused kernel's self-check in every dtype on each GPU and print a table")
+    env.add_argument(
+        "--check-kernels",
+        action="store_true",
+        help="run every fused kernel's self-check in every dtype on each GPU and print a table",
+    )
     env.set_defaults(func=_cmd_env)
 
     from megatron_plm.data.preprocess import add_arguments as add_preprocess_arguments
@@ -351,8 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
-    weights = commands.add_parser("msa-weights", help="homolog weights 1/(neighbours at >= 80%% identity) of an "
-                                  "alignment, and identity clusters that carry them into cluster-aware sampling")
+    weights = commands.add_parser(
+        "msa-weights",
+        help="homolog weights 1/(neighbours at >= 80%% identity) of an "
+        "alignment, and identity clusters that carry them into cluster-aware sampling",
+    )
     weights.add_argument("alignment", type=Path, help="a3m, a2m or aligned FASTA (optionally .gz)")
     weights.add_argument("--output-prefix", required=True, help="writes PREFIX.weights.tsv and PREFIX.clusters.tsv")
     weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (default 0.8, as EVE)")
@@ -363,12 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_steps = tokenizer.add_subparsers(dest="step", required=True)
     tok_train = tokenizer_steps.add_parser("train", help="learn a subword vocabulary from FASTA files")
     tok_train.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs", help="FASTA files")
-    tok_train.add_argument("--model-type", choices=["bpe", "unigram"], default="bpe",
-                           help="SentencePiece algorithm: byte-pair merges (ProtGPT2) or a unigram LM")  # fmt: skip
+    tok_train.add_argument(
+        "--model-type",
+        choices=["bpe", "unigram"],
+        default="bpe",
+        help="SentencePiece algorithm: byte-pair merges (ProtGPT2) or a unigram LM",
+    )
     tok_train.add_argument("--vocab-size", type=int, required=True, help="total, the 35 fixed tokens included")
     tok_train.add_argument("--output", type=Path, required=True, help="tokenizer directory to write")
-    tok_train.add_argument("--sample-sequences", type=int, default=1_000_000,
-                           help="sequences SentencePiece keeps in memory (uniform sample; bounds memory)")  # fmt: skip
+    tok_train.add_argument(
+        "--sample-sequences",
+        type=int,
+        default=1_000_000,
+        help="sequences SentencePiece keeps in memory (uniform sample; bounds memory)",
+    )
     tok_train.add_argument("--max-piece-length", type=int, default=16, help="longest piece, in residues")
     tok_train.add_argument("--seed", type=int, default=0, help="seed of the input sample")
     tok_train.add_argument("--threads", type=int, default=1, help="SentencePiece training threads")
@@ -376,18 +446,24 @@ def build_parser() -> argparse.ArgumentParser:
     tok_train.set_defaults(func=_cmd_tokenizer)
 
     train = commands.add_parser(
-        "train", help="train a CLM or MLM from a YAML config",
+        "train",
+        help="train a CLM or MLM from a YAML config",
         epilog="config sections: objective, name, model, data, training, optimizer, parallel, checkpoint, logging, "
-               "fp8; 'megatron-plm train --print-config' lists every key with its type, default and doc",
-    )  # fmt: skip
+        "fp8; 'megatron-plm train --print-config' lists every key with its type, default and doc",
+    )
     train.add_argument("--config", type=Path, help="YAML run config (see examples/configs/); required to train")
-    train.add_argument("--print-config", action="store_true",
-                       help="print every config field with its value, type, default and doc, then exit")  # fmt: skip
+    train.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every config field with its value, type, default and doc, then exit",
+    )
     train.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help=OVERRIDES_HELP)
     train.set_defaults(func=_cmd_train)
 
     plot = commands.add_parser("plot", help="loss, perplexity, LR and tokens/s of one or more runs -> PNG")
-    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (or metrics.jsonl files)")
+    plot.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (or metrics.jsonl files)"
+    )
     plot.add_argument("--output", type=Path, help="PNG to write (default: RUN_DIR/curves.png of the first run)")
     plot.set_defaults(func=_cmd_plot)
 
@@ -407,8 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--objective", choices=["clm", "mlm"], default="clm", help="objective of --budget-flops")
     plan.add_argument("--law", default="paper", help="'paper' (the study's fits) or a JSON from 'scaling fit --output'")
     plan.add_argument("--write-config", type=Path, help="write a ready run config for the planned model")
-    plan.add_argument("--template", type=Path,
-                      help="take --write-config's data section from this config (default: the nearest recipe's)")  # fmt: skip
+    plan.add_argument(
+        "--template",
+        type=Path,
+        help="take --write-config's data section from this config (default: the nearest recipe's)",
+    )
     plan.add_argument("overrides", nargs="*", metavar="dotted.key=VALUE", help=OVERRIDES_HELP)
     plan.add_argument("--gpus", type=int, default=8, help="GPUs in the job")
     plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, h200-141gb, a100-80gb or cpu")
@@ -434,8 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect_cmd = steps.add_parser("collect", help="gather the sweep's final validation losses into runs.csv")
     collect_cmd.add_argument("--out", type=Path, required=True, help="the sweep directory")
     for command in (fit_cmd, sweep_cmd, collect_cmd):
-        command.add_argument("--objective", choices=["clm", "mlm"], default="clm" if command is not fit_cmd else None,
-                             help="objective of the runs (fit: compare with the paper's law for it)")  # fmt: skip
+        command.add_argument(
+            "--objective",
+            choices=["clm", "mlm"],
+            default="clm" if command is not fit_cmd else None,
+            help="objective of the runs (fit: compare with the paper's law for it)",
+        )
         command.add_argument("--seed", type=int, default=0, help="random seed")
     scaling.set_defaults(func=_cmd_scaling)
 
@@ -452,24 +535,48 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--assays", type=Path, required=True, help="directory of <DMS_id>.csv + wildtype.fasta")
     dms.add_argument("--assay", action="append", help="only this DMS_id (repeatable)")
     dms.add_argument("--output", type=Path, help="per-mutant CSV: DMS_id,mutant,score")
-    dms.add_argument("--unigram-fasta", type=Path, default=Path(sample_fasta),
-                     help="residue frequencies for the unigram floor (default: the shipped sample)")  # fmt: skip
-    dms.add_argument("--msa", type=Path, help="alignment of the assay's protein (query first; a3m/a2m/afa): adds its "
-                     "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor")  # fmt: skip
+    dms.add_argument(
+        "--unigram-fasta",
+        type=Path,
+        default=Path(sample_fasta),
+        help="residue frequencies for the unigram floor (default: the shipped sample)",
+    )
+    dms.add_argument(
+        "--msa",
+        type=Path,
+        help="alignment of the assay's protein (query first; a3m/a2m/afa): adds its "
+        "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor",
+    )
     dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
     emb.add_argument("--fasta", type=Path, required=True, help="proteins to embed (plain or .gz)")
     emb.add_argument("--output", type=Path, required=True, help=".npz: ids, layer_<k> (and offsets for per-token)")
-    emb.add_argument("--pool", choices=["mean", "cls", "per-token"], default="mean",
-                     help="mean over residues, the <cls> token (CLM: the closing 2), or every residue")  # fmt: skip
-    emb.add_argument("--layers", type=int, nargs="+", default=[-1],
-                     help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)")  # fmt: skip
+    emb.add_argument(
+        "--pool",
+        choices=["mean", "cls", "per-token"],
+        default="mean",
+        help="mean over residues, the <cls> token (CLM: the closing 2), or every residue",
+    )
+    emb.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[-1],
+        help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)",
+    )
     emb.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
     emb.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
-    probe = tasks.add_parser("probe", help="linear secondary-structure probe (Q3/Q8) on frozen per-residue "
-                             "embeddings, beside a residue-identity window baseline")  # fmt: skip
-    probe.add_argument("--data", type=Path, default=Path("../shared/data/secondary_structure/"
-                       "porter6_train_sample_2000_dssp8.tsv.gz"), help="TSV: index, sequence, ss8 (DSSP 8-state)")  # fmt: skip
+    probe = tasks.add_parser(
+        "probe",
+        help="linear secondary-structure probe (Q3/Q8) on frozen per-residue "
+        "embeddings, beside a residue-identity window baseline",
+    )
+    probe.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/data/secondary_structure/porter6_train_sample_2000_dssp8.tsv.gz"),
+        help="TSV: index, sequence, ss8 (DSSP 8-state)",
+    )
     probe.add_argument("--chains", type=int, default=400, help="use the first N chains (split by chain)")
     probe.add_argument("--max-length", type=int, default=1000, help="skip longer chains")
     probe.add_argument("--layer", type=int, default=-1, help="hidden layer to probe (-1: final)")
@@ -483,8 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0: all)")
     gen.add_argument("--reverse", action="store_true", help="sample C->N (framed 2...1), written N->C")
-    gen.add_argument("--prompt", help="residues every sequence starts with (ends with, if --reverse), or a FASTA "
-                                      "file of such prefixes (--num sequences each); counted in --max-length")  # fmt: skip
+    gen.add_argument(
+        "--prompt",
+        help="residues every sequence starts with (ends with, if --reverse), or a FASTA "
+        "file of such prefixes (--num sequences each); counted in --max-length",
+    )
     for task in (ppl, dms, emb, probe, gen):
         task.add_argument("--no-progress", action="store_true", help="no progress bar or periodic progress lines")
         task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
@@ -508,7 +618,13 @@ def main(argv: list[str] | None = None) -> int:
         silence_fallback_warnings()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-            PermissionError) as error:  # fmt: skip
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+    ) as error:
         print(f"megatron-plm {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -156,7 +156,6 @@ def parse_yaml(text):
     return yaml.load(text, Loader=ConfigLoader)
 
 
-
 def _to_plain(value):
     if dataclasses.is_dataclass(value):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
@@ -204,7 +203,9 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{where} must be a number, got {value!r}")
         if not math.isfinite(value):
-            raise ValueError(f"{where} must be a finite number, got {value!r} (for 'no limit' write a large one, e.g. 1e30)")
+            raise ValueError(
+                f"{where} must be a finite number, got {value!r} (for 'no limit' write a large one, e.g. 1e30)"
+            )
         return float(value)
     if annotation is str:
         if not isinstance(value, (str, Path)):
@@ -237,12 +238,15 @@ def from_dict(cls, data: Any, where: str = ""):
             raise ValueError(f"unknown config field {path!r}{_unknown_field_hint(key, fields, hints, where)}")
         kwargs[key] = _convert(value, hints[key], path)
     missing = [
-        name for name, f in fields.items()
+        name
+        for name, f in fields.items()
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]  # fmt: skip
+    ]
     if missing:
-        raise ValueError(f"missing config field{'s' if len(missing) > 1 else ''}: "
-                         + ", ".join(".".join(filter(None, [where, m])) for m in missing))  # fmt: skip
+        raise ValueError(
+            f"missing config field{'s' if len(missing) > 1 else ''}: "
+            + ", ".join(".".join(filter(None, [where, m])) for m in missing)
+        )
     return cls(**kwargs)
 
 
@@ -263,8 +267,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             where = ".".join(parts[:depth]) or "the config"
             if isinstance(node, list):
                 if not part.isdigit() or int(part) > len(node):
-                    raise ValueError(f"override {override!r}: {where} is a list of {len(node)}; "
-                                     f"address an item by index 0..{len(node)} ({len(node)} appends)")  # fmt: skip
+                    raise ValueError(
+                        f"override {override!r}: {where} is a list of {len(node)}; "
+                        f"address an item by index 0..{len(node)} ({len(node)} appends)"
+                    )
                 index = int(part)
                 if index == len(node):
                     node.append(value)
@@ -313,8 +319,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 def _check_derived(model: Any, config: TrainConfig) -> None:
     """``model.seq_length`` and ``model.vocab_size`` follow the data and the tokenizer; a config may
     repeat them (a saved one does) but not contradict them."""
-    derived = {"seq_length": ("data.seq_length", config.model.seq_length),
-               "vocab_size": ("the tokenizer", config.model.vocab_size)}  # fmt: skip
+    derived = {
+        "seq_length": ("data.seq_length", config.model.seq_length),
+        "vocab_size": ("the tokenizer", config.model.vocab_size),
+    }
     for name, (source, value) in derived.items():
         given = model.get(name) if isinstance(model, dict) else None
         if given is not None and given != value:
@@ -341,7 +349,9 @@ def validate(config: TrainConfig) -> None:
         import signal
 
         if t.exit_signal not in signal.Signals.__members__ or t.exit_signal in ("SIGKILL", "SIGSTOP"):
-            raise ValueError(f"training.exit_signal must be a catchable signal name such as SIGUSR1, got {t.exit_signal!r}")
+            raise ValueError(
+                f"training.exit_signal must be a catchable signal name such as SIGUSR1, got {t.exit_signal!r}"
+            )
     if config.checkpoint.keep_last < 1:
         raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
 
@@ -362,9 +372,13 @@ def field_docs(cls) -> dict[str, str]:
         except (OSError, TypeError):
             continue
         for node, following in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
-                    and isinstance(following.value.value, str)):  # fmt: skip
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
                 text = " ".join(following.value.value.split())
                 docs[node.target.id] = re.split(r"(?<=\.)\s(?=[A-Z(`])", text, maxsplit=1)[0].rstrip(".")
     return docs
@@ -403,18 +417,31 @@ def _describe(cls, instance, indent: str, lines: list) -> None:
         item = typing.get_args(annotation)[0] if typing.get_origin(annotation) is list else None
         if dataclasses.is_dataclass(annotation):
             lines.append(f"{indent}{f.name}:".ljust(40) + (f"  # {docs[f.name]}" if f.name in docs else ""))
-            sub = value if instance is not None else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            sub = (
+                value
+                if instance is not None
+                else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+            )
             _describe(annotation, sub, indent + "  ", lines)
         elif item is not None and dataclasses.is_dataclass(item):
             lines.append(f"{indent}{f.name}:".ljust(40) + doc)
-            for element in (value if instance is not None else [None]):
+            for element in value if instance is not None else [None]:
                 start = len(lines)
                 _describe(item, element, indent + "  ", lines)
                 lines[start] = f"{indent}- " + lines[start][len(indent) + 2 :]
         else:
-            shown = "" if instance is None and default == "required" else " " + _yaml_scalar(
-                _to_plain(value if instance is not None else (f.default if f.default is not dataclasses.MISSING
-                                                                 else f.default_factory())))  # fmt: skip
+            shown = (
+                ""
+                if instance is None and default == "required"
+                else " "
+                + _yaml_scalar(
+                    _to_plain(
+                        value
+                        if instance is not None
+                        else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                    )
+                )
+            )
             lines.append(f"{indent}{f.name}:{shown}".ljust(40) + doc)
 
 

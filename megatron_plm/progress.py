@@ -18,8 +18,16 @@ T = TypeVar("T")
 class Progress:
     """``update(n)`` as work completes; ``close()`` (or use as a context manager) at the end."""
 
-    def __init__(self, total: float | None, desc: str, *, unit: str = "it", enabled: bool = True,
-                 stream: TextIO | None = None, interval: float | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        total: float | None,
+        desc: str,
+        *,
+        unit: str = "it",
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.total, self.desc, self.unit, self.done = total, desc, unit, 0.0
         self.stream = stream or sys.stderr
         if interval is None:
@@ -76,7 +84,9 @@ class Progress:
         self.close()
 
 
-def track(items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it", enabled: bool = True) -> Iterator[T]:
+def track(
+    items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it", enabled: bool = True
+) -> Iterator[T]:
     """Iterate ``items``, reporting each one as done."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]

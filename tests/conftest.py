@@ -21,10 +21,23 @@ SAMPLE_DIR = REPO / "data"
 SHARED_DATA = Path(os.environ.get("MEGATRON_PLM_SHARED_DATA") or REPO.parent / "shared" / "data")
 """The project's shared data: $MEGATRON_PLM_SHARED_DATA, else ``../shared/data`` beside the checkout."""
 
-ESM2_8M = dict(vocab_size=33, hidden_size=320, num_hidden_layers=6, num_attention_heads=20, intermediate_size=1280,
-               hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-               max_position_embeddings=1026, position_embedding_type="rotary", layer_norm_eps=1e-5,
-               emb_layer_norm_before=False, token_dropout=True, mask_token_id=32, pad_token_id=1)  # fmt: skip
+ESM2_8M = dict(
+    vocab_size=33,
+    hidden_size=320,
+    num_hidden_layers=6,
+    num_attention_heads=20,
+    intermediate_size=1280,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+    max_position_embeddings=1026,
+    position_embedding_type="rotary",
+    layer_norm_eps=1e-5,
+    emb_layer_norm_before=False,
+    token_dropout=True,
+    mask_token_id=32,
+    pad_token_id=1,
+)
 """ESM-2 8M as published (facebook/esm2_t6_8M_UR50D config.json); tests build it with random weights."""
 
 
@@ -65,8 +78,15 @@ def sample_corpus(tmp_path_factory, sample_fasta):
 
     prefix = tmp_path_factory.mktemp("corpora") / "uniref90_sample"
     clusters = str(sample_fasta).replace(".fasta.gz", ".clusters50.tsv.gz")
-    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), clusters=clusters,
-                                source_labels=["uniref90"], progress=False))  # fmt: skip
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(sample_fasta)],
+            output_prefix=str(prefix),
+            clusters=clusters,
+            source_labels=["uniref90"],
+            progress=False,
+        )
+    )
     return prefix
 
 
@@ -76,11 +96,15 @@ def uniprot_corpus(tmp_path_factory, shared_data):
     from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 
     prefix = tmp_path_factory.mktemp("corpora") / "uniprot_db"
-    preprocess(PreprocessConfig(
-        inputs=[str(shared_data / "corpus/uniprotkb_mmseqs2_example_DB.fasta.gz")], output_prefix=str(prefix),
-        clusters=str(shared_data / "clusters/uniprotkb_mmseqs2_example_DB.clusters50.tsv.gz"),
-        source_labels=["uniprot"], progress=False,
-    ))  # fmt: skip
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(shared_data / "corpus/uniprotkb_mmseqs2_example_DB.fasta.gz")],
+            output_prefix=str(prefix),
+            clusters=str(shared_data / "clusters/uniprotkb_mmseqs2_example_DB.clusters50.tsv.gz"),
+            source_labels=["uniprot"],
+            progress=False,
+        )
+    )
     return prefix
 
 
@@ -93,9 +117,16 @@ def subword_tokenizers(tmp_path_factory, sample_fasta):
     root = tmp_path_factory.mktemp("tokenizers")
     out = {}
     for model_type, size, sample in (("bpe", 300, 2000), ("unigram", 128, 300)):
-        train_subword_tokenizer(SubwordTrainConfig(inputs=[str(sample_fasta)], output=str(root / model_type),
-                                                   model_type=model_type, vocab_size=size, sample_sequences=sample,
-                                                   progress=False))  # fmt: skip
+        train_subword_tokenizer(
+            SubwordTrainConfig(
+                inputs=[str(sample_fasta)],
+                output=str(root / model_type),
+                model_type=model_type,
+                vocab_size=size,
+                sample_sequences=sample,
+                progress=False,
+            )
+        )
         out[model_type] = root / model_type
     return out
 
@@ -110,10 +141,17 @@ def subword_corpus(tmp_path_factory, subword_tokenizers, sample_fasta):
 
     root = tmp_path_factory.mktemp("subword_corpus")
     fasta = root / "head.fasta"
-    fasta.write_text("".join(f">{r.record_id}\n{r.sequence.decode()}\n"
-                             for r in itertools.islice(read_fasta(sample_fasta), 1500)))  # fmt: skip
-    summary, _ = preprocess(PreprocessConfig(inputs=[str(fasta)], output_prefix=str(root / "bpe"),
-                                             tokenizer=str(subword_tokenizers["bpe"]), progress=False))  # fmt: skip
+    fasta.write_text(
+        "".join(f">{r.record_id}\n{r.sequence.decode()}\n" for r in itertools.islice(read_fasta(sample_fasta), 1500))
+    )
+    summary, _ = preprocess(
+        PreprocessConfig(
+            inputs=[str(fasta)],
+            output_prefix=str(root / "bpe"),
+            tokenizer=str(subword_tokenizers["bpe"]),
+            progress=False,
+        )
+    )
     return root / "bpe", fasta, summary
 
 
@@ -144,10 +182,17 @@ def trained(runtime, sample_corpus, tmp_path_factory, _trained_checkpoints):
     if not _trained_checkpoints:
         root = tmp_path_factory.mktemp("trained")
         for objective in ("clm", "mlm"):
-            config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
-                f"data.sources=[{{prefix: {sample_corpus}}}]", "training.train_iters=4", "training.eval_interval=0",
-                f"checkpoint.save={root / objective}", "checkpoint.init_from=null", "logging.log_interval=100",
-            ])  # fmt: skip
+            config = load_config(
+                REPO / f"examples/configs/tiny_{objective}.yaml",
+                [
+                    f"data.sources=[{{prefix: {sample_corpus}}}]",
+                    "training.train_iters=4",
+                    "training.eval_interval=0",
+                    f"checkpoint.save={root / objective}",
+                    "checkpoint.init_from=null",
+                    "logging.log_interval=100",
+                ],
+            )
             train(config, runtime)
             _trained_checkpoints[objective] = root / objective
     return dict(_trained_checkpoints)

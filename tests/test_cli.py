@@ -19,7 +19,14 @@ TINY = REPO / "examples/configs/tiny_clm.yaml"
 
 def test_yaml_numbers_parse_as_written(tmp_path):
     assert parse_yaml("a: 1e-3\nb: 3e-4\nc: 1e30\nd: 1.5e+2\ne: 7\nf: 1_000\ng: '1e-3'") == {
-        "a": 0.001, "b": 0.0003, "c": 1e30, "d": 150.0, "e": 7, "f": 1000, "g": "1e-3"}  # fmt: skip
+        "a": 0.001,
+        "b": 0.0003,
+        "c": 1e30,
+        "d": 150.0,
+        "e": 7,
+        "f": 1000,
+        "g": "1e-3",
+    }
     config = TINY.read_text().replace("lr: 0.003", "lr: 3e-3")
     assert "lr: 3e-3" in config, "the example config spells lr differently; update this test"
     (tmp_path / "run.yaml").write_text(config)
@@ -34,8 +41,9 @@ def test_non_finite_numbers_are_rejected_naming_the_field(value):
 
 
 def test_list_items_are_addressable():
-    config = load_config(TINY, ["data.sources.0.prefix=corpora/a", "data.sources.1.prefix=corpora/b",
-                                "data.sources.1.weight=3e-1"])  # fmt: skip
+    config = load_config(
+        TINY, ["data.sources.0.prefix=corpora/a", "data.sources.1.prefix=corpora/b", "data.sources.1.weight=3e-1"]
+    )
     assert [(s.prefix, s.weight) for s in config.data.sources] == [("corpora/a", 1.0), ("corpora/b", 0.3)]
     with pytest.raises(ValueError, match=r"data\.sources is a list of 1; address an item by index 0\.\.1"):
         apply_overrides(parse_yaml("data: {sources: [{prefix: a}]}"), ["data.sources.3.prefix=x"])
@@ -44,8 +52,22 @@ def test_list_items_are_addressable():
 
 
 def test_overrides_after_options(capsys):
-    assert main(["plan", str(REPO / "examples/configs/recipes/clm_7b.yaml"), "--gpus", "8", "--gpu", "a100-80gb",
-                 "parallel.tensor_model_parallel_size=2", "--mfu", "0.3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "plan",
+                str(REPO / "examples/configs/recipes/clm_7b.yaml"),
+                "--gpus",
+                "8",
+                "--gpu",
+                "a100-80gb",
+                "parallel.tensor_model_parallel_size=2",
+                "--mfu",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     assert "TP 2 x PP 1 x DP 4" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["plan", str(TINY), "--bogus"])
@@ -65,8 +87,13 @@ def test_every_flag_has_help_and_shows_its_default():
     parser = build_parser()
     missing = [f"{path}{a.dest}" for path, a in _actions(parser) if not a.help]
     assert not missing, f"flags without help: {missing}"
-    text = subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "generate", "--help"], cwd=REPO,
-                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    text = subprocess.run(
+        [sys.executable, "-m", "megatron_plm", "evaluate", "generate", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--top-p TOP_P" in text and "(default: 1.0)" in text
     version = subprocess.run([sys.executable, "-m", "megatron_plm", "--version"], capture_output=True, text=True)
     assert version.stdout.strip() == f"megatron-plm {__version__}"
@@ -79,7 +106,9 @@ def test_print_config_lists_every_field_with_value_default_and_doc(capsys, tmp_p
     for cls in [TrainConfig, *(typing.get_type_hints(TrainConfig)[f.name] for f in dataclasses.fields(TrainConfig))]:
         if dataclasses.is_dataclass(cls):
             docs = field_docs(cls)
-            undocumented += [f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls) if f.init and f.name not in docs]
+            undocumented += [
+                f"{cls.__name__}.{f.name}" for f in dataclasses.fields(cls) if f.init and f.name not in docs
+            ]
     assert not undocumented, f"config fields without a docstring: {undocumented}"
 
     assert main(["train", "--print-config", "--config", str(TINY), "optimizer.lr=1e-3"]) == 0

@@ -17,10 +17,13 @@ def one_line_error(capsys, argv) -> str:
     return err[0]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("model:\n  num_layers: [2\n", r"bad\.yaml:\d+: invalid YAML"),
-    ("- name: a\n- name: b\n", r"bad\.yaml: a run config is a YAML mapping \(key: value\), got a list"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("model:\n  num_layers: [2\n", r"bad\.yaml:\d+: invalid YAML"),
+        ("- name: a\n- name: b\n", r"bad\.yaml: a run config is a YAML mapping \(key: value\), got a list"),
+    ],
+)
 def test_train_config_files(capsys, tmp_path, content, message):
     path = tmp_path / "bad.yaml"
     path.write_text(content)
@@ -31,19 +34,35 @@ def test_train_config_files(capsys, tmp_path, content, message):
 
 
 def test_huge_seq_length_is_refused_with_its_memory_estimate(capsys, tmp_path):
-    line = one_line_error(capsys, ["train", "--config", TINY, "data.seq_length=1000000", "training.micro_batch_size=1",
-                                   f"checkpoint.save={tmp_path / 'ck'}", "data.sources=[{prefix: /nonexistent}]"])  # fmt: skip
+    line = one_line_error(
+        capsys,
+        [
+            "train",
+            "--config",
+            TINY,
+            "data.seq_length=1000000",
+            "training.micro_batch_size=1",
+            f"checkpoint.save={tmp_path / 'ck'}",
+            "data.sources=[{prefix: /nonexistent}]",
+        ],
+    )
     assert "this run needs about" in line and "GiB per process (data.seq_length=1,000,000" in line
     assert "lower data.seq_length or training.micro_batch_size" in line
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("cr.fasta", b">a\rMKT\r>b\rMKV\r", "cr.fasta:1: uses CR-only line endings"),
-    ("bom.fasta", b"\xef\xbb\xbf>a\nMKT\n", "bom.fasta:1: starts with a UTF-8 byte-order mark"),
-    ("bom.jsonl", b"\xef\xbb\xbf" + json.dumps({"id": "a", "sequence": "MKT"}).encode() + b"\n",
-     "bom.jsonl:1: starts with a UTF-8 byte-order mark"),
-    ("adir", None, "adir: is a directory; give its files"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("cr.fasta", b">a\rMKT\r>b\rMKV\r", "cr.fasta:1: uses CR-only line endings"),
+        ("bom.fasta", b"\xef\xbb\xbf>a\nMKT\n", "bom.fasta:1: starts with a UTF-8 byte-order mark"),
+        (
+            "bom.jsonl",
+            b"\xef\xbb\xbf" + json.dumps({"id": "a", "sequence": "MKT"}).encode() + b"\n",
+            "bom.jsonl:1: starts with a UTF-8 byte-order mark",
+        ),
+        ("adir", None, "adir: is a directory; give its files"),
+    ],
+)
 @pytest.mark.parametrize("implementation", ["native", "reference"])
 def test_preprocess_inputs_are_diagnosed(capsys, tmp_path, name, content, message, implementation):
     from megatron_plm.data.encode import native_available
@@ -52,8 +71,19 @@ def test_preprocess_inputs_are_diagnosed(capsys, tmp_path, name, content, messag
         pytest.skip("C++ encoder not built")
     path = tmp_path / name
     path.mkdir() if content is None else path.write_bytes(content)
-    line = one_line_error(capsys, ["preprocess", "--input", path, "--output-prefix", tmp_path / "out" / "c",
-                                   "--implementation", implementation, "--no-progress"])  # fmt: skip
+    line = one_line_error(
+        capsys,
+        [
+            "preprocess",
+            "--input",
+            path,
+            "--output-prefix",
+            tmp_path / "out" / "c",
+            "--implementation",
+            implementation,
+            "--no-progress",
+        ],
+    )
     assert message in line
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 

@@ -59,8 +59,21 @@ def test_evaluate_refuses_an_unwritable_output_before_loading_the_model(tmp_path
     (tmp_path / "file").write_text("")
     started = time.monotonic()
     # The model path does not exist: had the output been checked after loading, this error would differ.
-    assert main(["evaluate", "perplexity", "--model", str(tmp_path / "no-model"), "--fasta", "x.fasta",
-                 "--output", str(tmp_path / "file" / "per_seq.csv")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "perplexity",
+                "--model",
+                str(tmp_path / "no-model"),
+                "--fasta",
+                "x.fasta",
+                "--output",
+                str(tmp_path / "file" / "per_seq.csv"),
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "--output" in error and "per_seq.csv cannot be written" in error, error
     assert time.monotonic() - started < 30

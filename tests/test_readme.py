@@ -53,7 +53,9 @@ def readme_blocks(text: str) -> list[list[str]]:
     blocks = []
     for body in re.findall(r"^```bash\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
         joined = re.sub(r"\\\n\s*", " ", body)
-        blocks.append([line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")])
+        blocks.append(
+            [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        )
     return blocks
 
 
@@ -79,7 +81,19 @@ def _scratch(tmp_path: Path) -> tuple[Path, Path]:
     work = tmp_path / "checkout"
     work.mkdir()
     for entry in REPO.iterdir():
-        if entry.name not in {".git", ".venv", "outputs", "runs", "results", "hf", "ckpt", "corpora", "sweep", "tokenizers", "wheels"}:
+        if entry.name not in {
+            ".git",
+            ".venv",
+            "outputs",
+            "runs",
+            "results",
+            "hf",
+            "ckpt",
+            "corpora",
+            "sweep",
+            "tokenizers",
+            "wheels",
+        }:
             (work / entry.name).symlink_to(entry)
     (tmp_path / "shared").mkdir()
     (tmp_path / "shared" / "data").symlink_to(SHARED_DATA)
@@ -95,7 +109,9 @@ def test_readme_lists_match_its_commands():
     blocks = readme_blocks((REPO / "README.md").read_text())
     assert len(blocks) >= 5, "README.md has fewer bash blocks than expected: is the parser still right?"
     firsts = [first_command(block) for block in blocks]
-    assert not set(SKIPPED) - set(firsts), f"SKIPPED names blocks the README no longer has: {set(SKIPPED) - set(firsts)}"
+    assert not set(SKIPPED) - set(firsts), (
+        f"SKIPPED names blocks the README no longer has: {set(SKIPPED) - set(firsts)}"
+    )
     commands = [c for block in blocks for c in block]
     unused = [part for part in ADDED if not any(part in c for c in commands)]
     assert not unused, f"ADDED names commands the README no longer has: {unused}"
@@ -105,8 +121,13 @@ def test_every_readme_command_runs_verbatim(tmp_path):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the README uses ../shared/data, not found at {SHARED_DATA} (set MEGATRON_PLM_SHARED_DATA)")
     work, venv = _scratch(tmp_path)
-    env = dict(os.environ, PYTHON=sys.executable, MEGATRON_PLM_PROGRESS_INTERVAL="600", OPENBLAS_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))  # fmt: skip
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        MEGATRON_PLM_PROGRESS_INTERVAL="600",
+        OPENBLAS_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
     ran = 0
     for block in readme_blocks((REPO / "README.md").read_text()):
         if first_command(block) in SKIPPED:
@@ -115,7 +136,8 @@ def test_every_readme_command_runs_verbatim(tmp_path):
             adapted = adapt(command, venv)
             done = subprocess.run(["bash", "-c", adapted], cwd=work, env=env, capture_output=True, text=True)
             assert done.returncode == 0, f"README command failed:\n  {command}\nran as:\n  {adapted}\n" + (
-                done.stdout[-3000:] + done.stderr[-3000:])  # fmt: skip
+                done.stdout[-3000:] + done.stderr[-3000:]
+            )
             ran += 1
     assert (work / "outputs/tiny_mlm/latest").exists() and (work / "hf/tiny_clm/model.safetensors").exists()
     assert ran >= 15

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Convert between our checkpoints and HuggingFace transformers directories.
 
-    python tools/convert_hf.py export CHECKPOINT OUT_DIR [--dtype bf16]   (= megatron-plm export-hf)
-    python tools/convert_hf.py import HF_DIR CHECKPOINT                    (= megatron-plm import-hf)
+python tools/convert_hf.py export CHECKPOINT OUT_DIR [--dtype bf16]   (= megatron-plm export-hf)
+python tools/convert_hf.py import HF_DIR CHECKPOINT                    (= megatron-plm import-hf)
 """
 
 import sys

@@ -103,11 +103,15 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
         return None
     name = pointer.read_text(errors="replace").strip()
     if not _NAME.fullmatch(name):  # e.g. ../other_run/iter_0000100: never leave the directory
-        raise CheckpointError(f"{pointer} names {name[:200]!r}, not a checkpoint of {root} (expected iter_NNNNNNN); "
-                              "fix or delete the file")  # fmt: skip
+        raise CheckpointError(
+            f"{pointer} names {name[:200]!r}, not a checkpoint of {root} (expected iter_NNNNNNN); "
+            "fix or delete the file"
+        )
     directory = Path(root) / name
     if directory.is_symlink() or directory.resolve().parent != Path(root).resolve():
-        raise CheckpointError(f"{pointer} names {directory}, a link out of {root}; resume only from checkpoints saved there")
+        raise CheckpointError(
+            f"{pointer} names {directory}, a link out of {root}; resume only from checkpoints saved there"
+        )
     if not (directory / STATE_FILE).is_file():
         raise FileNotFoundError(f"{pointer} names {directory}, which is not a complete checkpoint")
     return directory
@@ -123,8 +127,9 @@ def resume_directory(load: str | None, save: str | None) -> Path | None:
         found = latest_checkpoint(path) if path.is_dir() else None
         if found is None:
             problem = "does not exist" if not path.exists() else "holds no checkpoint (no latest file)"
-            raise FileNotFoundError(f"checkpoint.load={load} {problem}; fix the path, or unset checkpoint.load "
-                                    "to train from step 0")  # fmt: skip
+            raise FileNotFoundError(
+                f"checkpoint.load={load} {problem}; fix the path, or unset checkpoint.load to train from step 0"
+            )
         return found
     return latest_checkpoint(save) if save else None
 
@@ -138,8 +143,9 @@ def check_writable(directory: str | os.PathLike, field: str) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise ValueError(f"{field}={directory} is not writable ({error.strerror or error}); "
-                         "choose a directory you can write to") from error  # fmt: skip
+        raise ValueError(
+            f"{field}={directory} is not writable ({error.strerror or error}); choose a directory you can write to"
+        ) from error
 
 
 def _intact(directory: Path) -> bool:
@@ -156,14 +162,21 @@ def verify_checkpoint(directory: str | os.PathLike) -> None:
         checked = verify_manifest(directory)
         check_pickles(directory)
     except CheckpointError as error:
-        older = [p for p in sorted(directory.parent.glob("iter_*"), reverse=True)
-                 if _NAME.fullmatch(p.name) and p.name < directory.name and (p / STATE_FILE).is_file()]  # fmt: skip
+        older = [
+            p
+            for p in sorted(directory.parent.glob("iter_*"), reverse=True)
+            if _NAME.fullmatch(p.name) and p.name < directory.name and (p / STATE_FILE).is_file()
+        ]
         intact = next((p for p in older if _intact(p)), None)
         hint = f". An older complete checkpoint is intact: {intact}" if intact else ""
         raise CheckpointError(f"{str(error).rstrip('.')}{hint}") from error
     if not checked and (not torch.distributed.is_initialized() or _rank() == 0):
-        print(f"warning: {directory} has no manifest.json (saved by an older version or another tool): "
-              "its files cannot be checked for corruption", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"warning: {directory} has no manifest.json (saved by an older version or another tool): "
+            "its files cannot be checked for corruption",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _check_finite(state, iteration: int) -> None:
@@ -174,8 +187,10 @@ def _check_finite(state, iteration: int) -> None:
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     if flag.item() > 0:
         where = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else " on another rank"
-        raise CheckpointError(f"step {iteration}: parameters are not finite{where}; checkpoint not saved, "
-                              "latest still names the last good one. Lower optimizer.lr or check the data")  # fmt: skip
+        raise CheckpointError(
+            f"step {iteration}: parameters are not finite{where}; checkpoint not saved, "
+            "latest still names the last good one. Lower optimizer.lr or check the data"
+        )
 
 
 _saving = {"active": False, "parent": 0}
@@ -208,8 +223,16 @@ def writers_die_with_parent():
         _saving["active"] = False
 
 
-def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples: int, state, config: dict,
-                    keep_last: int, compute: list[dict] | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    root: str | os.PathLike,
+    *,
+    iteration: int,
+    consumed_samples: int,
+    state,
+    config: dict,
+    keep_last: int,
+    compute: list[dict] | None = None,
+) -> Path:
     """Collective: every rank calls it. Returns the checkpoint directory."""
     from megatron.core import dist_checkpointing
 
@@ -227,8 +250,13 @@ def save_checkpoint(root: str | os.PathLike, *, iteration: int, consumed_samples
     torch.save(_rng_state(), staging / f"rng_rank{_rank()}.pt")
     if _rank() == 0:
         scheduler = state.scheduler.state_dict() if state.scheduler is not None else None
-        payload = {"iteration": iteration, "consumed_samples": consumed_samples, "scheduler": scheduler,
-                   "config": config, "compute": compute or []}  # fmt: skip
+        payload = {
+            "iteration": iteration,
+            "consumed_samples": consumed_samples,
+            "scheduler": scheduler,
+            "config": config,
+            "compute": compute or [],
+        }
         (staging / STATE_FILE).write_text(json.dumps(payload, indent=2) + "\n")
     torch.distributed.barrier()
     if _rank() == 0:
@@ -284,9 +312,14 @@ def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -
     rng_file = directory / f"rng_rank{_rank()}.pt"
     if rng_file.exists():  # absent when the layout changed (more ranks now): keep the fresh seeds
         _set_rng_state(load_rng_file(rng_file))
-    return ResumeState(iteration=payload["iteration"], consumed_samples=payload["consumed_samples"],
-                       config=payload["config"], directory=directory, compute=payload.get("compute", []),
-                       scheduler=payload["scheduler"])  # fmt: skip
+    return ResumeState(
+        iteration=payload["iteration"],
+        consumed_samples=payload["consumed_samples"],
+        config=payload["config"],
+        directory=directory,
+        compute=payload.get("compute", []),
+        scheduler=payload["scheduler"],
+    )
 
 
 def _read_state(path: Path) -> dict:

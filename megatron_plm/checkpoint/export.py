@@ -78,8 +78,10 @@ def checkpoint_tokenizer(directory: Path):
         raise FileNotFoundError(f"{directory} was trained with data.tokenizer={path!r}: {error}") from None
     config = saved_run_config(directory)
     if config["model"]["vocab_size"] != tokenizer.vocab_size:
-        raise ValueError(f"{directory}: the model has {config['model']['vocab_size']} tokens but {path} has "
-                         f"{tokenizer.vocab_size}: the tokenizer directory changed since training")  # fmt: skip
+        raise ValueError(
+            f"{directory}: the model has {config['model']['vocab_size']} tokens but {path} has "
+            f"{tokenizer.vocab_size}: the tokenizer directory changed since training"
+        )
     return tokenizer
 
 
@@ -93,12 +95,21 @@ def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime
     # backend share their keys (megatron-core saves local LayerNorms under Transformer Engine's names).
     chunk = build_model_chunk(dataclasses.replace(model, attention_backend="local"), runtime, objective=objective)
     load_model_tensors(directory, chunk)
-    return {k: v.detach().clone() for k, v in chunk.state_dict().items()
-            if isinstance(v, torch.Tensor) and "_extra_state" not in k}  # fmt: skip
+    return {
+        k: v.detach().clone()
+        for k, v in chunk.state_dict().items()
+        if isinstance(v, torch.Tensor) and "_extra_state" not in k
+    }
 
 
-def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime: Runtime, *,
-              dtype: Literal["fp32", "bf16"] = "fp32", show_progress: bool = False) -> Path:  # fmt: skip
+def export_hf(
+    checkpoint: str | os.PathLike,
+    output: str | os.PathLike,
+    runtime: Runtime,
+    *,
+    dtype: Literal["fp32", "bf16"] = "fp32",
+    show_progress: bool = False,
+) -> Path:
     """Write ``output`` as a ``transformers`` model directory (with tokenizer) for the checkpoint."""
     from safetensors.torch import save_file
 
@@ -116,7 +127,9 @@ def export_hf(checkpoint: str | os.PathLike, output: str | os.PathLike, runtime:
         state = full_state_dict(directory, objective, model, runtime)
         progress.update(1)
         tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf.to_hf(state, objective, model).items()}
-        extras = hf.hf_extra_tensors(objective, model, set(tensors))  # rotary frequencies stay fp32, as transformers keeps them
+        extras = hf.hf_extra_tensors(
+            objective, model, set(tensors)
+        )  # rotary frequencies stay fp32, as transformers keeps them
         tensors.update({k: v if k.endswith("inv_freq") else v.to(DTYPES[dtype]) for k, v in extras.items()})
         progress.update(1)
         with _staged_directory(final) as staging:
@@ -147,7 +160,9 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     result = chunk.load_state_dict(hf.from_hf(hf_state, objective, model), strict=False)
     missing = [k for k in result.missing_keys if "_extra_state" not in k]
     if missing or result.unexpected_keys:
-        raise ValueError(f"{source}: conversion left tensors unset {missing[:5]} or unknown {result.unexpected_keys[:5]}")
+        raise ValueError(
+            f"{source}: conversion left tensors unset {missing[:5]} or unknown {result.unexpected_keys[:5]}"
+        )
     final = Path(output)
     with _staged_directory(final) as staging:
         dist_checkpointing.save(chunk.sharded_state_dict(), str(staging))

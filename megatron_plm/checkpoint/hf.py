@@ -43,8 +43,10 @@ ESM_GLOBAL = {
 }
 NEOX_GLOBAL = {"decoder.final_layernorm": "gpt_neox.final_layer_norm"}
 # Vocabulary-sized tensors: ours -> HF, sliced to the HF vocabulary (named transform).
-ESM_VOCAB = {"embedding.word_embeddings.weight": "esm.embeddings.word_embeddings.weight",
-             "output_layer.bias": "lm_head.bias"}  # fmt: skip
+ESM_VOCAB = {
+    "embedding.word_embeddings.weight": "esm.embeddings.word_embeddings.weight",
+    "output_layer.bias": "lm_head.bias",
+}
 NEOX_VOCAB = {"embedding.word_embeddings.weight": "gpt_neox.embed_in.weight", "output_layer.weight": "lm_head.weight"}
 HF_PREFIX = {"mlm": "esm.encoder.layer.{i}.", "clm": "gpt_neox.layers.{i}."}
 ALLOWED_MISSING_IN_HF = {"mlm": ("esm.contact_head.", "lm_head.decoder.weight"), "clm": ()}
@@ -153,8 +155,10 @@ def hf_extra_tensors(objective: Objective, model: ModelConfig, written: set[str]
         elif key.startswith("esm.contact_head."):
             extras[key] = torch.zeros(tensor.shape, dtype=torch.float32)
         else:
-            raise ValueError(f"transformers {transformers.__version__} expects {key}, which the conversion does not "
-                             "write; megatron_plm.checkpoint.hf needs updating for this version")  # fmt: skip
+            raise ValueError(
+                f"transformers {transformers.__version__} expects {key}, which the conversion does not "
+                "write; megatron_plm.checkpoint.hf needs updating for this version"
+            )
     return extras
 
 
@@ -169,24 +173,49 @@ def hf_config(objective: Objective, model: ModelConfig):
         from transformers import EsmConfig
 
         return EsmConfig(
-            vocab_size=hf_vocab_size("mlm", model), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
-            num_attention_heads=model.num_attention_heads, intermediate_size=ffn, hidden_act="gelu",
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=model.seq_length + 2,
-            position_embedding_type="rotary", layer_norm_eps=model.layernorm_epsilon, emb_layer_norm_before=False,
-            token_dropout=model.token_dropout, mask_token_id=tok.mask, pad_token_id=tok.pad,
-            initializer_range=model.init_method_std, tie_word_embeddings=True, architectures=["EsmForMaskedLM"],
-        )  # fmt: skip
+            vocab_size=hf_vocab_size("mlm", model),
+            hidden_size=model.hidden_size,
+            num_hidden_layers=model.num_layers,
+            num_attention_heads=model.num_attention_heads,
+            intermediate_size=ffn,
+            hidden_act="gelu",
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            max_position_embeddings=model.seq_length + 2,
+            position_embedding_type="rotary",
+            layer_norm_eps=model.layernorm_epsilon,
+            emb_layer_norm_before=False,
+            token_dropout=model.token_dropout,
+            mask_token_id=tok.mask,
+            pad_token_id=tok.pad,
+            initializer_range=model.init_method_std,
+            tie_word_embeddings=True,
+            architectures=["EsmForMaskedLM"],
+        )
     from transformers import GPTNeoXConfig
 
     return GPTNeoXConfig(
-        vocab_size=hf_vocab_size("clm", model), hidden_size=model.hidden_size, num_hidden_layers=model.num_layers,
-        num_attention_heads=model.num_attention_heads, intermediate_size=ffn, hidden_act="gelu",
-        rotary_pct=1.0, rotary_emb_base=10000, max_position_embeddings=model.seq_length,
-        layer_norm_eps=model.layernorm_epsilon, use_parallel_residual=False, attention_bias=True,
-        attention_dropout=0.0, hidden_dropout=0.0, tie_word_embeddings=False, initializer_range=model.init_method_std,
-        bos_token_id=tok.n_terminus, eos_token_id=tok.c_terminus, pad_token_id=tok.pad,
+        vocab_size=hf_vocab_size("clm", model),
+        hidden_size=model.hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        intermediate_size=ffn,
+        hidden_act="gelu",
+        rotary_pct=1.0,
+        rotary_emb_base=10000,
+        max_position_embeddings=model.seq_length,
+        layer_norm_eps=model.layernorm_epsilon,
+        use_parallel_residual=False,
+        attention_bias=True,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        tie_word_embeddings=False,
+        initializer_range=model.init_method_std,
+        bos_token_id=tok.n_terminus,
+        eos_token_id=tok.c_terminus,
+        pad_token_id=tok.pad,
         architectures=["GPTNeoXForCausalLM"],
-    )  # fmt: skip
+    )
 
 
 def _require(condition: bool, what: str, source: str) -> None:
@@ -201,11 +230,17 @@ def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
         # ESM's layers apply exact GELU whatever the config says; configs saved from EsmConfig's defaults
         # (transformers 5.x) have no hidden_act at all.
         _require(getattr(config, "hidden_act", "gelu") == "gelu", "hidden_act must be 'gelu'", source)
-        _require(config.position_embedding_type == "rotary", "position_embedding_type must be 'rotary' "
-                 f"(got {config.position_embedding_type!r}; ESM-2 uses rotary)", source)  # fmt: skip
+        _require(
+            config.position_embedding_type == "rotary",
+            f"position_embedding_type must be 'rotary' (got {config.position_embedding_type!r}; ESM-2 uses rotary)",
+            source,
+        )
         _require(not config.emb_layer_norm_before, "emb_layer_norm_before must be false", source)
-        _require(config.vocab_size == len(ESM2_VOCAB), f"vocab_size must be ESM-2's {len(ESM2_VOCAB)} "
-                 f"(got {config.vocab_size})", source)  # fmt: skip
+        _require(
+            config.vocab_size == len(ESM2_VOCAB),
+            f"vocab_size must be ESM-2's {len(ESM2_VOCAB)} (got {config.vocab_size})",
+            source,
+        )
         objective: Objective = "mlm"
         eps, ffn, seq = config.layer_norm_eps, config.intermediate_size, config.max_position_embeddings - 2
         token_dropout = bool(config.token_dropout)
@@ -221,12 +256,24 @@ def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
         _require(getattr(config, "attention_bias", True), "attention_bias must be true", source)
         _require(config.vocab_size == len(VOCAB), f"vocab_size must be {len(VOCAB)} (our CLM vocabulary)", source)
         objective = "clm"
-        eps, ffn, seq, token_dropout = config.layer_norm_eps, config.intermediate_size, config.max_position_embeddings, False
+        eps, ffn, seq, token_dropout = (
+            config.layer_norm_eps,
+            config.intermediate_size,
+            config.max_position_embeddings,
+            False,
+        )
     else:
         raise ValueError(f"{source}: model_type {kind!r} is not one we convert (esm or gpt_neox)")
-    model = ModelConfig(num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-                        num_attention_heads=config.num_attention_heads, ffn_hidden_size=ffn, seq_length=seq,
-                        vocab_size=len(VOCAB), layernorm_epsilon=eps, init_method_std=config.initializer_range,
-                        token_dropout=token_dropout)  # fmt: skip
+    model = ModelConfig(
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        num_attention_heads=config.num_attention_heads,
+        ffn_hidden_size=ffn,
+        seq_length=seq,
+        vocab_size=len(VOCAB),
+        layernorm_epsilon=eps,
+        init_method_std=config.initializer_range,
+        token_dropout=token_dropout,
+    )
     model.validate()
     return objective, model

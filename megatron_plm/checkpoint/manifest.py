@@ -43,7 +43,9 @@ def write_manifest(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     paths = _listed(directory)
     if any(not p.is_file() for p in paths):
-        raise CheckpointError(f"{directory}: checkpoint directories hold files only, found {[p.name for p in paths if not p.is_file()]}")
+        raise CheckpointError(
+            f"{directory}: checkpoint directories hold files only, found {[p.name for p in paths if not p.is_file()]}"
+        )
     files = {p.name: {"size": p.stat().st_size, ALGORITHM: d} for p, d in zip(paths, _digests(paths))}
     staging = directory / f"{MANIFEST_FILE}.tmp-{os.getpid()}"
     staging.write_text(json.dumps({"algorithm": ALGORITHM, "files": files}, indent=1) + "\n")
@@ -73,8 +75,10 @@ def verify_manifest(directory: str | os.PathLike) -> bool:
         raise CheckpointError(f"{directory / missing[0]} is missing (listed in {path}): the checkpoint is incomplete")
     extra = sorted(present - set(files))
     if extra:
-        raise CheckpointError(f"{directory / extra[0]} is not listed in {path}: the directory was changed after "
-                              "it was saved; remove the file or restore the checkpoint")  # fmt: skip
+        raise CheckpointError(
+            f"{directory / extra[0]} is not listed in {path}: the directory was changed after "
+            "it was saved; remove the file or restore the checkpoint"
+        )
     names = sorted(files)
     for name in names:
         size = (directory / name).stat().st_size
@@ -82,6 +86,8 @@ def verify_manifest(directory: str | os.PathLike) -> bool:
             raise CheckpointError(f"{directory / name} is corrupt: {size:,} bytes, {files[name]['size']:,} when saved")
     for name, digest in zip(names, _digests([directory / n for n in names])):
         if digest != files[name][ALGORITHM]:
-            raise CheckpointError(f"{directory / name} is corrupt: its {ALGORITHM} differs from the one recorded "
-                                  f"in {path} when it was saved")  # fmt: skip
+            raise CheckpointError(
+                f"{directory / name} is corrupt: its {ALGORITHM} differs from the one recorded "
+                f"in {path} when it was saved"
+            )
     return True

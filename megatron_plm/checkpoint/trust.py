@@ -31,8 +31,15 @@ class CheckpointError(ValueError):
 # of the module that is a class or enum defined there).
 _METADATA_CLASSES: dict[str, set[str] | None] = {
     "torch.distributed.checkpoint.metadata": None,
-    "torch.distributed.checkpoint.planner": {"SavePlan", "WriteItem", "WriteItemType", "TensorWriteData",
-                                             "ReadItem", "LoadItemType", "LoadPlan"},  # fmt: skip
+    "torch.distributed.checkpoint.planner": {
+        "SavePlan",
+        "WriteItem",
+        "WriteItemType",
+        "TensorWriteData",
+        "ReadItem",
+        "LoadItemType",
+        "LoadPlan",
+    },
     "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
     "torch.serialization": {"_get_layout"},
     "collections": {"OrderedDict"},
@@ -52,7 +59,9 @@ class _MetadataUnpickler(pickle.Unpickler):
         if allowed is None or (allowed and name in allowed):
             found = super().find_class(module, name)
             if allowed is None and not isinstance(found, type):
-                raise CheckpointError(f"{self.path}: refers to {module}.{name}, which is not a checkpoint metadata class")
+                raise CheckpointError(
+                    f"{self.path}: refers to {module}.{name}, which is not a checkpoint metadata class"
+                )
             return found
         raise CheckpointError(
             f"{self.path}: refuses to load: it asks to import {module}.{name}, which torch distributed checkpoint "
@@ -71,8 +80,9 @@ def read_metadata(directory: Path):
     except CheckpointError:
         raise
     except Exception as error:  # truncated or not a pickle at all
-        raise CheckpointError(f"{path} is truncated or corrupt ({type(error).__name__}: {error}); "
-                              "the checkpoint cannot be loaded") from error  # fmt: skip
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({type(error).__name__}: {error}); the checkpoint cannot be loaded"
+        ) from error
 
 
 def _check_byte_items(directory: Path, metadata) -> None:
@@ -85,11 +95,14 @@ def _check_byte_items(directory: Path, metadata) -> None:
         relative = str(info.relative_path)
         shard = Path(directory) / relative
         if os.path.isabs(relative) or ".." in Path(relative).parts or "/" in relative:
-            raise CheckpointError(f"{directory / METADATA_FILE}: item {index.fqn} points outside the checkpoint "
-                                  f"({relative!r})")  # fmt: skip
+            raise CheckpointError(
+                f"{directory / METADATA_FILE}: item {index.fqn} points outside the checkpoint ({relative!r})"
+            )
         if getattr(info, "transform_descriptors", None):
-            raise CheckpointError(f"{shard}: item {index.fqn} is stored with transforms "
-                                  f"{info.transform_descriptors}, which these checkpoints never use")  # fmt: skip
+            raise CheckpointError(
+                f"{shard}: item {index.fqn} is stored with transforms "
+                f"{info.transform_descriptors}, which these checkpoints never use"
+            )
         with open(shard, "rb") as handle:
             handle.seek(info.offset)
             blob = handle.read(info.length)
@@ -112,8 +125,9 @@ def check_pickles(directory: Path) -> None:
         try:
             torch.load(common, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise CheckpointError(f"{common} is truncated, corrupt or not plain data "
-                                  f"({str(error).strip().splitlines()[0][:200]})") from error  # fmt: skip
+            raise CheckpointError(
+                f"{common} is truncated, corrupt or not plain data ({str(error).strip().splitlines()[0][:200]})"
+            ) from error
 
 
 def _numpy_rng_globals() -> list:

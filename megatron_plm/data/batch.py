@@ -63,28 +63,41 @@ class Batch:
             return self
         if self.cu_seqlens is None:
             raise ValueError("packing needs segment ids and cu_seqlens (batches from collate/batch_from_arrays)")
-        flat = {name: getattr(self, name).reshape(1, -1)
-                for name in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")}  # fmt: skip
+        flat = {
+            name: getattr(self, name).reshape(1, -1)
+            for name in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids")
+        }
         return replace(self, packed=True, **flat)
 
     def packed_seq_params(self):
         """megatron-core's ``PackedSeqParams`` (``thd``) for a packed batch."""
         from megatron.core.packed_seq_params import PackedSeqParams
 
-        return PackedSeqParams(qkv_format="thd", cu_seqlens_q=self.cu_seqlens, cu_seqlens_kv=self.cu_seqlens,
-                               max_seqlen_q=self.max_seqlen, max_seqlen_kv=self.max_seqlen)  # fmt: skip
+        return PackedSeqParams(
+            qkv_format="thd",
+            cu_seqlens_q=self.cu_seqlens,
+            cu_seqlens_kv=self.cu_seqlens,
+            max_seqlen_q=self.max_seqlen,
+            max_seqlen_kv=self.max_seqlen,
+        )
 
     def model_inputs(self) -> dict:
         """Keyword arguments for a GPTModel forward: a mask, or packed-sequence parameters when packed."""
         if self.packed:
-            return dict(input_ids=self.tokens, position_ids=self.position_ids, attention_mask=None,
-                        packed_seq_params=self.packed_seq_params())  # fmt: skip
+            return dict(
+                input_ids=self.tokens,
+                position_ids=self.position_ids,
+                attention_mask=None,
+                packed_seq_params=self.packed_seq_params(),
+            )
         return dict(input_ids=self.tokens, position_ids=self.position_ids, attention_mask=self.attention_mask())
 
     def to(self, device: torch.device) -> "Batch":
-        moved = {name: getattr(self, name).to(device, non_blocking=True)
-                 for name in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "cu_seqlens")
-                 if getattr(self, name) is not None}  # fmt: skip
+        moved = {
+            name: getattr(self, name).to(device, non_blocking=True)
+            for name in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids", "cu_seqlens")
+            if getattr(self, name) is not None
+        }
         return replace(self, **moved)
 
 

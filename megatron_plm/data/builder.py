@@ -85,8 +85,10 @@ class DataConfig(SampleConfig):
             raise ValueError(f"data.cache_timeout_s must be > 0, got {self.cache_timeout_s}")
         self.sample_config().validate()
         if self.tokenizer is not None and self.reverse_prob:
-            raise ValueError("data.reverse_prob must be 0 with a subword data.tokenizer: the corpus stores the "
-                             "forward tokenization, and reversing its tokens would not tokenize the reversed protein")
+            raise ValueError(
+                "data.reverse_prob must be 0 with a subword data.tokenizer: the corpus stores the "
+                "forward tokenization, and reversing its tokens would not tokenize the reversed protein"
+            )
 
 
 INDEX_VERSION = 1
@@ -129,17 +131,22 @@ class DataBuilder:
             return None
         directory = self.config.cache_dir or os.fspath(prefix) + ".cache"
         if directory not in self._caches:
-            self._caches[directory] = IndexCache(directory, builder=self.config.cache_builder,
-                                                 timeout_s=self.config.cache_timeout_s)  # fmt: skip
+            self._caches[directory] = IndexCache(
+                directory, builder=self.config.cache_builder, timeout_s=self.config.cache_timeout_s
+            )
         return self._caches[directory]
 
     def _description(self, prefix: str, **fields) -> dict:
         if prefix not in self._fingerprints:
             self.corpus(prefix)
             self._fingerprints[prefix] = corpus_fingerprint(prefix)
-        return {"index_version": INDEX_VERSION, "corpus": self._fingerprints[prefix],
-                "split_weights": list(self.config.split_weights), "split_by_cluster": self.config.split_by_cluster,
-                **fields}  # fmt: skip
+        return {
+            "index_version": INDEX_VERSION,
+            "corpus": self._fingerprints[prefix],
+            "split_weights": list(self.config.split_weights),
+            "split_by_cluster": self.config.split_by_cluster,
+            **fields,
+        }
 
     def splits(self, prefix: str) -> np.ndarray:
         """Every document's :class:`Split` (uint8)."""
@@ -147,8 +154,9 @@ class DataBuilder:
             corpus = self.corpus(prefix)
 
             def assign():
-                return {"splits": assign_splits(corpus, self.config.split_weights,
-                                                by_cluster=self.config.split_by_cluster)}  # fmt: skip
+                return {
+                    "splits": assign_splits(corpus, self.config.split_weights, by_cluster=self.config.split_by_cluster)
+                }
 
             cache = self.cache(prefix)
             if cache is None:
@@ -177,16 +185,22 @@ class DataBuilder:
         """One source's dataset for ``split``; its indices come from the cache when it is on."""
         corpus, sample_config = self.corpus(source.prefix), self.config.sample_config()
         name = source.prefix + (f"[{source.source_label}]" if source.source_label else "")
-        common = dict(config=sample_config, num_samples=num_samples, seed=seed, split=split, name=name,
-                      tokenizer=self.tokenizer)  # fmt: skip
+        common = dict(
+            config=sample_config, num_samples=num_samples, seed=seed, split=split, name=name, tokenizer=self.tokenizer
+        )
         cache = self.cache(source.prefix)
         if cache is None:
             return ProteinDataset(corpus, self.documents(source, split), **common)
         self._check_label(source)
         description = self._description(
-            source.prefix, kind="samples", split=split.name, source_label=source.source_label, seed=seed,
-            num_samples=num_samples, sample=asdict(sample_config),
-        )  # fmt: skip
+            source.prefix,
+            kind="samples",
+            split=split.name,
+            source_label=source.source_label,
+            seed=seed,
+            num_samples=num_samples,
+            sample=asdict(sample_config),
+        )
 
         def build():
             documents = self.documents(source, split)

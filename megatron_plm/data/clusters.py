@@ -209,9 +209,11 @@ def _number_clusters(path: str) -> tuple[np.ndarray, np.ndarray]:
         found = _find(path, [order[first], order[at]])
         (line_a, rep_a, _), (line_b, rep_b, _) = found[int(order[first])], found[int(order[at])]
         raise InputFormatError(
-            path, line_b, f"representatives {rep_a.decode(errors='replace')!r} (line {line_a}) and "
-            f"{rep_b.decode(errors='replace')!r} have the same 64-bit hash; rename one of them"
-        )  # fmt: skip
+            path,
+            line_b,
+            f"representatives {rep_a.decode(errors='replace')!r} (line {line_a}) and "
+            f"{rep_b.decode(errors='replace')!r} have the same 64-bit hash; rename one of them",
+        )
     del check, first_check
     first_of_group = order[new]  # stable sort: the earliest line of each representative
     rank = np.empty(len(first_of_group), dtype=np.int32)
@@ -235,9 +237,12 @@ def _raise_for_duplicates(path, same: np.ndarray, order: np.ndarray, check: np.n
     found = _find(path, pair)
     (line_a, _, member_a), (line_b, _, member_b) = found[pair[0]], found[pair[1]]
     if member_a == member_b:
-        raise InputFormatError(path, line_b, f"member {member_b.decode(errors='replace')!r} is in two clusters "
-                                             f"(also line {line_a})")  # fmt: skip
+        raise InputFormatError(
+            path, line_b, f"member {member_b.decode(errors='replace')!r} is in two clusters (also line {line_a})"
+        )
     raise InputFormatError(
-        path, line_b, f"members {member_a.decode(errors='replace')!r} (line {line_a}) and "
-        f"{member_b.decode(errors='replace')!r} have the same 64-bit hash; rename one of them"
-    )  # fmt: skip
+        path,
+        line_b,
+        f"members {member_a.decode(errors='replace')!r} (line {line_a}) and "
+        f"{member_b.decode(errors='replace')!r} have the same 64-bit hash; rename one of them",
+    )

@@ -110,12 +110,14 @@ def recover_interrupted(prefix: str | os.PathLike) -> None:
     for name in glob.glob(glob.escape(prefix) + ".*"):
         tag = name.rsplit(".", 1)[-1]
         for kind in ("tmp-", "previous-"):
-            if tag.startswith(kind) and tag[len(kind):].isdigit():
-                leftovers.setdefault(int(tag[len(kind):]), []).append(Path(name))
+            if tag.startswith(kind) and tag[len(kind) :].isdigit():
+                leftovers.setdefault(int(tag[len(kind) :]), []).append(Path(name))
     for pid, paths in sorted(leftovers.items()):
         if pid != os.getpid() and _pid_alive(pid):
-            raise FileExistsError(f"{paths[0]}: another process (pid {pid}) is writing a corpus at {prefix}; "
-                                  "wait for it or choose another --output-prefix")  # fmt: skip
+            raise FileExistsError(
+                f"{paths[0]}: another process (pid {pid}) is writing a corpus at {prefix}; "
+                "wait for it or choose another --output-prefix"
+            )
         previous = [p for p in paths if ".previous-" in p.name]
         if previous:  # the old corpus, whole: put it back
             backed_up = {p.name.rsplit(".previous-", 1)[0] for p in previous}
@@ -128,9 +130,11 @@ def recover_interrupted(prefix: str | os.PathLike) -> None:
         size = sum(p.stat().st_size for p in temporary if p.exists())
         for path in temporary:
             path.unlink(missing_ok=True)
-        print(f"note: a preprocess run (pid {pid}) was interrupted at {prefix}: removed {len(temporary)} temporary "
-              f"files ({size / 1e6:.1f} MB)" + (", restored the corpus it was replacing" if previous else ""),
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"note: a preprocess run (pid {pid}) was interrupted at {prefix}: removed {len(temporary)} temporary "
+            f"files ({size / 1e6:.1f} MB)" + (", restored the corpus it was replacing" if previous else ""),
+            file=sys.stderr,
+        )
 
 
 def _write_npy_from_raw(target, raw_path: Path, dtype: np.dtype, count: int) -> None:
@@ -215,9 +219,13 @@ class CorpusWriter:
             with open(self.staging["clusters"], "w", encoding="utf-8") as names:
                 names.writelines(f"{name}\n" for name in cluster_names or ())
             written += ["cluster", "clusters"]
-        meta = {"format_version": META_FORMAT_VERSION, "num_documents": self.num_documents,
-                "num_tokens": self.num_tokens, **meta,
-                "fingerprints": {name: fingerprint(self.staging[name]) for name in ("bin", "idx")}}  # fmt: skip
+        meta = {
+            "format_version": META_FORMAT_VERSION,
+            "num_documents": self.num_documents,
+            "num_tokens": self.num_tokens,
+            **meta,
+            "fingerprints": {name: fingerprint(self.staging[name]) for name in ("bin", "idx")},
+        }
         self.staging["meta"].write_text(json.dumps(meta, indent=2) + "\n")
         # A previous corpus at this prefix: keep it whole under hard links until the swap is done
         # (abort, or the next writer after a kill, puts it back), and drop its index first, so
@@ -334,18 +342,26 @@ def check_files(paths: dict[str, Path], meta: dict) -> None:
         raise ValueError(f"{idx} is not a megatron index (bad header){fix}")
     version, code, sequences, boundaries = struct.unpack("<QBQQ", head[9:34]) if len(head) == 34 else (0, 0, -1, -1)
     if version != INDEX_VERSION or code != TOKEN_DTYPE_CODES[dtype]:
-        raise ValueError(f"{idx}: index version {version}, dtype code {code}; expected version {INDEX_VERSION}, "
-                         f"{dtype} tokens (code {TOKEN_DTYPE_CODES[dtype]}) as {paths['meta']} says{fix}")  # fmt: skip
+        raise ValueError(
+            f"{idx}: index version {version}, dtype code {code}; expected version {INDEX_VERSION}, "
+            f"{dtype} tokens (code {TOKEN_DTYPE_CODES[dtype]}) as {paths['meta']} says{fix}"
+        )
     if sequences != documents or boundaries != documents + 1:
         raise ValueError(f"{idx} indexes {sequences:,} documents, {paths['meta']} says {documents:,}{fix}")
     if size != _index_size(documents):
-        raise ValueError(f"{idx} is {size:,} bytes, expected {_index_size(documents):,} for {documents:,} documents "
-                         f"(truncated?){fix}")  # fmt: skip
+        raise ValueError(
+            f"{idx} is {size:,} bytes, expected {_index_size(documents):,} for {documents:,} documents "
+            f"(truncated?){fix}"
+        )
     width = np.dtype(dtype).itemsize
     if paths["bin"].stat().st_size != tokens * width:
-        raise ValueError(f"{paths['bin']} is {paths['bin'].stat().st_size:,} bytes, {paths['meta']} says "
-                         f"{tokens:,} tokens of {width} byte(s) (truncated or replaced?){fix}")  # fmt: skip
+        raise ValueError(
+            f"{paths['bin']} is {paths['bin'].stat().st_size:,} bytes, {paths['meta']} says "
+            f"{tokens:,} tokens of {width} byte(s) (truncated or replaced?){fix}"
+        )
     for name, expected in meta.get("fingerprints", {}).items():  # absent in corpora of older versions
         if name in ("bin", "idx") and fingerprint(paths[name]) != expected:
-            raise ValueError(f"{paths[name]} differs from the file preprocess wrote (sampled sha256 in "
-                             f"{paths['meta']}): corrupt or replaced{fix}")  # fmt: skip
+            raise ValueError(
+                f"{paths[name]} differs from the file preprocess wrote (sampled sha256 in "
+                f"{paths['meta']}): corrupt or replaced{fix}"
+            )

@@ -237,21 +237,31 @@ class ProteinDataset(torch.utils.data.Dataset):
         body = windows[rows, columns]
         draws = uniform_fields(random_bits(self.seed, STREAM_MASK, indices[rows], columns))
         corrupted, selected = mask_tokens(
-            body, self._is_residue[body], self.config.masking, mask_id=self.tokenizer.mask,
-            replacement_ids=self._replacements, draws=draws,
-        )  # fmt: skip
+            body,
+            self._is_residue[body],
+            self.config.masking,
+            mask_id=self.tokenizer.mask,
+            replacement_ids=self._replacements,
+            draws=draws,
+        )
         tokens = windows.copy()
         tokens[rows, columns] = corrupted
         loss_mask = np.zeros(windows.shape, dtype=np.float32)
         loss_mask[rows, columns] = selected
         positions = segment_positions(segments)
         positions[~real] = 0
-        return {"tokens": tokens, "labels": windows, "loss_mask": loss_mask, "segment_ids": segments,
-                "position_ids": positions}  # fmt: skip
+        return {
+            "tokens": tokens,
+            "labels": windows,
+            "loss_mask": loss_mask,
+            "segment_ids": segments,
+            "position_ids": positions,
+        }
 
 
-def build_index(corpus: Corpus, documents: np.ndarray, *, config: SampleConfig, num_samples: int,
-                seed: int) -> dict[str, np.ndarray]:  # fmt: skip
+def build_index(
+    corpus: Corpus, documents: np.ndarray, *, config: SampleConfig, num_samples: int, seed: int
+) -> dict[str, np.ndarray]:
     """Everything a :class:`ProteinDataset` precomputes, as arrays (what the index cache stores):
     sampling units, the document order and, when packed, megatron-core's sample index, the
     block shuffle and the per-document reversal flags."""
@@ -272,10 +282,12 @@ def build_index(corpus: Corpus, documents: np.ndarray, *, config: SampleConfig, 
     total = int(framed[doc_order].sum())
     index["doc_order"] = doc_order
     index["sample_index"] = build_sample_idx(framed, doc_order, S, 1, total, True, extra)[: built + 1]
-    index["shuffle"] = np.concatenate([
-        b * SHUFFLE_BLOCK + rng(seed, STREAM_SAMPLE_SHUFFLE, b).permutation(SHUFFLE_BLOCK)
-        for b in range(built // SHUFFLE_BLOCK)
-    ])  # fmt: skip
+    index["shuffle"] = np.concatenate(
+        [
+            b * SHUFFLE_BLOCK + rng(seed, STREAM_SAMPLE_SHUFFLE, b).permutation(SHUFFLE_BLOCK)
+            for b in range(built // SHUFFLE_BLOCK)
+        ]
+    )
     index["reversed"] = (
         rng(seed, STREAM_REVERSE, 0).random(len(doc_order)) < config.reverse_prob
         if config.objective == "clm" and config.reverse_prob > 0

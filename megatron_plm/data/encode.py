@@ -145,9 +145,7 @@ def encode_jsonl_chunk(
 
 
 def _encode_fasta_chunk_native(chunk: bytes, lookup: np.ndarray, unknown: Unknown, unk_id: int) -> EncodedChunk:
-    tokens, n_tokens, lengths, status, ids, problem = _native().encode_fasta_chunk(
-        chunk, lookup, int(unknown), unk_id
-    )
+    tokens, n_tokens, lengths, status, ids, problem = _native().encode_fasta_chunk(chunk, lookup, int(unknown), unk_id)
     if problem is not None:
         kind, line, record, character, position = problem
         if kind != BAD_RESIDUE:
@@ -184,8 +182,7 @@ def fasta_chunk_encoder(implementation: str = "auto") -> tuple[str, FastaChunkEn
         return "native", _encode_fasta_chunk_native
     if implementation == "native":
         raise ImportError(
-            f"{_NATIVE_MODULE} is not built; reinstall with a C++ compiler: "
-            "pip install --no-build-isolation -e ."
+            f"{_NATIVE_MODULE} is not built; reinstall with a C++ compiler: pip install --no-build-isolation -e ."
         )
     warnings.warn(
         f"{_NATIVE_MODULE} is not built; using the pure-Python FASTA encoder (much slower). "

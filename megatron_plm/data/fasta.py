@@ -131,12 +131,18 @@ def check_text(path: str | os.PathLike, first_line: int, chunk: bytes) -> None:
     if nul >= 0:
         raise InputFormatError(path, first_line + chunk.count(b"\n", 0, nul), _BINARY_TEXT)
     if chunk.startswith(b"\xef\xbb\xbf"):
-        raise InputFormatError(path, first_line, "starts with a UTF-8 byte-order mark (BOM); remove it, e.g. "
-                                                 "sed -i '1s/^\\xEF\\xBB\\xBF//' FILE")  # fmt: skip
+        raise InputFormatError(
+            path,
+            first_line,
+            "starts with a UTF-8 byte-order mark (BOM); remove it, e.g. sed -i '1s/^\\xEF\\xBB\\xBF//' FILE",
+        )
     sniff = chunk[:_SNIFF_BYTES]
     if b"\r" in sniff and b"\n" not in sniff:
-        raise InputFormatError(path, first_line, "uses CR-only line endings (classic Mac OS); convert them to LF, "
-                                                 "e.g. tr '\\r' '\\n' < FILE > FILE.unix")  # fmt: skip
+        raise InputFormatError(
+            path,
+            first_line,
+            "uses CR-only line endings (classic Mac OS); convert them to LF, e.g. tr '\\r' '\\n' < FILE > FILE.unix",
+        )
 
 
 def _header_id(header: bytes, line: int) -> str:

@@ -35,8 +35,7 @@ def _clm_tokenizer(model_max_length: int):
     ours = ProteinTokenizer()
     backend = Tokenizer(models.WordLevel({token: i for i, token in enumerate(VOCAB)}, unk_token="<unk>"))
     backend.normalizer = normalizers.Sequence(
-        [normalizers.Replace(Regex(r"\*+$"), "")]
-        + [normalizers.Replace(letter.lower(), letter) for letter in RESIDUES]
+        [normalizers.Replace(Regex(r"\*+$"), "")] + [normalizers.Replace(letter.lower(), letter) for letter in RESIDUES]
     )
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.post_processor = processors.TemplateProcessing(
@@ -67,16 +66,24 @@ def _subword_tokenizer(subword, objective: Objective, model_max_length: int):
     backend = copy.deepcopy(subword.backend)
     first, last = ("<cls>", "<eos>") if objective == "mlm" else ("1", "2")
     backend.post_processor = processors.TemplateProcessing(
-        single=f"{first} $A {last}", special_tokens=[(first, subword.token_to_id(first)), (last, subword.token_to_id(last))]
+        single=f"{first} $A {last}",
+        special_tokens=[(first, subword.token_to_id(first)), (last, subword.token_to_id(last))],
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=first if objective == "clm" else None, eos_token=last,
-        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", cls_token="<cls>", model_max_length=model_max_length,
-    )  # fmt: skip
+        tokenizer_object=backend,
+        bos_token=first if objective == "clm" else None,
+        eos_token=last,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<cls>",
+        model_max_length=model_max_length,
+    )
 
 
-def save_hf_tokenizer(directory: str | os.PathLike, objective: Objective, *, model_max_length: int = 1024,
-                      subword=None) -> Path:  # fmt: skip
+def save_hf_tokenizer(
+    directory: str | os.PathLike, objective: Objective, *, model_max_length: int = 1024, subword=None
+) -> Path:
     """Write tokenizer files for ``objective`` into ``directory`` (created if needed); ``subword``: a
     :class:`~megatron_plm.data.subword.SubwordTokenizer` the model was trained with."""
     if objective not in ("mlm", "clm"):

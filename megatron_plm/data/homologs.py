@@ -102,11 +102,11 @@ def write_weights(prefix: str | os.PathLike, ids: list[str], result: HomologWeig
     files = {"weights": f"{prefix}.weights.tsv", "clusters": f"{prefix}.clusters.tsv"}
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     rows = {
-        "weights": ["id\tweight\tneighbours"] + [f"{i}\t{w:.6g}\t{len(n)}" for i, w, n in
-                                                  zip(ids, result.weights, result.neighbours)],
-        "clusters": ["cluster_representative\tmember"] + list(dict.fromkeys(
-            f"{representative[int(c)]}\t{i}" for i, c in zip(ids, clusters))),
-    }  # fmt: skip
+        "weights": ["id\tweight\tneighbours"]
+        + [f"{i}\t{w:.6g}\t{len(n)}" for i, w, n in zip(ids, result.weights, result.neighbours)],
+        "clusters": ["cluster_representative\tmember"]
+        + list(dict.fromkeys(f"{representative[int(c)]}\t{i}" for i, c in zip(ids, clusters))),
+    }
     for name, path in files.items():
         with open(path + ".tmp", "w") as handle:
             handle.write("\n".join(rows[name]) + "\n")

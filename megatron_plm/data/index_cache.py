@@ -92,8 +92,14 @@ class Role:
 class IndexCache:
     """A directory of entries, each a dict of arrays under a described name."""
 
-    def __init__(self, directory: str | os.PathLike, *, builder: Literal["global", "local"] = "global",
-                 timeout_s: float = 3600.0, role: Role | None = None):  # fmt: skip
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        builder: Literal["global", "local"] = "global",
+        timeout_s: float = 3600.0,
+        role: Role | None = None,
+    ):
         self.directory = Path(directory)
         self.builder = builder
         self.timeout_s = timeout_s
@@ -146,8 +152,10 @@ class IndexCache:
             except (OSError, ValueError) as error:
                 return f"{path.name}: {error}"
             if list(array.shape) != info["shape"] or str(array.dtype) != info["dtype"]:
-                return (f"{path.name} holds {array.dtype}{list(array.shape)}, "
-                        f"the manifest says {info['dtype']}{info['shape']}")
+                return (
+                    f"{path.name} holds {array.dtype}{list(array.shape)}, "
+                    f"the manifest says {info['dtype']}{info['shape']}"
+                )
             arrays[key] = array
         return arrays
 
@@ -190,10 +198,18 @@ class IndexCache:
             for key, array in arrays.items():
                 path = staging / f"{key}.npy"
                 np.save(path, np.ascontiguousarray(array))
-                files[key] = {"bytes": path.stat().st_size, "crc32": _crc32(path), "dtype": str(array.dtype),
-                              "shape": list(array.shape)}  # fmt: skip
-            manifest = {"format_version": CACHE_FORMAT_VERSION, "description": description, "files": files,
-                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+                files[key] = {
+                    "bytes": path.stat().st_size,
+                    "crc32": _crc32(path),
+                    "dtype": str(array.dtype),
+                    "shape": list(array.shape),
+                }
+            manifest = {
+                "format_version": CACHE_FORMAT_VERSION,
+                "description": description,
+                "files": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
             (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
             del arrays
             if entry.exists():  # unusable (checked by the caller) or just written by another node

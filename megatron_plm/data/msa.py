@@ -120,7 +120,8 @@ def read_msa(path: str | os.PathLike, fmt: str) -> Alignment:
     for i, row in enumerate(matches):
         if len(row) != width:
             what = "columns" if fmt == "afa" else "match columns (upper case and '-')"
-            raise InputFormatError(path, header_lines[i], f"{len(row)} {what}, but the first record has {width}",
-                                   ids[i])  # fmt: skip
+            raise InputFormatError(
+                path, header_lines[i], f"{len(row)} {what}, but the first record has {width}", ids[i]
+            )
     columns = np.frombuffer(b"".join(matches), dtype=np.uint8).reshape(len(matches), width)
     return Alignment(ids=ids, columns=columns.copy())

@@ -179,8 +179,14 @@ class PreprocessSummary:
             f"records read       {self.records_read:,}",
             f"documents written  {self.documents_written:,}",
             f"residues written   {self.residues_written:,}",
-            *([f"tokens written     {self.tokens_written:,} ({self.residues_written / max(self.tokens_written, 1):.2f} "
-               "residues per token)"] if self.tokens_written is not None else []),
+            *(
+                [
+                    f"tokens written     {self.tokens_written:,} ({self.residues_written / max(self.tokens_written, 1):.2f} "
+                    "residues per token)"
+                ]
+                if self.tokens_written is not None
+                else []
+            ),
             f"skipped            {skipped}",
         ]
         if self.records_with_unk:
@@ -250,8 +256,10 @@ def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path
     cfg.validate()
     existing = [p for p in corpus_paths(cfg.output_prefix).values() if p.exists()]
     if existing and not cfg.overwrite:
-        raise FileExistsError(f"{existing[0]} exists: a corpus is already at {cfg.output_prefix}; pass --overwrite "
-                              "to replace it, or choose another --output-prefix")  # fmt: skip
+        raise FileExistsError(
+            f"{existing[0]} exists: a corpus is already at {cfg.output_prefix}; pass --overwrite "
+            "to replace it, or choose another --output-prefix"
+        )
     with _terminate_as_interrupt():
         return _preprocess(cfg)
 
@@ -268,7 +276,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
         implementation = "reference"  # JSONL parsing is Python either way
     clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
     labels = list(dict.fromkeys(label for _, label in inputs))
-    summary = PreprocessSummary(implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None)
+    summary = PreprocessSummary(
+        implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None
+    )
     summary.sources = {label: SourceCounts() for label in labels}
     seen: set[bytes] = set()
 
@@ -280,8 +290,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
         executor = concurrent.futures.ProcessPoolExecutor(cfg.workers)
 
     progress = _progress_bar(cfg, inputs)
-    writer = CorpusWriter(cfg.output_prefix, with_clusters=clusters is not None,
-                          token_dtype=subword.token_dtype if subword else np.uint8)
+    writer = CorpusWriter(
+        cfg.output_prefix, with_clusters=clusters is not None, token_dtype=subword.token_dtype if subword else np.uint8
+    )
     started = time.perf_counter()
     try:
         with executor:
@@ -317,10 +328,13 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 "unknown": cfg.unknown,
                 "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
             },
-            "summary": {k: v for k, v in summary.to_dict().items() if k not in ("seconds", "implementation", "workers")
-                        and "per_second" not in k},
+            "summary": {
+                k: v
+                for k, v in summary.to_dict().items()
+                if k not in ("seconds", "implementation", "workers") and "per_second" not in k
+            },
             "created_by": f"megatron_plm {__version__}",
-        }  # fmt: skip
+        }
         files = writer.finalize(meta, clusters.names() if clusters else None)
     except BaseException:
         writer.abort()
@@ -333,7 +347,16 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
     if fmt in MSA_FORMATS:  # one job: the alignment as FASTA, line numbers kept
         fasta = msa_as_fasta(path, fmt)
-        yield (_encode_with_position, fasta_encoder, 1, len(fasta), fasta, tokenizer.byte_lookup, unknown, tokenizer.unk)
+        yield (
+            _encode_with_position,
+            fasta_encoder,
+            1,
+            len(fasta),
+            fasta,
+            tokenizer.byte_lookup,
+            unknown,
+            tokenizer.unk,
+        )
         return
     boundary = b"\n>" if fmt == "fasta" else b"\n"
     for first_line, chunk in iter_chunks(path, boundary=boundary, chunk_bytes=cfg.chunk_bytes):
@@ -349,8 +372,16 @@ def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
                 sequence_key=cfg.json_keys[0],
                 id_key=cfg.json_id_key,
             )
-        yield (_encode_with_position, chunk_encoder, first_line, len(chunk), chunk,
-               tokenizer.byte_lookup, unknown, tokenizer.unk)  # fmt: skip
+        yield (
+            _encode_with_position,
+            chunk_encoder,
+            first_line,
+            len(chunk),
+            chunk,
+            tokenizer.byte_lookup,
+            unknown,
+            tokenizer.unk,
+        )
 
 
 def _write_chunk(
@@ -428,13 +459,28 @@ def _progress_bar(cfg: PreprocessConfig, inputs):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags follow Megatron-LM's tools/preprocess_data.py where they apply."""
     io = parser.add_argument_group("input/output")
-    io.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs",
-                    help="FASTA (plain or .gz) or JSONL files; globs allowed; repeatable")  # fmt: skip
+    io.add_argument(
+        "--input",
+        action="extend",
+        nargs="+",
+        required=True,
+        dest="inputs",
+        help="FASTA (plain or .gz) or JSONL files; globs allowed; repeatable",
+    )
     io.add_argument("--output-prefix", required=True, help="writes PREFIX.bin/.idx and metadata beside them")
-    io.add_argument("--source-label", action="append", default=[], dest="source_labels",
-                    help="label stored per sequence: once for all inputs, or once per --input")  # fmt: skip
-    io.add_argument("--input-format", choices=["auto", "fasta", "jsonl", *MSA_FORMATS], default="auto",
-                    help="auto: by extension (.jsonl/.json, .a3m/.a2m/.afa alignments, else FASTA)")  # fmt: skip
+    io.add_argument(
+        "--source-label",
+        action="append",
+        default=[],
+        dest="source_labels",
+        help="label stored per sequence: once for all inputs, or once per --input",
+    )
+    io.add_argument(
+        "--input-format",
+        choices=["auto", "fasta", "jsonl", *MSA_FORMATS],
+        default="auto",
+        help="auto: by extension (.jsonl/.json, .a3m/.a2m/.afa alignments, else FASTA)",
+    )
     io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
     io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
     io.add_argument("--clusters", help="cluster mapping TSV (representative<TAB>member), joined on record id")
@@ -442,14 +488,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     filters.add_argument("--min-length", type=int, default=1, help="drop shorter sequences (residues)")
     filters.add_argument("--max-length", type=int, default=None, help="drop longer sequences (residues)")
     filters.add_argument("--dedup", action="store_true", help="drop exact duplicate sequences, keeping the first")
-    filters.add_argument("--unknown", choices=["error", "unk", "skip"], default="error",
-                         help="characters outside the alphabet: stop, map to <unk>, or skip the record")  # fmt: skip
+    filters.add_argument(
+        "--unknown",
+        choices=["error", "unk", "skip"],
+        default="error",
+        help="characters outside the alphabet: stop, map to <unk>, or skip the record",
+    )
     run = parser.add_argument_group("run")
     run.add_argument("--workers", type=int, default=1, help="encoding threads")
-    run.add_argument("--implementation", choices=["auto", "native", "reference"], default="auto",
-                     help="encoder: the C++ extension (native), pure Python (reference), or native if built")  # fmt: skip
-    run.add_argument("--chunk-mb", type=float, default=DEFAULT_CHUNK_BYTES / 2**20,
-                     help="input read per encoding job (MiB of whole records)")  # fmt: skip
+    run.add_argument(
+        "--implementation",
+        choices=["auto", "native", "reference"],
+        default="auto",
+        help="encoder: the C++ extension (native), pure Python (reference), or native if built",
+    )
+    run.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=DEFAULT_CHUNK_BYTES / 2**20,
+        help="input read per encoding job (MiB of whole records)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
     io.add_argument("--tokenizer", help="subword tokenizer directory (megatron-plm tokenizer train); default: residues")

@@ -49,8 +49,7 @@ def unit_intervals(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, 
     if native is not None:
         buffer = np.ascontiguousarray(buffer, dtype=np.uint8)
         return native.blake2b_fields(buffer, starts, lengths, salt).astype(np.float64) / 2.0**64
-    return np.array([_unit_interval(bytes(buffer[s : s + n]), salt) for s, n in zip(starts, lengths)],
-                    dtype=np.float64)  # fmt: skip
+    return np.array([_unit_interval(bytes(buffer[s : s + n]), salt) for s, n in zip(starts, lengths)], dtype=np.float64)
 
 
 def _cluster_name_values(path, salt: bytes) -> np.ndarray:
@@ -66,8 +65,9 @@ def _cluster_name_values(path, salt: bytes) -> np.ndarray:
     return unit_intervals(buffer, starts, ends - starts, salt)
 
 
-def assign_splits(corpus: Corpus, weights: tuple[float, float, float], *, by_cluster: bool = True,
-                  salt: str = "megatron_plm") -> np.ndarray:  # fmt: skip
+def assign_splits(
+    corpus: Corpus, weights: tuple[float, float, float], *, by_cluster: bool = True, salt: str = "megatron_plm"
+) -> np.ndarray:
     """The :class:`Split` of every document (uint8). ``weights`` need not sum to 1."""
     weights_array = np.asarray(weights, dtype=np.float64)
     if weights_array.shape != (3,) or np.any(weights_array < 0) or weights_array.sum() <= 0:

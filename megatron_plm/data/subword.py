@@ -69,8 +69,10 @@ class SubwordTrainConfig:
         if self.model_type not in ("bpe", "unigram"):
             raise ValueError(f"--model-type must be bpe or unigram, got {self.model_type!r}")
         if self.vocab_size < len(VOCAB) + 8:
-            raise ValueError(f"--vocab-size must be at least {len(VOCAB) + 8} (the {len(VOCAB)} fixed tokens + pieces), "
-                             f"got {self.vocab_size}")  # fmt: skip
+            raise ValueError(
+                f"--vocab-size must be at least {len(VOCAB) + 8} (the {len(VOCAB)} fixed tokens + pieces), "
+                f"got {self.vocab_size}"
+            )
         if self.vocab_size > 65535:
             raise ValueError(f"--vocab-size must be at most 65535 (corpora store uint16 ids), got {self.vocab_size}")
         if self.sample_sequences < 1:
@@ -99,8 +101,11 @@ def _sentences(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
                 yield text[start : start + MAX_SENTENCE]
             if progress and time.monotonic() - last > 5:
                 last = time.monotonic()
-                print(f"tokenizer train: read {counts['sequences']:,} sequences, {counts['residues']:,} residues",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"tokenizer train: read {counts['sequences']:,} sequences, {counts['residues']:,} residues",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
@@ -119,14 +124,27 @@ def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
     # multi-residue ones fill our vocabulary whatever subset of the 25 letters the data has.
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(cfg.inputs, cfg.progress, counts), model_writer=model,
-            model_type=cfg.model_type, vocab_size=cfg.vocab_size - len(VOCAB) + 1 + len(RESIDUES),
-            hard_vocab_limit=False, add_dummy_prefix=False, remove_extra_whitespaces=False,
-            normalization_rule_name="identity", split_by_whitespace=False, character_coverage=1.0,
-            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, input_sentence_size=cfg.sample_sequences,
-            shuffle_input_sentence=True, max_sentence_length=MAX_SENTENCE, max_sentencepiece_length=cfg.max_piece_length,
-            num_threads=cfg.threads, minloglevel=2,
-        )  # fmt: skip
+            sentence_iterator=_sentences(cfg.inputs, cfg.progress, counts),
+            model_writer=model,
+            model_type=cfg.model_type,
+            vocab_size=cfg.vocab_size - len(VOCAB) + 1 + len(RESIDUES),
+            hard_vocab_limit=False,
+            add_dummy_prefix=False,
+            remove_extra_whitespaces=False,
+            normalization_rule_name="identity",
+            split_by_whitespace=False,
+            character_coverage=1.0,
+            unk_id=0,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            input_sentence_size=cfg.sample_sequences,
+            shuffle_input_sentence=True,
+            max_sentence_length=MAX_SENTENCE,
+            max_sentencepiece_length=cfg.max_piece_length,
+            num_threads=cfg.threads,
+            minloglevel=2,
+        )
     except RuntimeError as error:  # an input error stops the feed; SentencePiece then reports its own
         if "error" in counts:
             raise counts.pop("error") from None
@@ -143,10 +161,15 @@ def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
         "vocab_size": backend.get_vocab_size(),
         "requested_vocab_size": cfg.vocab_size,
         "fixed_tokens": list(VOCAB),
-        "trained_on": {"inputs": [os.path.abspath(p) for p in cfg.inputs], **counts,
-                       "sample_sequences": cfg.sample_sequences, "max_sentence": MAX_SENTENCE,
-                       "max_piece_length": cfg.max_piece_length, "seed": cfg.seed,
-                       "seconds": round(seconds, 1)},  # fmt: skip
+        "trained_on": {
+            "inputs": [os.path.abspath(p) for p in cfg.inputs],
+            **counts,
+            "sample_sequences": cfg.sample_sequences,
+            "max_sentence": MAX_SENTENCE,
+            "max_piece_length": cfg.max_piece_length,
+            "seed": cfg.seed,
+            "seconds": round(seconds, 1),
+        },
     }
     final = Path(cfg.output)
     staging = final.with_name(final.name + f".tmp-{os.getpid()}")
@@ -224,7 +247,9 @@ class SubwordTokenizer(ProteinTokenizer):
 
         path = Path(directory) / TOKENIZER_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{path} not found: is {os.fspath(directory)!r} a 'megatron-plm tokenizer train' output?")
+            raise FileNotFoundError(
+                f"{path} not found: is {os.fspath(directory)!r} a 'megatron-plm tokenizer train' output?"
+            )
         meta_path = Path(directory) / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         backend = Tokenizer.from_file(str(path))
@@ -234,8 +259,14 @@ class SubwordTokenizer(ProteinTokenizer):
             pieces[i] = token
         if tuple(pieces[: len(VOCAB)]) != VOCAB:
             raise ValueError(f"{path}: ids 0-{len(VOCAB) - 1} are not the residue tokenizer's tokens")
-        return cls(unknown, directory=os.fspath(directory), model_type=meta.get("model_type", "?"),
-                   _pieces=tuple(pieces), _backend=backend, _digest=_file_digest(path))  # fmt: skip
+        return cls(
+            unknown,
+            directory=os.fspath(directory),
+            model_type=meta.get("model_type", "?"),
+            _pieces=tuple(pieces),
+            _backend=backend,
+            _digest=_file_digest(path),
+        )
 
     @property
     def vocab(self) -> tuple[str, ...]:
@@ -277,8 +308,12 @@ class SubwordTokenizer(ProteinTokenizer):
 
     @property
     def unique_identifiers(self) -> dict:
-        return {"class": "megatron_plm.SubwordTokenizer", "model_type": self.model_type,
-                "vocab_size": self.vocab_size, "tokenizer_sha256": self._digest}  # fmt: skip
+        return {
+            "class": "megatron_plm.SubwordTokenizer",
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "tokenizer_sha256": self._digest,
+        }
 
     @property
     def backend(self):

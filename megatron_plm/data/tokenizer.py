@@ -18,11 +18,40 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 
 ESM2_VOCAB: tuple[str, ...] = (
-    "<cls>", "<pad>", "<eos>", "<unk>",
-    "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P", "K", "Q", "N", "F", "Y", "M", "H", "W", "C",
-    "X", "B", "U", "Z", "O",
-    ".", "-", "<null_1>", "<mask>",
-)  # fmt: skip
+    "<cls>",
+    "<pad>",
+    "<eos>",
+    "<unk>",
+    "L",
+    "A",
+    "G",
+    "V",
+    "S",
+    "E",
+    "R",
+    "T",
+    "I",
+    "D",
+    "P",
+    "K",
+    "Q",
+    "N",
+    "F",
+    "Y",
+    "M",
+    "H",
+    "W",
+    "C",
+    "X",
+    "B",
+    "U",
+    "Z",
+    "O",
+    ".",
+    "-",
+    "<null_1>",
+    "<mask>",
+)
 """ESM-2's vocabulary, index = token id (fair-esm ``Alphabet.from_architecture("ESM-1b")``)."""
 
 ORIENTATION_TOKENS: tuple[str, ...] = ("1", "2")

@@ -71,11 +71,13 @@ def parse_mutant(text: str, wild_type: str, path: Path, line: int) -> list[tuple
             raise InputFormatError(path, line, f"malformed mutant {text!r} (expected e.g. A12C or A12C:D40E)")
         wt, position, mt = match.group(1), int(match.group(2)), match.group(3)
         if not 1 <= position <= len(wild_type):
-            raise InputFormatError(path, line, f"mutant {text!r}: position {position} is outside the wild type "
-                                               f"(1..{len(wild_type)})")  # fmt: skip
+            raise InputFormatError(
+                path, line, f"mutant {text!r}: position {position} is outside the wild type (1..{len(wild_type)})"
+            )
         if wild_type[position - 1] != wt:
-            raise InputFormatError(path, line, f"mutant {text!r}: the wild type has {wild_type[position - 1]!r} "
-                                               f"at {position}, not {wt!r}")  # fmt: skip
+            raise InputFormatError(
+                path, line, f"mutant {text!r}: the wild type has {wild_type[position - 1]!r} at {position}, not {wt!r}"
+            )
         if mt not in STANDARD_AMINO_ACIDS:
             raise InputFormatError(path, line, f"mutant {text!r}: {mt!r} is not a standard amino acid")
         mutations.append((wt, position - 1, mt))
@@ -89,8 +91,11 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
     if (directory / "assays.csv").exists():
         with open(directory / "assays.csv", newline="") as handle:
             for row in csv.DictReader(handle):
-                baselines[row["DMS_id"]] = {k.removeprefix("ProteinGym_Spearman_"): float(v)
-                                            for k, v in row.items() if k.startswith("ProteinGym_Spearman_") and v}  # fmt: skip
+                baselines[row["DMS_id"]] = {
+                    k.removeprefix("ProteinGym_Spearman_"): float(v)
+                    for k, v in row.items()
+                    if k.startswith("ProteinGym_Spearman_") and v
+                }
     assays = []
     for dms_id in sorted(wild_types):
         if only and dms_id not in only:
@@ -119,12 +124,16 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
                 except ValueError:
                     raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a number") from None
                 if not math.isfinite(score):  # a nan makes every Spearman of the assay nan
-                    raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a finite number; "
-                                                       "drop the row or fill the score")  # fmt: skip
+                    raise InputFormatError(
+                        path,
+                        line,
+                        f"DMS_score {row['DMS_score']!r} is not a finite number; drop the row or fill the score",
+                    )
                 key = tuple(sorted(mutation))  # A1C:D4E and D4E:A1C are one variant
                 if key in rows:
-                    raise InputFormatError(path, line, f"mutant {row['mutant']!r} repeats row {rows[key]}; "
-                                                       "keep one row per variant")  # fmt: skip
+                    raise InputFormatError(
+                        path, line, f"mutant {row['mutant']!r} repeats row {rows[key]}; keep one row per variant"
+                    )
                 rows[key] = line
                 scores.append(score)
                 if row.get("DMS_score_bin") not in (None, ""):
@@ -133,9 +142,18 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
                 mutations.append(mutation)
         if not mutants:
             raise InputFormatError(path, None, "no mutants")
-        assays.append(Assay(dms_id, path, wild_type, mutants, mutations, np.asarray(scores),
-                            np.asarray(binary) if len(binary) == len(mutants) else None,
-                            baselines.get(dms_id, {})))  # fmt: skip
+        assays.append(
+            Assay(
+                dms_id,
+                path,
+                wild_type,
+                mutants,
+                mutations,
+                np.asarray(scores),
+                np.asarray(binary) if len(binary) == len(mutants) else None,
+                baselines.get(dms_id, {}),
+            )
+        )
     if not assays:
         raise ValueError(f"no assays found in {directory}" + (f" among {only}" if only else ""))
     return assays
@@ -178,12 +196,17 @@ def _subword_masked_marginals(model: ScoringModel, assay: Assay, batch_size: int
         ids, real = pad_batch([rows[k] for k in chunk], tok.pad)
         for key, log_probs in zip(chunk, model.log_probs(ids, real)):
             table[key] = log_probs
-    return np.array([sum(sign * float(table[key][place, target]) for key, place, target, sign in mutant_terms)
-                     for mutant_terms in terms])  # fmt: skip
+    return np.array(
+        [
+            sum(sign * float(table[key][place, target]) for key, place, target, sign in mutant_terms)
+            for mutant_terms in terms
+        ]
+    )
 
 
-def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32,
-                     progress: Progress | None = None) -> np.ndarray:  # fmt: skip
+def masked_marginals(
+    model: ScoringModel, assay: Assay, batch_size: int = 32, progress: Progress | None = None
+) -> np.ndarray:
     """MLM scores: per mutated position, the wild type with that position masked (in its window)."""
     if isinstance(model.tokenizer, SubwordTokenizer):
         return _subword_masked_marginals(model, assay, batch_size)
@@ -207,12 +230,17 @@ def masked_marginals(model: ScoringModel, assay: Assay, batch_size: int = 32,
         if progress is not None:
             progress.update(len(rows))
     vocab = {letter: TOK.token_to_id(letter) for letter in STANDARD_AMINO_ACIDS + "XBUZO"}
-    return np.array([sum(float(table[p][vocab[mt]] - table[p][vocab[wt]]) for wt, p, mt in mutation)
-                     for mutation in assay.mutations])  # fmt: skip
+    return np.array(
+        [
+            sum(float(table[p][vocab[mt]] - table[p][vocab[wt]]) for wt, p, mt in mutation)
+            for mutation in assay.mutations
+        ]
+    )
 
 
-def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32,
-                      progress: Progress | None = None) -> np.ndarray:  # fmt: skip
+def likelihood_ratios(
+    model: ScoringModel, assay: Assay, batch_size: int = 32, progress: Progress | None = None
+) -> np.ndarray:
     """CLM scores: log p(mutant) - log p(wild type), both orientations averaged for reverse-trained models."""
     wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
     room = model.context - 2
@@ -244,7 +272,9 @@ def likelihood_ratios(model: ScoringModel, assay: Assay, batch_size: int = 32,
     return (ll[:, 1::2] - ll[:, 0::2]).mean(axis=0)
 
 
-def score_assay(model: ScoringModel, assay: Assay, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
+def score_assay(
+    model: ScoringModel, assay: Assay, batch_size: int = 32, progress: Progress | None = None
+) -> np.ndarray:
     return (masked_marginals if model.objective == "mlm" else likelihood_ratios)(model, assay, batch_size, progress)
 
 
@@ -267,8 +297,12 @@ def residue_frequencies(sequences) -> dict[str, float]:
 
 
 def unigram_scores(assay: Assay, frequencies: dict[str, float]) -> np.ndarray:
-    return np.array([sum(math.log(frequencies[mt]) - math.log(frequencies[wt]) for wt, _, mt in mutation)
-                     for mutation in assay.mutations])  # fmt: skip
+    return np.array(
+        [
+            sum(math.log(frequencies[mt]) - math.log(frequencies[wt]) for wt, _, mt in mutation)
+            for mutation in assay.mutations
+        ]
+    )
 
 
 def spearman(scores: np.ndarray, truth: np.ndarray) -> float:
@@ -301,21 +335,31 @@ class AssayResult:
     protein, its profile) on the same assay."""
 
 
-def evaluate_assays(model: ScoringModel, assays: list[Assay], frequencies: dict[str, float],
-                    batch_size: int = 32, show_progress: bool = False, profile=None) -> list[AssayResult]:  # fmt: skip
+def evaluate_assays(
+    model: ScoringModel,
+    assays: list[Assay],
+    frequencies: dict[str, float],
+    batch_size: int = 32,
+    show_progress: bool = False,
+    profile=None,
+) -> list[AssayResult]:
     """``profile``: a :class:`~megatron_plm.evaluation.profile.Profile` scored as a floor on the assays
     whose wild type contains its query."""
     results = []
     for i, assay in enumerate(assays, start=1):
         multiple = sum(len(m) > 1 for m in assay.mutations)
         if multiple and model.objective == "mlm":
-            print(f"warning: {assay.path}: {multiple:,} of {len(assay.mutants):,} mutants change several residues; "
-                  "masked marginals score them as the sum of single-position scores, each masked alone",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: {assay.path}: {multiple:,} of {len(assay.mutants):,} mutants change several residues; "
+                "masked marginals score them as the sum of single-position scores, each masked alone",
+                file=sys.stderr,
+            )
         with Progress(None, f"dms {assay.dms_id} ({i}/{len(assays)})", unit="rows", enabled=show_progress) as progress:
             scores = score_assay(model, assay, batch_size, progress)
-        floors = {"unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
-                  "BLOSUM62": spearman(blosum62_scores(assay), assay.scores)}  # fmt: skip
+        floors = {
+            "unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
+            "BLOSUM62": spearman(blosum62_scores(assay), assay.scores),
+        }
         profile_scores = profile.scores(assay.wild_type, assay.mutations) if profile is not None else None
         if profile_scores is not None:
             floors["profile"] = spearman(profile_scores, assay.scores)
@@ -345,18 +389,36 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
     with_profile = any("profile" in r.floors for r in results)
     header = ["DMS_id", "mutants", "Spearman", "AUC", "unigram", "BLOSUM62"] + ["profile"] * with_profile
     header += [f"PG {c}" for c in PROTEINGYM_COLUMNS]
-    rows = [[r.assay.dms_id, str(len(r.assay.mutants)), cell(r.spearman), cell(r.auc), cell(r.floors["unigram"]),
-             cell(r.floors["BLOSUM62"])] + [cell(r.floors.get("profile"))] * with_profile
-            + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
-            for r in results]  # fmt: skip
+    rows = [
+        [
+            r.assay.dms_id,
+            str(len(r.assay.mutants)),
+            cell(r.spearman),
+            cell(r.auc),
+            cell(r.floors["unigram"]),
+            cell(r.floors["BLOSUM62"]),
+        ]
+        + [cell(r.floors.get("profile"))] * with_profile
+        + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
+        for r in results
+    ]
     if len(results) > 1:
         mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
-        rows.append(["mean", str(sum(len(r.assay.mutants) for r in results)), cell(mean([r.spearman for r in results])),
-                     cell(mean([r.auc for r in results if r.auc is not None])),
-                     cell(mean([r.floors["unigram"] for r in results])), cell(mean([r.floors["BLOSUM62"] for r in results]))]
-                    + [cell(mean([r.floors["profile"] for r in results if "profile" in r.floors]))] * with_profile
-                    + [cell(mean([r.assay.baselines[c] for r in results if c in r.assay.baselines]))
-                       for c in PROTEINGYM_COLUMNS])  # fmt: skip
+        rows.append(
+            [
+                "mean",
+                str(sum(len(r.assay.mutants) for r in results)),
+                cell(mean([r.spearman for r in results])),
+                cell(mean([r.auc for r in results if r.auc is not None])),
+                cell(mean([r.floors["unigram"] for r in results])),
+                cell(mean([r.floors["BLOSUM62"] for r in results])),
+            ]
+            + [cell(mean([r.floors["profile"] for r in results if "profile" in r.floors]))] * with_profile
+            + [
+                cell(mean([r.assay.baselines[c] for r in results if c in r.assay.baselines]))
+                for c in PROTEINGYM_COLUMNS
+            ]
+        )
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     floors = "unigram/BLOSUM62" + "/profile (the alignment's PSSM)" * with_profile
     lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors)"]

@@ -57,8 +57,10 @@ def resolve_layers(layers: list[int], num_hidden: int) -> list[int]:
     for layer in layers:
         index = layer + num_hidden if layer < 0 else layer
         if not 0 <= index < num_hidden:
-            raise ValueError(f"--layers {layer}: the model has layers 0..{num_hidden - 1} (0: embeddings, "
-                             f"{num_hidden - 1}: the final output)")  # fmt: skip
+            raise ValueError(
+                f"--layers {layer}: the model has layers 0..{num_hidden - 1} (0: embeddings, "
+                f"{num_hidden - 1}: the final output)"
+            )
         resolved.append(index)
     return list(dict.fromkeys(resolved))
 
@@ -68,8 +70,14 @@ def _frame(model: ScoringModel, residues: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def embed(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, layers: list[int] = (-1,),
-          pool: Pool = "mean", batch_size: int = 16) -> Embeddings:  # fmt: skip
+def embed(
+    model: ScoringModel,
+    records: list[tuple[str, np.ndarray]],
+    *,
+    layers: list[int] = (-1,),
+    pool: Pool = "mean",
+    batch_size: int = 16,
+) -> Embeddings:
     """Embeddings of ``(record id, residue token ids)`` records (see the module docstring)."""
     if model.hidden_states is None:
         raise ValueError(f"{model.name}: this model does not expose hidden states")
@@ -77,8 +85,11 @@ def embed(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, layers:
         raise ValueError(f"--pool must be mean, cls or per-token, got {pool!r}")
     room = model.context - 2
     # Windows of every record, longest first so batches pad little.
-    windows = [(r, start, ids[start : start + room]) for r, (_, ids) in enumerate(records)
-               for start in range(0, max(len(ids), 1), room)]  # fmt: skip
+    windows = [
+        (r, start, ids[start : start + room])
+        for r, (_, ids) in enumerate(records)
+        for start in range(0, max(len(ids), 1), room)
+    ]
     order = sorted(range(len(windows)), key=lambda w: -len(windows[w][2]))
     selected: list[int] | None = None
     residue_rows: dict[int, dict[int, np.ndarray]] = {}  # window -> layer -> [residues, h]

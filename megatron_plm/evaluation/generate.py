@@ -61,7 +61,9 @@ def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     return logits
 
 
-def generate(model: ScoringModel, config: SamplingConfig, prompt: str = "", *, show_progress: bool = False) -> list[str]:
+def generate(
+    model: ScoringModel, config: SamplingConfig, prompt: str = "", *, show_progress: bool = False
+) -> list[str]:
     """Sample ``num_sequences`` proteins (N->C strings) that begin with ``prompt`` (end with it when reverse).
 
     With a key/value cache (``model.decoder``) each step feeds one token; without, the whole prefix."""
@@ -70,8 +72,9 @@ def generate(model: ScoringModel, config: SamplingConfig, prompt: str = "", *, s
     config.validate()
     prompt = prompt.strip().upper()
     if len(prompt) >= config.max_length:
-        raise ValueError(f"the prompt has {len(prompt)} residues; max_length ({config.max_length}) counts them, "
-                         "so it must be larger")  # fmt: skip
+        raise ValueError(
+            f"the prompt has {len(prompt)} residues; max_length ({config.max_length}) counts them, so it must be larger"
+        )
     if config.max_length + 1 > model.context:
         raise ValueError(
             f"max_length {config.max_length} does not fit {model.name}'s context of {model.context} tokens "
@@ -110,8 +113,9 @@ def generate(model: ScoringModel, config: SamplingConfig, prompt: str = "", *, s
     return sequences
 
 
-def write_fasta(path, sequences: list[str], perplexities: list[float], *, prefix: str = "generated",
-                names: list[str] | None = None) -> None:  # fmt: skip
+def write_fasta(
+    path, sequences: list[str], perplexities: list[float], *, prefix: str = "generated", names: list[str] | None = None
+) -> None:
     names = names or [f"{prefix}_{i}" for i in range(1, len(sequences) + 1)]
     lines = []
     for name, sequence, perplexity in zip(names, sequences, perplexities):

@@ -120,9 +120,17 @@ def _from_transformers(path: Path) -> ScoringModel:
     def hidden(ids: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
         return list(model(input_ids=ids, attention_mask=real, output_hidden_states=True).hidden_states)
 
-    return ScoringModel(name=str(path), objective=objective, context=context, reverse=False, vocab_size=vocab,
-                        forward_logits=forward, decoder=cached_decoder(model) if objective == "clm" else None,
-                        hidden_states=hidden, tokenizer=tokenizer)  # fmt: skip
+    return ScoringModel(
+        name=str(path),
+        objective=objective,
+        context=context,
+        reverse=False,
+        vocab_size=vocab,
+        forward_logits=forward,
+        decoder=cached_decoder(model) if objective == "clm" else None,
+        hidden_states=hidden,
+        tokenizer=tokenizer,
+    )
 
 
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
@@ -133,7 +141,9 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     from megatron_plm.training.build import build_model_chunk, runnable_model_config
 
     if runtime is None or runtime.world_size != 1:
-        raise ValueError("scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.initialize)")
+        raise ValueError(
+            "scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.initialize)"
+        )
     directory, objective, model = checkpoint_model(path)
     model = runnable_model_config(model, runtime)
     chunk = build_model_chunk(model, runtime, objective=objective)
@@ -145,8 +155,14 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         segments = torch.where(real.bool(), 0, -1).to(torch.int32)
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        batch = Batch(tokens=ids, labels=ids, loss_mask=real.float(), position_ids=positions,
-                      causal=objective == "clm", segment_ids=segments)  # fmt: skip
+        batch = Batch(
+            tokens=ids,
+            labels=ids,
+            loss_mask=real.float(),
+            position_ids=positions,
+            causal=objective == "clm",
+            segment_ids=segments,
+        )
         if packed:
             cu, longest = cu_seqlens_from_segments(segments.cpu().numpy())
             batch = replace(batch, cu_seqlens=torch.from_numpy(cu).to(ids.device), max_seqlen=longest).pack()
@@ -157,12 +173,18 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         # final LayerNorm's; [s, b, h] (or [b * s, 1, h] packed) -> [b, s, h].
         captured: list[torch.Tensor] = []
         layers = chunk.decoder.layers
-        handles = [layers[0].register_forward_pre_hook(
-            lambda _m, args, kwargs: captured.append(kwargs.get("hidden_states", args[0] if args else None)),
-            with_kwargs=True)]  # fmt: skip
+        handles = [
+            layers[0].register_forward_pre_hook(
+                lambda _m, args, kwargs: captured.append(kwargs.get("hidden_states", args[0] if args else None)),
+                with_kwargs=True,
+            )
+        ]
         for module in [*layers, chunk.decoder.final_layernorm]:
-            handles.append(module.register_forward_hook(
-                lambda _m, _in, out: captured.append(out[0] if isinstance(out, tuple) else out)))  # fmt: skip
+            handles.append(
+                module.register_forward_hook(
+                    lambda _m, _in, out: captured.append(out[0] if isinstance(out, tuple) else out)
+                )
+            )
         try:
             forward(ids, real)
         finally:
@@ -183,9 +205,18 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         hf_model = None
     subword = checkpoint_tokenizer(directory)
     vocab = subword.vocab_size if subword else len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
-    return ScoringModel(name=str(path), objective=objective, context=model.seq_length, reverse=reverse,
-                        vocab_size=vocab, forward_logits=forward, device=runtime.device, decoder=decoder,
-                        hidden_states=hidden, tokenizer=subword or ProteinTokenizer())  # fmt: skip
+    return ScoringModel(
+        name=str(path),
+        objective=objective,
+        context=model.seq_length,
+        reverse=reverse,
+        vocab_size=vocab,
+        forward_logits=forward,
+        device=runtime.device,
+        decoder=decoder,
+        hidden_states=hidden,
+        tokenizer=subword or ProteinTokenizer(),
+    )
 
 
 def _as_transformers(chunk, model):
@@ -194,7 +225,9 @@ def _as_transformers(chunk, model):
 
     from megatron_plm.checkpoint import hf
 
-    state = {k: v.detach() for k, v in chunk.state_dict().items() if isinstance(v, torch.Tensor) and "_extra_state" not in k}
+    state = {
+        k: v.detach() for k, v in chunk.state_dict().items() if isinstance(v, torch.Tensor) and "_extra_state" not in k
+    }
     converted = GPTNeoXForCausalLM(hf.hf_config("clm", model)).float().eval()
     tensors = hf.to_hf(state, "clm", model)
     tensors.update(hf.hf_extra_tensors("clm", model, set(tensors)))

@@ -68,8 +68,9 @@ def clm_windows(framed: np.ndarray, context: int) -> list[tuple[int, int, int]]:
     return windows
 
 
-def clm_log_likelihood(model: ScoringModel, framed_rows: list[np.ndarray], batch_size: int = 16,
-                       progress: Progress | None = None) -> list[tuple[float, int]]:  # fmt: skip
+def clm_log_likelihood(
+    model: ScoringModel, framed_rows: list[np.ndarray], batch_size: int = 16, progress: Progress | None = None
+) -> list[tuple[float, int]]:
     """(sum log p, scored tokens) of each framed sequence under a CLM, windowed when needed."""
     jobs = []  # (row, window tokens, offset of first scored target within the window)
     for row, framed in enumerate(framed_rows):
@@ -96,8 +97,13 @@ def mlm_windows(residues: np.ndarray, context: int) -> list[tuple[int, int]]:
     return [(start, min(start + room, len(residues))) for start in range(0, len(residues), room)]
 
 
-def mlm_masked_log_likelihood(model: ScoringModel, residue_rows: list[np.ndarray], positions: list[np.ndarray],
-                              batch_size: int = 16, progress: Progress | None = None) -> list[tuple[float, int]]:  # fmt: skip
+def mlm_masked_log_likelihood(
+    model: ScoringModel,
+    residue_rows: list[np.ndarray],
+    positions: list[np.ndarray],
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[tuple[float, int]]:
     """(sum log p(true residue), count) over ``positions`` of each sequence, all of a window's chosen
     positions masked at once."""
     jobs = []
@@ -126,9 +132,16 @@ def mlm_masked_log_likelihood(model: ScoringModel, residue_rows: list[np.ndarray
     return [(total, count) for total, count in totals]
 
 
-def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, mask_ratio: float = 0.15,
-               seed: int = 0, pseudo: bool = False, batch_size: int = 16, show_progress: bool = False,
-               ) -> list[SequenceScore]:  # fmt: skip
+def perplexity(
+    model: ScoringModel,
+    records: list[tuple[str, np.ndarray]],
+    *,
+    mask_ratio: float = 0.15,
+    seed: int = 0,
+    pseudo: bool = False,
+    batch_size: int = 16,
+    show_progress: bool = False,
+) -> list[SequenceScore]:
     """Per-sequence scores for ``(record id, residue ids)``: CLM perplexity (N->C framing), or MLM masked
     perplexity at ``mask_ratio`` with a fixed ``seed`` (at least one position per sequence), or with
     ``pseudo`` the exact pseudo-perplexity (every residue masked in turn)."""
@@ -150,8 +163,13 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
         results = clm_log_likelihood(model, framed, batch_size, progress)
     elif pseudo:  # every residue masked in turn: one single-mask row per position, batched across sequences
         owner = np.repeat(np.arange(len(residues)), [len(r) for r in residues])
-        singles = mlm_masked_log_likelihood(model, [residues[i] for i in owner],
-                                            [np.array([p]) for r in residues for p in range(len(r))], batch_size, progress)  # fmt: skip
+        singles = mlm_masked_log_likelihood(
+            model,
+            [residues[i] for i in owner],
+            [np.array([p]) for r in residues for p in range(len(r))],
+            batch_size,
+            progress,
+        )
         results = [[0.0, 0] for _ in residues]
         for i, (total, count) in zip(owner, singles):
             results[i][0] += total
@@ -167,5 +185,7 @@ def perplexity(model: ScoringModel, records: list[tuple[str, np.ndarray]], *, ma
         results = mlm_masked_log_likelihood(model, residues, positions, batch_size, progress)
         covered = [int(weight[r[p]].sum()) for r, p in zip(residues, positions)]
     progress.close()
-    return [SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count, residues=n)
-            for (name, r), (total, count), n in zip(records, results, covered)]  # fmt: skip
+    return [
+        SequenceScore(record_id=name, length=len(r), nll=-total, tokens=count, residues=n)
+        for (name, r), (total, count), n in zip(records, results, covered)
+    ]

@@ -67,8 +67,9 @@ def load_chains(path: str, limit: int, max_length: int) -> list[Chain]:
                 raise InputFormatError(path, line_number, f"expected 3 tab-separated fields, got {len(fields)}")
             index, sequence, ss8 = fields
             if len(sequence) != len(ss8):
-                raise InputFormatError(path, line_number, f"sequence has {len(sequence)} residues but ss8 has "
-                                                          f"{len(ss8)} labels", index)  # fmt: skip
+                raise InputFormatError(
+                    path, line_number, f"sequence has {len(sequence)} residues but ss8 has {len(ss8)} labels", index
+                )
             bad = set(ss8) - set(SS8)
             if bad:
                 raise InputFormatError(path, line_number, f"unknown DSSP labels {sorted(bad)}", index)
@@ -102,8 +103,9 @@ def fit_linear_probe(x: np.ndarray, y: np.ndarray, classes: int, l2: float, seed
     torch.manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     probe = torch.nn.Linear(x.shape[1], classes)
-    optimizer = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=200, history_size=20,
-                                  line_search_fn="strong_wolfe")  # fmt: skip
+    optimizer = torch.optim.LBFGS(
+        probe.parameters(), lr=1.0, max_iter=200, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimizer.zero_grad()
@@ -145,7 +147,7 @@ def run_probe(model: ScoringModel, config: ProbeConfig) -> ProbeResult:
     tok = ProteinTokenizer()
     records = [(c.index, tok.encode(c.sequence).astype(np.int64)) for c in chains]
     embeddings = embed(model, records, layers=[config.layer], pool="per-token")
-    (layer, features), = embeddings.layers.items()
+    ((layer, features),) = embeddings.layers.items()
     per_chain = np.split(features, embeddings.offsets[1:-1])
     baseline = [window_features(c.sequence, config.window) for c in chains]
     y8 = [np.array([SS8.index(s) for s in c.ss8]) for c in chains]
@@ -157,19 +159,29 @@ def run_probe(model: ScoringModel, config: ProbeConfig) -> ProbeResult:
     scores = {}
     for name, x in (("model", per_chain), ("baseline", baseline)):
         for task, y, classes in (("q3", y3, 3), ("q8", y8, 8)):
-            scores[name, task] = probe_accuracy(stack(x, False), stack(y, False), stack(x, True), stack(y, True),
-                                                classes, config.l2, config.seed)  # fmt: skip
-    return ProbeResult(train_chains=int((~test).sum()), test_chains=int(test.sum()),
-                       train_residues=sum(len(c.sequence) for c, t in zip(chains, test) if not t),
-                       test_residues=sum(len(c.sequence) for c, t in zip(chains, test) if t), layer=layer,
-                       q3=scores["model", "q3"], q8=scores["model", "q8"], baseline_q3=scores["baseline", "q3"],
-                       baseline_q8=scores["baseline", "q8"], window=config.window)  # fmt: skip
+            scores[name, task] = probe_accuracy(
+                stack(x, False), stack(y, False), stack(x, True), stack(y, True), classes, config.l2, config.seed
+            )
+    return ProbeResult(
+        train_chains=int((~test).sum()),
+        test_chains=int(test.sum()),
+        train_residues=sum(len(c.sequence) for c, t in zip(chains, test) if not t),
+        test_residues=sum(len(c.sequence) for c, t in zip(chains, test) if t),
+        layer=layer,
+        q3=scores["model", "q3"],
+        q8=scores["model", "q8"],
+        baseline_q3=scores["baseline", "q3"],
+        baseline_q8=scores["baseline", "q8"],
+        window=config.window,
+    )
 
 
 def format_probe(result: ProbeResult, model_name: str) -> str:
-    return "\n".join([
-        f"secondary-structure probe of {model_name} (layer {result.layer}): {result.train_chains} train chains "
-        f"({result.train_residues:,} residues), {result.test_chains} test chains ({result.test_residues:,} residues)",
-        f"  linear probe on embeddings   Q3 {result.q3:.3f}  Q8 {result.q8:.3f}",
-        f"  residue-window baseline (±{result.window})  Q3 {result.baseline_q3:.3f}  Q8 {result.baseline_q8:.3f}",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"secondary-structure probe of {model_name} (layer {result.layer}): {result.train_chains} train chains "
+            f"({result.train_residues:,} residues), {result.test_chains} test chains ({result.test_residues:,} residues)",
+            f"  linear probe on embeddings   Q3 {result.q3:.3f}  Q8 {result.q8:.3f}",
+            f"  residue-window baseline (±{result.window})  Q3 {result.baseline_q3:.3f}  Q8 {result.baseline_q8:.3f}",
+        ]
+    )

@@ -42,8 +42,9 @@ class Profile:
         return out
 
 
-def build_profile(alignment: Alignment, identity: float = 0.8, pseudocount: float = 0.5,
-                  weighted: bool = True) -> Profile:  # fmt: skip
+def build_profile(
+    alignment: Alignment, identity: float = 0.8, pseudocount: float = 0.5, weighted: bool = True
+) -> Profile:
     """PSSM over the query's residues (columns where the first sequence has a gap are dropped)."""
     weights = homolog_weights(alignment, identity).weights if weighted else np.ones(len(alignment.ids))
     x = one_hot(alignment.columns).reshape(len(alignment.ids), alignment.columns.shape[1], 20)

@@ -35,8 +35,7 @@ if _bias_gelu_cuda is not None:
     # Dispatcher ops (not bare pybind calls), so torch.profiler, TorchDispatchMode-based tools such as
     # benchmarks/step_profile.py and torch.compile see them; the fake versions give their shapes.
     torch.library.define("megatron_plm::bias_gelu_forward", "(Tensor x, Tensor bias) -> Tensor")
-    torch.library.define("megatron_plm::bias_gelu_backward",
-                         "(Tensor grad, Tensor x, Tensor bias) -> (Tensor, Tensor)")  # fmt: skip
+    torch.library.define("megatron_plm::bias_gelu_backward", "(Tensor grad, Tensor x, Tensor bias) -> (Tensor, Tensor)")
 
     @torch.library.impl("megatron_plm::bias_gelu_forward", "CUDA")
     def _forward_cuda(x, bias):
@@ -82,15 +81,26 @@ def _check_case(device: torch.device, generator: torch.Generator):
     return [x, bias], (), torch.randn(x.shape, device=device, generator=generator)
 
 
-KERNEL = selfcheck.FusedKernel(name="bias_gelu (csrc/bias_gelu)", fused=fused_bias_gelu, reference=bias_gelu_reference,
-                               case=_check_case, outputs=("output", "grad x", "grad bias"), built=kernel_available,
-                               dtypes=KERNEL_DTYPES)  # fmt: skip
+KERNEL = selfcheck.FusedKernel(
+    name="bias_gelu (csrc/bias_gelu)",
+    fused=fused_bias_gelu,
+    reference=bias_gelu_reference,
+    case=_check_case,
+    outputs=("output", "grad x", "grad bias"),
+    built=kernel_available,
+    dtypes=KERNEL_DTYPES,
+)
 
 
 def kernel_takes(x: torch.Tensor, bias: torch.Tensor) -> bool:
     """Whether the built kernel can take ``x`` and ``bias`` (before its self-check on their device and dtype)."""
-    return (x.is_cuda and _bias_gelu_cuda is not None and x.dtype in KERNEL_DTYPES and bias.dtype == x.dtype
-            and bias.device == x.device)  # fmt: skip
+    return (
+        x.is_cuda
+        and _bias_gelu_cuda is not None
+        and x.dtype in KERNEL_DTYPES
+        and bias.dtype == x.dtype
+        and bias.device == x.device
+    )
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -98,8 +108,9 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     of one float dtype when built and when it passed its self-check on this device and dtype
     (:mod:`selfcheck`), else the reference."""
     if bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
-        raise ValueError(f"bias_gelu: bias must be a vector over x's last dimension ({x.shape[-1]}), "
-                         f"got {tuple(bias.shape)}")  # fmt: skip
+        raise ValueError(
+            f"bias_gelu: bias must be a vector over x's last dimension ({x.shape[-1]}), got {tuple(bias.shape)}"
+        )
     if kernel_takes(x, bias) and selfcheck.kernel_verified(KERNEL, x.device, x.dtype):
         return KERNEL.fused(x, bias)
     return bias_gelu_reference(x, bias)

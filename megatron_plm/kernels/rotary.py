@@ -51,7 +51,9 @@ def kernel_available() -> bool:
 if _rotary_cuda is not None:
     # A dispatcher op (not a bare pybind call), so torch.profiler, TorchDispatchMode-based tools such as
     # benchmarks/step_profile.py and torch.compile see it; the fake version gives its shape.
-    torch.library.define("megatron_plm::rotary_thd", "(Tensor x, Tensor cu_seqlens, Tensor inv_freq, float sign) -> Tensor")
+    torch.library.define(
+        "megatron_plm::rotary_thd", "(Tensor x, Tensor cu_seqlens, Tensor inv_freq, float sign) -> Tensor"
+    )
 
     @torch.library.impl("megatron_plm::rotary_thd", "CUDA")
     def _rotary_cuda_impl(x, cu_seqlens, inv_freq, sign):
@@ -88,9 +90,15 @@ def _check_case(device: torch.device, generator: torch.Generator):
     return [x], (cu, inv_frequencies(64, device=device)), torch.randn(x.shape, device=device, generator=generator)
 
 
-KERNEL = selfcheck.FusedKernel(name="rotary (csrc/rotary)", fused=fused_rotary_thd, reference=rotary_reference,
-                               case=_check_case, outputs=("output", "grad x"), built=kernel_available,
-                               dtypes=KERNEL_DTYPES)  # fmt: skip
+KERNEL = selfcheck.FusedKernel(
+    name="rotary (csrc/rotary)",
+    fused=fused_rotary_thd,
+    reference=rotary_reference,
+    case=_check_case,
+    outputs=("output", "grad x"),
+    built=kernel_available,
+    dtypes=KERNEL_DTYPES,
+)
 
 
 def kernel_takes(x: torch.Tensor) -> bool:
@@ -102,8 +110,10 @@ def apply_rotary_thd(x: torch.Tensor, cu_seqlens: torch.Tensor, inv_freq: torch.
     """Rotate ``x [tokens, heads, head_dim]``: the fused kernel on CUDA tensors when built and when it
     passed its self-check on this device and dtype (:mod:`selfcheck`), else the reference."""
     if x.dim() != 3 or x.shape[-1] % 2 or inv_freq.numel() * 2 != x.shape[-1]:
-        raise ValueError(f"rotary: x must be [tokens, heads, head_dim] with head_dim = 2 x {inv_freq.numel()} "
-                         f"(inv_freq), got {tuple(x.shape)}")  # fmt: skip
+        raise ValueError(
+            f"rotary: x must be [tokens, heads, head_dim] with head_dim = 2 x {inv_freq.numel()} "
+            f"(inv_freq), got {tuple(x.shape)}"
+        )
     if kernel_takes(x) and selfcheck.kernel_verified(KERNEL, x.device, x.dtype):
         cu = cu_seqlens.to(device=x.device, dtype=torch.int32).contiguous()
         x = x if x.stride(-1) == 1 else x.contiguous()

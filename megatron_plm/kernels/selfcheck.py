@@ -67,8 +67,13 @@ def allowed_error(torch_error: float, reference: torch.Tensor, dtype: torch.dtyp
     return 2 * torch_error + floor
 
 
-def compare(names: Sequence[str], ours: Sequence[torch.Tensor], same_dtype: Sequence[torch.Tensor],
-            fp32: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[dict, dict, str | None]:  # fmt: skip
+def compare(
+    names: Sequence[str],
+    ours: Sequence[torch.Tensor],
+    same_dtype: Sequence[torch.Tensor],
+    fp32: Sequence[torch.Tensor],
+    dtype: torch.dtype,
+) -> tuple[dict, dict, str | None]:
     """Errors of ``ours`` and of PyTorch's ``same_dtype`` results against ``fp32``: (errors, allowed,
     failure), failure naming every tensor over its bound (a NaN is over any bound)."""
     errors, allowed, over = {}, {}, []
@@ -133,9 +138,12 @@ def kernel_verified(kernel: FusedKernel, device: torch.device | str, dtype: torc
         if key not in _verdicts:
             result = check(kernel, key[1], dtype)
             if not result.passed:
-                warnings.warn(f"fused kernel {kernel.name} failed its self-check on {key[1]} in {_dtype_name(dtype)} "
-                              f"({result.failure}); using its PyTorch reference for the rest of this run",
-                              RuntimeWarning, stacklevel=3)  # fmt: skip
+                warnings.warn(
+                    f"fused kernel {kernel.name} failed its self-check on {key[1]} in {_dtype_name(dtype)} "
+                    f"({result.failure}); using its PyTorch reference for the rest of this run",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
             _verdicts[key] = result.passed
     return _verdicts[key]
 

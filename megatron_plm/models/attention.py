@@ -30,13 +30,25 @@ class _CoreAttention(MegatronModule):
 
     backend = "core"
 
-    def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
-                 attention_dropout: float | None = None, softmax_scale: float | None = None,
-                 cp_comm_type: str | None = None, pg_collection=None):  # fmt: skip
+    def __init__(
+        self,
+        config,
+        layer_number: int,
+        attn_mask_type: AttnMaskType,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError(f"the {self.backend} attention backend does not support context parallelism; use te")
-        tp = pg_collection.tp.size() if pg_collection is not None else tensor_parallel.get_tensor_model_parallel_world_size()
+        tp = (
+            pg_collection.tp.size()
+            if pg_collection is not None
+            else tensor_parallel.get_tensor_model_parallel_world_size()
+        )
         self.heads = config.num_attention_heads // tp
         self.query_groups = config.num_query_groups // tp
         self.head_dim = config.kv_channels
@@ -48,9 +60,9 @@ class _CoreAttention(MegatronModule):
 class SDPAAttention(_CoreAttention):
     backend = "sdpa"
 
-
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):  # fmt: skip
+    def forward(
+        self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         if attention_bias is not None or packed_seq_params is not None:
             raise ValueError("the sdpa attention backend takes protein boundaries as a mask, not packed_seq_params")
         if self.heads > self.query_groups:  # grouped-query attention: share each key/value head
@@ -127,10 +139,13 @@ class VarlenAttention(_CoreAttention):
             self._inv_freq[device] = inv_frequencies(self.head_dim, ROTARY_BASE, device=device)
         return self._inv_freq[device]
 
-    def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):  # fmt: skip
+    def forward(
+        self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         if packed_seq_params is None or packed_seq_params.qkv_format != "thd":
-            raise ValueError("the varlen attention backend needs packed batches (Batch.pack) with thd packed_seq_params")
+            raise ValueError(
+                "the varlen attention backend needs packed batches (Batch.pack) with thd packed_seq_params"
+            )
         if attention_mask is not None or attention_bias is not None:
             raise ValueError("the varlen attention backend takes protein boundaries as cu_seqlens, not a mask")
         cu = packed_seq_params.cu_seqlens_q
@@ -142,10 +157,20 @@ class VarlenAttention(_CoreAttention):
         causal = (attn_mask_type or self.attn_mask_type) in (AttnMaskType.causal, AttnMaskType.padding_causal)
         if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
             if self.kernel is None:
-                raise RuntimeError(f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.9); use sdpa")
-            context = self.kernel(query, key, value, cu, cu, packed_seq_params.max_seqlen_q,
-                                  packed_seq_params.max_seqlen_kv, scale=self.softmax_scale,
-                                  **_varlen_causal_kwargs(self.kernel, causal))  # fmt: skip
+                raise RuntimeError(
+                    f"torch {torch.__version__} has no torch.nn.attention.varlen (needs >= 2.9); use sdpa"
+                )
+            context = self.kernel(
+                query,
+                key,
+                value,
+                cu,
+                cu,
+                packed_seq_params.max_seqlen_q,
+                packed_seq_params.max_seqlen_kv,
+                scale=self.softmax_scale,
+                **_varlen_causal_kwargs(self.kernel, causal),
+            )
         else:
             context = varlen_reference(query, key, value, cu, causal=causal, scale=self.softmax_scale)
         return context.reshape(query.shape[0], self.heads * self.head_dim)

@@ -46,8 +46,15 @@ class ProteinMaskedLM(GPTModel):
     """GPTModel with ESM-2's masked-LM head on the last pipeline stage, and optionally ESM-2's
     token dropout on the first."""
 
-    def __init__(self, config: TransformerConfig, *, token_dropout: bool = False, mask_token_id: int | None = None,
-                 pad_token_id: int | None = None, **kwargs):  # fmt: skip
+    def __init__(
+        self,
+        config: TransformerConfig,
+        *,
+        token_dropout: bool = False,
+        mask_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        **kwargs,
+    ):
         super().__init__(config=config, share_embeddings_and_output_weights=True, **kwargs)
         if token_dropout and (mask_token_id is None or pad_token_id is None):
             raise ValueError("token dropout needs the mask and pad token ids")
@@ -113,8 +120,10 @@ def layer_spec(backend: Literal["local", "sdpa", "varlen", "te"] = "local", *, o
         spec.submodules.self_attention.submodules.core_attention = attention
         spec.submodules.mlp = BiasGeluMLP
     if backend in PACKED_BACKENDS and objective == "mlm":
-        spec.submodules.self_attention.params = {**spec.submodules.self_attention.params,
-                                                 "attn_mask_type": AttnMaskType.no_mask}  # fmt: skip
+        spec.submodules.self_attention.params = {
+            **spec.submodules.self_attention.params,
+            "attn_mask_type": AttnMaskType.no_mask,
+        }
     return spec
 
 
@@ -149,5 +158,6 @@ def build_protein_model(
     )
     if objective == "clm":
         return GPTModel(config=config, share_embeddings_and_output_weights=False, **body)
-    return ProteinMaskedLM(config, token_dropout=token_dropout, mask_token_id=mask_token_id,
-                           pad_token_id=pad_token_id, **body)  # fmt: skip
+    return ProteinMaskedLM(
+        config, token_dropout=token_dropout, mask_token_id=mask_token_id, pad_token_id=pad_token_id, **body
+    )

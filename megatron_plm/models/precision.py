@@ -53,7 +53,9 @@ class FP8Config:
         }
 
 
-def check_fp8_supported(config: FP8Config, *, transformer_engine: str | None, gpu_capability: tuple[int, int] | None) -> None:
+def check_fp8_supported(
+    config: FP8Config, *, transformer_engine: str | None, gpu_capability: tuple[int, int] | None
+) -> None:
     """Raise, naming what is missing, unless this machine can train with ``config``."""
     if transformer_engine is None:
         raise ValueError(
@@ -66,5 +68,6 @@ def check_fp8_supported(config: FP8Config, *, transformer_engine: str | None, gp
     if gpu_capability < needed:
         raise ValueError(
             f"fp8.recipe {config.recipe!r} needs compute capability {needed[0]}.{needed[1]} or newer; this GPU has "
-            f"{gpu_capability[0]}.{gpu_capability[1]}" + (" (use 'tensorwise' on Hopper)" if config.recipe == "mxfp8" else "")
+            f"{gpu_capability[0]}.{gpu_capability[1]}"
+            + (" (use 'tensorwise' on Hopper)" if config.recipe == "mxfp8" else "")
         )

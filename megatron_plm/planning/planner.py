@@ -32,16 +32,30 @@ class Accelerator:
 
 
 ACCELERATORS = {
-    "h100-80gb": Accelerator("H100 80GB SXM", 80, 989, 3.35,
-                             "NVIDIA H100 Tensor Core GPU datasheet (SXM5: BF16 1,979 TFLOPS with sparsity, 3.35 TB/s)"),
+    "h100-80gb": Accelerator(
+        "H100 80GB SXM",
+        80,
+        989,
+        3.35,
+        "NVIDIA H100 Tensor Core GPU datasheet (SXM5: BF16 1,979 TFLOPS with sparsity, 3.35 TB/s)",
+    ),
     # Memory: what nvidia-smi reports on the lent H200 (143,771 MiB; the device tool's KINDS.md, 2026-10-27).
-    "h200-141gb": Accelerator("H200 141GB SXM", 140.4, 989, 4.8,
-                              "NVIDIA H200 Tensor Core GPU datasheet (SXM: BF16 1,979 TFLOPS with sparsity, 141 GB "
-                              "HBM3e, 4.8 TB/s)"),
-    "a100-80gb": Accelerator("A100 80GB", 80, 312, 2.039,
-                             "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB: BF16 312 TFLOPS dense, 2,039 GB/s)"),
+    "h200-141gb": Accelerator(
+        "H200 141GB SXM",
+        140.4,
+        989,
+        4.8,
+        "NVIDIA H200 Tensor Core GPU datasheet (SXM: BF16 1,979 TFLOPS with sparsity, 141 GB HBM3e, 4.8 TB/s)",
+    ),
+    "a100-80gb": Accelerator(
+        "A100 80GB",
+        80,
+        312,
+        2.039,
+        "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB: BF16 312 TFLOPS dense, 2,039 GB/s)",
+    ),
     "cpu": Accelerator("CPU (fp32, for checking the estimate)", 24, 1, source="a nominal figure, not a peak"),
-}  # fmt: skip
+}
 USABLE_MEMORY = 0.9
 """Share of device memory the plan may fill (allocator fragmentation, workspaces, NCCL buffers)."""
 
@@ -49,7 +63,10 @@ USABLE_MEMORY = 0.9
 def flops_per_token(config: TrainConfig) -> float:
     """Training FLOPs per token: 6 x non-embedding parameters (matmuls) plus attention scores (12 L h s)."""
     m = config.model
-    return 6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_size) + 12 * m.num_layers * m.hidden_size * config.data.seq_length
+    return (
+        6 * m.num_layers * (4 * m.hidden_size**2 + 2 * m.hidden_size * m.ffn_size)
+        + 12 * m.num_layers * m.hidden_size * config.data.seq_length
+    )
 
 
 def accelerator_of(device_name: str) -> Accelerator | None:
@@ -107,8 +124,14 @@ class MemoryPlan:
 
     def total(self, *, recompute: str, distributed_optimizer: bool) -> float:
         optimizer = self.optimizer if distributed_optimizer else self.optimizer_unsharded
-        return (self.weights + self.gradients + optimizer + self.activations[recompute] + self.logits
-                + self.optimizer_transient)
+        return (
+            self.weights
+            + self.gradients
+            + optimizer
+            + self.activations[recompute]
+            + self.logits
+            + self.optimizer_transient
+        )
 
 
 @dataclass
@@ -129,8 +152,9 @@ class Plan:
     mfu: float
 
 
-def _activations_per_layer(s: int, b: int, h: int, heads: int, t: int, sequence_parallel: bool, recompute: str,
-                           bytes_per_value: int) -> float:  # fmt: skip
+def _activations_per_layer(
+    s: int, b: int, h: int, heads: int, t: int, sequence_parallel: bool, recompute: str, bytes_per_value: int
+) -> float:
     scale = bytes_per_value / 2  # the published estimates are for 16-bit activations
     scores = 5 * heads * s / (h * t)
     if recompute == "full":
@@ -170,10 +194,13 @@ def make_plan(config: TrainConfig, *, gpus: int, accelerator: str = "h100-80gb",
     in_flight = min(pp, microbatches)
     s, b = config.data.seq_length, t.micro_batch_size
     activations = {
-        mode: _activations_per_layer(s, b, m.hidden_size, m.num_attention_heads, tp, p.sequence_parallel, mode,
-                                     4 if fp32 else 2) * layers_per_stage * in_flight
+        mode: _activations_per_layer(
+            s, b, m.hidden_size, m.num_attention_heads, tp, p.sequence_parallel, mode, 4 if fp32 else 2
+        )
+        * layers_per_stage
+        * in_flight
         for mode in ("none", "selective", "full")
-    }  # fmt: skip
+    }
     logits = 2 * s * b * m.padded_vocab_size() / tp * 4  # fp32 logits and their gradient, last stage
     memory = MemoryPlan(
         weights=per_gpu * weight_bytes,
@@ -189,8 +216,22 @@ def make_plan(config: TrainConfig, *, gpus: int, accelerator: str = "h100-80gb",
     step_seconds = per_token * tokens_per_step / (gpus * device.bf16_tflops * 1e12 * mfu)
     tokens_per_day = tokens_per_step / step_seconds * 86400
     budget = t.train_iters * tokens_per_step
-    return Plan(config, device, gpus, dp, count, per_gpu, memory, per_token, tokens_per_step, step_seconds,
-                tokens_per_day, budget, budget / tokens_per_day, mfu)  # fmt: skip
+    return Plan(
+        config,
+        device,
+        gpus,
+        dp,
+        count,
+        per_gpu,
+        memory,
+        per_token,
+        tokens_per_step,
+        step_seconds,
+        tokens_per_day,
+        budget,
+        budget / tokens_per_day,
+        mfu,
+    )
 
 
 def format_plan(plan: Plan) -> str:
@@ -207,7 +248,7 @@ def format_plan(plan: Plan) -> str:
         "",
         f"memory per GPU (GiB)   weights  grads  optimizer  activations  logits   total   fits in {USABLE_MEMORY:.0%} "
         f"of {plan.accelerator.memory_gib:g} GiB",
-    ]  # fmt: skip
+    ]
     for distributed in (False, True):
         for recompute in ("none", "selective", "full"):
             optimizer = mem.optimizer if distributed else mem.optimizer_unsharded

@@ -172,9 +172,7 @@ def initialize(
         if has_gpu:
             torch.cuda.set_device(0)
         store = torch.distributed.HashStore()
-        torch.distributed.init_process_group(
-            backend=backend, store=store, rank=0, world_size=1, timeout=timeout
-        )
+        torch.distributed.init_process_group(backend=backend, store=store, rank=0, world_size=1, timeout=timeout)
 
     cpu_shim = not has_gpu
     if cpu_shim:

@@ -78,7 +78,13 @@ def _recipes(objective: str) -> list[tuple[float, Path, dict]]:
         data = parse_yaml(path.read_text())
         if data.get("objective") == objective:
             m = data["model"]
-            found.append((Shape(m["num_layers"], m["hidden_size"], m["num_attention_heads"]).non_embedding_parameters, path, data))
+            found.append(
+                (
+                    Shape(m["num_layers"], m["hidden_size"], m["num_attention_heads"]).non_embedding_parameters,
+                    path,
+                    data,
+                )
+            )
     return sorted(found, key=lambda r: r[0])
 
 
@@ -133,20 +139,41 @@ def write_config(plan: BudgetPlan, path: str | Path, template: str | Path | None
     steps, tenth = plan.steps, max(1, plan.steps // 10)
     data = dict(base.get("data", {}))
     data["seq_length"] = 1024
-    training = {**recipe["training"], "train_iters": steps, "global_batch_size": TOKENS_PER_STEP // 1024,
-                "eval_interval": min(int(recipe["training"].get("eval_interval", tenth)), tenth)}  # fmt: skip
-    optimizer = {**recipe.get("optimizer", {}), "lr": picked["lr"], "min_lr": float(f"{picked['lr'] / 10:.3g}"),
-                 "warmup_iters": min(int(recipe.get("optimizer", {}).get("warmup_iters", 0)), tenth)}  # fmt: skip
+    training = {
+        **recipe["training"],
+        "train_iters": steps,
+        "global_batch_size": TOKENS_PER_STEP // 1024,
+        "eval_interval": min(int(recipe["training"].get("eval_interval", tenth)), tenth),
+    }
+    optimizer = {
+        **recipe.get("optimizer", {}),
+        "lr": picked["lr"],
+        "min_lr": float(f"{picked['lr'] / 10:.3g}"),
+        "warmup_iters": min(int(recipe.get("optimizer", {}).get("warmup_iters", 0)), tenth),
+    }
     config = {
-        "name": name, "objective": plan.objective,
-        "model": {**{k: v for k, v in recipe["model"].items() if k not in ("num_layers", "hidden_size",
-                                                                           "num_attention_heads", "ffn_hidden_size")},
-                  "num_layers": plan.shape.num_layers, "hidden_size": plan.shape.hidden_size,
-                  "num_attention_heads": plan.shape.num_attention_heads},
-        "data": data, "training": training, "optimizer": optimizer, "parallel": dict(recipe.get("parallel", {})),
-        "checkpoint": {"save": f"checkpoints/{name}", "save_interval": min(int(recipe["checkpoint"].get("save_interval", tenth)), tenth)},
+        "name": name,
+        "objective": plan.objective,
+        "model": {
+            **{
+                k: v
+                for k, v in recipe["model"].items()
+                if k not in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size")
+            },
+            "num_layers": plan.shape.num_layers,
+            "hidden_size": plan.shape.hidden_size,
+            "num_attention_heads": plan.shape.num_attention_heads,
+        },
+        "data": data,
+        "training": training,
+        "optimizer": optimizer,
+        "parallel": dict(recipe.get("parallel", {})),
+        "checkpoint": {
+            "save": f"checkpoints/{name}",
+            "save_interval": min(int(recipe["checkpoint"].get("save_interval", tenth)), tenth),
+        },
         "logging": {"log_interval": 10, "metrics_file": f"checkpoints/{name}/metrics.jsonl"},
-    }  # fmt: skip
+    }
     tp = int(config["parallel"].get("tensor_model_parallel_size", 1))
     while plan.shape.num_attention_heads % tp:  # the recipe's TP must divide the planned model's heads
         tp //= 2
@@ -156,15 +183,22 @@ def write_config(plan: BudgetPlan, path: str | Path, template: str | Path | None
     warnings = []
     tokens, missing = corpus_tokens(data.get("sources", []))
     if missing:
-        warnings.append(f"cannot check how many epochs the budget is: no corpus at {', '.join(missing)} "
-                        "(set data.sources to your preprocessed corpora)")  # fmt: skip
+        warnings.append(
+            f"cannot check how many epochs the budget is: no corpus at {', '.join(missing)} "
+            "(set data.sources to your preprocessed corpora)"
+        )
     elif tokens and plan.d_opt > tokens:
-        warnings.append(f"D_opt = {plan.d_opt:.3g} tokens is {plan.d_opt / tokens:,.1f} epochs of the configured data "
-                        f"({tokens:,} tokens); the scaling laws assume about one: add data or plan a smaller budget")  # fmt: skip
-    header = (f"# planned for C = {plan.flops:.3g} FLOPs: N_opt = {plan.n_opt:.3g}, D_opt = {plan.d_opt:.3g}\n"
-              f"# hyperparameters from {picked['recipe'].name} (lr interpolated between recipes by size)\n")  # fmt: skip
-    out = write_text_atomic(path, header + "".join(f"# warning: {w}\n" for w in warnings)
-                            + yaml.safe_dump(config, sort_keys=False))  # fmt: skip
+        warnings.append(
+            f"D_opt = {plan.d_opt:.3g} tokens is {plan.d_opt / tokens:,.1f} epochs of the configured data "
+            f"({tokens:,} tokens); the scaling laws assume about one: add data or plan a smaller budget"
+        )
+    header = (
+        f"# planned for C = {plan.flops:.3g} FLOPs: N_opt = {plan.n_opt:.3g}, D_opt = {plan.d_opt:.3g}\n"
+        f"# hyperparameters from {picked['recipe'].name} (lr interpolated between recipes by size)\n"
+    )
+    out = write_text_atomic(
+        path, header + "".join(f"# warning: {w}\n" for w in warnings) + yaml.safe_dump(config, sort_keys=False)
+    )
     return out, warnings
 
 
@@ -172,9 +206,10 @@ def format_budget_plan(plan: BudgetPlan, law_name: str, interval: tuple | None =
     s = plan.shape
     lines = [
         f"budget {plan.flops:.3g} FLOPs, {plan.objective.upper()}, law: {law_name}",
-        f"N_opt  {plan.n_opt:,.4g} non-embedding parameters" + (f"  [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""),
+        f"N_opt  {plan.n_opt:,.4g} non-embedding parameters"
+        + (f"  [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""),
         f"D_opt  {plan.d_opt:,.4g} tokens ({plan.steps:,} steps of {TOKENS_PER_STEP:,} tokens)",
         f"model  {s.num_layers} layers x {s.hidden_size} ({s.num_attention_heads} heads): "
         f"{s.non_embedding_parameters:,} non-embedding parameters ({s.non_embedding_parameters / plan.n_opt - 1:+.1%})",
-    ]  # fmt: skip
+    ]
     return "\n".join(lines)

@@ -47,8 +47,13 @@ class Runs:
         return cls(values["N"], values["D"], values["loss"], C, [r.get("objective", "") for r in rows])
 
     def subset(self, index: np.ndarray) -> "Runs":
-        return Runs(self.N[index], self.D[index], self.loss[index], self.C[index],
-                    [self.objective[i] for i in index] if self.objective else [])  # fmt: skip
+        return Runs(
+            self.N[index],
+            self.D[index],
+            self.loss[index],
+            self.C[index],
+            [self.objective[i] for i in index] if self.objective else [],
+        )
 
 
 # ---- approach 3 ------------------------------------------------------------------------------------
@@ -63,8 +68,13 @@ def _objective(x: np.ndarray, logN, logD, logL, delta) -> float:
     return float(_huber(predicted - logL, delta).sum())
 
 
-DEFAULT_GRID = {"e": (-1.0, 0.0, 1.0), "a": (0.0, 5.0, 10.0, 15.0), "b": (0.0, 5.0, 10.0, 15.0),
-                "alpha": (0.2, 0.6), "beta": (0.2, 0.6)}  # fmt: skip
+DEFAULT_GRID = {
+    "e": (-1.0, 0.0, 1.0),
+    "a": (0.0, 5.0, 10.0, 15.0),
+    "b": (0.0, 5.0, 10.0, 15.0),
+    "alpha": (0.2, 0.6),
+    "beta": (0.2, 0.6),
+}
 """192 initialisations (Chinchilla used a larger grid; on the laws we tested this one reaches the same best)."""
 
 
@@ -82,22 +92,30 @@ def fit_parametric(runs: Runs, *, delta: float = 1e-3, grid: dict | None = None,
     logN, logD, logL = np.log(runs.N), np.log(runs.D), np.log(runs.loss)
     grid = grid or DEFAULT_GRID
     if starts is None:
-        starts = [np.array([a, b, e, al, be]) for e, a, b, al, be in
-                  itertools.product(grid["e"], grid["a"], grid["b"], grid["alpha"], grid["beta"])]  # fmt: skip
+        starts = [
+            np.array([a, b, e, al, be])
+            for e, a, b, al, be in itertools.product(grid["e"], grid["a"], grid["b"], grid["alpha"], grid["beta"])
+        ]
     bounds = [(None, None), (None, None), (None, None), (0.0, 3.0), (0.0, 3.0)]
     # The Huber objective is tiny (~1e-6) near a good fit: default relative tolerances would stop at once.
     options = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 5000}
     # One BLAS thread: on a 5-parameter problem, waking BLAS worker threads costs far more than the
     # arithmetic (measured: `scaling fit` 10-17x slower with OpenBLAS's default threads on 2 cores).
     with threadpool_limits(limits=1, user_api="blas"):
-        results = [minimize(_objective, x0, args=(logN, logD, logL, delta), method="L-BFGS-B", bounds=bounds,
-                            options=options) for x0 in starts]  # fmt: skip
+        results = [
+            minimize(_objective, x0, args=(logN, logD, logL, delta), method="L-BFGS-B", bounds=bounds, options=options)
+            for x0 in starts
+        ]
     values = np.array([r.fun for r in results])
     best = results[int(values.argmin())]
     reached = int((values <= best.fun * (1 + 1e-3) + 1e-12).sum())
     a, b, e, alpha, beta = best.x
-    return ParametricFit(ParametricLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta),
-                         float(best.fun), len(starts), reached)  # fmt: skip
+    return ParametricFit(
+        ParametricLaw(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta),
+        float(best.fun),
+        len(starts),
+        reached,
+    )
 
 
 # ---- approach 2 ------------------------------------------------------------------------------------
@@ -144,8 +162,13 @@ def fit_isoflop(runs: Runs, *, relative_tolerance: float = 0.05) -> IsoFlopFit:
     b, log_kd = np.polyfit(np.log(budgets_arr), np.log(d_arr), 1)
     if not all(np.isfinite([a, b, log_kn, log_kd])) or max(abs(log_kn), abs(log_kd)) > 700:
         raise ValueError("IsoFLOP fit is degenerate (non-finite allocation law)")
-    return IsoFlopFit(budgets_arr, n_arr, np.array(loss_opt), parabolas,
-                      AllocationLaw(kN=math.exp(log_kn), a=a, kD=math.exp(log_kd), b=b))  # fmt: skip
+    return IsoFlopFit(
+        budgets_arr,
+        n_arr,
+        np.array(loss_opt),
+        parabolas,
+        AllocationLaw(kN=math.exp(log_kn), a=a, kD=math.exp(log_kd), b=b),
+    )
 
 
 # ---- bootstrap ---------------------------------------------------------------------------------------
@@ -175,9 +198,19 @@ def fit_all(runs: Runs, *, bootstrap_samples: int = 100, seed: int = 0, grid: di
     out: dict = {"runs": len(runs.N)}
     parametric = fit_parametric(runs, grid=grid)
     law = parametric.law
-    out.update({"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "a_parametric": law.a,
-                "b_parametric": law.b, "initialisations": parametric.initialisations,
-                "reached_best": parametric.reached_best})  # fmt: skip
+    out.update(
+        {
+            "E": law.E,
+            "A": law.A,
+            "B": law.B,
+            "alpha": law.alpha,
+            "beta": law.beta,
+            "a_parametric": law.a,
+            "b_parametric": law.b,
+            "initialisations": parametric.initialisations,
+            "reached_best": parametric.reached_best,
+        }
+    )
     best = np.array([math.log(law.A), math.log(law.B), math.log(max(law.E, 1e-12)), law.alpha, law.beta])
 
     def parametric_statistic(sample: Runs) -> dict:
@@ -187,15 +220,28 @@ def fit_all(runs: Runs, *, bootstrap_samples: int = 100, seed: int = 0, grid: di
     intervals = bootstrap(runs, parametric_statistic, samples=bootstrap_samples, seed=seed)
     try:
         iso = fit_isoflop(runs)
-        out.update({"a": iso.law.a, "b": iso.law.b, "kN": iso.law.kN, "kD": iso.law.kD,
-                    "isoflop_budgets": iso.budgets.tolist(), "isoflop_n_opt": iso.n_opt.tolist()})  # fmt: skip
+        out.update(
+            {
+                "a": iso.law.a,
+                "b": iso.law.b,
+                "kN": iso.law.kN,
+                "kD": iso.law.kD,
+                "isoflop_budgets": iso.budgets.tolist(),
+                "isoflop_n_opt": iso.n_opt.tolist(),
+            }
+        )
 
         def isoflop_statistic(sample: Runs) -> dict:
             fitted = fit_isoflop(sample).law
             return {"a": fitted.a, "b": fitted.b}
 
-        intervals.update({k: v for k, v in bootstrap(runs, isoflop_statistic, samples=bootstrap_samples,
-                                                     seed=seed + 1).items() if k != "_failed_resamples"})  # fmt: skip
+        intervals.update(
+            {
+                k: v
+                for k, v in bootstrap(runs, isoflop_statistic, samples=bootstrap_samples, seed=seed + 1).items()
+                if k != "_failed_resamples"
+            }
+        )
     except ValueError as error:
         out.update({"a": None, "b": None, "kN": None, "kD": None, "isoflop_error": str(error)})
     out["intervals"] = {k: list(v) for k, v in intervals.items()}
@@ -213,9 +259,11 @@ def format_fit(result: dict) -> str:
         band = f"  [{fmt.format(interval[0])}, {fmt.format(interval[1])}]" if interval else ""
         return f"{key:<13} {fmt.format(value)}{band}"
 
-    lines = [f"runs: {result['runs']}; 95% bootstrap intervals in brackets",
-             "parametric L(N, D) = E + A/N^alpha + B/D^beta (approach 3, Huber on log loss; "
-             f"{result['reached_best']} of {result['initialisations']} initialisations reached the best):"]  # fmt: skip
+    lines = [
+        f"runs: {result['runs']}; 95% bootstrap intervals in brackets",
+        "parametric L(N, D) = E + A/N^alpha + B/D^beta (approach 3, Huber on log loss; "
+        f"{result['reached_best']} of {result['initialisations']} initialisations reached the best):",
+    ]
     lines += ["  " + show(k) for k in ("E", "A", "B", "alpha", "beta", "a_parametric")]
     at_bounds = [k for k in ("alpha", "beta") if result[k] <= 1e-6 or result[k] >= 3.0 - 1e-6]
     if at_bounds:

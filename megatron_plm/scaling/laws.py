@@ -56,11 +56,15 @@ class AllocationLaw:
 # From shared/notes/paper-facts.md: the authors' example-notebook allocation fits and their "Table A9"
 # parametric fits (whose individual coefficients their own re-analysis finds poorly determined).
 PAPER = {
-    "clm": {"allocation": AllocationLaw(kN=3.09e-3, a=0.557, kD=130.2, b=0.426),
-            "parametric": ParametricLaw(E=2.123, A=143.9, B=22036.5, alpha=0.367, beta=0.496)},
-    "mlm": {"allocation": AllocationLaw(kN=1.365e-7, a=0.760, kD=6.149e5, b=0.256),
-            "parametric": ParametricLaw(E=0.0, A=3.365, B=7.569, alpha=0.042, beta=0.099)},
-}  # fmt: skip
+    "clm": {
+        "allocation": AllocationLaw(kN=3.09e-3, a=0.557, kD=130.2, b=0.426),
+        "parametric": ParametricLaw(E=2.123, A=143.9, B=22036.5, alpha=0.367, beta=0.496),
+    },
+    "mlm": {
+        "allocation": AllocationLaw(kN=1.365e-7, a=0.760, kD=6.149e5, b=0.256),
+        "parametric": ParametricLaw(E=0.0, A=3.365, B=7.569, alpha=0.042, beta=0.099),
+    },
+}
 
 
 def load_law(source: str, objective: str):

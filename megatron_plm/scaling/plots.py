@@ -21,8 +21,9 @@ def plot_isoflop(runs: Runs, result: dict, path: str | Path, *, paper_a: float |
     for budget in budgets:
         near = np.abs(runs.C / budget - 1) <= 0.05
         order = np.argsort(runs.N[near])
-        left.plot(runs.N[near][order], runs.loss[near][order], "o-", lw=0.8, color=colours[budget],
-                  label=f"C = {budget:.2g}")  # fmt: skip
+        left.plot(
+            runs.N[near][order], runs.loss[near][order], "o-", lw=0.8, color=colours[budget], label=f"C = {budget:.2g}"
+        )
     left.set(xscale="log", xlabel="non-embedding parameters N", ylabel="validation loss", title="IsoFLOP profiles")
     try:
         iso = fit_isoflop(runs)
@@ -48,8 +49,14 @@ def plot_isoflop(runs: Runs, result: dict, path: str | Path, *, paper_a: float |
     if low is not None:
         anchor = np.exp(np.mean(np.log(iso.n_opt)))
         centre = np.exp(np.mean(np.log(iso.budgets)))
-        right.fill_between(c, anchor * (c / centre) ** low, anchor * (c / centre) ** high, color="C0", alpha=0.2,
-                           label=f"95% band [{low:.3f}, {high:.3f}]")  # fmt: skip
+        right.fill_between(
+            c,
+            anchor * (c / centre) ** low,
+            anchor * (c / centre) ** high,
+            color="C0",
+            alpha=0.2,
+            label=f"95% band [{low:.3f}, {high:.3f}]",
+        )
     if paper_a is not None:
         anchor = np.exp(np.mean(np.log(iso.n_opt)))
         centre = np.exp(np.mean(np.log(iso.budgets)))

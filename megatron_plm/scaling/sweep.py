@@ -52,8 +52,9 @@ def training_tokens(base: dict) -> float:
     return total
 
 
-def make_sweep(base_config: str | Path, budgets: list[float], shapes: list[Shape], out: str | Path,
-               overrides: dict | None = None) -> list[SweepRun]:  # fmt: skip
+def make_sweep(
+    base_config: str | Path, budgets: list[float], shapes: list[Shape], out: str | Path, overrides: dict | None = None
+) -> list[SweepRun]:
     """Write one config per (budget, shape) under ``out/configs`` and describe the grid."""
     from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
 
@@ -75,18 +76,25 @@ def make_sweep(base_config: str | Path, budgets: list[float], shapes: list[Shape
             steps = max(1, round(flops / (6 * shape.non_embedding_parameters) / (batch * seq)))
             name = f"c{flops:.0e}_l{shape.num_layers}_h{shape.hidden_size}".replace("+", "")
             config = dict(base, name=name)
-            config["model"] = {"num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
-                               "num_attention_heads": shape.num_attention_heads}  # fmt: skip
+            config["model"] = {
+                "num_layers": shape.num_layers,
+                "hidden_size": shape.hidden_size,
+                "num_attention_heads": shape.num_attention_heads,
+            }
             config["training"] = dict(base.get("training", {}), train_iters=steps, eval_interval=0)
             config["checkpoint"] = {"save": None, "init_from": None}
-            config["logging"] = dict(base.get("logging", {}), metrics_file=str(out / "metrics" / f"{name}.jsonl"),
-                                     log_interval=max(1, steps // 10))  # fmt: skip
+            config["logging"] = dict(
+                base.get("logging", {}),
+                metrics_file=str(out / "metrics" / f"{name}.jsonl"),
+                log_interval=max(1, steps // 10),
+            )
             path = out / "configs" / f"{name}.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             tokens = steps * batch * seq
             runs.append(SweepRun(name, flops, shape, steps, tokens, tokens / unique, path))
-    (out / "sweep.json").write_text(json.dumps([{**r.__dict__, "shape": r.shape.__dict__, "config": str(r.config)}
-                                                for r in runs], indent=2))  # fmt: skip
+    (out / "sweep.json").write_text(
+        json.dumps([{**r.__dict__, "shape": r.shape.__dict__, "config": str(r.config)} for r in runs], indent=2)
+    )
     return runs
 
 
@@ -98,8 +106,11 @@ def run_locally(runs: list[SweepRun], *, log=print) -> None:
             log(f"[{i}/{len(runs)}] {run.name}: already has metrics, skipped")
             continue
         log(f"[{i}/{len(runs)}] {run.name}: {run.steps} steps")
-        subprocess.run([sys.executable, "-m", "megatron_plm", "train", "--config", str(run.config)], check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "megatron_plm", "train", "--config", str(run.config)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
 
 
 def slurm_array(runs: list[SweepRun], out: str | Path) -> Path:
@@ -132,9 +143,17 @@ def collect(out: str | Path, objective: str) -> Path:
         if not validation:
             continue
         shape = Shape(**run["shape"])
-        rows.append({"name": run["name"], "N": shape.non_embedding_parameters, "D": run["tokens"],
-                     "loss": validation[-1]["loss"], "objective": objective,
-                     "C": 6 * shape.non_embedding_parameters * run["tokens"], "epochs": round(run["epochs"], 4)})  # fmt: skip
+        rows.append(
+            {
+                "name": run["name"],
+                "N": shape.non_embedding_parameters,
+                "D": run["tokens"],
+                "loss": validation[-1]["loss"],
+                "objective": objective,
+                "C": 6 * shape.non_embedding_parameters * run["tokens"],
+                "epochs": round(run["epochs"], 4),
+            }
+        )
     if not rows:
         raise ValueError(f"no finished runs with a validation loss under {out}")
     path = out / "runs.csv"
@@ -149,6 +168,8 @@ def format_sweep(runs: list[SweepRun]) -> str:
     lines = [f"{'run':<24} {'C':>9} {'N':>11} {'tokens':>12} {'steps':>7} {'epochs':>7}"]
     for r in runs:
         flag = "  > 1 epoch: repeats data" if r.epochs > 1 else ""
-        lines.append(f"{r.name:<24} {r.flops:>9.2g} {r.shape.non_embedding_parameters:>11,} {r.tokens:>12,} "
-                     f"{r.steps:>7,} {r.epochs:>7.3f}{flag}")  # fmt: skip
+        lines.append(
+            f"{r.name:<24} {r.flops:>9.2g} {r.shape.non_embedding_parameters:>11,} {r.tokens:>12,} "
+            f"{r.steps:>7,} {r.epochs:>7.3f}{flag}"
+        )
     return "\n".join(lines)

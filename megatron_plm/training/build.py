@@ -84,8 +84,15 @@ def build_scheduler(optimizer, optim_cfg: OptimizerConfig, train_iters: int):
     )
 
 
-def build_model_chunk(model_cfg: ModelConfig, runtime: Runtime, *, objective: str,
-                      params_dtype: torch.dtype = torch.float32, config=None, backend: str = "local"):  # fmt: skip
+def build_model_chunk(
+    model_cfg: ModelConfig,
+    runtime: Runtime,
+    *,
+    objective: str,
+    params_dtype: torch.dtype = torch.float32,
+    config=None,
+    backend: str = "local",
+):
     """This rank's model chunk (no DDP, no optimizer): what training wraps and conversion loads into."""
     from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.models.mcore import build_protein_model
@@ -124,8 +131,9 @@ def effective_backend(model_cfg: ModelConfig, precision_backend: str = "local") 
     return model_cfg.attention_backend if precision_backend == "local" else precision_backend
 
 
-def precision_settings(precision: str, runtime: Runtime, fp8=None, *,
-                       allow_cpu_bf16: bool = False) -> tuple[torch.dtype, dict, str]:  # fmt: skip
+def precision_settings(
+    precision: str, runtime: Runtime, fp8=None, *, allow_cpu_bf16: bool = False
+) -> tuple[torch.dtype, dict, str]:
     """``(params dtype, extra TransformerConfig fields, layer backend)`` for a precision, after its guards.
     ``allow_cpu_bf16`` lets tools (the step profiler) run bf16 on the CPU, which training refuses."""
     if precision == "fp32":
@@ -150,9 +158,16 @@ def build_run(config, runtime: Runtime, *, allow_cpu_bf16: bool = False) -> Trai
     """The model, optimizer and LR schedule of a run config (a :class:`~megatron_plm.config.TrainConfig`),
     as ``megatron-plm train`` builds them; benchmarks and tests call this too."""
     t = config.training
-    return build_training_state(config.model, config.optimizer, runtime, objective=config.objective,
-                                precision=t.precision, train_iters=t.train_iters, fp8=config.fp8,
-                                allow_cpu_bf16=allow_cpu_bf16)  # fmt: skip
+    return build_training_state(
+        config.model,
+        config.optimizer,
+        runtime,
+        objective=config.objective,
+        precision=t.precision,
+        train_iters=t.train_iters,
+        fp8=config.fp8,
+        allow_cpu_bf16=allow_cpu_bf16,
+    )
 
 
 def build_training_state(
@@ -175,7 +190,9 @@ def build_training_state(
     from megatron.core.optimizer import get_megatron_optimizer
 
     optim_cfg.validate()
-    if runtime.parallel.sequence_parallel and not (runtime.accelerators.transformer_engine or runtime.accelerators.apex):
+    if runtime.parallel.sequence_parallel and not (
+        runtime.accelerators.transformer_engine or runtime.accelerators.apex
+    ):
         raise ValueError(
             "parallel.sequence_parallel needs Transformer Engine or apex (megatron-core's torch LayerNorm "
             "does not support it); use the NGC container or set it to false"
@@ -185,8 +202,9 @@ def build_training_state(
     config = model_cfg.to_transformer_config(parallel, params_dtype=params_dtype, **precision_fields)
     # Grads are summed over tokens and divided once by the global token count (per-token loss).
     config.finalize_model_grads_func = finalize_model_grads
-    module = build_model_chunk(model_cfg, runtime, objective=objective, params_dtype=params_dtype, config=config,
-                               backend=backend)  # fmt: skip
+    module = build_model_chunk(
+        model_cfg, runtime, objective=objective, params_dtype=params_dtype, config=config, backend=backend
+    )
     if runtime.device.type == "cuda":
         module.cuda(torch.cuda.current_device())
     if params_dtype == torch.bfloat16:
@@ -218,5 +236,10 @@ def build_training_state(
     scheduler = build_scheduler(optimizer, optim_cfg, train_iters) if train_iters else None
     from megatron_plm.models.mcore import PACKED_BACKENDS
 
-    return TrainingState(model=[chunk], optimizer=optimizer, transformer_config=config, scheduler=scheduler,
-                         packed_sequences=effective_backend(model_cfg, backend) in PACKED_BACKENDS)  # fmt: skip
+    return TrainingState(
+        model=[chunk],
+        optimizer=optimizer,
+        transformer_config=config,
+        scheduler=scheduler,
+        packed_sequences=effective_backend(model_cfg, backend) in PACKED_BACKENDS,
+    )

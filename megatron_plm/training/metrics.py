@@ -122,16 +122,22 @@ class RunLog:
         self.record("train", entry)
         if line is not None:
             self.say(line)
-            self.scalars(entry["step"], {"train/loss": entry["loss"], "train/lr": entry["lr"],
-                                         "train/tokens_per_s": entry["tokens_per_s"]})  # fmt: skip
+            self.scalars(
+                entry["step"],
+                {"train/loss": entry["loss"], "train/lr": entry["lr"], "train/tokens_per_s": entry["tokens_per_s"]},
+            )
 
     def validation(self, entry: dict) -> None:
         self.record("validation", entry)
-        line = (f"validation at step {entry['step']}: loss {entry['loss']:.4f}, perplexity {entry['perplexity']:.2f} "
-                f"({entry['tokens']:,} tokens)")  # fmt: skip
+        line = (
+            f"validation at step {entry['step']}: loss {entry['loss']:.4f}, perplexity {entry['perplexity']:.2f} "
+            f"({entry['tokens']:,} tokens)"
+        )
         if "residues" in entry:  # a subword run: per residue as well
-            line += (f"; per residue: loss {entry['loss_per_residue']:.4f}, perplexity "
-                     f"{entry['perplexity_per_residue']:.2f} ({entry['residues']:,} residues)")  # fmt: skip
+            line += (
+                f"; per residue: loss {entry['loss_per_residue']:.4f}, perplexity "
+                f"{entry['perplexity_per_residue']:.2f} ({entry['residues']:,} residues)"
+            )
         self.say(line)
         self.scalars(entry["step"], {"valid/loss": entry["loss"], "valid/perplexity": entry["perplexity"]})
 

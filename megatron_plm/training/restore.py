@@ -24,16 +24,33 @@ from megatron_plm.training.build import TrainingState
 
 IMMUTABLE = (
     "objective",
-    "model.num_layers", "model.hidden_size", "model.num_attention_heads", "model.ffn_hidden_size",
-    "model.vocab_size", "model.make_vocab_size_divisible_by", "model.token_dropout",
-    "data.sources", "data.seq_length", "data.packed", "data.reverse_prob", "data.masking.mask_ratio",
-    "data.masking.mask_token_prob", "data.masking.random_token_prob", "data.cluster_sampling", "data.split_weights",
-    "data.split_by_cluster", "data.seed",
-)  # fmt: skip
+    "model.num_layers",
+    "model.hidden_size",
+    "model.num_attention_heads",
+    "model.ffn_hidden_size",
+    "model.vocab_size",
+    "model.make_vocab_size_divisible_by",
+    "model.token_dropout",
+    "data.sources",
+    "data.seq_length",
+    "data.packed",
+    "data.reverse_prob",
+    "data.masking.mask_ratio",
+    "data.masking.mask_token_prob",
+    "data.masking.random_token_prob",
+    "data.cluster_sampling",
+    "data.split_weights",
+    "data.split_by_cluster",
+    "data.seed",
+)
 SCHEDULE = (
-    "training.train_iters", "optimizer.lr", "optimizer.min_lr", "optimizer.warmup_iters",
-    "optimizer.decay_style", "optimizer.weight_decay",
-)  # fmt: skip
+    "training.train_iters",
+    "optimizer.lr",
+    "optimizer.min_lr",
+    "optimizer.warmup_iters",
+    "optimizer.decay_style",
+    "optimizer.weight_decay",
+)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -51,8 +68,7 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
     """``(dotted field, checkpoint value, current value)`` for every field that differs; fields
     the checkpoint's config lacks (added since) are not changes."""
     before, after = _flatten(saved), _flatten(current)
-    return [(name, before[name], value) for name, value in after.items()
-            if name in before and before[name] != value]  # fmt: skip
+    return [(name, before[name], value) for name, value in after.items() if name in before and before[name] != value]
 
 
 def check_resumable(changes: list[tuple[str, Any, Any]], directory: Path) -> None:
@@ -103,8 +119,13 @@ def _another_run(load: str | None, save: str | None) -> bool:
     return save is None or Path(save).resolve() not in (loaded, loaded.parent)
 
 
-def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Callable[[str], None],
-           from_another_run: bool = False) -> Start:
+def resume(
+    config: TrainConfig,
+    state: TrainingState,
+    directory: Path,
+    say: Callable[[str], None],
+    from_another_run: bool = False,
+) -> Start:
     """Continue from ``directory``. A relaunch of a finished run loads nothing; a finished checkpoint of
     another run (``checkpoint.load`` outside ``checkpoint.save``) is loaded, validated and saved to
     ``checkpoint.save`` at this run's layout: how a checkpoint is resharded."""
@@ -118,12 +139,21 @@ def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Call
     for name, old, new in changes:
         note = ""
         if name in SCHEDULE:
-            note = " (schedule: from this config)" if rule == "config" else " (ignored: checkpoint.resume_schedule=checkpoint)"
+            note = (
+                " (schedule: from this config)"
+                if rule == "config"
+                else " (ignored: checkpoint.resume_schedule=checkpoint)"
+            )
         say(f"changed since {directory.name}: {name} {old!r} -> {new!r}{note}")
     saved = json.loads((directory / STATE_FILE).read_text())
     if saved["iteration"] >= config.training.train_iters and not from_another_run:  # nothing to do: load nothing
-        return Start(iteration=saved["iteration"], consumed_samples=saved["consumed_samples"],
-                     compute=saved.get("compute", []), directory=directory, finished=True)  # fmt: skip
+        return Start(
+            iteration=saved["iteration"],
+            consumed_samples=saved["consumed_samples"],
+            compute=saved.get("compute", []),
+            directory=directory,
+            finished=True,
+        )
     # megatron-core keeps each param group's max_lr/min_lr in the optimizer state, which the load restores.
     bounds = [{k: g[k] for k in ("max_lr", "min_lr") if k in g} for g in state.optimizer.param_groups]
     resumed = load_checkpoint(directory, state, restore_scheduler=rule == "checkpoint")
@@ -133,20 +163,33 @@ def resume(config: TrainConfig, state: TrainingState, directory: Path, say: Call
             group.update(saved_bounds)
         applied = resumed.scheduler["num_steps"] if resumed.scheduler else resumed.iteration
         state.scheduler.step(increment=applied)
-    say(f"resumed from {directory} at step {resumed.iteration} ({resumed.consumed_samples:,} samples); "
-        f"LR schedule from the {rule}")  # fmt: skip
-    return Start(iteration=resumed.iteration, consumed_samples=resumed.consumed_samples, compute=resumed.compute,
-                 directory=directory)  # fmt: skip
+    say(
+        f"resumed from {directory} at step {resumed.iteration} ({resumed.consumed_samples:,} samples); "
+        f"LR schedule from the {rule}"
+    )
+    return Start(
+        iteration=resumed.iteration,
+        consumed_samples=resumed.consumed_samples,
+        compute=resumed.compute,
+        directory=directory,
+    )
 
 
 def init_from(config: TrainConfig, state: TrainingState, source: str, say: Callable[[str], None]) -> Start:
     """A new run from another run's weights; only the body when the objectives differ (CLM -> MLM)."""
-    from megatron_plm.checkpoint.distributed import compute_phases, latest_checkpoint, load_model_tensors, saved_run_config
+    from megatron_plm.checkpoint.distributed import (
+        compute_phases,
+        latest_checkpoint,
+        load_model_tensors,
+        saved_run_config,
+    )
 
     directory = latest_checkpoint(source) or Path(source)
     saved = saved_run_config(directory)
     body_only = saved is not None and saved["objective"] != config.objective
     transferred = load_model_tensors(directory, state.unwrapped()[0], body_only=body_only)
-    say(f"initialised {'the body ' if body_only else ''}from {directory}: {len(transferred)} tensors "
-        f"({', '.join(transferred[:4])}{', ...' if len(transferred) > 4 else ''})")  # fmt: skip
+    say(
+        f"initialised {'the body ' if body_only else ''}from {directory}: {len(transferred)} tensors "
+        f"({', '.join(transferred[:4])}{', ...' if len(transferred) > 4 else ''})"
+    )
     return Start(compute=compute_phases(directory), transferred=transferred, directory=directory)

@@ -114,8 +114,12 @@ def optimizer_step(optimizer, *, finite: bool = True) -> tuple[bool, float]:
     for part in getattr(optimizer, "chained_optimizers", [optimizer]):
         params = part.get_parameters()
         if part.config.clip_grad > 0 and params and not getattr(part, "is_stub_optimizer", False):
-            clip_grad_by_total_norm_fp32(params, max_norm=part.config.clip_grad, total_norm=grad_norm,
-                                         use_decoupled_grad=part.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)  # fmt: skip
+            clip_grad_by_total_norm_fp32(
+                params,
+                max_norm=part.config.clip_grad,
+                total_norm=grad_norm,
+                use_decoupled_grad=part.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8,
+            )
     return not optimizer.step_with_ready_grads(), grad_norm
 
 

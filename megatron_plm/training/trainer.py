@@ -61,9 +61,12 @@ def _check_outputs(config: TrainConfig) -> None:
     metrics = config.metrics_path()
     if metrics and metrics.is_dir():
         raise ValueError(f"logging.metrics_file={metrics} is a directory; give a file name")
-    outputs = {"checkpoint.save": config.checkpoint.save, "logging.run_dir": config.run_dir(),
-               "logging.tensorboard_dir": config.logging.tensorboard_dir,
-               "logging.metrics_file": metrics and metrics.parent}  # fmt: skip
+    outputs = {
+        "checkpoint.save": config.checkpoint.save,
+        "logging.run_dir": config.run_dir(),
+        "logging.tensorboard_dir": config.logging.tensorboard_dir,
+        "logging.metrics_file": metrics and metrics.parent,
+    }
     for name, directory in outputs.items():
         if directory:
             check_writable(directory, name)
@@ -78,7 +81,9 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
     else:
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
     p = config.parallel
-    plan = make_plan(config, gpus=runtime.world_size, accelerator="cpu" if runtime.device.type == "cpu" else "h100-80gb")
+    plan = make_plan(
+        config, gpus=runtime.world_size, accelerator="cpu" if runtime.device.type == "cpu" else "h100-80gb"
+    )
     recompute = p.activation_recompute
     if recompute == "none" and config.model.attention_backend != "local":
         recompute = "selective"  # fused attention keeps no [s, s] scores: the planner's selective estimate
@@ -101,11 +106,14 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     log = RunLog(config, runtime)
     state = build_run(config, runtime)
     start = restore(config, state, log.say)
-    result = TrainResult(iterations=start.iteration, consumed_samples=start.consumed_samples,
-                         transferred=start.transferred)  # fmt: skip
+    result = TrainResult(
+        iterations=start.iteration, consumed_samples=start.consumed_samples, transferred=start.transferred
+    )
     if start.finished:
-        log.say(f"{config.name} is already at step {start.iteration} (training.train_iters={t.train_iters}): "
-                "nothing to train; raise training.train_iters to continue")  # fmt: skip
+        log.say(
+            f"{config.name} is already at step {start.iteration} (training.train_iters={t.train_iters}): "
+            "nothing to train; raise training.train_iters to continue"
+        )
         result.already_done = True
         log.close()
         return result
@@ -115,9 +123,15 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
 
     train_data, valid_data = build_datasets(config)
     validator = Validator(config, state, valid_data, runtime)
-    loader = BatchLoader(train_data, t.global_batch_size, t.micro_batch_size, runtime.dp_rank,
-                         runtime.data_parallel_size, causal=config.objective == "clm",
-                         consumed_samples=start.consumed_samples)  # fmt: skip
+    loader = BatchLoader(
+        train_data,
+        t.global_batch_size,
+        t.micro_batch_size,
+        runtime.dp_rank,
+        runtime.data_parallel_size,
+        causal=config.objective == "clm",
+        consumed_samples=start.consumed_samples,
+    )
 
     def validate(step: int) -> None:
         result.validation.append(validator(step))
@@ -151,8 +165,10 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
                 save(step)
             if stop:
                 result.stopped_by = signals.name() if stop.startswith("on ") else None
-                log.say(f"stopping after step {step} {stop}; " + ("relaunch to resume" if ckpt.save else
-                        "no checkpoint.save, so these steps are not kept"))  # fmt: skip
+                log.say(
+                    f"stopping after step {step} {stop}; "
+                    + ("relaunch to resume" if ckpt.save else "no checkpoint.save, so these steps are not kept")
+                )
                 break
     if result.iterations < t.train_iters:
         log.close()
@@ -162,9 +178,11 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     if ckpt.save:
         save(result.iterations)
     log.say(ledger.summary())
-    log.say(f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
-            f"validation perplexity {result.validation[-1]['perplexity']:.2f}"
-            + (f"; checkpoint {result.checkpoint}" if result.checkpoint else ""))  # fmt: skip
+    log.say(
+        f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
+        f"validation perplexity {result.validation[-1]['perplexity']:.2f}"
+        + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
+    )
     log.close()
     return result
 
@@ -173,8 +191,10 @@ def build_datasets(config: TrainConfig):
     """The train split sized for ``train_iters`` global batches, and the valid split for one validation."""
     t = config.training
     builder = DataBuilder(config.data)
-    return (builder.build(Split.TRAIN, t.train_iters * t.global_batch_size),
-            builder.build(Split.VALID, t.eval_iters * t.global_batch_size))  # fmt: skip
+    return (
+        builder.build(Split.TRAIN, t.train_iters * t.global_batch_size),
+        builder.build(Split.VALID, t.eval_iters * t.global_batch_size),
+    )
 
 
 def check_skipped(outcome, step: int, in_a_row: int, t, log: RunLog) -> int:
@@ -202,8 +222,15 @@ def save_run(config: TrainConfig, state: TrainingState, step: int, consumed_samp
     """Collective: a checkpoint of this run at ``step`` under ``checkpoint.save``."""
     from megatron_plm.checkpoint.distributed import save_checkpoint
 
-    return save_checkpoint(config.checkpoint.save, iteration=step, consumed_samples=consumed_samples, state=state,
-                           config=config.to_dict(), keep_last=config.checkpoint.keep_last, compute=phases)  # fmt: skip
+    return save_checkpoint(
+        config.checkpoint.save,
+        iteration=step,
+        consumed_samples=consumed_samples,
+        state=state,
+        config=config.to_dict(),
+        keep_last=config.checkpoint.keep_last,
+        compute=phases,
+    )
 
 
 def describe_run(config: TrainConfig, runtime: Runtime, first_step: int) -> str:
@@ -216,22 +243,36 @@ def describe_run(config: TrainConfig, runtime: Runtime, first_step: int) -> str:
     )
 
 
-def step_entry(config: TrainConfig, state: TrainingState, step: int, outcome, seconds: float,
-               consumed_samples: int) -> dict:  # fmt: skip
+def step_entry(
+    config: TrainConfig, state: TrainingState, step: int, outcome, seconds: float, consumed_samples: int
+) -> dict:
     """The metrics record of one step (``tokens`` are supervised tokens; ``tokens_seen`` all tokens so far)."""
     processed = config.training.global_batch_size * config.data.seq_length
-    return {"step": step, "loss": outcome.loss, "perplexity": math.exp(min(outcome.loss, 50)),
-            "lr": state.optimizer.param_groups[0]["lr"], "grad_norm": outcome.grad_norm, "tokens": outcome.tokens,
-            "skipped": outcome.skipped, "seconds": seconds, "tokens_per_s": processed / seconds,
-            "samples": consumed_samples, "tokens_seen": consumed_samples * config.data.seq_length}  # fmt: skip
+    return {
+        "step": step,
+        "loss": outcome.loss,
+        "perplexity": math.exp(min(outcome.loss, 50)),
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "grad_norm": outcome.grad_norm,
+        "tokens": outcome.tokens,
+        "skipped": outcome.skipped,
+        "seconds": seconds,
+        "tokens_per_s": processed / seconds,
+        "samples": consumed_samples,
+        "tokens_seen": consumed_samples * config.data.seq_length,
+    }
 
 
 def step_line(entry: dict, ledger: ComputeLedger, train_data) -> str:
-    line = (f"step {entry['step']:>6} | loss {entry['loss']:.4f} | ppl {entry['perplexity']:.2f} | "
-            f"lr {entry['lr']:.3e} | grad norm {entry['grad_norm'] or float('nan'):.3f} | "
-            f"{entry['tokens_per_s']:,.0f} tokens/s | samples {entry['samples']:,}")  # fmt: skip
+    line = (
+        f"step {entry['step']:>6} | loss {entry['loss']:.4f} | ppl {entry['perplexity']:.2f} | "
+        f"lr {entry['lr']:.3e} | grad norm {entry['grad_norm'] or float('nan'):.3f} | "
+        f"{entry['tokens_per_s']:,.0f} tokens/s | samples {entry['samples']:,}"
+    )
     rates = ledger.rates(entry["tokens_per_s"])
     if "tflops_per_gpu" in rates:
-        line += f" | {rates['tflops_per_gpu']:.1f} TFLOP/s/GPU" + (f" | MFU {rates['mfu']:.1%}" if "mfu" in rates else "")
+        line += f" | {rates['tflops_per_gpu']:.1f} TFLOP/s/GPU" + (
+            f" | MFU {rates['mfu']:.1%}" if "mfu" in rates else ""
+        )
     epochs = epochs_per_source(train_data, entry["samples"])
     return line + " | epochs " + ", ".join(f"{Path(name).name} {value:.3f}" for name, value in epochs.items())

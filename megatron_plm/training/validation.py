@@ -23,19 +23,27 @@ class Validator:
     def __call__(self, step: int) -> dict:
         """Collective: the validation entry at ``step`` (loss per supervised token, perplexity)."""
         t = self.config.training
-        valid = BatchLoader(self.data, t.global_batch_size, t.micro_batch_size, self.runtime.dp_rank,
-                            self.runtime.data_parallel_size, causal=self.config.objective == "clm")  # fmt: skip
+        valid = BatchLoader(
+            self.data,
+            t.global_batch_size,
+            t.micro_batch_size,
+            self.runtime.dp_rank,
+            self.runtime.data_parallel_size,
+            causal=self.config.objective == "clm",
+        )
         loss, tokens = evaluate(self.state, [valid.next_step() for _ in range(t.eval_iters)], self.runtime)
         entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
         if self.config.data.tokenizer is not None:  # per residue too, so runs with different vocabularies compare
             from megatron_plm.data.subword import load_tokenizer
 
             if self.residues is None:
-                self.residues = supervised_residues(self.data, t.eval_iters * t.global_batch_size,
-                                                    load_tokenizer(self.config.data.tokenizer))  # fmt: skip
+                self.residues = supervised_residues(
+                    self.data, t.eval_iters * t.global_batch_size, load_tokenizer(self.config.data.tokenizer)
+                )
             per_residue = loss * tokens / self.residues
-            entry.update(loss_per_residue=per_residue, perplexity_per_residue=math.exp(per_residue),
-                         residues=self.residues)  # fmt: skip
+            entry.update(
+                loss_per_residue=per_residue, perplexity_per_residue=math.exp(per_residue), residues=self.residues
+            )
         return entry
 
 
@@ -50,4 +58,3 @@ def supervised_residues(dataset, num_samples: int, tokenizer) -> int:
         sample = dataset[index]
         total += int((per_token[np.asarray(sample["labels"])] * (np.asarray(sample["loss_mask"]) > 0)).sum())
     return total
-

@@ -29,9 +29,15 @@ TABLE_PARTS = {
 def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
     out = tmp_path / "suite"
     env = {**os.environ, "PYTHON": sys.executable}
-    suite = subprocess.Popen(["bash", str(REPO / "benchmarks/gpu_suite.sh"), "--dry-run", str(out)], cwd=REPO,
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)  # fmt: skip
+    suite = subprocess.Popen(
+        ["bash", str(REPO / "benchmarks/gpu_suite.sh"), "--dry-run", str(out)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = suite.communicate(timeout=3600)
     except subprocess.TimeoutExpired:

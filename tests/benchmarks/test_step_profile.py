@@ -14,8 +14,10 @@ def test_profile_counts_every_matrix_product_once(sample_corpus):
     records, info = step_profile.profile(
         str(REPO / "examples/configs/tiny_clm.yaml"),
         [f"data.sources=[{{prefix: {sample_corpus}}}]", "training.precision=fp32", "checkpoint.init_from=null"],
-        layers=None, roofline=step_profile.ROOFLINES["h100"], attention_efficiency=0.45,
-    )  # fmt: skip
+        layers=None,
+        roofline=step_profile.ROOFLINES["h100"],
+        attention_efficiency=0.45,
+    )
     from megatron_plm.config import load_config
 
     model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
@@ -33,10 +35,17 @@ def test_fused_kernels_replace_their_references_on_cpu(sample_corpus):
     prices each kernel instead (one read and one write per pass) and drops the reference's ops."""
     records, info = step_profile.profile(
         str(REPO / "examples/configs/tiny_clm.yaml"),
-        [f"data.sources=[{{prefix: {sample_corpus}}}]", "training.precision=fp32", "checkpoint.init_from=null",
-         "model.attention_backend=varlen", "data.packed=true"],
-        layers=None, roofline=step_profile.ROOFLINES["h100"], attention_efficiency=0.45,
-    )  # fmt: skip
+        [
+            f"data.sources=[{{prefix: {sample_corpus}}}]",
+            "training.precision=fp32",
+            "checkpoint.init_from=null",
+            "model.attention_backend=varlen",
+            "data.packed=true",
+        ],
+        layers=None,
+        roofline=step_profile.ROOFLINES["h100"],
+        attention_efficiency=0.45,
+    )
     from megatron_plm.config import load_config
 
     model = load_config(REPO / "examples/configs/tiny_clm.yaml").model

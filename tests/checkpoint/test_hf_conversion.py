@@ -41,8 +41,14 @@ def batch_of(sequences, objective, *, mask_every=0):
 def our_logits(chunk, ids, real, objective):
     segments = torch.where(real.bool(), 0, -1).int()
     positions = torch.arange(ids.shape[1]).expand_as(ids)
-    batch = Batch(tokens=ids, labels=ids, loss_mask=real.float(), position_ids=positions,
-                  causal=objective == "clm", segment_ids=segments)  # fmt: skip
+    batch = Batch(
+        tokens=ids,
+        labels=ids,
+        loss_mask=real.float(),
+        position_ids=positions,
+        causal=objective == "clm",
+        segment_ids=segments,
+    )
     chunk.eval()
     with torch.no_grad():
         return chunk(ids, positions, batch.attention_mask())
@@ -70,7 +76,8 @@ def test_export_matches_our_logits(runtime, trained, real_sequences, tmp_path, o
 
     out = export_hf(trained[objective], tmp_path / "hf", runtime)
     assert json.loads((out / "config.json").read_text())["architectures"] == [
-        "EsmForMaskedLM" if objective == "mlm" else "GPTNeoXForCausalLM"]
+        "EsmForMaskedLM" if objective == "mlm" else "GPTNeoXForCausalLM"
+    ]
     chunk, _ = load_ours(trained[objective], runtime)
     ids, real = batch_of(real_sequences, objective)
     theirs = hf_logits(out, ids, real, objective)
@@ -118,7 +125,9 @@ def test_bf16_export(runtime, trained, tmp_path):
     out = export_hf(trained["mlm"], tmp_path / "bf16", runtime, dtype="bf16")
     tensors = load_file(out / "model.safetensors")
     assert {t.dtype for k, t in tensors.items() if not k.endswith("inv_freq")} == {torch.bfloat16}
-    assert {t.dtype for k, t in tensors.items() if k.endswith("inv_freq")} <= {torch.float32}  # rotary: fp32, as transformers computes it
+    assert {t.dtype for k, t in tensors.items() if k.endswith("inv_freq")} <= {
+        torch.float32
+    }  # rotary: fp32, as transformers computes it
 
 
 def test_bad_checkpoints_give_clear_errors_and_no_output(runtime, trained, tmp_path):
@@ -157,9 +166,19 @@ def test_bad_checkpoints_give_clear_errors_and_no_output(runtime, trained, tmp_p
 def test_import_refuses_what_it_cannot_express(runtime, tmp_path):
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=35, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                                     intermediate_size=256, use_parallel_residual=True)).save_pretrained(tmp_path / "neox")  # fmt: skip
-    with pytest.raises(ValueError, match=r"use_parallel_residual must be false; megatron_plm's model cannot express it"):
+    GPTNeoXForCausalLM(
+        GPTNeoXConfig(
+            vocab_size=35,
+            hidden_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=256,
+            use_parallel_residual=True,
+        )
+    ).save_pretrained(tmp_path / "neox")
+    with pytest.raises(
+        ValueError, match=r"use_parallel_residual must be false; megatron_plm's model cannot express it"
+    ):
         import_hf(tmp_path / "neox", tmp_path / "ours", runtime)
     assert not (tmp_path / "ours").exists()
 
@@ -200,7 +219,10 @@ def test_exports_load_with_no_missing_or_unexpected_keys(runtime, trained, tmp_p
     for objective, auto in (("mlm", AutoModelForMaskedLM), ("clm", AutoModelForCausalLM)):
         out = export_hf(trained[objective], tmp_path / objective, runtime)
         model, info = auto.from_pretrained(out, output_loading_info=True)
-        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), (transformers.__version__, info)
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), (
+            transformers.__version__,
+            info,
+        )
         fresh = type(model)(model.config)  # the buffers transformers computes itself
         for name, buffer in fresh.named_buffers():
             if name.endswith("inv_freq"):
@@ -211,8 +233,17 @@ def test_import_of_a_default_constructed_esm_config(runtime, sample_fasta, tmp_p
     """EsmConfig's defaults leave hidden_act unset (transformers 5.x writes none): ESM always uses GELU."""
     from transformers import EsmConfig, EsmForMaskedLM
 
-    config = EsmConfig(vocab_size=33, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                       position_embedding_type="rotary", mask_token_id=32, pad_token_id=1, token_dropout=True)  # fmt: skip
+    config = EsmConfig(
+        vocab_size=33,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        position_embedding_type="rotary",
+        mask_token_id=32,
+        pad_token_id=1,
+        token_dropout=True,
+    )
     torch.manual_seed(0)
     reference = EsmForMaskedLM(config).eval()
     reference.save_pretrained(tmp_path / "esm")

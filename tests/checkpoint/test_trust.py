@@ -32,10 +32,18 @@ class Payload:
 
 
 def tiny(corpus, save, *overrides):
-    return load_config(REPO / "examples/configs/tiny_clm.yaml", [
-        f"data.sources=[{{prefix: {corpus}}}]", f"checkpoint.save={save}", "checkpoint.init_from=null",
-        "logging.log_interval=100", "training.eval_interval=0", "training.eval_iters=1", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        REPO / "examples/configs/tiny_clm.yaml",
+        [
+            f"data.sources=[{{prefix: {corpus}}}]",
+            f"checkpoint.save={save}",
+            "checkpoint.init_from=null",
+            "logging.log_interval=100",
+            "training.eval_interval=0",
+            "training.eval_iters=1",
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +66,9 @@ def entry_points(runtime, corpus, root, tmp_path):
     """Every way a checkpoint is loaded: resume, checkpoint.init_from, export-hf, evaluate --model."""
     return {
         "resume": lambda: train(tiny(corpus, root, "training.train_iters=3"), runtime),
-        "init_from": lambda: train(tiny(corpus, tmp_path / "fresh", "training.train_iters=1",
-                                        f"checkpoint.init_from={root}"), runtime),  # fmt: skip
+        "init_from": lambda: train(
+            tiny(corpus, tmp_path / "fresh", "training.train_iters=1", f"checkpoint.init_from={root}"), runtime
+        ),
         "export-hf": lambda: export_hf(root, tmp_path / "hf", runtime),
         "evaluate": lambda: load_scoring_model(root, runtime),
     }
@@ -74,7 +83,9 @@ def test_metadata_pickle_payload_is_refused(runtime, sample_corpus, run_copy, tm
     latest = run_copy / "iter_0000002"
     (latest / ".metadata").write_bytes(pickle.dumps(Payload(marker)))
     write_manifest(latest)  # whoever planted it also rewrote the checksums
-    with pytest.raises(CheckpointError, match=r"iter_0000002/\.metadata: refuses to load: it asks to import (builtins|io)\.open"):
+    with pytest.raises(
+        CheckpointError, match=r"iter_0000002/\.metadata: refuses to load: it asks to import (builtins|io)\.open"
+    ):
         entry_points(runtime, sample_corpus, run_copy, tmp_path)[entry]()
     assert not marker.exists()
 
@@ -113,14 +124,18 @@ def test_shard_byte_item_payload_is_refused_on_resume(runtime, sample_corpus, ru
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS)
-def test_overwritten_shard_bytes_are_named_and_an_older_checkpoint_suggested(runtime, sample_corpus, run_copy,
-                                                                             tmp_path, entry):  # fmt: skip
+def test_overwritten_shard_bytes_are_named_and_an_older_checkpoint_suggested(
+    runtime, sample_corpus, run_copy, tmp_path, entry
+):
     shard = run_copy / "iter_0000002" / "__0_0.distcp"
     data = bytearray(shard.read_bytes())
     data[4096:8192] = bytes(4096)  # 4 KB of zeros inside tensor data: the file still parses
     shard.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match=r"iter_0000002/__0_0\.distcp is corrupt: its sha256 differs.*"
-                                              r"older complete checkpoint is intact: .*iter_0000001"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"iter_0000002/__0_0\.distcp is corrupt: its sha256 differs.*"
+        r"older complete checkpoint is intact: .*iter_0000001",
+    ):
         entry_points(runtime, sample_corpus, run_copy, tmp_path)[entry]()
     assert not (tmp_path / "hf").exists()
 
@@ -179,8 +194,9 @@ def test_non_finite_parameters_never_become_latest(runtime, sample_corpus, run_c
 
     config = tiny(sample_corpus, run_copy)
     config.model.vocab_size = 33
-    state = build_training_state(config.model, config.optimizer, runtime, objective="clm",
-                                 precision="fp32", train_iters=4)  # fmt: skip
+    state = build_training_state(
+        config.model, config.optimizer, runtime, objective="clm", precision="fp32", train_iters=4
+    )
     with torch.no_grad():
         next(state.unwrapped()[0].parameters()).view(-1)[0] = float("nan")
     with pytest.raises(CheckpointError, match=r"step 3: parameters are not finite \(embedding"):
@@ -191,7 +207,10 @@ def test_non_finite_parameters_never_become_latest(runtime, sample_corpus, run_c
 
 def test_unwritable_outputs_fail_before_training(runtime, sample_corpus, tmp_path):
     (tmp_path / "file").write_text("")
-    for override, field in (("checkpoint.save", "checkpoint.save"), ("logging.tensorboard_dir", "logging.tensorboard_dir")):
+    for override, field in (
+        ("checkpoint.save", "checkpoint.save"),
+        ("logging.tensorboard_dir", "logging.tensorboard_dir"),
+    ):
         config = tiny(sample_corpus, tmp_path / "ok", "training.train_iters=1", f"{override}={tmp_path}/file/sub")
         with pytest.raises(ValueError, match=rf"{field}={tmp_path}/file/sub is not writable"):
             train(config, runtime)
@@ -230,8 +249,13 @@ with writers_die_with_parent():
 print(writer.pid, flush=True)
 time.sleep(120)
 """
-    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     child = int(parent.stdout.readline())
     parent.send_signal(signal.SIGKILL)
     parent.wait()

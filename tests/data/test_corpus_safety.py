@@ -33,7 +33,9 @@ def snapshot(prefix):
 
 def test_jsonl_id_with_a_newline_is_refused(tmp_path):
     path = tmp_path / "ids.jsonl"
-    path.write_text(json.dumps({"id": "P1", "sequence": "MKT"}) + "\n" + json.dumps({"id": "P2\nP3", "sequence": "MKV"}) + "\n")
+    path.write_text(
+        json.dumps({"id": "P1", "sequence": "MKT"}) + "\n" + json.dumps({"id": "P2\nP3", "sequence": "MKV"}) + "\n"
+    )
     with pytest.raises(InputFormatError, match=rf"{path}:2: field 'id' contains a line break"):
         preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(tmp_path / "out" / "c"), progress=False))
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
@@ -42,7 +44,9 @@ def test_jsonl_id_with_a_newline_is_refused(tmp_path):
 def test_replacing_a_corpus_needs_overwrite(tmp_path):
     prefix = make(tmp_path)
     before = snapshot(prefix)
-    with pytest.raises(FileExistsError, match=r"corpus\.\w+(\.\w+)? exists: a corpus is already at .*; pass --overwrite"):
+    with pytest.raises(
+        FileExistsError, match=r"corpus\.\w+(\.\w+)? exists: a corpus is already at .*; pass --overwrite"
+    ):
         make(tmp_path, NEW)
     assert snapshot(prefix) == before
     make(tmp_path, NEW, overwrite=True)
@@ -61,8 +65,13 @@ from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 {patch}
 preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)!r}, progress=False, overwrite=True))
 """
-    return subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_a_kill_during_the_swap_loses_neither_corpus(tmp_path):

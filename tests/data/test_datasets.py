@@ -18,8 +18,15 @@ TOK = ProteinTokenizer()
 def dataset(corpus_prefix, **config):
     corpus = Corpus.open(corpus_prefix)
     num_samples = config.pop("num_samples", 2048)
-    return ProteinDataset(corpus, np.arange(len(corpus)), config=SampleConfig(**config), num_samples=num_samples,
-                          seed=config.pop("seed", 7), split=Split.TRAIN, name="test")  # fmt: skip
+    return ProteinDataset(
+        corpus,
+        np.arange(len(corpus)),
+        config=SampleConfig(**config),
+        num_samples=num_samples,
+        seed=config.pop("seed", 7),
+        split=Split.TRAIN,
+        name="test",
+    )
 
 
 def corpus_sequences(prefix):
@@ -228,8 +235,9 @@ def test_resume_from_consumed_samples_at_any_dp_size(sample_corpus, objective):
     expected = [_global_batch(straight) for _ in range(steps)]
     for dp in (1, 2, 4):
         fresh = build()  # rebuilt from scratch, as after a restart
-        resumed = [BatchLoader(fresh, G, 2, rank, dp, causal=objective == "clm", consumed_samples=k * G)
-                   for rank in range(dp)]  # fmt: skip
+        resumed = [
+            BatchLoader(fresh, G, 2, rank, dp, causal=objective == "clm", consumed_samples=k * G) for rank in range(dp)
+        ]
         for step in range(k, steps):
             assert np.array_equal(_global_batch(resumed), expected[step]), f"dp={dp} step={step}"
     assert not np.array_equal(expected[0], expected[1])
@@ -238,8 +246,10 @@ def test_resume_from_consumed_samples_at_any_dp_size(sample_corpus, objective):
 def test_blend_of_two_sources(sample_corpus, uniprot_corpus):
     config = DataConfig(
         sources=[DataSource(prefix=str(sample_corpus), weight=0.7), DataSource(prefix=str(uniprot_corpus), weight=0.3)],
-        objective="mlm", packed=False, seq_length=128,
-    )  # fmt: skip
+        objective="mlm",
+        packed=False,
+        seq_length=128,
+    )
     blend = DataBuilder(config).build(Split.TRAIN, num_samples=2000)
     ids = np.array([blend[i]["dataset_id"] for i in range(2000)])
     assert abs(np.mean(ids == 0) - 0.7) < 0.01
@@ -255,8 +265,14 @@ def test_blend_of_two_sources(sample_corpus, uniprot_corpus):
 
 @pytest.mark.parametrize("objective, packed", [("clm", True), ("mlm", True), ("mlm", False)])
 def test_batched_samples_equal_single_samples(sample_corpus, objective, packed):
-    ds = dataset(sample_corpus, objective=objective, packed=packed, seq_length=128, num_samples=256,
-                 reverse_prob=0.5 if objective == "clm" else 0.0)  # fmt: skip
+    ds = dataset(
+        sample_corpus,
+        objective=objective,
+        packed=packed,
+        seq_length=128,
+        num_samples=256,
+        reverse_prob=0.5 if objective == "clm" else 0.0,
+    )
     indices = np.array([5, 0, 77, 200, 5, 131])
     batched = ds.samples(indices)
     for row, index in enumerate(indices):

@@ -20,8 +20,27 @@ from megatron_plm.data.tokenizer import ProteinTokenizer
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="C++ extension not built")
 
-MUTATIONS = [b"a", b"k", b"*", b"**", b"J", b"1", b"\r", b" ", b"\t", b"\n", b"\n\n", b"\x00", b">",
-             b"\n>", b"\xff", "é".encode(), "\u00a0".encode(), b"\x0b", b"\r\n"]  # fmt: skip
+MUTATIONS = [
+    b"a",
+    b"k",
+    b"*",
+    b"**",
+    b"J",
+    b"1",
+    b"\r",
+    b" ",
+    b"\t",
+    b"\n",
+    b"\n\n",
+    b"\x00",
+    b">",
+    b"\n>",
+    b"\xff",
+    "é".encode(),
+    "\u00a0".encode(),
+    b"\x0b",
+    b"\r\n",
+]
 
 
 def assert_same(chunk: bytes, tokenizer: ProteinTokenizer):
@@ -53,10 +72,28 @@ def test_mutated_real_records(real_fasta_bytes):
 
 @pytest.mark.parametrize(
     "chunk",
-    [b"", b"\n", b">a\n", b">a\nMK", b">a\r\nMK\r\n\r\n>b\r\nL\r\n", b"> a b\n  mk  \n", b">a\n*\n",
-     b">a\nMK*\n*\n", b">a\nM*K\n", b">a\nMJ*K\n", b">a\n*J\n", b"MK\n>a\nM\n", b">a\n\x00\n", b">\xc3\xa9x y\nM\n",
-     b">\xed\xa0\x80\nM\n", b">\xf4\x90\x80\x80\nM\n", b">\xe0\x80\x80\nM\n", b">\xc3\nM\n", b">a\x1cb\nM\n"],
-)  # fmt: skip
+    [
+        b"",
+        b"\n",
+        b">a\n",
+        b">a\nMK",
+        b">a\r\nMK\r\n\r\n>b\r\nL\r\n",
+        b"> a b\n  mk  \n",
+        b">a\n*\n",
+        b">a\nMK*\n*\n",
+        b">a\nM*K\n",
+        b">a\nMJ*K\n",
+        b">a\n*J\n",
+        b"MK\n>a\nM\n",
+        b">a\n\x00\n",
+        b">\xc3\xa9x y\nM\n",
+        b">\xed\xa0\x80\nM\n",
+        b">\xf4\x90\x80\x80\nM\n",
+        b">\xe0\x80\x80\nM\n",
+        b">\xc3\nM\n",
+        b">a\x1cb\nM\n",
+    ],
+)
 def test_edge_cases(chunk):
     assert_same(chunk, ProteinTokenizer())
 
@@ -66,8 +103,10 @@ def test_chunk_size_does_not_change_the_result(sample_fasta):
     path = sample_fasta
 
     def encode_all(chunk_bytes):
-        parts = [_encode_fasta_chunk_native(c, tokenizer.byte_lookup, Unknown.ERROR, tokenizer.unk)
-                 for _, c in iter_chunks(path, chunk_bytes=chunk_bytes)]  # fmt: skip
+        parts = [
+            _encode_fasta_chunk_native(c, tokenizer.byte_lookup, Unknown.ERROR, tokenizer.unk)
+            for _, c in iter_chunks(path, chunk_bytes=chunk_bytes)
+        ]
         return np.concatenate([p.tokens for p in parts]), b"".join(p.ids for p in parts)
 
     small, large = encode_all(4096), encode_all(64 << 20)

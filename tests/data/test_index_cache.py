@@ -95,8 +95,11 @@ def test_a_different_corpus_at_the_same_path_gets_new_entries(tmp_path, sample_f
     cache_dir = tmp_path / "cache"
     preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), max_length=300, progress=False))
     DataBuilder(config(prefix, cache_dir)).build(Split.TRAIN, 128)
-    preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), min_length=301, progress=False,
-                                overwrite=True))
+    preprocess(
+        PreprocessConfig(
+            inputs=[str(sample_fasta)], output_prefix=str(prefix), min_length=301, progress=False, overwrite=True
+        )
+    )
     builder = DataBuilder(config(prefix, cache_dir))
     dataset = builder.build(Split.TRAIN, 128)
     assert len(builder.cache(str(prefix)).built) == 2
@@ -117,8 +120,11 @@ def test_unwritable_cache_dir_names_the_path_and_the_fix(sample_corpus, tmp_path
 
 def test_a_rank_that_waits_too_long_names_the_entry(tmp_path):
     cache = IndexCache(tmp_path, timeout_s=0.3, role=Role(rank=3, local_rank=1))
-    with pytest.raises(IndexCacheError, match=r"rank 3 waited 0 s for the index cache .*/c\.splits-[0-9a-f]{16} "
-                                              r"\(not there yet\).*data.cache_timeout_s"):
+    with pytest.raises(
+        IndexCacheError,
+        match=r"rank 3 waited 0 s for the index cache .*/c\.splits-[0-9a-f]{16} "
+        r"\(not there yet\).*data.cache_timeout_s",
+    ):
         cache.get("c.splits", {"x": 1}, lambda: pytest.fail("a waiting rank must not build"))
 
 
@@ -133,7 +139,7 @@ from megatron_plm.data.splits import Split
 import torch.distributed as dist
 dist.init_process_group("gloo")
 builder = DataBuilder(DataConfig(sources=[DataSource(prefix={str(sample_corpus)!r})], objective="mlm", seq_length=64,
-                                 cache_dir={str(tmp_path / 'cache')!r}))
+                                 cache_dir={str(tmp_path / "cache")!r}))
 data = builder.build(Split.TRAIN, 512)
 tokens = data.samples(np.arange(32))["tokens"]
 out = dict(rank=dist.get_rank(), built=[p.name for p in builder.cache({str(sample_corpus)!r}).built],
@@ -144,8 +150,13 @@ dist.destroy_process_group()
 """)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "4", str(script)], env=env, check=True,
-                   timeout=600, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "4", str(script)],
+        env=env,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
     import json
 
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(4)]

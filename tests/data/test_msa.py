@@ -30,7 +30,9 @@ EXPECTED = {"query": "MKTAYIAK", "hom1": "MKAYIWWAKQR", "hom2": "TAYIAKG"}
 
 def corpus_of(tmp_path, path, **options):
     prefix = tmp_path / "out" / "family"
-    preprocess(PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), progress=False, overwrite=True, **options))
+    preprocess(
+        PreprocessConfig(inputs=[str(path)], output_prefix=str(prefix), progress=False, overwrite=True, **options)
+    )
     opened = Corpus.open(prefix)
     tok = ProteinTokenizer()
     return dict(zip(opened.record_ids(), (tok.decode(s) for s in opened.indexed_dataset())))
@@ -65,7 +67,7 @@ BAD = {
     "sequence_before_header": (b"MKT\n>q\nMKT\n", "a3m", 1, None, "before the first '>' header"),
     "header_without_sequence": (b">q\nMKT\n>h\n>g\nMKT\n", "a3m", 3, "h", "no sequence"),
     "rows_of_unequal_length": (b">q\nMK-TAY\n>h\nMKWAY\n", "afa", 3, "h", "5 columns"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

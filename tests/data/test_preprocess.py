@@ -64,8 +64,11 @@ def test_round_trip_on_shipped_corpora(tmp_path, shared_data, corpus):
 @pytest.mark.parametrize("workers", [1, 2])
 def test_native_and_reference_write_identical_files(tmp_path, shared_data, workers):
     inputs = [shared_data / c for c in CORPORA]
-    options = dict(clusters=str(shared_data / "clusters/uniprotkb_mmseqs2_example_DB.clusters50.tsv.gz"),
-                   dedup=True, chunk_bytes=1 << 20)  # fmt: skip
+    options = dict(
+        clusters=str(shared_data / "clusters/uniprotkb_mmseqs2_example_DB.clusters50.tsv.gz"),
+        dedup=True,
+        chunk_bytes=1 << 20,
+    )
     ref, _, ref_files = run(tmp_path, inputs, "reference", implementation="reference", workers=1, **options)
     nat, _, nat_files = run(tmp_path, inputs, "native", implementation="native", workers=workers, **options)
     assert sorted(ref_files) == sorted(nat_files)
@@ -94,7 +97,9 @@ def test_index_is_byte_identical_to_megatron_builder(tmp_path, sample_fasta):
     from megatron_plm.data import corpus
 
     assert corpus.INDEX_HEADER == _INDEX_HEADER
-    assert corpus.TOKEN_DTYPE_CODES == {name: DType.code_from_dtype(getattr(np, name)) for name in corpus.TOKEN_DTYPE_CODES}
+    assert corpus.TOKEN_DTYPE_CODES == {
+        name: DType.code_from_dtype(getattr(np, name)) for name in corpus.TOKEN_DTYPE_CODES
+    }
 
 
 def test_preprocessing_imports_neither_torch_nor_megatron_core(tmp_path, sample_fasta):
@@ -104,11 +109,13 @@ def test_preprocessing_imports_neither_torch_nor_megatron_core(tmp_path, sample_
 
     from conftest import REPO
 
-    code = ("import sys; sys.argv[1:] = ['--input', {!r}, '--output-prefix', {!r}, '--no-progress']; "
-            "import runpy; runpy.run_path('tools/preprocess_data.py', run_name='not_main'); "
-            "from megatron_plm.cli import main; assert main(['preprocess', *sys.argv[1:]]) == 0; "
-            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'transformers')); "
-            "assert not heavy, heavy").format(str(sample_fasta), str(tmp_path / "c"))  # fmt: skip
+    code = (
+        "import sys; sys.argv[1:] = ['--input', {!r}, '--output-prefix', {!r}, '--no-progress']; "
+        "import runpy; runpy.run_path('tools/preprocess_data.py', run_name='not_main'); "
+        "from megatron_plm.cli import main; assert main(['preprocess', *sys.argv[1:]]) == 0; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'megatron', 'transformers')); "
+        "assert not heavy, heavy"
+    ).format(str(sample_fasta), str(tmp_path / "c"))
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
     assert (tmp_path / "c.idx").exists()
 
@@ -121,10 +128,18 @@ def test_gpt_dataset_reads_the_corpus(tmp_path, sample_fasta):
     prefix, _, _ = run(tmp_path, [sample_fasta])
     tokenizer = ProteinTokenizer()
     config = GPTDatasetConfig(
-        random_seed=1, sequence_length=64, blend=None, blend_per_split=None, split="1,0,0",
-        path_to_cache=str(tmp_path / "cache"), tokenizer=tokenizer, reset_position_ids=False,
-        reset_attention_mask=False, eod_mask_loss=False, mid_level_dataset_surplus=0.005,
-    )  # fmt: skip
+        random_seed=1,
+        sequence_length=64,
+        blend=None,
+        blend_per_split=None,
+        split="1,0,0",
+        path_to_cache=str(tmp_path / "cache"),
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        mid_level_dataset_surplus=0.005,
+    )
     indexed = Corpus.open(prefix).indexed_dataset()
     dataset = GPTDataset(indexed, str(prefix), np.arange(len(indexed)), 10, Split.train, config)
     sample = dataset[0]["tokens"].numpy()
@@ -134,10 +149,14 @@ def test_gpt_dataset_reads_the_corpus(tmp_path, sample_fasta):
 def test_sources_filters_dedup_and_clusters(tmp_path, shared_data, sample_fasta):
     db = shared_data / "corpus/uniprotkb_mmseqs2_example_DB.fasta.gz"
     prefix, summary, _ = run(
-        tmp_path, [sample_fasta, db], source_labels=["uniref90", "uniprot"], dedup=True,
-        min_length=30, max_length=1000,
+        tmp_path,
+        [sample_fasta, db],
+        source_labels=["uniref90", "uniprot"],
+        dedup=True,
+        min_length=30,
+        max_length=1000,
         clusters=str(sample_fasta).replace(".fasta.gz", ".clusters50.tsv.gz"),
-    )  # fmt: skip
+    )
     expected = [(n, s, src) for src, p in enumerate([sample_fasta, db]) for n, s in independent_fasta(p)]
     kept, seen = [], set()
     too_short = too_long = duplicate = 0
@@ -151,8 +170,12 @@ def test_sources_filters_dedup_and_clusters(tmp_path, shared_data, sample_fasta)
         else:
             seen.add(sequence)
             kept.append((name, source))
-    assert summary.skipped == {"invalid_character": 0, "too_short": too_short, "too_long": too_long,
-                               "duplicate": duplicate}  # fmt: skip
+    assert summary.skipped == {
+        "invalid_character": 0,
+        "too_short": too_short,
+        "too_long": too_long,
+        "duplicate": duplicate,
+    }
     assert duplicate > 1000  # the DB corpus repeats 1,199 sequences
     opened = Corpus.open(prefix)
     assert opened.record_ids() == [name for name, _ in kept]
@@ -197,13 +220,36 @@ def test_cli_prints_summary(tmp_path, sample_fasta):
     from conftest import REPO
 
     out = subprocess.run(
-        [sys.executable, "tools/preprocess_data.py", "--input", str(sample_fasta), "--output-prefix",
-         str(tmp_path / "c"), "--workers", "2", "--min-length", "50"],
-        cwd=REPO, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "tools/preprocess_data.py",
+            "--input",
+            str(sample_fasta),
+            "--output-prefix",
+            str(tmp_path / "c"),
+            "--workers",
+            "2",
+            "--min-length",
+            "50",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     short = sum(1 for _, s in independent_fasta(sample_fasta) if len(s) < 50)
     assert f"too_short {short:,}" in out.stdout and "documents written  " in out.stdout
-    bad = subprocess.run([sys.executable, "tools/preprocess_data.py", "--input", str(tmp_path / "nope*.fa"),
-                          "--output-prefix", str(tmp_path / "d")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "tools/preprocess_data.py",
+            "--input",
+            str(tmp_path / "nope*.fa"),
+            "--output-prefix",
+            str(tmp_path / "d"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "matched no file" in bad.stderr

@@ -27,8 +27,9 @@ def test_special_tokens_keep_their_ids(subword_tokenizers, model_type):
     assert residue.mask in backend.encode("<cls>MKT<mask>2").ids
     # Multi-residue pieces exist and are made of residues only.
     pieces = tok.vocab[len(VOCAB) :]
-    assert len(pieces) == size - len(VOCAB) and all(len(p) > 1 and set(p) <= set("LAGVSERTIDPKQNFYMHWCXBUZO")
-                                                   for p in pieces)  # fmt: skip
+    assert len(pieces) == size - len(VOCAB) and all(
+        len(p) > 1 and set(p) <= set("LAGVSERTIDPKQNFYMHWCXBUZO") for p in pieces
+    )
     assert tok.token_dtype == (np.uint16 if size > 256 else np.uint8)
 
 
@@ -51,8 +52,9 @@ def test_invalid_residue_in_training_input_names_file_and_line(tmp_path):
     fasta = tmp_path / "bad.fasta"
     fasta.write_text(">a\nMKTAY\n>b\nMKJ\n")
     with pytest.raises(ValueError, match=r"bad.fasta:3 \(record 'b'\): invalid residue 'J'"):
-        train_subword_tokenizer(SubwordTrainConfig(inputs=[str(fasta)], output=str(tmp_path / "tok"), vocab_size=64,
-                                                   progress=False))  # fmt: skip
+        train_subword_tokenizer(
+            SubwordTrainConfig(inputs=[str(fasta)], output=str(tmp_path / "tok"), vocab_size=64, progress=False)
+        )
     assert not (tmp_path / "tok").exists()
 
 
@@ -76,10 +78,14 @@ def test_training_refuses_a_corpus_of_another_tokenizer(subword_corpus, subword_
     from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
 
     prefix, _, _ = subword_corpus
-    with pytest.raises(ValueError, match=r"preprocessed with tokenizer .*SubwordTokenizer.* but the run uses .*Protein"):
+    with pytest.raises(
+        ValueError, match=r"preprocessed with tokenizer .*SubwordTokenizer.* but the run uses .*Protein"
+    ):
         DataBuilder(DataConfig(sources=[DataSource(prefix=str(prefix))])).corpus(str(prefix))
     other = DataConfig(sources=[DataSource(prefix=str(sample_corpus))], tokenizer=str(subword_tokenizers["unigram"]))
-    with pytest.raises(ValueError, match=r"preprocessed with tokenizer .*ProteinTokenizer.* but the run uses .*unigram"):
+    with pytest.raises(
+        ValueError, match=r"preprocessed with tokenizer .*ProteinTokenizer.* but the run uses .*unigram"
+    ):
         DataBuilder(other).corpus(str(sample_corpus))
     same = DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer=str(subword_tokenizers["bpe"]))
     assert len(DataBuilder(same).corpus(str(prefix))) == 1500

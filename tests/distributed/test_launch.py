@@ -23,18 +23,36 @@ def _free_port() -> int:
 
 def test_two_nodes_on_localhost_train_and_checkpoint(sample_corpus, tmp_path):
     port = _free_port()
-    overrides = [f"data.sources=[{{prefix: {sample_corpus}}}]", "parallel.tensor_model_parallel_size=2",
-                 "parallel.pipeline_model_parallel_size=2", "training.train_iters=3", "training.eval_interval=0",
-                 f"checkpoint.save={tmp_path / 'ckpt'}", "checkpoint.init_from=null",
-                 f"logging.metrics_file={tmp_path / 'metrics.jsonl'}"]  # fmt: skip
+    overrides = [
+        f"data.sources=[{{prefix: {sample_corpus}}}]",
+        "parallel.tensor_model_parallel_size=2",
+        "parallel.pipeline_model_parallel_size=2",
+        "training.train_iters=3",
+        "training.eval_interval=0",
+        f"checkpoint.save={tmp_path / 'ckpt'}",
+        "checkpoint.init_from=null",
+        f"logging.metrics_file={tmp_path / 'metrics.jsonl'}",
+    ]
     nodes = []
     for rank in range(2):
-        env = dict(os.environ, NNODES="2", NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   PYTHON=sys.executable)  # fmt: skip
-        nodes.append(subprocess.Popen(
-            ["bash", "examples/launch/torchrun.sh", "examples/configs/tiny_clm.yaml", "2", *overrides],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        ))  # fmt: skip
+        env = dict(
+            os.environ,
+            NNODES="2",
+            NODE_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            PYTHON=sys.executable,
+        )
+        nodes.append(
+            subprocess.Popen(
+                ["bash", "examples/launch/torchrun.sh", "examples/configs/tiny_clm.yaml", "2", *overrides],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = [node.communicate(timeout=600)[0] for node in nodes]
     for node, output in zip(nodes, outputs):
         assert node.returncode == 0, output[-4000:]

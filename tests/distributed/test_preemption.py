@@ -40,14 +40,34 @@ def train_steps(metrics: Path) -> list[int]:
 
 def test_a_signal_to_one_rank_saves_and_the_relaunch_continues(sample_corpus, tmp_path):
     save = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "megatron_plm", "train", "--config", str(REPO / "examples/configs/tiny_clm.yaml"),
-               f"data.sources=[{{prefix: {sample_corpus}}}]", f"checkpoint.save={save}", "checkpoint.save_interval=0",
-               "checkpoint.init_from=null", "data.seq_length=64", "training.global_batch_size=4",
-               "training.micro_batch_size=2", "training.eval_interval=0", "training.eval_iters=1",
-               f"training.train_iters={STEPS}", "training.exit_signal=SIGUSR1", "logging.log_interval=1"]  # fmt: skip
-    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "megatron_plm",
+        "train",
+        "--config",
+        str(REPO / "examples/configs/tiny_clm.yaml"),
+        f"data.sources=[{{prefix: {sample_corpus}}}]",
+        f"checkpoint.save={save}",
+        "checkpoint.save_interval=0",
+        "checkpoint.init_from=null",
+        "data.seq_length=64",
+        "training.global_batch_size=4",
+        "training.micro_batch_size=2",
+        "training.eval_interval=0",
+        "training.eval_iters=1",
+        f"training.train_iters={STEPS}",
+        "training.exit_signal=SIGUSR1",
+        "logging.log_interval=1",
+    ]
+    first = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while len(train_steps(save / "metrics.jsonl")) < 2 and first.poll() is None and time.monotonic() < deadline:

@@ -27,10 +27,15 @@ RTOL = 2e-5
 
 def overrides(corpus, workdir, name, *extra):
     return [
-        f"data.sources=[{{prefix: {corpus}}}]", "training.eval_interval=0", f"training.train_iters={STEPS}",
-        "logging.log_interval=100", f"logging.metrics_file={workdir / name}.jsonl", "checkpoint.init_from=null",
-        "checkpoint.save=null", *extra,
-    ]  # fmt: skip
+        f"data.sources=[{{prefix: {corpus}}}]",
+        "training.eval_interval=0",
+        f"training.train_iters={STEPS}",
+        "logging.log_interval=100",
+        f"logging.metrics_file={workdir / name}.jsonl",
+        "checkpoint.init_from=null",
+        "checkpoint.save=null",
+        *extra,
+    ]
 
 
 def run_here(corpus, workdir, name, *extra):
@@ -40,9 +45,20 @@ def run_here(corpus, workdir, name, *extra):
 
 
 def run_torchrun(corpus, workdir, name, nproc, *extra):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-               "-m", "megatron_plm", "train", "--config", str(REPO / "examples/configs/tiny_clm.yaml"),
-               *overrides(corpus, workdir, name, *extra)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(nproc),
+        "-m",
+        "megatron_plm",
+        "train",
+        "--config",
+        str(REPO / "examples/configs/tiny_clm.yaml"),
+        *overrides(corpus, workdir, name, *extra),
+    ]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     lines = [json.loads(line) for line in (workdir / f"{name}.jsonl").read_text().splitlines()]
@@ -56,28 +72,45 @@ def reference(sample_corpus, tmp_path_factory):
     first = run_here(sample_corpus, workdir, "init", "training.train_iters=1", f"checkpoint.save={workdir / 'init'}")
     assert first.checkpoint is not None
     # Steps from the 1-step checkpoint's weights (a weights source, not a resume: fresh optimizer).
-    result = run_here(sample_corpus, workdir, "reference", f"checkpoint.init_from={workdir / 'init'}",
-                      f"checkpoint.save={workdir / 'reference_ckpt'}")  # fmt: skip
+    result = run_here(
+        sample_corpus,
+        workdir,
+        "reference",
+        f"checkpoint.init_from={workdir / 'init'}",
+        f"checkpoint.save={workdir / 'reference_ckpt'}",
+    )
     return workdir, result
 
 
 @pytest.mark.parametrize(
     "nproc, tp, pp, distopt, backend",
-    [(2, 1, 1, False, "local"), (4, 2, 1, False, "local"), (4, 1, 2, False, "local"), (4, 2, 2, False, "local"),
-     (2, 1, 1, True, "local"), (4, 2, 2, False, "varlen")],
+    [
+        (2, 1, 1, False, "local"),
+        (4, 2, 1, False, "local"),
+        (4, 1, 2, False, "local"),
+        (4, 2, 2, False, "local"),
+        (2, 1, 1, True, "local"),
+        (4, 2, 2, False, "varlen"),
+    ],
     ids=["dp2", "tp2_dp2", "pp2_dp2", "tp2_pp2", "dp2_distributed_optimizer", "tp2_pp2_packed_varlen"],
-)  # fmt: skip
+)
 def test_layouts_follow_the_single_process_trajectory(reference, sample_corpus, nproc, tp, pp, distopt, backend):
     """The reference uses local attention with masks; the varlen layout sends packed (thd) batches
     through the pipeline, with heads split over TP."""
     workdir, expected = reference
     name = f"tp{tp}_pp{pp}_n{nproc}" + ("_distopt" if distopt else "") + ("" if backend == "local" else f"_{backend}")
     steps, validation = run_torchrun(
-        sample_corpus, workdir, name, nproc, f"parallel.tensor_model_parallel_size={tp}",
-        f"parallel.pipeline_model_parallel_size={pp}", f"parallel.use_distributed_optimizer={str(distopt).lower()}",
-        f"model.attention_backend={backend}", f"checkpoint.init_from={workdir / 'init'}",
+        sample_corpus,
+        workdir,
+        name,
+        nproc,
+        f"parallel.tensor_model_parallel_size={tp}",
+        f"parallel.pipeline_model_parallel_size={pp}",
+        f"parallel.use_distributed_optimizer={str(distopt).lower()}",
+        f"model.attention_backend={backend}",
+        f"checkpoint.init_from={workdir / 'init'}",
         f"checkpoint.save={workdir / name}_ckpt",
-    )  # fmt: skip
+    )
     assert [s["step"] for s in steps] == [1, 2, 3]
     for want, got in zip(expected.history, steps):
         assert got["tokens"] == want["tokens"]
@@ -95,9 +128,15 @@ def test_checkpoints_reshard_both_ways(reference, sample_corpus):
     loaded_here = run_here(sample_corpus, workdir, "reload_tp1", f"checkpoint.load={saved_tp2pp2}")
     assert loaded_here.history == []  # nothing left to train: it resumed at the last step
     assert loaded_here.validation[-1]["loss"] == pytest.approx(expected.validation[-1]["loss"], rel=RTOL)
-    _, validation = run_torchrun(sample_corpus, workdir, "reload_tp2pp2", 4, "parallel.tensor_model_parallel_size=2",
-                                 "parallel.pipeline_model_parallel_size=2",
-                                 f"checkpoint.load={workdir / 'reference_ckpt'}")  # fmt: skip
+    _, validation = run_torchrun(
+        sample_corpus,
+        workdir,
+        "reload_tp2pp2",
+        4,
+        "parallel.tensor_model_parallel_size=2",
+        "parallel.pipeline_model_parallel_size=2",
+        f"checkpoint.load={workdir / 'reference_ckpt'}",
+    )
     assert validation[-1]["loss"] == pytest.approx(expected.validation[-1]["loss"], rel=RTOL)
 
 
@@ -112,10 +151,26 @@ def test_distributed_optimizer_checkpoint_refuses_to_resume_without_te_or_apex(r
     saved = workdir / "tp1_pp1_n2_distopt_ckpt"
     if latest_checkpoint(saved) is None:
         pytest.skip("needs the distributed-optimizer layout test's checkpoint (run the module)")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "megatron_plm", "train", "--config", str(REPO / "examples/configs/tiny_clm.yaml"),
-               *overrides(sample_corpus, workdir, "distopt_resume", "parallel.use_distributed_optimizer=true",
-                          f"checkpoint.load={saved}")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "megatron_plm",
+        "train",
+        "--config",
+        str(REPO / "examples/configs/tiny_clm.yaml"),
+        *overrides(
+            sample_corpus,
+            workdir,
+            "distopt_resume",
+            "parallel.use_distributed_optimizer=true",
+            f"checkpoint.load={saved}",
+        ),
+    ]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "needs Transformer Engine or apex" in out.stderr
     continued = run_here(sample_corpus, workdir, "from_distopt_weights", f"checkpoint.init_from={saved}")
@@ -132,9 +187,17 @@ def test_export_from_tp2_pp2_equals_export_at_tp1(reference, sample_corpus):
 
     workdir, _ = reference
     resaved = workdir / "init_at_tp2pp2"
-    run_torchrun(sample_corpus, workdir, "resave", 4, "parallel.tensor_model_parallel_size=2",
-                 "parallel.pipeline_model_parallel_size=2", "training.train_iters=1",
-                 f"checkpoint.load={workdir / 'init'}", f"checkpoint.save={resaved}")  # fmt: skip
+    run_torchrun(
+        sample_corpus,
+        workdir,
+        "resave",
+        4,
+        "parallel.tensor_model_parallel_size=2",
+        "parallel.pipeline_model_parallel_size=2",
+        "training.train_iters=1",
+        f"checkpoint.load={workdir / 'init'}",
+        f"checkpoint.save={resaved}",
+    )
     with initialize(ParallelConfig()) as runtime:
         at_tp1 = export_hf(workdir / "init", workdir / "hf_tp1", runtime)
         at_tp2pp2 = export_hf(resaved, workdir / "hf_tp2pp2", runtime)
@@ -145,11 +208,26 @@ def test_export_from_tp2_pp2_equals_export_at_tp1(reference, sample_corpus):
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(sample_corpus, tmp_path):
     save_dir = tmp_path / "ckpt"
-    command = [sys.executable, "-m", "megatron_plm", "train", "--config", str(REPO / "examples/configs/tiny_clm.yaml"),
-               *overrides(sample_corpus, tmp_path, "killed", "training.train_iters=200", "checkpoint.save_interval=1",
-                          "checkpoint.keep_last=2", f"checkpoint.save={save_dir}")]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "megatron_plm",
+        "train",
+        "--config",
+        str(REPO / "examples/configs/tiny_clm.yaml"),
+        *overrides(
+            sample_corpus,
+            tmp_path,
+            "killed",
+            "training.train_iters=200",
+            "checkpoint.save_interval=1",
+            "checkpoint.keep_last=2",
+            f"checkpoint.save={save_dir}",
+        ),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -166,7 +244,8 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(sample_corpu
     latest = latest_checkpoint(save_dir)
     assert latest is not None and ".tmp-" not in latest.name
     step = int(latest.name.split("_")[1])
-    resumed = run_here(sample_corpus, tmp_path, "after_kill", f"checkpoint.save={save_dir}",
-                       f"training.train_iters={step + 2}")  # fmt: skip
+    resumed = run_here(
+        sample_corpus, tmp_path, "after_kill", f"checkpoint.save={save_dir}", f"training.train_iters={step + 2}"
+    )
     assert [h["step"] for h in resumed.history] == [step + 1, step + 2]
     assert not list(save_dir.glob("iter_*.tmp-*"))  # the next save cleared the leftovers

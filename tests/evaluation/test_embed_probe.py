@@ -21,8 +21,10 @@ SS = "secondary_structure/porter6_train_sample_2000_dssp8.tsv.gz"
 
 
 def records(sample_fasta, n=5, longest=120):
-    return [(r.record_id, TOK.encode(r.sequence[: 40 + 20 * i]).astype(np.int64)[:longest])
-            for i, (_, r) in enumerate(zip(range(n), read_fasta(sample_fasta)))]  # fmt: skip
+    return [
+        (r.record_id, TOK.encode(r.sequence[: 40 + 20 * i]).astype(np.int64)[:longest])
+        for i, (_, r) in enumerate(zip(range(n), read_fasta(sample_fasta)))
+    ]
 
 
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
@@ -38,7 +40,9 @@ def test_embeddings_equal_transformers_hidden_states(runtime, trained, sample_fa
     frame = TOK.frame_mlm if objective == "mlm" else TOK.frame_clm
     for k, (_, residues) in enumerate(data):
         with torch.no_grad():
-            hidden = reference(input_ids=torch.as_tensor(frame(residues))[None], output_hidden_states=True).hidden_states
+            hidden = reference(
+                input_ids=torch.as_tensor(frame(residues))[None], output_hidden_states=True
+            ).hidden_states
         for layer in (0, 1, 2):
             want = hidden[layer][0, 1 : len(residues) + 1].numpy()
             assert np.abs(got.per_sequence(layer)[k] - want).max() < 1e-4, (k, layer)
@@ -51,8 +55,11 @@ def test_embeddings_equal_transformers_hidden_states(runtime, trained, sample_fa
 
 def test_long_proteins_are_embedded_in_windows(runtime, trained, sample_fasta):
     model = load_scoring_model(trained["mlm"], runtime)
-    long = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)) for r in read_fasta(sample_fasta)
-            if len(r.sequence) > 2 * model.context][:2]  # fmt: skip
+    long = [
+        (r.record_id, TOK.encode(r.sequence).astype(np.int64))
+        for r in read_fasta(sample_fasta)
+        if len(r.sequence) > 2 * model.context
+    ][:2]
     got = embed(model, long, pool="per-token")
     assert [len(p) for p in got.per_sequence(2)] == [len(s) for _, s in long]
     first = embed(model, [(i, s[: model.context - 2]) for i, s in long], pool="per-token")
@@ -63,9 +70,29 @@ def test_long_proteins_are_embedded_in_windows(runtime, trained, sample_fasta):
 def test_embed_cli_writes_npz_with_ids(trained, sample_fasta, tmp_path):
     fasta = tmp_path / "few.fasta"
     fasta.write_text("".join(f">{i} desc\n{TOK.decode(s)}\n" for i, s in records(sample_fasta, 3)))
-    out = subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "embed", "--model", str(trained["clm"]),
-                          "--fasta", str(fasta), "--output", str(tmp_path / "e.npz"), "--pool", "per-token",
-                          "--layers", "0", "-1"], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_plm",
+            "evaluate",
+            "embed",
+            "--model",
+            str(trained["clm"]),
+            "--fasta",
+            str(fasta),
+            "--output",
+            str(tmp_path / "e.npz"),
+            "--pool",
+            "per-token",
+            "--layers",
+            "0",
+            "-1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     saved = np.load(tmp_path / "e.npz")
     lengths = [len(s) for _, s in records(sample_fasta, 3)]

@@ -63,8 +63,9 @@ def test_clm_perplexity_equals_transformers_loss(runtime, trained, sample_fasta,
 
     exported = export_hf(trained["clm"], tmp_path / "hf", runtime)
     reference = AutoModelForCausalLM.from_pretrained(exported).eval()
-    records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:100])
-               for _, r in zip(range(5), read_fasta(sample_fasta))]  # fmt: skip
+    records = [
+        (r.record_id, TOK.encode(r.sequence).astype(np.int64)[:100]) for _, r in zip(range(5), read_fasta(sample_fasta))
+    ]
     ours = perplexity(load_scoring_model(trained["clm"], runtime), records)
     for (_, residues), score in zip(records, ours):
         ids = torch.as_tensor(TOK.frame_clm(residues))[None]
@@ -75,11 +76,14 @@ def test_clm_perplexity_equals_transformers_loss(runtime, trained, sample_fasta,
 
 
 @pytest.mark.parametrize("objective,pseudo", [("clm", False), ("mlm", False), ("mlm", True)])
-def test_perplexity_per_residue_equals_per_token_for_the_residue_tokenizer(runtime, trained, sample_fasta,
-                                                                           objective, pseudo):  # fmt: skip
+def test_perplexity_per_residue_equals_per_token_for_the_residue_tokenizer(
+    runtime, trained, sample_fasta, objective, pseudo
+):
     from megatron_plm.evaluation.perplexity import corpus_perplexity
 
-    records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:40]) for _, r in zip(range(3), read_fasta(sample_fasta))]
+    records = [
+        (r.record_id, TOK.encode(r.sequence).astype(np.int64)[:40]) for _, r in zip(range(3), read_fasta(sample_fasta))
+    ]
     scores = perplexity(load_scoring_model(trained[objective], runtime), records, pseudo=pseudo)
     for score in scores:
         assert score.residues == score.tokens > 0 and score.perplexity_per_residue == score.perplexity
@@ -96,7 +100,9 @@ def test_clm_windows_score_every_token_once_with_context():
 
 
 def test_mlm_perplexity_is_deterministic_and_pseudo_covers_every_residue(runtime, trained, sample_fasta):
-    records = [(r.record_id, TOK.encode(r.sequence).astype(np.int64)[:60]) for _, r in zip(range(3), read_fasta(sample_fasta))]
+    records = [
+        (r.record_id, TOK.encode(r.sequence).astype(np.int64)[:60]) for _, r in zip(range(3), read_fasta(sample_fasta))
+    ]
     model = load_scoring_model(trained["mlm"], runtime)
     first, second = perplexity(model, records, seed=3), perplexity(model, records, seed=3)
     assert [s.nll for s in first] == [s.nll for s in second]
@@ -142,8 +148,12 @@ def test_generate_cli_reads_a_fasta_of_prompts(trained, tmp_path):
     from conftest import REPO
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "generate", "--model", str(trained["clm"]),
-                               *args], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "megatron_plm", "evaluate", "generate", "--model", str(trained["clm"]), *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
 
     (tmp_path / "prompts.fasta").write_text(">p1\nMKT\n>p2\nGSS\n")
     out = tmp_path / "new_dir" / "gen.fasta"
@@ -155,16 +165,25 @@ def test_generate_cli_reads_a_fasta_of_prompts(trained, tmp_path):
     refused = cli("--prompt", "MKJ", "--output", str(out))
     assert refused.returncode == 2 and "--prompt: ['J'] are not amino-acid letters" in refused.stderr
     too_long = cli("--max-length", "200", "--output", str(tmp_path / "long.fasta"))
-    assert too_long.returncode == 2 and "at most 127 residues" in too_long.stderr and not (tmp_path / "long.fasta").exists()
+    assert (
+        too_long.returncode == 2
+        and "at most 127 residues" in too_long.stderr
+        and not (tmp_path / "long.fasta").exists()
+    )
 
 
 @pytest.mark.parametrize(
     "row, message",
-    [("A1C,0.1,1", "the wild type has .M. at 1, not .A."), ("M999C,0.1,1", "position 999 is outside"),
-     ("M1J,0.1,1", "'J' is not a standard amino acid"), ("M1,0.1,1", "malformed mutant"),
-     ("M1C,high,1", "is not a number"), ("M1C,nan,0", "DMS_score 'nan' is not a finite number"),
-     ("M1G,0.2,0", "mutant 'M1G' repeats row 3")],
-)  # fmt: skip
+    [
+        ("A1C,0.1,1", "the wild type has .M. at 1, not .A."),
+        ("M999C,0.1,1", "position 999 is outside"),
+        ("M1J,0.1,1", "'J' is not a standard amino acid"),
+        ("M1,0.1,1", "malformed mutant"),
+        ("M1C,high,1", "is not a number"),
+        ("M1C,nan,0", "DMS_score 'nan' is not a finite number"),
+        ("M1G,0.2,0", "mutant 'M1G' repeats row 3"),
+    ],
+)
 def test_malformed_assay_rows_name_file_and_row(shared_data, tmp_path, row, message):
     shutil.copy(shared_data / "dms/wildtype.fasta", tmp_path / "wildtype.fasta")
     target = tmp_path / "IF1_ECOLI_Kelsic_2016.csv"
@@ -181,9 +200,26 @@ def test_dms_cli_writes_one_row_per_mutant(trained, shared_data, tmp_path):
 
     from conftest import REPO
 
-    out = subprocess.run([sys.executable, "-m", "megatron_plm", "evaluate", "dms", "--model", str(trained["mlm"]),
-                          "--assays", str(shared_data / "dms"), "--assay", "IF1_ECOLI_Kelsic_2016",
-                          "--output", str(tmp_path / "scores.csv")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_plm",
+            "evaluate",
+            "dms",
+            "--model",
+            str(trained["mlm"]),
+            "--assays",
+            str(shared_data / "dms"),
+            "--assay",
+            "IF1_ECOLI_Kelsic_2016",
+            "--output",
+            str(tmp_path / "scores.csv"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
     assert len(rows) == 1367 and rows[0].keys() == {"DMS_id", "mutant", "score"}

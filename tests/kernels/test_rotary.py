@@ -22,8 +22,15 @@ def real_boundaries(sample_corpus, rows: int, length: int) -> torch.Tensor:
     from megatron_plm.data.splits import Split
 
     corpus = Corpus.open(sample_corpus)
-    dataset = ProteinDataset(corpus, np.arange(len(corpus)), config=SampleConfig(objective="clm", seq_length=length,
-                             packed=True), num_samples=rows, seed=5, split=Split.TRAIN, name="r")  # fmt: skip
+    dataset = ProteinDataset(
+        corpus,
+        np.arange(len(corpus)),
+        config=SampleConfig(objective="clm", seq_length=length, packed=True),
+        num_samples=rows,
+        seed=5,
+        split=Split.TRAIN,
+        name="r",
+    )
     segments = np.stack([dataset[i]["segment_ids"] for i in range(rows)])
     return torch.from_numpy(cu_seqlens_from_segments(segments)[0])
 
@@ -36,7 +43,9 @@ def test_reference_equals_megatron_core_rope(runtime, sample_corpus):
     cu = real_boundaries(sample_corpus, rows=3, length=256)
     tokens, heads, dim = int(cu[-1]), 4, 32
     x = torch.randn(tokens, heads, dim, generator=torch.Generator().manual_seed(0))
-    freqs = RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, use_cpu_initialization=True)(int((cu[1:] - cu[:-1]).max()))
+    freqs = RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, use_cpu_initialization=True)(
+        int((cu[1:] - cu[:-1]).max())
+    )
 
     class SingleRank:
         def size(self):
@@ -74,8 +83,9 @@ def test_kernel_is_a_dispatcher_op_with_shapes():
 
     with FakeTensorMode():
         q = torch.empty(10, 4, 96, device="cuda", dtype=torch.bfloat16)[..., :32]  # strided, as from fused QKV
-        out = torch.ops.megatron_plm.rotary_thd(q, torch.empty(3, device="cuda", dtype=torch.int32),
-                                                torch.empty(16, device="cuda"), 1.0)  # fmt: skip
+        out = torch.ops.megatron_plm.rotary_thd(
+            q, torch.empty(3, device="cuda", dtype=torch.int32), torch.empty(16, device="cuda"), 1.0
+        )
     assert out.shape == q.shape and out.is_contiguous() and out.dtype == q.dtype
 
 

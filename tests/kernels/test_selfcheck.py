@@ -56,8 +56,11 @@ def packed_input():
 def test_wrong_rotary_is_caught_and_replaced_for_the_rest_of_the_run(monkeypatch):
     stand_in = use_stand_in(monkeypatch, rotary, rotary_without_restart)
     x, cu, inv = packed_input()
-    with pytest.warns(RuntimeWarning, match=r"rotary \(csrc/rotary\) failed its self-check on cpu in float32 "
-                                            r"\(output max error .* > allowed .*\); using its PyTorch reference"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"rotary \(csrc/rotary\) failed its self-check on cpu in float32 "
+        r"\(output max error .* > allowed .*\); using its PyTorch reference",
+    ):
         first = rotary.apply_rotary_thd(x, cu, inv)
     assert stand_in.calls == 1  # the check's own run
     with warnings.catch_warnings():
@@ -140,8 +143,9 @@ def test_check_reports_errors_against_the_parity_bound():
 
 def test_nan_is_a_mismatch():
     nan = torch.tensor([1.0, math.nan])
-    errors, allowed, failure = selfcheck.compare(["output"], [nan], [nan.nan_to_num()], [nan.nan_to_num()],
-                                                 torch.bfloat16)  # fmt: skip
+    errors, allowed, failure = selfcheck.compare(
+        ["output"], [nan], [nan.nan_to_num()], [nan.nan_to_num()], torch.bfloat16
+    )
     assert failure and "output" in failure
 
 

@@ -17,8 +17,9 @@ CPU_BACKENDS = ["local", "sdpa", "varlen"]  # varlen runs its plain-PyTorch equi
 
 
 def model(runtime, objective, backend, reference=None):
-    config = ModelConfig(num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=128, vocab_size=35,
-                         attention_backend=backend)  # fmt: skip
+    config = ModelConfig(
+        num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=128, vocab_size=35, attention_backend=backend
+    )
     chunk = build_model_chunk(config, runtime, objective=objective).eval()
     chunk.backend = backend
     if reference is not None:
@@ -28,8 +29,15 @@ def model(runtime, objective, backend, reference=None):
 
 def batch(sample_corpus, objective, packed, count=4):
     corpus = Corpus.open(sample_corpus)
-    dataset = ProteinDataset(corpus, np.arange(len(corpus)), config=SampleConfig(objective=objective, seq_length=128,
-                             packed=packed), num_samples=64, seed=3, split=Split.TRAIN, name="t")  # fmt: skip
+    dataset = ProteinDataset(
+        corpus,
+        np.arange(len(corpus)),
+        config=SampleConfig(objective=objective, seq_length=128, packed=packed),
+        num_samples=64,
+        seed=3,
+        split=Split.TRAIN,
+        name="t",
+    )
     return collate([dataset[i] for i in range(count)], causal=objective == "clm")
 
 
@@ -49,7 +57,7 @@ def test_backend_equals_local_attention(runtime, sample_corpus, objective, packe
     reference = model(runtime, objective, "local")
     other = model(runtime, objective, backend, reference)
     b = batch(sample_corpus, objective, packed)
-    real = (b.segment_ids >= 0)
+    real = b.segment_ids >= 0
     difference = (logits(reference, b) - logits(other, b))[real].abs().max().item()
     assert difference <= 1e-5, difference
 

@@ -39,8 +39,12 @@ def test_esm2_size_configs_count_like_the_built_model(size):
 
 def test_plan_table_for_both_recipes_on_h100_nodes():
     for recipe, gpus in (("clm_7b", 8), ("clm_7b", 64), ("mlm_10b", 64)):
-        out = subprocess.run([sys.executable, "-m", "megatron_plm", "plan", str(RECIPES / f"{recipe}.yaml"),
-                              "--gpus", str(gpus)], cwd=REPO, capture_output=True, text=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "megatron_plm", "plan", str(RECIPES / f"{recipe}.yaml"), "--gpus", str(gpus)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
         chosen = [line for line in out.stdout.splitlines() if line.startswith("*")]
         assert len(chosen) == 1 and chosen[0].rstrip().endswith("yes"), out.stdout
@@ -79,12 +83,26 @@ if __name__ == "__main__":
 @pytest.mark.slow
 def test_memory_estimate_is_within_20_percent_of_a_measured_cpu_run(sample_corpus):
     out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(REPO / "examples/configs/tiny_clm.yaml"),
-         f"data.sources=[{{prefix: {sample_corpus}}}]", "model.num_layers=8", "model.hidden_size=768",
-         "model.num_attention_heads=12", "data.seq_length=256", "training.micro_batch_size=8",
-         "training.global_batch_size=8", "checkpoint.save=null", "checkpoint.init_from=null"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            MEASURE,
+            str(REPO / "examples/configs/tiny_clm.yaml"),
+            f"data.sources=[{{prefix: {sample_corpus}}}]",
+            "model.num_layers=8",
+            "model.hidden_size=768",
+            "model.num_attention_heads=12",
+            "data.seq_length=256",
+            "training.micro_batch_size=8",
+            "training.global_batch_size=8",
+            "checkpoint.save=null",
+            "checkpoint.init_from=null",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ratio = float(out.stdout.strip().splitlines()[-1])
     assert 0.8 <= ratio <= 1.2, ratio
@@ -96,7 +114,9 @@ def test_h200_is_planned_and_named_with_its_datasheet_peaks():
     from megatron_plm.planning.planner import ACCELERATORS, accelerator_of, format_plan, peak_flops
 
     h200 = accelerator_of("NVIDIA H200")
-    assert h200 is ACCELERATORS["h200-141gb"] and peak_flops("NVIDIA H200") == 989e12 == peak_flops("NVIDIA H100 80GB HBM3")
+    assert h200 is ACCELERATORS["h200-141gb"] and peak_flops("NVIDIA H200") == 989e12 == peak_flops(
+        "NVIDIA H100 80GB HBM3"
+    )
     assert h200.memory_tbs == 4.8 and "H200 Tensor Core GPU datasheet" in h200.source
     assert all(a.source for a in ACCELERATORS.values()) and accelerator_of("Tesla T4") is None
     plan = make_plan(load_config(RECIPES / "clm_1b.yaml"), gpus=1, accelerator="h200-141gb")

@@ -85,8 +85,14 @@ def test_fit_cli_json_has_the_documented_keys(tmp_path):
     # One BLAS thread: otherwise the 5-parameter L-BFGS-B fits spend most of their time waking scipy's
     # OpenBLAS threads (measured in-process on these runs: fit_all took 171 s of CPU, 24 s with one thread).
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "megatron_plm", "scaling", "fit", str(path), "--json",
-                          "--bootstrap", "20"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "megatron_plm", "scaling", "fit", str(path), "--json", "--bootstrap", "20"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert {"E", "A", "B", "alpha", "beta", "a", "b", "intervals"} <= result.keys()
@@ -97,11 +103,36 @@ def test_fit_cli_json_has_the_documented_keys(tmp_path):
 @pytest.mark.slow
 def test_two_by_two_sweep_runs_and_collects(sample_corpus, tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text((REPO / "examples/scaling/base_clm.yaml").read_text().replace("outputs/scaling/corpus", str(sample_corpus)))
-    out = subprocess.run([sys.executable, "-m", "megatron_plm", "scaling", "sweep", "--base", str(base),
-                          "--budgets", "2e9", "6e9", "--sizes", "1x64x2", "2x64x2", "--out", str(tmp_path / "sweep"),
-                          "--set", "training.eval_iters=2", "--run", "--slurm"],
-                         cwd=REPO, capture_output=True, text=True, timeout=900)  # fmt: skip
+    base.write_text(
+        (REPO / "examples/scaling/base_clm.yaml").read_text().replace("outputs/scaling/corpus", str(sample_corpus))
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_plm",
+            "scaling",
+            "sweep",
+            "--base",
+            str(base),
+            "--budgets",
+            "2e9",
+            "6e9",
+            "--sizes",
+            "1x64x2",
+            "2x64x2",
+            "--out",
+            str(tmp_path / "sweep"),
+            "--set",
+            "training.eval_iters=2",
+            "--run",
+            "--slurm",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     rows = (tmp_path / "sweep/runs.csv").read_text().splitlines()
     assert rows[0] == "name,N,D,loss,objective,C,epochs" and len(rows) == 5
@@ -122,8 +153,13 @@ def test_slurm_script_quotes_config_paths(tmp_path):
     configs = [out / "a b.yaml", out / "c;d.yaml"]
     script = slurm_array([SimpleNamespace(config=c) for c in configs], out)
     array = next(line for line in script.read_text().splitlines() if line.startswith("CONFIGS="))
-    printed = subprocess.run(["bash", "-c", array + '\nprintf "%s\\n" "${CONFIGS[@]}"'], cwd=tmp_path,
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+    printed = subprocess.run(
+        ["bash", "-c", array + '\nprintf "%s\\n" "${CONFIGS[@]}"'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert printed.splitlines() == [str(c) for c in configs]
     assert not (tmp_path / "pwned").exists()
 

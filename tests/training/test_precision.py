@@ -23,13 +23,17 @@ def test_fp8_settings_map_onto_transformer_config():
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [(["fp8.recipe=delayed"], "'delayed' cannot keep layers in BF16"),
-     (["fp8.bf16_first_layers=2", "fp8.bf16_last_layers=2"], "leave no FP8 layer"),
-     (["fp8.recipe=fp4"], "fp8.recipe must be one of")],
-)  # fmt: skip
+    [
+        (["fp8.recipe=delayed"], "'delayed' cannot keep layers in BF16"),
+        (["fp8.bf16_first_layers=2", "fp8.bf16_last_layers=2"], "leave no FP8 layer"),
+        (["fp8.recipe=fp4"], "fp8.recipe must be one of"),
+    ],
+)
 def test_fp8_config_errors_name_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):
-        load_config(REPO / "examples/configs/tiny_clm.yaml", ["training.precision=fp8", "model.num_layers=4", *overrides])
+        load_config(
+            REPO / "examples/configs/tiny_clm.yaml", ["training.precision=fp8", "model.num_layers=4", *overrides]
+        )
 
 
 def test_fp8_guards():
@@ -52,10 +56,16 @@ def test_fp8_run_stops_at_start_up_on_this_machine(sample_corpus, tmp_path):
     from megatron_plm.runtime import initialize
     from megatron_plm.training.trainer import train
 
-    config = load_config(REPO / "examples/configs/tiny_clm.yaml", [
-        "training.precision=fp8", f"data.sources=[{{prefix: {sample_corpus}}}]", "checkpoint.save=null",
-        "checkpoint.init_from=null", "model.num_layers=4",
-    ])  # fmt: skip
+    config = load_config(
+        REPO / "examples/configs/tiny_clm.yaml",
+        [
+            "training.precision=fp8",
+            f"data.sources=[{{prefix: {sample_corpus}}}]",
+            "checkpoint.save=null",
+            "checkpoint.init_from=null",
+            "model.num_layers=4",
+        ],
+    )
     expected = "needs a GPU" if not torch.cuda.is_available() else "Transformer Engine"
     with initialize(config.parallel) as runtime, pytest.raises(ValueError, match=expected):
         train(config, runtime)

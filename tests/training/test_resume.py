@@ -21,12 +21,25 @@ LR, MIN_LR = 3e-3, 3e-4
 
 
 def small(corpus, save, *overrides):
-    return load_config(REPO / "examples/configs/tiny_clm.yaml", [
-        f"data.sources=[{{prefix: {corpus}}}]", f"checkpoint.save={save}", "checkpoint.save_interval=0",
-        "data.seq_length=64", "training.global_batch_size=4", "training.micro_batch_size=4",
-        "training.eval_interval=0", "training.eval_iters=1", "training.train_iters=6", "optimizer.warmup_iters=0",
-        f"optimizer.lr={LR}", f"optimizer.min_lr={MIN_LR}", "logging.log_interval=100", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        REPO / "examples/configs/tiny_clm.yaml",
+        [
+            f"data.sources=[{{prefix: {corpus}}}]",
+            f"checkpoint.save={save}",
+            "checkpoint.save_interval=0",
+            "data.seq_length=64",
+            "training.global_batch_size=4",
+            "training.micro_batch_size=4",
+            "training.eval_interval=0",
+            "training.eval_iters=1",
+            "training.train_iters=6",
+            "optimizer.warmup_iters=0",
+            f"optimizer.lr={LR}",
+            f"optimizer.min_lr={MIN_LR}",
+            "logging.log_interval=100",
+            *overrides,
+        ],
+    )
 
 
 def run(config):
@@ -72,12 +85,15 @@ def test_the_checkpoint_schedule_on_request(sample_corpus, halfway, tmp_path, ca
     assert [h["lr"] for h in resumed.history] == pytest.approx([cosine(s, LR, MIN_LR, 6) for s in (4, 5, 6)])
 
 
-@pytest.mark.parametrize("override, field", [
-    ("model.hidden_size=32", "model.hidden_size"),
-    ("objective=mlm data.reverse_prob=0.0", "objective"),
-    ("data.split_weights=[0.8,0.1,0.1]", "data.split_weights"),
-    ("data.seq_length=32", "data.seq_length"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("model.hidden_size=32", "model.hidden_size"),
+        ("objective=mlm data.reverse_prob=0.0", "objective"),
+        ("data.split_weights=[0.8,0.1,0.1]", "data.split_weights"),
+        ("data.seq_length=32", "data.seq_length"),
+    ],
+)
 def test_a_changed_immutable_field_is_an_error(sample_corpus, halfway, tmp_path, override, field):
     save = copy_of(halfway, tmp_path)
     with pytest.raises(ValueError, match=rf"^{field} changed since .*iter_0000003"):
@@ -149,7 +165,9 @@ def test_derived_and_unsupported_fields_are_refused():
         load_config(base, ["model.seq_length=64"])
     assert load_config(base, ["model.seq_length=128"]).model.vocab_size == 35
     with pytest.raises(ValueError, match=r"parallel\.virtual_pipeline_model_parallel_size is not supported"):
-        load_config(base, ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"])
+        load_config(
+            base, ["parallel.pipeline_model_parallel_size=2", "parallel.virtual_pipeline_model_parallel_size=2"]
+        )
     with pytest.raises(ValueError, match=r"parallel\.context_parallel_size is not supported"):
         load_config(base, ["parallel.context_parallel_size=2"])
     with pytest.raises(ValueError, match=r"training\.exit_signal must be a catchable signal name"):

@@ -14,10 +14,16 @@ def test_one_reduction_matches_megatron_cores_step(sample_corpus):
     from megatron_plm.data.loader import BatchLoader
     from megatron_plm.data.splits import Split
 
-    config = load_config(REPO / "examples/configs/tiny_clm.yaml", [
-        f"data.sources=[{{prefix: {sample_corpus}}}]", "data.seq_length=64", "training.global_batch_size=4",
-        "training.micro_batch_size=4", "optimizer.clip_grad=0.05",  # small enough that clipping acts
-    ])  # fmt: skip
+    config = load_config(
+        REPO / "examples/configs/tiny_clm.yaml",
+        [
+            f"data.sources=[{{prefix: {sample_corpus}}}]",
+            "data.seq_length=64",
+            "training.global_batch_size=4",
+            "training.micro_batch_size=4",
+            "optimizer.clip_grad=0.05",  # small enough that clipping acts
+        ],
+    )
     data = DataBuilder(config.data).build(Split.TRAIN, 4)
     batch = BatchLoader(data, 4, 4, 0, 1, causal=True).next_step()
     params, norms, calls = [], [], []

@@ -21,12 +21,21 @@ def subword_trained(runtime, subword_corpus, subword_tokenizers, tmp_path_factor
     root = tmp_path_factory.mktemp("subword_trained")
     out = {}
     for objective in ("clm", "mlm"):
-        config = load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
-            f"data.sources=[{{prefix: {prefix}}}]", f"data.tokenizer={subword_tokenizers['bpe']}",
-            "data.reverse_prob=0", "data.seq_length=64", "training.train_iters=4", "training.eval_interval=0",
-            "training.eval_iters=1", f"checkpoint.save={root / objective}", "checkpoint.init_from=null",
-            "logging.log_interval=100",
-        ])  # fmt: skip
+        config = load_config(
+            REPO / f"examples/configs/tiny_{objective}.yaml",
+            [
+                f"data.sources=[{{prefix: {prefix}}}]",
+                f"data.tokenizer={subword_tokenizers['bpe']}",
+                "data.reverse_prob=0",
+                "data.seq_length=64",
+                "training.train_iters=4",
+                "training.eval_interval=0",
+                "training.eval_iters=1",
+                f"checkpoint.save={root / objective}",
+                "checkpoint.init_from=null",
+                "logging.log_interval=100",
+            ],
+        )
         out[objective] = (root / objective, train(config, runtime))
     return out
 
@@ -36,8 +45,9 @@ def held_out(sample_fasta, n=6, length=90):
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_trains_exports_and_transformers_reproduces_the_logits(runtime, subword_trained, subword_tokenizers,
-                                                               sample_fasta, tmp_path, objective):  # fmt: skip
+def test_trains_exports_and_transformers_reproduces_the_logits(
+    runtime, subword_trained, subword_tokenizers, sample_fasta, tmp_path, objective
+):
     from transformers import AutoTokenizer
 
     from megatron_plm.checkpoint.export import export_hf
@@ -49,7 +59,9 @@ def test_trains_exports_and_transformers_reproduces_the_logits(runtime, subword_
     assert math.isfinite(validation["loss"]) and validation["loss"] < math.log(tok.vocab_size) + 0.5
     # Per residue: the same summed loss over more units (a BPE token covers > 1 residue on average).
     assert validation["residues"] > validation["tokens"]
-    assert validation["loss_per_residue"] == pytest.approx(validation["loss"] * validation["tokens"] / validation["residues"])
+    assert validation["loss_per_residue"] == pytest.approx(
+        validation["loss"] * validation["tokens"] / validation["residues"]
+    )
 
     out = export_hf(checkpoint, tmp_path / "hf", runtime)
     sequences = held_out(sample_fasta)
@@ -74,8 +86,13 @@ def test_mlm_masks_whole_subword_tokens(subword_corpus, subword_tokenizers):
 
     prefix, _, _ = subword_corpus
     tok = SubwordTokenizer.load(subword_tokenizers["bpe"])
-    config = DataConfig(sources=[DataSource(prefix=str(prefix))], objective="mlm", packed=False, seq_length=64,
-                        tokenizer=str(subword_tokenizers["bpe"]))  # fmt: skip
+    config = DataConfig(
+        sources=[DataSource(prefix=str(prefix))],
+        objective="mlm",
+        packed=False,
+        seq_length=64,
+        tokenizer=str(subword_tokenizers["bpe"]),
+    )
     data = DataBuilder(config).build(Split.TRAIN, 64)
     batch = data.samples(np.arange(64))
     selected = batch["loss_mask"] > 0

@@ -11,10 +11,16 @@ from megatron_plm.training.trainer import TrainingStopped, train
 
 
 def tiny(objective, corpus, tmp_path, *overrides):
-    return load_config(REPO / f"examples/configs/tiny_{objective}.yaml", [
-        f"data.sources=[{{prefix: {corpus}}}]", f"checkpoint.save={tmp_path / objective}",
-        "checkpoint.init_from=null", "logging.log_interval=100", *overrides,
-    ])  # fmt: skip
+    return load_config(
+        REPO / f"examples/configs/tiny_{objective}.yaml",
+        [
+            f"data.sources=[{{prefix: {corpus}}}]",
+            f"checkpoint.save={tmp_path / objective}",
+            "checkpoint.init_from=null",
+            "logging.log_interval=100",
+            *overrides,
+        ],
+    )
 
 
 def run(config):
@@ -37,11 +43,13 @@ def test_loss_falls_on_real_sequences(sample_corpus, tmp_path, objective):
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
 def test_resume_is_exact(sample_corpus, tmp_path, objective):
     common = ["training.eval_interval=0", "optimizer.warmup_iters=3"]
-    straight = run(tiny(objective, sample_corpus, tmp_path / "a", "training.train_iters=8", "checkpoint.save=null",
-                        *common))  # fmt: skip
+    straight = run(
+        tiny(objective, sample_corpus, tmp_path / "a", "training.train_iters=8", "checkpoint.save=null", *common)
+    )
     # The first leg has the 8-step schedule and stops after 4 steps, as a time-limited job does.
-    first = run(tiny(objective, sample_corpus, tmp_path / "b", "training.train_iters=8", "training.exit_interval=4",
-                     *common))  # fmt: skip
+    first = run(
+        tiny(objective, sample_corpus, tmp_path / "b", "training.train_iters=8", "training.exit_interval=4", *common)
+    )
     assert first.checkpoint.name == "iter_0000004" and first.iterations == 4
     resumed = run(tiny(objective, sample_corpus, tmp_path / "b", "training.train_iters=8", *common))
     assert [h["step"] for h in resumed.history] == [5, 6, 7, 8]
@@ -52,9 +60,18 @@ def test_resume_is_exact(sample_corpus, tmp_path, objective):
 
 
 def test_non_finite_losses_stop_without_a_checkpoint(sample_corpus, tmp_path):
-    config = tiny("clm", sample_corpus, tmp_path, "training.train_iters=20", "optimizer.lr=1.0e+6",
-                  "optimizer.min_lr=1.0e+6", "optimizer.warmup_iters=0", "optimizer.clip_grad=0.0",
-                  "training.max_skipped_steps=2", "checkpoint.save_interval=1")  # fmt: skip
+    config = tiny(
+        "clm",
+        sample_corpus,
+        tmp_path,
+        "training.train_iters=20",
+        "optimizer.lr=1.0e+6",
+        "optimizer.min_lr=1.0e+6",
+        "optimizer.warmup_iters=0",
+        "optimizer.clip_grad=0.0",
+        "training.max_skipped_steps=2",
+        "checkpoint.save_interval=1",
+    )
     with pytest.raises(TrainingStopped, match="consecutive steps with a non-finite loss"):
         run(config)
     saved = sorted(p.name for p in (tmp_path / "clm").glob("iter_*"))
@@ -64,10 +81,14 @@ def test_non_finite_losses_stop_without_a_checkpoint(sample_corpus, tmp_path):
 
 def test_config_errors_name_the_field(tmp_path):
     base = REPO / "examples/configs/tiny_clm.yaml"
-    with pytest.raises(ValueError, match=r"unknown config field 'model\.num_layer' \(did you mean 'model\.num_layers'\?\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown config field 'model\.num_layer' \(did you mean 'model\.num_layers'\?\)"
+    ):
         load_config(base, ["model.num_layer=3"])
     # A key that moved into a nested section is named where it lives now.
-    with pytest.raises(ValueError, match=r"unknown config field 'data\.mask_ratio' \(it moved: write 'data\.masking\.mask_ratio'\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown config field 'data\.mask_ratio' \(it moved: write 'data\.masking\.mask_ratio'\)"
+    ):
         load_config(base, ["data.mask_ratio=0.2"])
     with pytest.raises(ValueError, match=r"training\.train_iters must be an integer"):
         load_config(base, ["training.train_iters=ten"])
