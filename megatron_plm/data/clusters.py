@@ -152,7 +152,7 @@ class ClusterMap:
             )
             done += count
         order = np.argsort(key, kind="stable")
-        key = key[order]
+        key.sort()  # in place: the same values as key[order] without a second 8 bytes per member
         check = check[order]
         cluster = cluster_of_line[order]
         del cluster_of_line
@@ -195,12 +195,12 @@ def _number_clusters(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not keys or not sum(len(k) for k in keys):
         raise InputFormatError(path, None, "empty cluster mapping")
     key, check = np.concatenate(keys), np.concatenate(checks)
-    del keys
+    del keys, checks
     order = np.argsort(key, kind="stable")
-    key = key[order]
+    key.sort()  # in place: the same values as key[order] without a second 8 bytes per line
     new = np.r_[True, key[1:] != key[:-1]]
     del key
-    group = np.cumsum(new) - 1
+    group = np.cumsum(new, dtype=np.int32) - 1  # int32: half the memory of the default int64 at 1e8 lines
     check = check[order]
     first_check = check[new][group]
     if np.any(check != first_check):
