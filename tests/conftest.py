@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
 SHARED_DATA = Path(os.environ.get("MEGATRON_PLM_SHARED_DATA") or REPO.parent / "shared" / "data")
 """The project's shared data: $MEGATRON_PLM_SHARED_DATA, else ``../shared/data`` beside the checkout."""
+
+
+def train_command(*overrides: str, nproc: int = 0) -> list[str]:
+    """``megatron-plm train`` of the tiny CLM config with ``overrides``: under torchrun with ``nproc`` ranks,
+    or one plain process when ``nproc`` is 0."""
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc else []
+    config = str(REPO / "examples/configs/tiny_clm.yaml")
+    return [sys.executable, *launcher, "-m", "megatron_plm", "train", "--config", config, *overrides]
+
 
 ESM2_8M = dict(
     vocab_size=33,

@@ -6,13 +6,12 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, train_command
 from megatron_plm.checkpoint.distributed import latest_checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -40,18 +39,7 @@ def train_steps(metrics: Path) -> list[int]:
 
 def test_a_signal_to_one_rank_saves_and_the_relaunch_continues(sample_corpus, tmp_path):
     save = tmp_path / "run"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "megatron_plm",
-        "train",
-        "--config",
-        str(REPO / "examples/configs/tiny_clm.yaml"),
+    command = train_command(
         f"data.sources=[{{prefix: {sample_corpus}}}]",
         f"checkpoint.save={save}",
         "checkpoint.save_interval=0",
@@ -64,7 +52,8 @@ def test_a_signal_to_one_rank_saves_and_the_relaunch_continues(sample_corpus, tm
         f"training.train_iters={STEPS}",
         "training.exit_signal=SIGUSR1",
         "logging.log_interval=1",
-    ]
+        nproc=2,
+    )
     first = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )

@@ -8,13 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, train_command
 from megatron_plm.checkpoint.distributed import latest_checkpoint
 from megatron_plm.config import load_config
 from megatron_plm.runtime import initialize
@@ -45,20 +44,7 @@ def run_here(corpus, workdir, name, *extra):
 
 
 def run_torchrun(corpus, workdir, name, nproc, *extra):
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        str(nproc),
-        "-m",
-        "megatron_plm",
-        "train",
-        "--config",
-        str(REPO / "examples/configs/tiny_clm.yaml"),
-        *overrides(corpus, workdir, name, *extra),
-    ]
+    command = train_command(*overrides(corpus, workdir, name, *extra), nproc=nproc)
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:]
     lines = [json.loads(line) for line in (workdir / f"{name}.jsonl").read_text().splitlines()]
@@ -151,18 +137,7 @@ def test_distributed_optimizer_checkpoint_refuses_to_resume_without_te_or_apex(r
     saved = workdir / "tp1_pp1_n2_distopt_ckpt"
     if latest_checkpoint(saved) is None:
         pytest.skip("needs the distributed-optimizer layout test's checkpoint (run the module)")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "megatron_plm",
-        "train",
-        "--config",
-        str(REPO / "examples/configs/tiny_clm.yaml"),
+    command = train_command(
         *overrides(
             sample_corpus,
             workdir,
@@ -170,7 +145,8 @@ def test_distributed_optimizer_checkpoint_refuses_to_resume_without_te_or_apex(r
             "parallel.use_distributed_optimizer=true",
             f"checkpoint.load={saved}",
         ),
-    ]
+        nproc=2,
+    )
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "needs Transformer Engine or apex" in out.stderr
     continued = run_here(sample_corpus, workdir, "from_distopt_weights", f"checkpoint.init_from={saved}")
@@ -208,13 +184,7 @@ def test_export_from_tp2_pp2_equals_export_at_tp1(reference, sample_corpus):
 
 def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(sample_corpus, tmp_path):
     save_dir = tmp_path / "ckpt"
-    command = [
-        sys.executable,
-        "-m",
-        "megatron_plm",
-        "train",
-        "--config",
-        str(REPO / "examples/configs/tiny_clm.yaml"),
+    command = train_command(
         *overrides(
             sample_corpus,
             tmp_path,
@@ -223,8 +193,8 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint_loadable(sample_corpu
             "checkpoint.save_interval=1",
             "checkpoint.keep_last=2",
             f"checkpoint.save={save_dir}",
-        ),
-    ]
+        )
+    )
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
