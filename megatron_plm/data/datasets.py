@@ -121,6 +121,7 @@ class ProteinDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.split = split
         self.name = name
+        self.corpus = corpus
         self.indexed = corpus.indexed_dataset()
         self._is_residue = np.zeros(self.tokenizer.vocab_size, dtype=bool)
         self._is_residue[self.tokenizer.residue_ids] = True
@@ -183,40 +184,72 @@ class ProteinDataset(torch.utils.data.Dataset):
         return self.tokenizer.frame_mlm(residues)
 
     def _packed_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` is the slice of the framed-document stream from ``sample_index[i]`` to
+        ``sample_index[i + 1]``: its pieces (one per document it touches) are listed for the whole
+        batch at once and their tokens read with one gather, so the cost is per token, not per
+        Python call per document (``_frame`` is the per-document reference the tests hold this to)."""
         width = self.config.seq_length + self._extra
-        windows = np.empty((len(indices), width), dtype=np.int64)
-        segments = np.empty((len(indices), width), dtype=np.int32)
-        for row, index in enumerate(indices):
-            sample = int(self.shuffle[index])
-            (first, first_offset), (last, last_offset) = self.sample_index[sample], self.sample_index[sample + 1]
-            column = 0
-            for segment, position in enumerate(range(int(first), int(last) + 1)):
-                framed = self._frame(position)
-                start = int(first_offset) if position == first else 0
-                stop = int(last_offset) + self._extra if position == last else len(framed)
-                windows[row, column : column + stop - start] = framed[start:stop]
-                segments[row, column : column + stop - start] = segment
-                column += stop - start
-        return windows, segments
+        samples = np.asarray(self.shuffle[indices], dtype=np.int64)
+        first, first_offset = (np.asarray(self.sample_index[samples, k], dtype=np.int64) for k in (0, 1))
+        last, last_offset = (np.asarray(self.sample_index[samples + 1, k], dtype=np.int64) for k in (0, 1))
+        pieces_per_row = last - first + 1
+        row = np.repeat(np.arange(len(indices)), pieces_per_row)
+        segment = np.arange(len(row)) - np.repeat(np.cumsum(pieces_per_row) - pieces_per_row, pieces_per_row)
+        position = first[row] + segment
+        documents = np.asarray(self.doc_order[position], dtype=np.int64)
+        lengths = self.residue_lengths[documents].astype(np.int64)
+        start = np.where(segment == 0, first_offset[row], 0)
+        stop = np.where(position == last[row], last_offset[row] + self._extra, lengths + 2)
+        reverse = np.asarray(self.reversed[position], dtype=bool) if self.config.objective == "clm" else None
+        windows = self._framed_tokens(documents, lengths, start, stop - start, reverse=reverse)
+        segments = np.repeat(segment.astype(np.int32), stop - start)
+        if windows.size != len(indices) * width:
+            raise RuntimeError(f"{self.name}: packed samples {indices.tolist()} do not hold {width} tokens each")
+        return windows.reshape(len(indices), width), segments.reshape(len(indices), width)
+
+    def _framed_tokens(self, documents, lengths, start, count, *, reverse=None, first_residue=None) -> np.ndarray:
+        """Framed tokens ``[start, start + count)`` of each document, concatenated, read with one
+        gather from the memory-mapped ``.bin``. A document of ``length`` residues frames as
+        ``<cls> residues <eos>`` (CLM: ``1 residues 2``, or ``2 reversed-residues 1`` where
+        ``reverse``); ``first_residue`` shifts the residues read (an MLM crop)."""
+        piece = np.repeat(np.arange(len(documents)), count)
+        k = np.arange(len(piece)) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
+        length = lengths[piece]
+        residue = k - 1  # framed position k holds residue k - 1, or residue length - k when reversed
+        if reverse is not None and reverse.any():
+            residue = np.where(reverse[piece], length - k, residue)
+        if first_residue is not None:
+            residue = residue + first_residue[piece]
+        tokens_bin = self.corpus.token_array()
+        where = self.corpus.token_starts(documents)[piece] + np.maximum(residue, 0)
+        tokens = np.take(tokens_bin, np.minimum(where, len(tokens_bin) - 1)).astype(np.int64)
+        opens, closes = k == 0, k == length + 1  # their gathered values are placeholders
+        tok = self.tokenizer
+        if self.config.objective == "mlm":
+            tokens[opens], tokens[closes] = tok.cls, tok.eos
+        else:
+            flipped = reverse[piece] if reverse is not None else np.zeros(len(piece), dtype=bool)
+            tokens[opens] = np.where(flipped[opens], tok.c_terminus, tok.n_terminus)
+            tokens[closes] = np.where(flipped[closes], tok.n_terminus, tok.c_terminus)
+        return tokens
 
     def _single_protein_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         S, tok = self.config.seq_length, self.tokenizer
         room = S - 2  # ESM-2: a random crop that leaves space for <cls> and <eos>
-        documents = self.doc_order[indices]
+        documents = np.asarray(self.doc_order[indices], dtype=np.int64)
         lengths = self.residue_lengths[documents].astype(np.int64)
         starts = np.zeros(len(indices), dtype=np.int64)
         long = lengths > room
         if long.any():
             noise = uniform_noise(self.seed, STREAM_SAMPLE, indices[long])
             starts[long] = (noise * (lengths[long] - room + 1)).astype(np.int64)
+        kept = np.minimum(lengths, room)  # the crop, framed as if it were the whole protein
+        framed = self._framed_tokens(documents, kept, np.zeros_like(kept), kept + 2, first_residue=starts)
         windows = np.full((len(indices), S), tok.pad, dtype=np.int64)
         segments = np.full((len(indices), S), -1, dtype=np.int32)
-        for row, document in enumerate(documents):
-            piece = self.indexed[int(document)][starts[row] : starts[row] + room]
-            windows[row, 0] = tok.cls
-            windows[row, 1 : 1 + len(piece)] = piece
-            windows[row, 1 + len(piece)] = tok.eos
-            segments[row, : len(piece) + 2] = 0
+        real = np.arange(S) < (kept + 2)[:, None]
+        windows[real] = framed
+        segments[real] = 0
         return windows, segments
 
     def _clm_samples(self, windows: np.ndarray, segments: np.ndarray) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource, epoch
 from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.datasets import ProteinDataset, SampleConfig
 from megatron_plm.data.loader import BatchLoader
-from megatron_plm.data.sampling import DocumentOrder, SamplingUnits
+from megatron_plm.data.sampling import STREAM_SAMPLE, DocumentOrder, SamplingUnits, uniform_noise
 from megatron_plm.data.splits import Split, assign_splits
 from megatron_plm.data.tokenizer import ProteinTokenizer
 
@@ -288,3 +288,56 @@ def test_single_protein_mlm_uses_a_key_padding_mask(sample_corpus):
     mask = batch.attention_mask()
     assert mask.shape == (4, 1, 1, 128)
     assert np.array_equal(~mask[:, 0, 0].numpy(), batch.segment_ids.numpy() >= 0)
+
+
+def _windows_one_document_at_a_time(ds, indices):
+    """The per-document reading the vectorised gather replaced: each protein framed by ``_frame``
+    (megatron-core's ``IndexedDataset``, one call per document) and copied into its row."""
+    width = ds.config.seq_length + ds._extra
+    windows, segments = [], []
+    for index in indices:
+        sample = int(ds.shuffle[index])
+        (first, first_offset), (last, last_offset) = ds.sample_index[sample], ds.sample_index[sample + 1]
+        row, ids = [], []
+        for segment, position in enumerate(range(int(first), int(last) + 1)):
+            framed = ds._frame(position)
+            start = int(first_offset) if position == first else 0
+            stop = int(last_offset) + ds._extra if position == last else len(framed)
+            row.append(framed[start:stop])
+            ids.append(np.full(stop - start, segment))
+        windows.append(np.concatenate(row))
+        segments.append(np.concatenate(ids))
+        assert len(windows[-1]) == width
+    return np.stack(windows), np.stack(segments)
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_packed_gather_equals_framing_each_document(sample_corpus, objective):
+    ds = dataset(
+        sample_corpus, objective=objective, seq_length=96, num_samples=512, reverse_prob=0.5 * (objective == "clm")
+    )
+    indices = np.random.default_rng(0).permutation(512)[:200]
+    windows, segments = ds._packed_windows(indices)
+    expected_windows, expected_segments = _windows_one_document_at_a_time(ds, indices)
+    assert np.array_equal(windows, expected_windows)
+    assert np.array_equal(segments, expected_segments)
+    if objective == "clm":
+        assert ds.reversed[: ds.sample_index[512][0]].mean() == pytest.approx(0.5, abs=0.1)
+
+
+def test_single_protein_gather_equals_cropping_each_document(sample_corpus):
+    """The ESM-2 crops read with one gather equal the crops cut from each protein in turn."""
+    ds = dataset(sample_corpus, objective="mlm", packed=False, seq_length=100, num_samples=512)
+    indices = np.arange(512)
+    windows, segments = ds._single_protein_windows(indices)
+    starts = np.zeros(len(indices), dtype=np.int64)
+    lengths = ds.residue_lengths[ds.doc_order[indices]].astype(np.int64)
+    long = lengths > 98
+    starts[long] = (uniform_noise(ds.seed, STREAM_SAMPLE, indices[long]) * (lengths[long] - 98 + 1)).astype(np.int64)
+    for row, index in enumerate(indices):
+        piece = np.asarray(ds.indexed[int(ds.doc_order[index])], dtype=np.int64)[starts[row] : starts[row] + 98]
+        expected = np.full(100, TOK.pad)
+        expected[: len(piece) + 2] = TOK.frame_mlm(piece)
+        assert np.array_equal(windows[row], expected)
+        assert np.array_equal(segments[row], np.where(np.arange(100) < len(piece) + 2, 0, -1))
+    assert (starts > 0).sum() > 50  # the crop path ran
