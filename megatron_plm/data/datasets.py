@@ -183,12 +183,9 @@ class ProteinDataset(torch.utils.data.Dataset):
             return self.tokenizer.frame_clm(residues, reverse=bool(self.reversed[position]))
         return self.tokenizer.frame_mlm(residues)
 
-    def _packed_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sample ``i`` is the slice of the framed-document stream from ``sample_index[i]`` to
-        ``sample_index[i + 1]``: its pieces (one per document it touches) are listed for the whole
-        batch at once and their tokens read with one gather, so the cost is per token, not per
-        Python call per document (``_frame`` is the per-document reference the tests hold this to)."""
-        width = self.config.seq_length + self._extra
+    def _packed_pieces(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The pieces of samples ``indices``, one per document each sample touches, in order: sample
+        ``i`` is the slice of the framed-document stream from ``sample_index[i]`` to ``sample_index[i + 1]``."""
         samples = np.asarray(self.shuffle[indices], dtype=np.int64)
         first, first_offset = (np.asarray(self.sample_index[samples, k], dtype=np.int64) for k in (0, 1))
         last, last_offset = (np.asarray(self.sample_index[samples + 1, k], dtype=np.int64) for k in (0, 1))
@@ -200,12 +197,37 @@ class ProteinDataset(torch.utils.data.Dataset):
         lengths = self.residue_lengths[documents].astype(np.int64)
         start = np.where(segment == 0, first_offset[row], 0)
         stop = np.where(position == last[row], last_offset[row] + self._extra, lengths + 2)
-        reverse = np.asarray(self.reversed[position], dtype=bool) if self.config.objective == "clm" else None
-        windows = self._framed_tokens(documents, lengths, start, stop - start, reverse=reverse)
-        segments = np.repeat(segment.astype(np.int32), stop - start)
+        return dict(position=position, segment=segment, documents=documents, lengths=lengths, start=start, stop=stop)
+
+    def _packed_windows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All pieces of the batch are listed at once and their tokens read with one gather, so the
+        cost is per token, not per Python call per document (``_frame`` is the per-document
+        reference the tests hold this to)."""
+        width = self.config.seq_length + self._extra
+        p = self._packed_pieces(indices)
+        reverse = np.asarray(self.reversed[p["position"]], dtype=bool) if self.config.objective == "clm" else None
+        count = p["stop"] - p["start"]
+        windows = self._framed_tokens(p["documents"], p["lengths"], p["start"], count, reverse=reverse)
+        segments = np.repeat(p["segment"].astype(np.int32), count)
         if windows.size != len(indices) * width:
             raise RuntimeError(f"{self.name}: packed samples {indices.tolist()} do not hold {width} tokens each")
         return windows.reshape(len(indices), width), segments.reshape(len(indices), width)
+
+    def touch(self, indices) -> None:
+        """Read one token of every document samples ``indices`` will use, so that the pages they sit on
+        are mapped before :meth:`samples` needs them. The first touch of a page of the memory-mapped
+        corpus is a page fault; spread over a corpus of gigabytes, nearly every document of a batch
+        is one. :class:`~megatron_plm.data.loader.BatchLoader` calls this for the next step from a
+        helper thread (NumPy's gather releases the GIL), so the faults overlap this step's work."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        documents = (
+            self._packed_pieces(indices)["documents"]
+            if self.config.packed
+            else np.asarray(self.doc_order[indices], dtype=np.int64)
+        )
+        np.take(
+            self.corpus.token_array(), self.corpus.token_starts(documents), mode="clip"
+        )  # clip: an empty last document
 
     def _framed_tokens(self, documents, lengths, start, count, *, reverse=None, first_residue=None) -> np.ndarray:
         """Framed tokens ``[start, start + count)`` of each document, concatenated, read with one

@@ -9,7 +9,8 @@ size) sees exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -35,6 +36,20 @@ def fetch_samples(dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def touch_samples(dataset, indices: np.ndarray) -> None:
+    """Map the corpus pages samples ``indices`` will read (``ProteinDataset.touch``), through a blend too."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if hasattr(dataset, "touch"):
+        dataset.touch(indices)
+        return
+    if not hasattr(dataset, "datasets"):
+        return
+    which = np.asarray(dataset.dataset_index)[indices]
+    within = np.asarray(dataset.dataset_sample_index)[indices]
+    for part in np.unique(which):
+        touch_samples(dataset.datasets[int(part)], within[which == part])
+
+
 @dataclass
 class BatchLoader:
     dataset: object
@@ -44,6 +59,12 @@ class BatchLoader:
     data_parallel_size: int
     causal: bool
     consumed_samples: int = 0
+    read_ahead: bool = True
+    """Touch the next step's documents from a helper thread while this step is used (see
+    ``ProteinDataset.touch``): its page faults overlap the caller's work. Reads only; batches are
+    the same either way."""
+    _reader: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _reading: Future | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         per_rank, remainder = divmod(self.global_batch_size, self.data_parallel_size)
@@ -64,7 +85,17 @@ class BatchLoader:
             )
         indices = np.arange(start, start + self.per_rank)
         self.consumed_samples += self.global_batch_size
+        self._read_ahead(start + self.global_batch_size)
         return [
             batch_from_arrays(fetch_samples(self.dataset, indices[j : j + self.micro_batch_size]), causal=self.causal)
             for j in range(0, self.per_rank, self.micro_batch_size)
         ]
+
+    def _read_ahead(self, start: int) -> None:
+        if not self.read_ahead or start + self.per_rank > len(self.dataset):
+            return
+        if self._reading is not None and not self._reading.done():
+            return  # still touching an earlier step: skip rather than queue work behind it
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+        self._reading = self._reader.submit(touch_samples, self.dataset, np.arange(start, start + self.per_rank))

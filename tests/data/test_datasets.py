@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from megatron_plm.data.batch import collate
 from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource, epochs_per_source
@@ -341,3 +342,17 @@ def test_single_protein_gather_equals_cropping_each_document(sample_corpus):
         assert np.array_equal(windows[row], expected)
         assert np.array_equal(segments[row], np.where(np.arange(100) < len(piece) + 2, 0, -1))
     assert (starts > 0).sum() > 50  # the crop path ran
+
+
+def test_read_ahead_touches_each_ranks_next_step_and_changes_no_batch(sample_corpus):
+    ds = dataset(sample_corpus, objective="mlm", seq_length=128, num_samples=256)
+    touched = []
+    touch = ds.touch
+    ds.touch = lambda indices: (touched.append(np.asarray(indices).tolist()), touch(indices))
+    ahead = BatchLoader(ds, 16, 4, 1, 2, causal=False)  # rank 1 of 2: samples 8-15 of each step of 16
+    plain = BatchLoader(ds, 16, 4, 1, 2, causal=False, read_ahead=False)
+    for step in range(3):
+        for a, b in zip(ahead.next_step(), plain.next_step()):
+            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
+        ahead._reading.result()  # a failed read-ahead would raise here
+    assert touched == [list(range(16 * s + 8, 16 * s + 16)) for s in (1, 2, 3)]
