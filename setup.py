@@ -47,13 +47,6 @@ def _extensions() -> list:
             cxx_std=17,
             extra_compile_args=["-O3"],
         ),
-        Pybind11Extension(
-            "megatron_plm.data._read_ranges_ext",
-            ["csrc/corpus/read_ranges.cpp"],
-            cxx_std=17,
-            extra_compile_args=["-O3", "-pthread"],
-            extra_link_args=["-pthread"],
-        ),
     ]
     try:
         import torch
