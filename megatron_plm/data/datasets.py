@@ -163,9 +163,14 @@ class ProteinDataset(torch.utils.data.Dataset):
         return {key: value[0] for key, value in self.samples([index]).items()}
 
     def samples(self, indices) -> dict[str, np.ndarray]:
-        """Samples ``indices`` stacked into ``[b, seq_length]`` arrays: fetching and framing proteins
-        is per row, everything else (masks, positions, segments) is vectorised over the batch. The
-        result equals stacking ``self[i]`` for each index (randomness is keyed by index and position)."""
+        """Samples ``indices`` stacked into ``[b, seq_length]`` arrays, all vectorised over the batch.
+        The result equals stacking ``self[i]`` for each index (randomness is keyed by index and position)."""
+        return self.finish(self.read(indices))
+
+    def read(self, indices) -> dict[str, np.ndarray]:
+        """First half of :meth:`samples`: the proteins of samples ``indices`` read from the corpus and
+        framed. Its cost grows with the corpus (each document is a random access into gigabytes), so
+        :class:`~megatron_plm.data.loader.BatchLoader` runs it for the next step on a helper thread."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and not (0 <= indices.min() and indices.max() < self.num_samples):
             raise IndexError(f"samples {indices.tolist()} out of range for {self.name} ({self.num_samples} samples)")
@@ -173,9 +178,13 @@ class ProteinDataset(torch.utils.data.Dataset):
             windows, segments = self._packed_windows(indices)
         else:
             windows, segments = self._single_protein_windows(indices)
+        return {"indices": indices, "windows": windows, "segments": segments}
+
+    def finish(self, read: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Second half of :meth:`samples`: targets, loss mask and positions (MLM: the masking)."""
         if self.config.objective == "clm":
-            return self._clm_samples(windows, segments)
-        return self._mlm_samples(windows, segments, indices)
+            return self._clm_samples(read["windows"], read["segments"])
+        return self._mlm_samples(read["windows"], read["segments"], read["indices"])
 
     def _frame(self, position: int) -> np.ndarray:
         residues = self.indexed[int(self.doc_order[position])]
@@ -212,22 +221,6 @@ class ProteinDataset(torch.utils.data.Dataset):
         if windows.size != len(indices) * width:
             raise RuntimeError(f"{self.name}: packed samples {indices.tolist()} do not hold {width} tokens each")
         return windows.reshape(len(indices), width), segments.reshape(len(indices), width)
-
-    def touch(self, indices) -> None:
-        """Read one token of every document samples ``indices`` will use, so that the pages they sit on
-        are mapped before :meth:`samples` needs them. The first touch of a page of the memory-mapped
-        corpus is a page fault; spread over a corpus of gigabytes, nearly every document of a batch
-        is one. :class:`~megatron_plm.data.loader.BatchLoader` calls this for the next step from a
-        helper thread (NumPy's gather releases the GIL), so the faults overlap this step's work."""
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        documents = (
-            self._packed_pieces(indices)["documents"]
-            if self.config.packed
-            else np.asarray(self.doc_order[indices], dtype=np.int64)
-        )
-        np.take(
-            self.corpus.token_array(), self.corpus.token_starts(documents), mode="clip"
-        )  # clip: an empty last document
 
     def _framed_tokens(self, documents, lengths, start, count, *, reverse=None, first_residue=None) -> np.ndarray:
         """Framed tokens ``[start, start + count)`` of each document, concatenated, read with one

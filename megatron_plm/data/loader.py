@@ -17,37 +17,39 @@ import numpy as np
 from megatron_plm.data.batch import SAMPLE_KEYS, Batch, batch_from_arrays
 
 
-def fetch_samples(dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """``[b, s]`` sample arrays for ``indices``: one ``samples()`` call per dataset, also through a
-    megatron-core ``BlendedDataset`` (whose own ``__getitem__`` goes one sample at a time)."""
+def read_samples(dataset, indices: np.ndarray) -> list[tuple[object, np.ndarray, dict]]:
+    """The corpus-reading half of :func:`fetch_samples`: ``(dataset, rows, read)`` per dataset that
+    ``indices`` draw from (one, or each part of a megatron-core ``BlendedDataset``)."""
     indices = np.asarray(indices, dtype=np.int64)
-    if hasattr(dataset, "samples"):
-        return dataset.samples(indices)
+    if hasattr(dataset, "read"):
+        return [(dataset, np.arange(len(indices)), dataset.read(indices))]
     which = np.asarray(dataset.dataset_index)[indices]
     within = np.asarray(dataset.dataset_sample_index)[indices]
-    out: dict[str, np.ndarray] = {}
+    parts = []
     for part in np.unique(which):
         rows = np.flatnonzero(which == part)
-        arrays = dataset.datasets[int(part)].samples(within[rows])
+        parts.append((dataset.datasets[int(part)], rows, dataset.datasets[int(part)].read(within[rows])))
+    return parts
+
+
+def finish_samples(parts: list[tuple[object, np.ndarray, dict]], size: int) -> dict[str, np.ndarray]:
+    """``[size, s]`` sample arrays from :func:`read_samples`' parts, each finished by its dataset."""
+    if len(parts) == 1:
+        return parts[0][0].finish(parts[0][2])
+    out: dict[str, np.ndarray] = {}
+    for dataset, rows, read in parts:
+        arrays = dataset.finish(read)
         for key in SAMPLE_KEYS:
             if key not in out:
-                out[key] = np.empty((len(indices),) + arrays[key].shape[1:], dtype=arrays[key].dtype)
+                out[key] = np.empty((size,) + arrays[key].shape[1:], dtype=arrays[key].dtype)
             out[key][rows] = arrays[key]
     return out
 
 
-def touch_samples(dataset, indices: np.ndarray) -> None:
-    """Map the corpus pages samples ``indices`` will read (``ProteinDataset.touch``), through a blend too."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if hasattr(dataset, "touch"):
-        dataset.touch(indices)
-        return
-    if not hasattr(dataset, "datasets"):
-        return
-    which = np.asarray(dataset.dataset_index)[indices]
-    within = np.asarray(dataset.dataset_sample_index)[indices]
-    for part in np.unique(which):
-        touch_samples(dataset.datasets[int(part)], within[which == part])
+def fetch_samples(dataset, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """``[b, s]`` sample arrays for ``indices``: one ``samples()`` call per dataset, also through a
+    megatron-core ``BlendedDataset`` (whose own ``__getitem__`` goes one sample at a time)."""
+    return finish_samples(read_samples(dataset, indices), len(indices))
 
 
 @dataclass
@@ -60,11 +62,11 @@ class BatchLoader:
     causal: bool
     consumed_samples: int = 0
     read_ahead: bool = True
-    """Touch the next step's documents from a helper thread while this step is used (see
-    ``ProteinDataset.touch``): its page faults overlap the caller's work. Reads only; batches are
-    the same either way."""
+    """Read the next step's proteins from the corpus on a helper thread while this step is used:
+    that half of the work (random accesses into a memory-mapped corpus, NumPy releasing the GIL)
+    overlaps the caller's. The batches are the same either way."""
     _reader: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-    _reading: Future | None = field(default=None, init=False, repr=False)
+    _ahead: tuple[int, Future] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         per_rank, remainder = divmod(self.global_batch_size, self.data_parallel_size)
@@ -83,19 +85,21 @@ class BatchLoader:
                 f"the dataset holds {len(self.dataset)} samples; step needs up to "
                 f"{self.consumed_samples + self.global_batch_size} (build it for more samples)"
             )
-        indices = np.arange(start, start + self.per_rank)
+        if self._ahead is not None and self._ahead[0] == start:
+            reads = self._ahead[1].result()  # a read that failed raises here, as it would inline
+        else:
+            reads = self._read(start)
+        self._ahead = None
         self.consumed_samples += self.global_batch_size
-        self._read_ahead(start + self.global_batch_size)
-        return [
-            batch_from_arrays(fetch_samples(self.dataset, indices[j : j + self.micro_batch_size]), causal=self.causal)
-            for j in range(0, self.per_rank, self.micro_batch_size)
-        ]
+        following = start + self.global_batch_size
+        if self.read_ahead and self.consumed_samples + self.global_batch_size <= len(self.dataset):
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+            self._ahead = (following, self._reader.submit(self._read, following))
+        return [batch_from_arrays(finish_samples(parts, self.micro_batch_size), causal=self.causal) for parts in reads]
 
-    def _read_ahead(self, start: int) -> None:
-        if not self.read_ahead or start + self.per_rank > len(self.dataset):
-            return
-        if self._reading is not None and not self._reading.done():
-            return  # still touching an earlier step: skip rather than queue work behind it
-        if self._reader is None:
-            self._reader = ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
-        self._reading = self._reader.submit(touch_samples, self.dataset, np.arange(start, start + self.per_rank))
+    def _read(self, start: int) -> list:
+        return [
+            read_samples(self.dataset, np.arange(j, j + self.micro_batch_size))
+            for j in range(start, start + self.per_rank, self.micro_batch_size)
+        ]

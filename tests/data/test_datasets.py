@@ -344,15 +344,23 @@ def test_single_protein_gather_equals_cropping_each_document(sample_corpus):
     assert (starts > 0).sum() > 50  # the crop path ran
 
 
-def test_read_ahead_touches_each_ranks_next_step_and_changes_no_batch(sample_corpus):
-    ds = dataset(sample_corpus, objective="mlm", seq_length=128, num_samples=256)
-    touched = []
-    touch = ds.touch
-    ds.touch = lambda indices: (touched.append(np.asarray(indices).tolist()), touch(indices))
-    ahead = BatchLoader(ds, 16, 4, 1, 2, causal=False)  # rank 1 of 2: samples 8-15 of each step of 16
-    plain = BatchLoader(ds, 16, 4, 1, 2, causal=False, read_ahead=False)
-    for step in range(3):
+def test_read_ahead_reads_each_ranks_next_step_and_changes_no_batch(sample_corpus):
+    ds = dataset(sample_corpus, objective="mlm", seq_length=128, num_samples=64)
+    reads = []
+    read = ds.read
+    ds.read = lambda indices: (reads.append(np.asarray(indices).tolist()), read(indices))[1]
+    # rank 1 of 2, microbatches of 4: samples 8-15 of each step of 16, from a loader that reads ahead
+    # and one that does not (on a dataset of its own)
+    ahead = BatchLoader(ds, 16, 4, 1, 2, causal=False)
+    plain_ds = dataset(sample_corpus, objective="mlm", seq_length=128, num_samples=64)
+    plain = BatchLoader(plain_ds, 16, 4, 1, 2, causal=False, read_ahead=False)
+    for step in range(4):
         for a, b in zip(ahead.next_step(), plain.next_step()):
-            assert torch.equal(a.tokens, b.tokens) and torch.equal(a.labels, b.labels)
-        ahead._reading.result()  # a failed read-ahead would raise here
-    assert touched == [list(range(16 * s + 8, 16 * s + 16)) for s in (1, 2, 3)]
+            for key in ("tokens", "labels", "loss_mask", "position_ids", "segment_ids"):
+                assert torch.equal(getattr(a, key), getattr(b, key)), key
+        if step < 3:
+            ahead._ahead[1].result()  # the next step, read ahead by microbatch
+            next_rows = 16 * (step + 1) + 8
+            assert reads[-2:] == [list(range(next_rows, next_rows + 4)), list(range(next_rows + 4, next_rows + 8))]
+    assert ahead._ahead is None  # nothing read past the end of the dataset
+    assert len(reads) == 8  # every microbatch read once: the first step's inline, the rest ahead
