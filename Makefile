@@ -27,8 +27,11 @@ quickstart: setup
 PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make: pytest collected no tests" >&2; exit 1; fi; exit $$status
 
+# pytest-xdist workers: two keep both cores of the dev machine busy while a test waits on its subprocesses
+PYTEST_WORKERS ?= 2
+
 test: setup
-	@$(call PYTEST,)
+	@$(call PYTEST,-n $(PYTEST_WORKERS))
 
 test-fast: setup
-	@$(call PYTEST,-m "not slow")
+	@$(call PYTEST,-n $(PYTEST_WORKERS) -m "not slow")
