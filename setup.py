@@ -160,6 +160,9 @@ setup(
         # Scaling-law fits run their small optimisations with one BLAS thread (see scaling/fit.py).
         "threadpoolctl>=3",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff==0.17.5"], "tensorboard": ["tensorboard"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff==0.17.5"],
+        "tensorboard": ["tensorboard"],
+    },
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},
 )
