@@ -79,13 +79,25 @@ class SamplingUnits:
     def by_cluster(cls, documents: np.ndarray, cluster_of_document: np.ndarray) -> "SamplingUnits":
         """``cluster_of_document`` is indexed by document id; -1 makes a document its own unit."""
         documents = np.asarray(documents, dtype=np.int64)
-        clusters = np.asarray(cluster_of_document)[documents].astype(np.int64)
-        singles = clusters < 0
+        cluster_of_document = np.asarray(cluster_of_document)
+        blocks = [slice(start, start + (1 << 22)) for start in range(0, len(documents), 1 << 22)]
+        top, unclustered = -1, 0
+        for block in blocks:
+            clusters = cluster_of_document[documents[block]]
+            top, unclustered = max(top, int(clusters.max(initial=-1))), unclustered + int((clusters < 0).sum())
+        # Sort keys in int32 when they fit, filled block by block: this sort is the largest transient
+        # of an index build (at 1e8 documents, 4.4 GB private with int64 keys).
+        keys = np.empty(len(documents), dtype=np.int32 if top + 1 + unclustered < 2**31 else np.int64)
+        for block in blocks:
+            keys[block] = cluster_of_document[documents[block]]
+        singles = np.flatnonzero(keys < 0)
         # Unclustered documents get unit keys beyond every real cluster id.
-        clusters[singles] = clusters.max(initial=-1) + 1 + np.arange(int(singles.sum()))
-        order = np.argsort(clusters, kind="stable")
-        sorted_clusters = clusters[order]
-        starts = np.flatnonzero(np.r_[True, sorted_clusters[1:] != sorted_clusters[:-1]])
+        keys[singles] = top + 1 + np.arange(len(singles), dtype=keys.dtype)
+        del singles
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        del keys
         return cls(documents=documents[order], unit_starts=np.r_[starts, len(order)].astype(np.int64))
 
     @property

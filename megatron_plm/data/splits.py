@@ -37,6 +37,8 @@ def _native():
 
 
 # Characters str.splitlines() also breaks on: names holding one take the reference path.
+_BLOCK_DOCUMENTS = 1 << 22
+
 _OTHER_LINE_BREAKS = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
 
 
@@ -75,19 +77,25 @@ def assign_splits(
     bounds = np.cumsum(weights_array / weights_array.sum())
     key = salt.encode()[:64]
     clusters = corpus.cluster_index() if by_cluster else None
-    values = np.empty(len(corpus), dtype=np.float64)
-    if clusters is not None:
-        per_cluster = _cluster_name_values(corpus_paths(corpus.prefix)["clusters"], key)
-        clustered = np.asarray(clusters) >= 0
-        values[clustered] = per_cluster[clusters[clustered]]
-        unclustered = np.flatnonzero(~clustered)
-    else:
-        unclustered = np.arange(len(corpus))
-    if len(unclustered):
-        # A document's residues are its bytes in the .bin (uint8 tokens): hash them in place.
-        dataset = corpus.indexed_dataset()
-        residues = np.memmap(corpus_paths(corpus.prefix)["bin"], dtype=np.uint8, mode="r")
-        pointers = np.asarray(dataset.index.sequence_pointers)[unclustered]
-        lengths = np.asarray(dataset.sequence_lengths)[unclustered]
-        values[unclustered] = unit_intervals(residues, pointers, lengths, key)
-    return np.searchsorted(bounds, values, side="right").clip(max=2).astype(np.uint8)
+    per_cluster = _cluster_name_values(corpus_paths(corpus.prefix)["clusters"], key) if clusters is not None else None
+    dataset = corpus.indexed_dataset()
+    residues = np.memmap(corpus_paths(corpus.prefix)["bin"], dtype=np.uint8, mode="r")
+    splits = np.empty(len(corpus), dtype=np.uint8)
+    # In blocks of documents: the float values and their temporaries stay O(block), not 8+ bytes per document.
+    for start in range(0, len(corpus), _BLOCK_DOCUMENTS):
+        stop = min(start + _BLOCK_DOCUMENTS, len(corpus))
+        values = np.empty(stop - start, dtype=np.float64)
+        if clusters is not None:
+            block = np.asarray(clusters[start:stop])
+            clustered = block >= 0
+            values[clustered] = per_cluster[block[clustered]]
+            unclustered = np.flatnonzero(~clustered)
+        else:
+            unclustered = np.arange(stop - start)
+        if len(unclustered):
+            # A document's residues are its bytes in the .bin (uint8 tokens): hash them in place.
+            pointers = np.asarray(dataset.index.sequence_pointers[start:stop])[unclustered]
+            lengths = np.asarray(dataset.sequence_lengths[start:stop])[unclustered]
+            values[unclustered] = unit_intervals(residues, pointers, lengths, key)
+        splits[start:stop] = np.searchsorted(bounds, values, side="right").clip(max=2)
+    return splits

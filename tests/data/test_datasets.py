@@ -364,3 +364,23 @@ def test_read_ahead_reads_each_ranks_next_step_and_changes_no_batch(sample_corpu
             assert reads[-2:] == [list(range(next_rows, next_rows + 4)), list(range(next_rows + 4, next_rows + 8))]
     assert ahead._ahead is None  # nothing read past the end of the dataset
     assert len(reads) == 8  # every microbatch read once: the first step's inline, the rest ahead
+
+
+def test_cluster_units_equal_a_plain_stable_sort(sample_corpus):
+    """The block-filled int32 sort keys give the units an int64 stable sort of the cluster ids gives,
+    unclustered documents (-1) each a unit of their own after every cluster."""
+    clusters = np.asarray(Corpus.open(sample_corpus).cluster_index())
+    rng = np.random.default_rng(5)
+    documents = np.sort(rng.choice(len(clusters), 6000, replace=False))
+    clusters = clusters.copy()
+    clusters[rng.choice(len(clusters), 300, replace=False)] = -1  # some documents outside the mapping
+    units = SamplingUnits.by_cluster(documents, clusters)
+    keys = clusters[documents].astype(np.int64)
+    keys[keys < 0] = keys.max() + 1 + np.arange(int((keys < 0).sum()))
+    order = np.argsort(keys, kind="stable")
+    assert np.array_equal(units.documents, documents[order]) and units.documents.dtype == np.int64
+    starts = np.flatnonzero(np.r_[True, np.diff(keys[order]) != 0])
+    assert np.array_equal(units.unit_starts, np.r_[starts, len(documents)])
+    assert units.num_units == len(np.unique(clusters[documents][clusters[documents] >= 0])) + int(
+        (clusters[documents] < 0).sum()
+    )
