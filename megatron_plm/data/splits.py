@@ -36,9 +36,10 @@ def _native():
         return None
 
 
-# Characters str.splitlines() also breaks on: names holding one take the reference path.
 _BLOCK_DOCUMENTS = 1 << 22
+"""Documents whose split values are computed at a time: the float temporaries stay O(block)."""
 
+# Characters str.splitlines() also breaks on: names holding one take the reference path.
 _OTHER_LINE_BREAKS = (b"\r", b"\x0b", b"\x0c", b"\x1c", b"\x1d", b"\x1e", b"\xc2\x85", b"\xe2\x80\xa8", b"\xe2\x80\xa9")
 
 
@@ -81,7 +82,6 @@ def assign_splits(
     dataset = corpus.indexed_dataset()
     residues = np.memmap(corpus_paths(corpus.prefix)["bin"], dtype=np.uint8, mode="r")
     splits = np.empty(len(corpus), dtype=np.uint8)
-    # In blocks of documents: the float values and their temporaries stay O(block), not 8+ bytes per document.
     for start in range(0, len(corpus), _BLOCK_DOCUMENTS):
         stop = min(start + _BLOCK_DOCUMENTS, len(corpus))
         values = np.empty(stop - start, dtype=np.float64)
