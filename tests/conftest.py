@@ -16,6 +16,10 @@ import pytest
 # 137 s, then 7.8 s; the fit CLI test 283 s, then 29 s). The largest matrix products here, the TEM-1 homolog
 # weights, took 4.5 s with two threads and 4.2 s with one.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Every megatron-core runtime the suite starts without a GPU, in this process and the commands it launches, is
+# device-strict (megatron_plm/runtime/cpu.py): tensors are placed and checked as on a GPU, so a host tensor that
+# would meet CUDA tensors fails here as it would there.
+os.environ.setdefault("MEGATRON_PLM_DEVICE_STRICT", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"

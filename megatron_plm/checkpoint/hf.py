@@ -79,7 +79,7 @@ def slice_vocab(tensor: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def pad_vocab(tensor: torch.Tensor, padded: int) -> torch.Tensor:
-    out = torch.zeros((padded, *tensor.shape[1:]), dtype=tensor.dtype)
+    out = torch.zeros((padded, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
     out[: tensor.shape[0]] = tensor
     return out
 
@@ -151,9 +151,11 @@ def hf_extra_tensors(objective: Objective, model: ModelConfig, written: set[str]
         if key in written or key == "lm_head.decoder.weight":  # (tied to the embedding)
             continue
         if key.endswith("inv_freq"):
-            extras[key] = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+            extras[key] = 1.0 / (
+                10000 ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+            )  # host: saved
         elif key.startswith("esm.contact_head."):
-            extras[key] = torch.zeros(tensor.shape, dtype=torch.float32)
+            extras[key] = torch.zeros(tensor.shape, dtype=torch.float32)  # host: saved
         else:
             raise ValueError(
                 f"transformers {transformers.__version__} expects {key}, which the conversion does not "

@@ -82,12 +82,12 @@ def generate(
         )
     start, stop = (TOK.c_terminus, TOK.n_terminus) if config.reverse else (TOK.n_terminus, TOK.c_terminus)
     allowed = [TOK.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)]
-    permitted = torch.full((model.vocab_size,), float("-inf"))
+    permitted = torch.full((model.vocab_size,), float("-inf"))  # host: log_probs come back to the host
     permitted[allowed + [stop]] = 0.0
     generator = torch.Generator().manual_seed(config.seed)
     prefix = TOK.encode(prompt[::-1] if config.reverse else prompt).astype(np.int64)
-    ids = torch.as_tensor(np.concatenate([[start], prefix]), dtype=torch.long).repeat(config.num_sequences, 1)
-    done = torch.zeros(config.num_sequences, dtype=torch.bool)
+    ids = torch.as_tensor(np.concatenate([[start], prefix]), dtype=torch.long).repeat(config.num_sequences, 1)  # host
+    done = torch.zeros(config.num_sequences, dtype=torch.bool)  # host
     step = model.decoder() if model.decoder is not None and config.use_cache else None
     fresh = ids
     with Progress(config.max_length - len(prompt), "generate", unit="tokens", enabled=show_progress) as progress:

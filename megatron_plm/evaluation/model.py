@@ -52,12 +52,12 @@ class ScoringModel:
 
 
 def pad_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token rows: ``(ids [b, s], real [b, s])``."""
+    """Right-pad token rows: ``(ids [b, s], real [b, s])``, on the host (the model moves them)."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    real = torch.zeros((len(rows), width), dtype=torch.long)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # host
+    real = torch.zeros((len(rows), width), dtype=torch.long)  # host
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)  # host
         real[i, : len(row)] = 1
     return ids, real
 

@@ -83,7 +83,7 @@ def clm_log_likelihood(
         ids, real = pad_batch([window for _, window, _ in chunk], TOK.pad)
         log_probs = model.log_probs(ids, real)
         for i, (row, window, first) in enumerate(chunk):
-            targets = torch.as_tensor(window[first:], dtype=torch.long)
+            targets = torch.as_tensor(window[first:], dtype=torch.long)  # host, as log_probs
             picked = log_probs[i, first - 1 : len(window) - 1].gather(-1, targets[:, None])[:, 0]
             totals[row][0] += float(picked.sum())
             totals[row][1] += len(targets)
@@ -124,7 +124,7 @@ def mlm_masked_log_likelihood(
         ids, real = pad_batch(rows, TOK.pad)
         log_probs = model.log_probs(ids, real)
         for i, (row, window, inside) in enumerate(chunk):
-            truth = torch.as_tensor(window[inside].astype(np.int64))
+            truth = torch.as_tensor(window[inside].astype(np.int64))  # host, as log_probs
             totals[row][0] += float(log_probs[i, inside + 1].gather(-1, truth[:, None]).sum())
             totals[row][1] += len(inside)
         if progress is not None:

@@ -90,6 +90,8 @@ class Runtime:
     world_size: int
     local_rank: int
     device: torch.device
+    """Where this rank's model and batches live: its GPU, or under the device-strict CPU shim a virtual
+    ``cuda:0`` (tensors are on the CPU, placement is checked as on a GPU). Ask :attr:`on_gpu` about hardware."""
     backend: str
     parallel: ParallelConfig
     tp_rank: int
@@ -101,6 +103,11 @@ class Runtime:
     accelerators: accelerators.Accelerators
     process_groups: Any = field(repr=False)
     """megatron-core ``ProcessGroupCollection`` of the groups above (tp, pp, dp, embd, ...)."""
+
+    @property
+    def on_gpu(self) -> bool:
+        """A real GPU (memory, device name, synchronisation): False under the CPU shim, strict or not."""
+        return not self.cpu_shim
 
     @property
     def is_first_pipeline_stage(self) -> bool:
@@ -197,7 +204,7 @@ def initialize(
         rank=rank,
         world_size=world_size,
         local_rank=local_rank,
-        device=torch.device("cuda", torch.cuda.current_device()) if has_gpu else torch.device("cpu"),
+        device=torch.device("cuda", torch.cuda.current_device()) if has_gpu or cpu.strict() else torch.device("cpu"),
         backend=backend,
         parallel=parallel,
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),

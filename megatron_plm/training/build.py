@@ -140,7 +140,7 @@ def precision_settings(
         return torch.float32, {}, "local"
     if precision == "bf16" and allow_cpu_bf16:
         return torch.bfloat16, {}, "local"
-    if runtime.device.type != "cuda":
+    if not runtime.on_gpu:
         raise ValueError(f"training.precision {precision} needs a GPU; use fp32 on the CPU")
     if precision == "bf16":
         return torch.bfloat16, {}, "local"
@@ -149,7 +149,7 @@ def precision_settings(
     from megatron_plm.models.precision import FP8Config, check_fp8_supported
 
     fp8 = fp8 or FP8Config()
-    capability = torch.cuda.get_device_capability(runtime.device) if runtime.device.type == "cuda" else None
+    capability = torch.cuda.get_device_capability(runtime.device) if runtime.on_gpu else None
     check_fp8_supported(fp8, transformer_engine=runtime.accelerators.transformer_engine, gpu_capability=capability)
     return torch.bfloat16, fp8.transformer_config_kwargs(), "te"
 

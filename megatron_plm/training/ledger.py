@@ -19,7 +19,7 @@ class ComputeLedger:
             self.phases.append({"name": config.name, "objective": config.objective, "tokens": 0, "flops": 0.0})
         self.flops_per_token = flops_per_token(config)
         self.world_size = runtime.world_size
-        self.on_gpu = runtime.device.type == "cuda"
+        self.on_gpu = runtime.on_gpu
         self.peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if self.on_gpu else None
 
     def add(self, tokens: int) -> None:

@@ -53,7 +53,7 @@ class StepResult:
 def reduce_loss_reports(reports: list[dict], runtime: Runtime) -> tuple[float, int]:
     """Sum the (loss_sum, tokens) reports of the last stage over microbatches and DP ranks,
     then share the result with every rank (other pipeline stages hold no reports)."""
-    total = torch.zeros(2, dtype=torch.float64)
+    total = torch.zeros(2, dtype=torch.float64, device=runtime.device)  # NCCL reduces device tensors only
     for report in reports:
         total += report[LOSS_KEY].double()
     groups = runtime.process_groups

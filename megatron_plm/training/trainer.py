@@ -76,14 +76,12 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
     """Refuse a run whose first step could not fit (seq_length=1000000 once tried to allocate 1 TB)."""
     from megatron_plm.planning.planner import make_plan
 
-    if runtime.device.type == "cuda":
+    if runtime.on_gpu:
         available, where = torch.cuda.mem_get_info(runtime.device)[1], torch.cuda.get_device_name(runtime.device)
     else:
         available, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
     p = config.parallel
-    plan = make_plan(
-        config, gpus=runtime.world_size, accelerator="cpu" if runtime.device.type == "cpu" else "h100-80gb"
-    )
+    plan = make_plan(config, gpus=runtime.world_size, accelerator="h100-80gb" if runtime.on_gpu else "cpu")
     recompute = p.activation_recompute
     if recompute == "none" and config.model.attention_backend != "local":
         recompute = "selective"  # fused attention keeps no [s, s] scores: the planner's selective estimate
@@ -239,7 +237,7 @@ def describe_run(config: TrainConfig, runtime: Runtime, first_step: int) -> str:
         f"{config.name}: {config.objective.upper()} {config.model.num_layers} layers x {config.model.hidden_size}, "
         f"steps {first_step}..{t.train_iters}, global batch {t.global_batch_size} x "
         f"{config.data.seq_length} tokens; TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size} "
-        f"x DP {runtime.data_parallel_size} on {runtime.device.type}"
+        f"x DP {runtime.data_parallel_size} on {runtime.device.type if runtime.on_gpu else 'cpu'}"
     )
 
 

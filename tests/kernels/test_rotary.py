@@ -36,16 +36,20 @@ def real_boundaries(sample_corpus, rows: int, length: int) -> torch.Tensor:
 
 
 def test_reference_equals_megatron_core_rope(runtime, sample_corpus):
-    """Our reference is megatron-core's thd RoPE (per-protein positions) to the last bit in fp32."""
+    """Our reference is megatron-core's thd RoPE (per-protein positions) to the last bit in fp32, on the
+    device megatron-core puts its frequencies on (the current GPU on a GPU machine; a virtual one under
+    the device-strict shim, which refuses inputs left on the host as a GPU would)."""
     from megatron.core.models.common.embeddings.rope_utils import _apply_rotary_pos_emb_thd
     from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
 
     cu = real_boundaries(sample_corpus, rows=3, length=256)
     tokens, heads, dim = int(cu[-1]), 4, 32
-    x = torch.randn(tokens, heads, dim, generator=torch.Generator().manual_seed(0))
     freqs = RotaryEmbedding(kv_channels=dim, rotary_percent=1.0, use_cpu_initialization=True)(
         int((cu[1:] - cu[:-1]).max())
     )
+    device = freqs.device
+    x = torch.randn(tokens, heads, dim, generator=torch.Generator().manual_seed(0)).to(device)
+    cu = cu.to(device)
 
     class SingleRank:
         def size(self):
@@ -55,7 +59,7 @@ def test_reference_equals_megatron_core_rope(runtime, sample_corpus):
             return 0
 
     expected = _apply_rotary_pos_emb_thd(x, cu, freqs, cp_group=SingleRank())
-    assert torch.equal(rotary_reference(x, cu, inv_frequencies(dim)), expected)
+    assert torch.equal(rotary_reference(x, cu, inv_frequencies(dim, device=device)), expected)
 
 
 def test_positions_restart_at_every_protein():
