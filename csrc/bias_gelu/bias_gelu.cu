@@ -153,9 +153,8 @@ int launch(const BiasGeluArgs* args, int dtype, bool is_backward, void* stream) 
 
 }  // namespace
 
-extern "C" int bias_gelu_row_chunks(int64_t rows, int cols, int device) {
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) sms = 132;
+extern "C" int bias_gelu_row_chunks(int64_t rows, int cols, int multiprocessors) {
+  const int sms = multiprocessors > 0 ? multiprocessors : 132;
   const int64_t column_blocks = cols / (kBackwardThreads * 8) > 0 ? cols / (kBackwardThreads * 8) : 1;
   int64_t chunks = (8 * (int64_t)sms + column_blocks - 1) / column_blocks;  // ~8 blocks per SM
   const int64_t at_most = (rows + 15) / 16;                                  // >= 16 rows per chunk

@@ -19,8 +19,10 @@ struct BiasGeluArgs {
 };
 
 // How many row chunks the backward splits rows into (each writes one row of bias_partial): enough
-// blocks to fill the device, few enough that the partial sums stay small next to x.
-extern "C" int bias_gelu_row_chunks(int64_t rows, int cols, int device);
+// blocks to fill a device of `multiprocessors` SMs, few enough that the partial sums stay small next to
+// x. A pure function: the caller knows the device (Python caches its SM count), so a backward pass
+// makes no device query.
+extern "C" int bias_gelu_row_chunks(int64_t rows, int cols, int multiprocessors);
 extern "C" int bias_gelu_forward_launch(const BiasGeluArgs* args, int dtype, void* stream);
 extern "C" int bias_gelu_backward_launch(const BiasGeluArgs* args, int dtype, void* stream);
 extern "C" const char* bias_gelu_error_string(int code);

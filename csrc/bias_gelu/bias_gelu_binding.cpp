@@ -56,7 +56,8 @@ at::Tensor bias_gelu_forward(const at::Tensor& x, const at::Tensor& bias, int64_
 // The gradient of x (shaped like x) and fp32 partial sums of it over row chunks [chunks, cols], whose
 // column sums are the gradient of bias.
 std::tuple<at::Tensor, at::Tensor> bias_gelu_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                      const at::Tensor& bias, int64_t stream) {
+                                                      const at::Tensor& bias, int64_t multiprocessors,
+                                                      int64_t stream) {
   check_inputs("bias_gelu_backward", x, bias);
   TORCH_CHECK(grad_out.is_cuda() && grad_out.get_device() == x.get_device(),
               "bias_gelu_backward: grad_out must be on x's device");
@@ -64,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_backward(const at::Tensor& grad_out
               "bias_gelu_backward: grad_out must be contiguous with x's dtype and sizes ", x.sizes(), ", got ",
               grad_out.scalar_type(), " ", grad_out.sizes());
   BiasGeluArgs args = make_args(x, bias);
-  args.row_chunks = bias_gelu_row_chunks(args.rows, args.cols, x.get_device());
+  args.row_chunks = bias_gelu_row_chunks(args.rows, args.cols, static_cast<int>(multiprocessors));
   auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
   auto partial = at::empty({args.row_chunks, x.size(-1)}, x.options().dtype(at::kFloat));
   args.grad_out = grad_out.data_ptr();
@@ -81,5 +82,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused bias add + exact (erf) GELU, forward and backward";
   m.def("bias_gelu_forward", &bias_gelu_forward, "GELU(x + bias)", py::arg("x"), py::arg("bias"), py::arg("stream"));
   m.def("bias_gelu_backward", &bias_gelu_backward, "Gradient of x and per-chunk partial sums for the bias gradient",
-        py::arg("grad_out"), py::arg("x"), py::arg("bias"), py::arg("stream"));
+        py::arg("grad_out"), py::arg("x"), py::arg("bias"), py::arg("multiprocessors"), py::arg("stream"));
+  m.def("row_chunks", &bias_gelu_row_chunks, "Row chunks of the backward's bias gradient on a device of that many SMs",
+        py::arg("rows"), py::arg("cols"), py::arg("multiprocessors"));
 }

@@ -9,6 +9,8 @@ megatron-core's own fused bias-GELU is the tanh approximation, which would chang
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,13 @@ def kernel_available() -> bool:
     return _bias_gelu_cuda is not None
 
 
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    """The SM count the backward sizes its bias-gradient chunks by: asked of CUDA once per device, not on
+    every backward pass."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 if _bias_gelu_cuda is not None:
     # Dispatcher ops (not bare pybind calls), so torch.profiler, TorchDispatchMode-based tools such as
     # benchmarks/step_profile.py and torch.compile see them; the fake versions give their shapes.
@@ -44,7 +53,9 @@ if _bias_gelu_cuda is not None:
     @torch.library.impl("megatron_plm::bias_gelu_backward", "CUDA")
     def _backward_cuda(grad, x, bias):
         stream = torch.cuda.current_stream(x.device).cuda_stream
-        grad_x, partial = _bias_gelu_cuda.bias_gelu_backward(grad.contiguous(), x, bias, stream)
+        grad_x, partial = _bias_gelu_cuda.bias_gelu_backward(
+            grad.contiguous(), x, bias, multiprocessors(x.device), stream
+        )
         return grad_x, partial.sum(0).to(bias.dtype)
 
     @torch.library.register_fake("megatron_plm::bias_gelu_forward")

@@ -74,7 +74,38 @@ def test_built_kernel_checks_its_inputs():
     with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
         kernel._bias_gelu_cuda.bias_gelu_forward(torch.zeros(4, 8), torch.zeros(8), 0)
     with pytest.raises(RuntimeError, match="x must be a CUDA tensor"):
-        kernel._bias_gelu_cuda.bias_gelu_backward(torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(8), 0)
+        kernel._bias_gelu_cuda.bias_gelu_backward(torch.zeros(4, 8), torch.zeros(4, 8), torch.zeros(8), 132, 0)
+
+
+@pytest.mark.skipif(not kernel.kernel_available(), reason="extension not built (no nvcc at install time)")
+def test_backward_chunks_follow_the_sm_count_it_is_given():
+    """The bias gradient's row chunks (~8 blocks per SM, >= 16 rows each, <= 65535) are a pure function of
+    the SM count the caller passes: the backward queries no device attribute (issue 27)."""
+
+    def expected(rows, cols, sms):
+        column_blocks = max(cols // (128 * 8), 1)
+        chunks = min(-(-8 * sms // column_blocks), -(-rows // 16), 65535)
+        return max(chunks, 1)
+
+    for rows, cols, sms in [(8192, 5120, 132), (8192, 5120, 66), (5, 2048, 132), (10**7, 64, 132), (64, 1003, 0)]:
+        assert kernel._bias_gelu_cuda.row_chunks(rows, cols, sms) == expected(rows, cols, sms or 132)
+    assert kernel._bias_gelu_cuda.row_chunks(8192, 5120, 132) != kernel._bias_gelu_cuda.row_chunks(8192, 5120, 66)
+
+
+def test_sm_count_is_asked_once_per_device(monkeypatch):
+    asked = []
+
+    class Properties:
+        multi_processor_count = 132
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: asked.append(device) or Properties())
+    kernel.multiprocessors.cache_clear()
+    try:
+        device = torch.device("cuda", 0)
+        assert [kernel.multiprocessors(device) for _ in range(5)] == [132] * 5
+        assert asked == [device]
+    finally:
+        kernel.multiprocessors.cache_clear()
 
 
 @pytest.mark.skipif(not kernel.kernel_available(), reason="extension not built (no nvcc at install time)")
