@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Callable
 
 import torch
-from megatron.core import tensor_parallel
+from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
@@ -47,7 +48,7 @@ class _CoreAttention(MegatronModule):
         tp = (
             pg_collection.tp.size()
             if pg_collection is not None
-            else tensor_parallel.get_tensor_model_parallel_world_size()
+            else parallel_state.get_tensor_model_parallel_world_size()
         )
         self.heads = config.num_attention_heads // tp
         self.query_groups = config.num_query_groups // tp
@@ -65,17 +66,21 @@ class SDPAAttention(_CoreAttention):
     ):
         if attention_bias is not None or packed_seq_params is not None:
             raise ValueError("the sdpa attention backend takes protein boundaries as a mask, not packed_seq_params")
-        if self.heads > self.query_groups:  # grouped-query attention: share each key/value head
-            key = key.repeat_interleave(self.heads // self.query_groups, dim=2)
-            value = value.repeat_interleave(self.heads // self.query_groups, dim=2)
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, head_dim]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads or groups, s, head_dim]
         mask_type = attn_mask_type or self.attn_mask_type
         causal = attention_mask is None and mask_type == AttnMaskType.causal
         allowed = None if attention_mask is None else ~attention_mask  # SDPA: True = take part
         dropout = self.dropout if self.training else 0.0
         with tensor_parallel.get_cuda_rng_tracker().fork():
             context = torch.nn.functional.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, dropout_p=dropout, is_causal=causal, scale=self.softmax_scale
+                q,
+                k,
+                v,
+                attn_mask=allowed,
+                dropout_p=dropout,
+                is_causal=causal,
+                scale=self.softmax_scale,
+                enable_gqa=self.heads > self.query_groups,  # key/value heads shared without copies
             )
         s, b = query.shape[0], query.shape[1]
         return context.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)
@@ -90,24 +95,34 @@ def _varlen_kernel():
     return varlen_attn
 
 
-def _varlen_causal_kwargs(kernel, causal: bool) -> dict:
-    # torch 2.9-2.12 take ``is_causal``; later releases express causality as a window.
+def _varlen_kernel_kwargs(kernel) -> Callable[[bool, bool], dict]:
+    """``(causal, grouped) -> kwargs`` for ``kernel``, read once from its signature: torch 2.9 and 2.10 take
+    ``is_causal``, 2.11 and later a ``window_size`` ((-1, 0) causal, (-1, -1) full); 2.13 asks for
+    ``enable_gqa`` when keys and values have fewer heads than queries (earlier releases take them as given)."""
     parameters = inspect.signature(kernel).parameters
-    if "window_size" in parameters:
-        return {"window_size": (-1, 0) if causal else (-1, -1)}
-    return {"is_causal": causal}
+    window, gqa_flag = "window_size" in parameters, "enable_gqa" in parameters
+
+    def kwargs(causal: bool, grouped: bool = False) -> dict:
+        chosen = {"window_size": (-1, 0) if causal else (-1, -1)} if window else {"is_causal": causal}
+        if grouped and gqa_flag:
+            chosen["enable_gqa"] = True
+        return chosen
+
+    return kwargs
 
 
 def varlen_reference(q, k, v, cu_seqlens: torch.Tensor, *, causal: bool, scale: float) -> torch.Tensor:
-    """What the varlen kernel computes, in plain PyTorch: ``[t, heads, d]`` inputs, each segment of
-    ``cu_seqlens`` attending to itself only. Quadratic in ``t``: for CPU runs and tests."""
+    """What the varlen kernel computes, in plain PyTorch: ``[t, heads, d]`` queries and ``[t, groups, d]``
+    keys and values (grouped-query attention when groups < heads), each segment of ``cu_seqlens``
+    attending to itself only. Quadratic in ``t``: for CPU runs and tests."""
     t = q.shape[0]
     segment = torch.bucketize(torch.arange(t, device=q.device), cu_seqlens[1:].to(q.device), right=True)
     allowed = segment[:, None] == segment[None, :]
     if causal:
         allowed &= torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
     q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, heads, t, d]
-    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    grouped = k.shape[1] != q.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=grouped)
     return out.squeeze(0).transpose(0, 1)
 
 
@@ -130,6 +145,7 @@ class VarlenAttention(_CoreAttention):
         if self.dropout:
             raise ValueError("the varlen attention backend has no attention dropout; set model.attention_dropout: 0")
         self.kernel = _varlen_kernel()
+        self.kernel_kwargs = _varlen_kernel_kwargs(self.kernel) if self.kernel is not None else None
         self._inv_freq: dict[torch.device, torch.Tensor] = {}  # fp32 per device; not a buffer (bf16 casts)
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
@@ -151,9 +167,7 @@ class VarlenAttention(_CoreAttention):
         cu = packed_seq_params.cu_seqlens_q
         query = apply_rotary_thd(query, cu, self.inv_freq(query.device))
         key = apply_rotary_thd(key, cu, self.inv_freq(key.device))
-        if self.heads > self.query_groups:  # grouped-query attention: share each key/value head
-            key = key.repeat_interleave(self.heads // self.query_groups, dim=1)
-            value = value.repeat_interleave(self.heads // self.query_groups, dim=1)
+        # Grouped-query attention (groups < heads): the flash kernel and the reference share key/value heads.
         causal = (attn_mask_type or self.attn_mask_type) in (AttnMaskType.causal, AttnMaskType.padding_causal)
         if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):
             if self.kernel is None:
@@ -169,7 +183,7 @@ class VarlenAttention(_CoreAttention):
                 packed_seq_params.max_seqlen_q,
                 packed_seq_params.max_seqlen_kv,
                 scale=self.softmax_scale,
-                **_varlen_causal_kwargs(self.kernel, causal),
+                **self.kernel_kwargs(causal, grouped=self.heads > self.query_groups),
             )
         else:
             context = varlen_reference(query, key, value, cu, causal=causal, scale=self.softmax_scale)
