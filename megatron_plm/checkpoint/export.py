@@ -86,7 +86,7 @@ def checkpoint_tokenizer(directory: Path):
 
 
 def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime: Runtime) -> dict[str, torch.Tensor]:
-    """The model's tensors at TP=1, PP=1, however the checkpoint was sharded."""
+    """The model's tensors at TP=1, PP=1, however the checkpoint was sharded, on the host (they are written)."""
     from megatron_plm.training.build import build_model_chunk
 
     if runtime.world_size != 1:
@@ -96,7 +96,7 @@ def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime
     chunk = build_model_chunk(dataclasses.replace(model, attention_backend="local"), runtime, objective=objective)
     load_model_tensors(directory, chunk)
     return {
-        k: v.detach().clone()
+        k: v.detach().to("cpu", copy=True)
         for k, v in chunk.state_dict().items()
         if isinstance(v, torch.Tensor) and "_extra_state" not in k
     }

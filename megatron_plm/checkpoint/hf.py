@@ -151,9 +151,8 @@ def hf_extra_tensors(objective: Objective, model: ModelConfig, written: set[str]
         if key in written or key == "lm_head.decoder.weight":  # (tied to the embedding)
             continue
         if key.endswith("inv_freq"):
-            extras[key] = 1.0 / (
-                10000 ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-            )  # host: saved
+            exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim  # host: saved
+            extras[key] = 1.0 / (10000**exponents)
         elif key.startswith("esm.contact_head."):
             extras[key] = torch.zeros(tensor.shape, dtype=torch.float32)  # host: saved
         else:

@@ -93,7 +93,8 @@ def build_model_chunk(
     config=None,
     backend: str = "local",
 ):
-    """This rank's model chunk (no DDP, no optimizer): what training wraps and conversion loads into."""
+    """This rank's model chunk (no DDP, no optimizer) on the runtime's device: what training wraps and
+    conversion loads into. (Weights are initialised on the host when ``model.cpu_initialization``.)"""
     from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.models.mcore import build_protein_model
 
@@ -102,7 +103,7 @@ def build_model_chunk(
     if backend == "te" and not runtime.accelerators.transformer_engine:
         raise ValueError("model.attention_backend te needs Transformer Engine (the NGC container); use sdpa or local")
     tokenizer = ProteinTokenizer()
-    return build_protein_model(
+    chunk = build_protein_model(
         config,
         objective=objective,
         vocab_size=model_cfg.padded_vocab_size(runtime.parallel.tensor_model_parallel_size),
@@ -114,6 +115,9 @@ def build_model_chunk(
         pad_token_id=tokenizer.pad,
         backend=backend,
     )
+    if any(p.is_meta for p in chunk.parameters()):  # built under torch.device("meta") to count, not to run
+        return chunk
+    return chunk.to(runtime.device)
 
 
 def runnable_model_config(model_cfg: ModelConfig, runtime: Runtime) -> ModelConfig:
@@ -205,8 +209,6 @@ def build_training_state(
     module = build_model_chunk(
         model_cfg, runtime, objective=objective, params_dtype=params_dtype, config=config, backend=backend
     )
-    if runtime.device.type == "cuda":
-        module.cuda(torch.cuda.current_device())
     if params_dtype == torch.bfloat16:
         from megatron.core.transformer.module import Float16Module
 

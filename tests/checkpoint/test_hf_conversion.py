@@ -50,8 +50,9 @@ def our_logits(chunk, ids, real, objective):
         segment_ids=segments,
     )
     chunk.eval()
+    device = next(chunk.parameters()).device  # the runtime's: a GPU, or the device-strict shim's virtual one
     with torch.no_grad():
-        return chunk(ids, positions, batch.attention_mask())
+        return chunk(ids.to(device), positions.to(device), batch.attention_mask().to(device)).cpu()
 
 
 def hf_logits(directory, ids, real, objective):
@@ -206,7 +207,7 @@ def test_checkpoints_of_te_runs_convert_and_score_without_te(runtime, trained, r
     converted = load_file(export_hf(relabelled, tmp_path / "hf_te", runtime) / "model.safetensors")
     assert original.keys() == converted.keys() and all(torch.equal(original[k], converted[k]) for k in original)
     ids, real = batch_of(real_sequences, objective)
-    scored = [load_scoring_model(path, runtime).forward_logits(ids, real) for path in (trained[objective], relabelled)]
+    scored = [load_scoring_model(path, runtime).log_probs(ids, real) for path in (trained[objective], relabelled)]
     assert torch.equal(scored[0], scored[1])
 
 

@@ -42,7 +42,8 @@ def batch(sample_corpus, objective, packed, count=4):
 
 
 def logits(chunk, b, *, mask="segments"):
-    """``[b, s, vocab]`` logits; packed backends get the batch as one thd row."""
+    """``[b, s, vocab]`` logits; packed backends get the batch as one thd row, on the model's device."""
+    b = b.to(next(chunk.parameters()).device)
     with torch.no_grad():
         if mask != "segments":
             return chunk(b.tokens, b.position_ids, None)
@@ -70,7 +71,7 @@ def test_backend_trains_like_local_attention(runtime, sample_corpus, objective, 
     reference = model(runtime, objective, "local").train()
     other = model(runtime, objective, backend, reference).train()
     assert reference.sharded_state_dict().keys() == other.sharded_state_dict().keys()
-    b = batch(sample_corpus, objective, packed=True)
+    b = batch(sample_corpus, objective, packed=True).to(runtime.device)
     grads = []
     for chunk in (reference, other):
         chunk.zero_grad()
@@ -143,4 +144,70 @@ def test_pack_keeps_token_order_and_boundaries(sample_corpus):
 def test_varlen_refuses_unpacked_batches(runtime, sample_corpus):
     chunk = model(runtime, "clm", "varlen")
     with pytest.raises(ValueError, match="needs packed batches"), torch.no_grad():
-        chunk(**batch(sample_corpus, "clm", packed=True).model_inputs())
+        chunk(**batch(sample_corpus, "clm", packed=True).to(runtime.device).model_inputs())
+
+
+def _core_attention(cls, runtime, *, heads=4, groups=2, mask_type=None):
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.enums import AttnMaskType
+
+    config = TransformerConfig(
+        num_layers=1,
+        hidden_size=64,
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        kv_channels=16,
+        attention_dropout=0.0,
+    )
+    return cls(config, 1, mask_type or AttnMaskType.causal, "self")
+
+
+def test_grouped_query_attention_shares_key_value_heads_without_copies(runtime, monkeypatch):
+    """GQA (2 key/value heads for 4 query heads) through SDPA's and the varlen path's own head sharing: the
+    same output as the keys and values repeated per query head, and no repeat_interleave (issue 27)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    from megatron_plm.models.attention import SDPAAttention, VarlenAttention
+
+    generator = torch.Generator().manual_seed(0)
+    s, b, t = 12, 2, 20
+    q, k, v = (torch.randn(s, b, n, 16, generator=generator) for n in (4, 2, 2))
+    repeated = [x.repeat_interleave(2, dim=2) for x in (k, v)]
+    expected = _core_attention(SDPAAttention, runtime, groups=4)(q, *repeated, None)
+    cu = torch.tensor([0, 7, 20], dtype=torch.int32)
+    packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=13, max_seqlen_kv=13)
+    tq, tk, tv = (torch.randn(t, n, 16, generator=generator) for n in (4, 2, 2))
+    expected_thd = _core_attention(VarlenAttention, runtime, groups=4)(
+        tq, tk.repeat_interleave(2, dim=1), tv.repeat_interleave(2, dim=1), None, packed_seq_params=packed
+    )
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("repeat_interleave called: key/value heads copied")
+
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", no_copies)
+    got = _core_attention(SDPAAttention, runtime)(q, k, v, None)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    got_thd = _core_attention(VarlenAttention, runtime)(tq, tk, tv, None, packed_seq_params=packed)
+    torch.testing.assert_close(got_thd, expected_thd, rtol=1e-5, atol=1e-6)
+
+
+def test_varlen_reads_how_its_kernel_takes_causality_once(runtime, monkeypatch):
+    """The kernel's signature is read when the layer is built, not on every forward (issue 27)."""
+    import inspect
+
+    from megatron_plm.models import attention
+
+    if attention._varlen_kernel() is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.nn.attention.varlen")
+    reads = []
+    real_signature = inspect.signature
+    monkeypatch.setattr(inspect, "signature", lambda f, *a, **k: reads.append(f) or real_signature(f, *a, **k))
+    layer = _core_attention(attention.VarlenAttention, runtime)
+    calls = [layer.kernel_kwargs(causal) for causal in (True, False, True)]
+    grouped = layer.kernel_kwargs(True, grouped=True)
+    assert len(reads) == 1
+    parameters = real_signature(attention._varlen_kernel()).parameters
+    window = "window_size" in parameters
+    assert calls[0] == ({"window_size": (-1, 0)} if window else {"is_causal": True})
+    assert calls[1] == ({"window_size": (-1, -1)} if window else {"is_causal": False})
+    assert grouped.get("enable_gqa", False) == ("enable_gqa" in parameters)

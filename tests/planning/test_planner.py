@@ -73,7 +73,7 @@ if __name__ == "__main__":
         base = psutil.Process().memory_info().rss
         state = build_run(config, runtime)
         for microbatches in batches:
-            train_step(state, microbatches, runtime)
+            train_step(state, [b.to(runtime.device) for b in microbatches], runtime)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         estimate = make_plan(config, gpus=1, accelerator="cpu").memory.total(recompute="none", distributed_optimizer=False)
         print(estimate / (peak - base))

@@ -30,7 +30,7 @@ def test_one_reduction_matches_megatron_cores_step(sample_corpus):
     for ours in (True, False):
         with initialize(config.parallel, seed=config.training.seed) as runtime:
             state = build_run(config, runtime)
-            _forward_backward(state, batch, forward_only=False)
+            _forward_backward(state, [b.to(runtime.device) for b in batch], forward_only=False)
             all_reduce = torch.distributed.all_reduce
             counted = []
             torch.distributed.all_reduce = lambda *a, **k: counted.append(1) or all_reduce(*a, **k)
