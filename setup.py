@@ -79,19 +79,39 @@ def _nvcc() -> str | None:
 
 
 class OptionalBuildExt(build_ext):
-    """Build what compiles; a failed extension is left out and its pure-Python reference takes over."""
+    """Build what compiles, the extensions in parallel (``--parallel N``, default one per extension up to the
+    CPU count: each is one nvcc or g++ process); a failed extension is left out and its pure-Python reference
+    takes over. ``MEGATRON_PLM_REQUIRE_EXTENSIONS=1`` (benchmarks/gpu_suite.sh) makes any failure fatal, with the
+    compiler's own message: on a GPU machine a missing kernel is an error, not a fallback."""
 
     def build_extensions(self):
-        built = []
-        for ext in self.extensions:
-            try:
-                if getattr(ext, "cuda_sources", None):
-                    self._compile_cuda(ext)
-                self.build_extension(ext)
-                built.append(ext)
-            except Exception as error:  # compiler missing or failing: warn, do not fail the install
-                print(f"setup.py: could not build {ext.name} ({error}); using the Python fallback", file=sys.stderr)
-        self.extensions = built
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.check_extensions_list(self.extensions)
+        workers = self.parallel if isinstance(self.parallel, int) and self.parallel > 0 else os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=min(workers, len(self.extensions)) or 1) as pool:
+            outcomes = list(pool.map(self._build_one, self.extensions))
+        failed = [(ext, error) for ext, error in zip(self.extensions, outcomes) if error is not None]
+        for ext, error in failed:
+            print(f"setup.py: could not build {ext.name}; using the Python fallback:\n{error}", file=sys.stderr)
+        if failed and os.environ.get("MEGATRON_PLM_REQUIRE_EXTENSIONS") == "1":
+            names = ", ".join(ext.name for ext, _ in failed)
+            raise SystemExit(
+                f"setup.py: MEGATRON_PLM_REQUIRE_EXTENSIONS=1 and {names} failed to build (messages above)"
+            )
+        self.extensions = [ext for ext, error in zip(self.extensions, outcomes) if error is None]
+
+    def _build_one(self, ext) -> str | None:
+        """None when ``ext`` built, else what went wrong (the compiler's output where there is one)."""
+        try:
+            if getattr(ext, "cuda_sources", None):
+                self._compile_cuda(ext)
+            self.build_extension(ext)
+        except subprocess.CalledProcessError as error:
+            return f"{' '.join(map(str, error.cmd[:1]))} exited {error.returncode}:\n{error.output or ''}"
+        except Exception as error:  # compiler missing or failing: warn, do not fail the install
+            return f"{type(error).__name__}: {error}"
+        return None
 
     def _compile_cuda(self, ext) -> None:
         nvcc = _nvcc()
@@ -117,8 +137,11 @@ class OptionalBuildExt(build_ext):
                 "-o",
                 obj,
             ]
-            print(" ".join(command))
-            subprocess.run(command, check=True)
+            print(" ".join(command), flush=True)
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            print(done.stdout, end="", flush=True)  # one block per source, whatever runs beside it
+            if done.returncode != 0:
+                raise subprocess.CalledProcessError(done.returncode, command, output=done.stdout[-4000:])
             ext.extra_objects.append(obj)
         for lib in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib")):
             if os.path.isdir(os.path.join(cuda_home, lib)):
