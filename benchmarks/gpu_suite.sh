@@ -7,30 +7,42 @@
 # recorded and the rest still run.
 #
 # Writes two files to OUT_DIR (default $OUT, else outputs/gpu_suite): results.md, each part's command,
-# exit status, seconds and tables (what goes into benchmarks/RESULTS.md), and suite.log, everything the
-# parts printed. Exits 0 only when every part passed.
+# exit status, seconds and tables (what goes into benchmarks/RESULTS.md; each part's section is written
+# the moment it ends, and the benchmarks print each row as they measure it, so a part cut by its limit
+# keeps what it measured), and suite.log, everything the parts printed, the compilers' output included.
+# Exits 0 only when every part passed.
 #
-# Usage (repository root):
+# Usage (any folder; paths are the repository's):
 #     tools/offline_wheels.sh wheels                         # once, on a machine with internet
-#     benchmarks/gpu_suite.sh [--budget SECONDS] [--wheels DIR] [OUT_DIR]
+#     PY312/bin/python tools/prebuild_extensions.py build prebuilt   # optional: see tools/gpu_rehearsal.sh
+#     benchmarks/gpu_suite.sh [--budget SECONDS] [--wheels DIR] [--prebuilt DIR] [OUT_DIR]
 #     benchmarks/gpu_suite.sh --dry-run [OUT_DIR]            # the same parts on CPU, tiny shapes
 #
+# The interpreter: $PYTHON if set, else the checkout's .venv (what `make setup` made), else python3.
+# Extensions: the prebuilt ones in --prebuilt DIR (default prebuilt/) when they were built for this
+# Python, this torch and these sources (DIR/manifest.txt) and import; otherwise they are compiled here,
+# in parallel, for this GPU's architecture only. A kernel that fails to build fails the build part with
+# the compiler's message.
+#
 # --dry-run rehearses every part end to end on a machine without a GPU: tiny models, one timed step,
-# the step profile priced instead of measured, the parity tests skipping; it checks that the wheels
-# folder holds a Python 3.12 wheel of each package (without installing them) and builds nothing, so that
-# it leaves this machine's environment as it was.
+# the step profile priced instead of measured, the GPU parity tests skipping, the runtime device-strict
+# (tensors placed and checked as on a GPU); it checks that the wheels folder holds a Python 3.12 wheel of
+# each package and that the prebuilt extensions (if any) match (without installing either) and builds
+# nothing, so that it leaves this machine's environment as it was.
 set -uo pipefail
 
 dry_run=0
 budget=""
 wheels=wheels
+prebuilt=prebuilt
 out=""
 while (($#)); do
   case $1 in
     --dry-run) dry_run=1 ;;
     --budget) budget=${2:?--budget needs SECONDS}; shift ;;
     --wheels) wheels=${2:?--wheels needs DIR}; shift ;;
-    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+    --prebuilt) prebuilt=${2:?--prebuilt needs DIR}; shift ;;
+    -h | --help) sed -n '2,33p' "$0"; exit 0 ;;
     -*) echo "gpu_suite.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) out=$1 ;;
   esac
@@ -39,11 +51,27 @@ done
 out=${out:-${OUT:-outputs/gpu_suite}}
 # Each part's limit is its GPU-run figure times `scale`: a CPU rehearsal does less work but more slowly.
 scale=$((dry_run ? 8 : 1))
-budget=${budget:-$((dry_run ? 3000 : 360))}
-python=${PYTHON:-python3}
+budget=${budget:-$((dry_run ? 3000 : 240))}
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2  # before the cd below: OUT_DIR is the caller's path
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo" || exit 2
-mkdir -p "$out" || exit 2
+case $wheels in /*) ;; *) wheels=$repo/$wheels ;; esac
+case $prebuilt in /*) ;; *) prebuilt=$repo/$prebuilt ;; esac
+if [ -n "${PYTHON:-}" ]; then
+  python=$PYTHON
+elif [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then
+  python=$repo/.venv/bin/python
+else
+  python=python3
+fi
+if ! $python -c "import torch" 2>/dev/null; then
+  echo "gpu_suite.sh: $python has no torch; run 'make setup' or set PYTHON=/path/to/python" >&2
+  exit 2
+fi
+# Tables reach results.md as they are printed, also from a part its time limit stops.
+export PYTHONUNBUFFERED=1
+# Rehearsing on the CPU: tensors placed and checked as on a GPU (megatron_plm/runtime/cpu.py).
+((dry_run)) && export MEGATRON_PLM_DEVICE_STRICT=1
 results=$out/results.md
 log=$out/suite.log
 scratch=$(mktemp -d)
@@ -61,7 +89,7 @@ fi
   echo "# benchmarks/gpu_suite.sh$( ((dry_run)) && echo ' --dry-run (CPU rehearsal: no figure here is a GPU measurement)')"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)," \
-    "budget ${budget} s"
+    "budget ${budget} s; $($python -c 'import platform, torch; print(f"Python {platform.python_version()}, torch {torch.__version__}")')"
 } >"$results"
 : >"$log"
 
@@ -145,13 +173,17 @@ else
 fi
 du -sh "$wheels" 2>/dev/null | tee -a "$log"
 
-# -- the CUDA extensions, for this GPU only (sm_90 on Hopper: half the nvcc time of the default list) ----
+# -- the CUDA extensions: the carried prebuilt ones when they match, else compiled for this GPU only ------
 if ((dry_run)); then
-  skip build "the dry run leaves this environment as it is; tests/kernels/test_build.py compiles the kernels wherever nvcc is"
+  if [ -f "$prebuilt/manifest.txt" ]; then
+    part prebuilt 10 $python tools/prebuild_extensions.py check "$prebuilt" --python-version 3.12 --torch-version 2.11.0
+  else
+    skip build "the dry run leaves this environment as it is; tests/kernels/test_build.py compiles the kernels wherever nvcc is"
+  fi
 else
   arch=$($python -c "import torch; print('%d%d' % torch.cuda.get_device_capability(0))")
-  part build 180 env MEGATRON_PLM_CUDA_ARCHS="$arch" bash -c "$python -m pip install --quiet --no-index \
---no-build-isolation --no-deps -e . || $python setup.py -q build_ext --inplace"
+  part build 150 bash -c "$python tools/prebuild_extensions.py install '$prebuilt' || \
+MEGATRON_PLM_REQUIRE_EXTENSIONS=1 MEGATRON_PLM_CUDA_ARCHS=$arch $python setup.py build_ext --inplace --parallel 16"
 fi
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -162,7 +194,9 @@ else
   part device 30 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv
 fi
 # On CPU only the GPU tests' selection is rehearsed (they skip); the rest of tests/kernels runs in the test suite.
-part kernel_parity 90 $python -m pytest -q -p no:cacheprovider $( ((dry_run)) && echo "-m gpu") tests/kernels
+# On the GPU all of tests/kernels runs: the parity grids (ours and PyTorch's varlen flash attention against
+# the references), and the CPU tests too, which there meet megatron-core's GPU placement.
+part kernel_parity 60 $python -m pytest -q -p no:cacheprovider $( ((dry_run)) && echo "-m gpu") tests/kernels
 part check_kernels 45 $python -m megatron_plm env --check-kernels
 
 # -- throughput and step profiles of the two recipes -----------------------------------------------------
@@ -171,8 +205,9 @@ part corpus 60 $python tools/preprocess_data.py --input data/uniref90_esm2_pretr
   --output-prefix "$corpus" --source-label uniref90 \
   --clusters data/uniref90_esm2_pretraining_sample_10k.clusters50.tsv.gz --workers 4
 sources="data.sources=[{prefix: $corpus}]"
-mlm=(--config examples/configs/recipes/esm2_650m.yaml "$sources")
-clm=(--config examples/configs/recipes/clm_1b.yaml "$sources")
+# Weights initialised on the GPU, each rank its shard (a billion fp32 weights take ~10 s on the host).
+mlm=(--config examples/configs/recipes/esm2_650m.yaml "$sources" model.cpu_initialization=false)
+clm=(--config examples/configs/recipes/clm_1b.yaml "$sources" model.cpu_initialization=false)
 steps=(--warmup 3 --steps 10)
 # Two microbatches of 8 per step: the transformers baseline takes a step's batch in one piece.
 shape=(training.global_batch_size=16)

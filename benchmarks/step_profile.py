@@ -23,8 +23,10 @@ rows (and the optimizer's, by parameter count) up to the config's. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
+import unittest.mock
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -129,19 +131,26 @@ class OpRecorder(TorchDispatchMode):
         if id(module) in self.names:
             _tag_graph(output, self.stack.pop())
 
-    def mark_optimizer(self, optimizer) -> None:
-        """Label the optimizer's work (gradient norm, step, parameter copy) as its own phase."""
-        for name in ("prepare_grads", "get_grad_norm", "step"):
-            original = getattr(optimizer, name)
+    @contextlib.contextmanager
+    def optimizer_phase(self):
+        """Label the ops inside as the optimizer's (prepare grads, grad norm, clip, update, param copy)."""
+        outer, self.in_optimizer = self.in_optimizer, True
+        try:
+            yield
+        finally:
+            self.in_optimizer = outer
 
-            def wrapped(*args, _original=original, **kwargs):
-                outer, self.in_optimizer = self.in_optimizer, True  # step() calls the other two
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    self.in_optimizer = outer
+    def mark_optimizer_step(self, step_module):
+        """Wrap ``step_module.optimizer_step`` (what ``train_step`` calls after the backward) in
+        :meth:`optimizer_phase` while the returned context is open: all of it, the update that
+        ``step_with_ready_grads`` makes included, is shared by the step's microbatches."""
+        original = step_module.optimizer_step
 
-            setattr(optimizer, name, wrapped)
+        def optimizer_step(*args, **kwargs):
+            with self.optimizer_phase():
+                return original(*args, **kwargs)
+
+        return unittest.mock.patch.object(step_module, "optimizer_step", optimizer_step)
 
     def _module(self) -> str:
         if self.in_optimizer:
@@ -232,6 +241,7 @@ def profile(
     from megatron_plm.data.splits import Split
     from megatron_plm.planning.planner import count_parameters
     from megatron_plm.runtime import initialize
+    from megatron_plm.training import step as step_module
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
 
@@ -250,15 +260,14 @@ def profile(
     small_params = count_parameters(config).total
     t = config.training
     with initialize(config.parallel, seed=t.seed) as runtime:
-        on_gpu = runtime.device.type == "cuda"
+        on_gpu = runtime.on_gpu
         state = build_run(config, runtime, allow_cpu_bf16=True)
         data = DataBuilder(config.data).build(Split.TRAIN, 2 * t.global_batch_size)
         loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, 0, 1, causal=config.objective == "clm")
         warmup, measured = ([b.to(runtime.device) for b in loader.next_step()] for _ in range(2))
         train_step(state, warmup, runtime)  # allocates optimizer state; not recorded
         recorder = OpRecorder(state.model[0], time_on_gpu=on_gpu)
-        recorder.mark_optimizer(state.optimizer)
-        with recorder:
+        with recorder, recorder.mark_optimizer_step(step_module):
             train_step(state, measured, runtime)
         if on_gpu:
             torch.cuda.synchronize()
@@ -330,7 +339,7 @@ def profile(
         "microbatches": microbatches,
         "tokens": tokens,
         "real": real,
-        "device": runtime.device.type,
+        "device": runtime.device.type if runtime.on_gpu else "cpu",
     }
     return records, info
 

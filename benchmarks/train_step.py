@@ -38,12 +38,12 @@ def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict
         batches = _batches(config, runtime, total)
         for microbatches in batches[:warmup]:
             train_step(state, microbatches, runtime)
-        if runtime.device.type == "cuda":
+        if runtime.on_gpu:
             torch.cuda.synchronize()
         started = time.perf_counter()
         for microbatches in batches[warmup:]:
             train_step(state, microbatches, runtime)
-        if runtime.device.type == "cuda":
+        if runtime.on_gpu:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - started) / steps
         if not runtime.is_main_process:
@@ -53,17 +53,17 @@ def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict
         real = real * runtime.data_parallel_size / steps  # every DP rank holds its share
         per_device = processed / seconds / runtime.world_size
         achieved = flops_per_token(config) * per_device
-        peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.device.type == "cuda" else None
+        peak = peak_flops(torch.cuda.get_device_name(runtime.device)) if runtime.on_gpu else None
         p = runtime.parallel
         return {
             "name": f"{config.name} [{config.model.attention_backend}]",
             "layout": f"TP{p.tensor_model_parallel_size}xPP{p.pipeline_model_parallel_size}xDP{runtime.data_parallel_size}",
-            "device": runtime.device.type,
+            "device": runtime.device.type if runtime.on_gpu else "cpu",
             "seconds": seconds,
             "tokens_per_s": processed / seconds,
             "tokens_per_s_device": per_device,
             "non_pad": real / processed,
-            "tflops": achieved / 1e12 if runtime.device.type == "cuda" else None,
+            "tflops": achieved / 1e12 if runtime.on_gpu else None,
             "mfu": achieved / peak if peak else None,
         }
 
@@ -114,7 +114,7 @@ def measure_optimizer_step(config_path, overrides, *, warmup: int = 3, steps: in
     variants = {"one reduction (optimizer_step)": optimizer_step, "two reductions (before)": _reducing_twice}
     with initialize(config.parallel, seed=config.training.seed) as runtime:
         state = build_run(config, runtime)
-        sync = torch.cuda.synchronize if runtime.device.type == "cuda" else (lambda: None)
+        sync = torch.cuda.synchronize if runtime.on_gpu else (lambda: None)
         batches = _batches(config, runtime, warmup + 1)
         for microbatches in batches[:warmup]:
             train_step(state, microbatches, runtime)
@@ -174,11 +174,11 @@ def format_optimizer_rows(rows: list[dict]) -> str:
     return "\n".join(lines) + f"\n(one whole training step: {rows[0]['step_ms']:.1f} ms)"
 
 
-def format_rows(rows: list[dict]) -> str:
+def format_rows(rows: list[dict], *, header: bool = True) -> str:
     lines = [
         f"{'run':<40} {'layout':<13} {'device':<7} {'s/step':>8} {'tokens/s':>10} {'tok/s/dev':>10} "
         f"{'non-pad':>8} {'TFLOP/s/dev':>12} {'MFU':>6}"
-    ]
+    ][: int(header)]
     for r in rows:
         tflops = f"{r['tflops']:.1f}" if r["tflops"] is not None else "-"
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
@@ -187,6 +187,15 @@ def format_rows(rows: list[dict]) -> str:
             f"{r['tokens_per_s_device']:>10,.0f} {r['non_pad']:>8.1%} {tflops:>12} {mfu:>6}"
         )
     return "\n".join(lines)
+
+
+def free_device_memory() -> None:
+    """Return what the last measurement held to the GPU, so the next model of a suite starts with all of it."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def mfu_basis() -> str:

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from train_step import format_rows, measure, mfu_basis, parse_benchmark_args
+from train_step import format_rows, free_device_memory, measure, mfu_basis, parse_benchmark_args
 
 
 def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> dict:
@@ -39,7 +39,8 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     hf = hf_config(config.objective, config.model)
     hf._attn_implementation = "sdpa"
     dtype = torch.bfloat16 if config.training.precision != "fp32" else torch.float32
-    model = auto.from_config(hf, attn_implementation="sdpa", dtype=dtype).to(device).train()
+    with device:  # weights initialised where they train (a 650M model takes ~10x longer on the host)
+        model = auto.from_config(hf, attn_implementation="sdpa", dtype=dtype).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr)
     t = config.training
     # What a transformers user trains on: for MLM, ESM-2's one protein per sample (whatever our run packs),
@@ -104,15 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         backends = args.backends.split(",")
     else:
         backends = ["local", "sdpa", "varlen"] + (["te"] if detect().transformer_engine else [])
-    rows = [
-        measure(
-            args.config, [*args.overrides, f"model.attention_backend={backend}"], warmup=args.warmup, steps=args.steps
-        )
-        for backend in backends
-    ]
-    rows.append(measure_transformers(args.config, args.overrides, warmup=args.warmup, steps=args.steps))
+    # Each row is printed as soon as it is measured: a run cut short by its time limit keeps what it measured.
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'CPU'}")
-    print(format_rows(rows))
+    print(format_rows([]), flush=True)
+    rows = []
+    for backend in backends:
+        overrides = [*args.overrides, f"model.attention_backend={backend}"]
+        rows.append(measure(args.config, overrides, warmup=args.warmup, steps=args.steps))
+        print(format_rows([rows[-1]], header=False), flush=True)
+        free_device_memory()
+    rows.append(measure_transformers(args.config, args.overrides, warmup=args.warmup, steps=args.steps))
+    print(format_rows([rows[-1]], header=False), flush=True)
     base = rows[-1]["tokens_per_s"]
     print(
         "real tokens/s vs transformers: "

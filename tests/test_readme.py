@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 SKIPPED = {
     "make test": "runs this test suite itself",
     "docker build -t megatron-plm .": "needs Docker and a GPU",
-    "tools/offline_wheels.sh wheels": "downloads wheels for another Python and ends on a GPU; "
+    "tools/gpu_rehearsal.sh": "downloads a 5 GB CUDA torch for Python 3.12, and the block ends on a GPU; "
     "tests/benchmarks/test_gpu_suite.py runs the --dry-run",
 }
 """First command of a block -> why the block does not run here."""

@@ -53,7 +53,34 @@ def test_dry_run_runs_every_part_and_writes_the_tables(tmp_path):
         for text in expected:
             assert text in section, (name, text, section)
     assert outcomes["corpus"] == "ok"
-    assert outcomes["build"].startswith("skipped") and outcomes["device"].startswith("skipped")
+    assert outcomes["device"].startswith("skipped")
+    # Nothing is built in a dry run; carried prebuilt extensions are checked against the GPU machine's versions.
+    if (REPO / "prebuilt" / "manifest.txt").is_file():
+        assert outcomes["prebuilt"] == "ok", outcomes
+    else:
+        assert outcomes["build"].startswith("skipped")
+    assert "Python 3." in results.splitlines()[2] and "torch 2." in results.splitlines()[2]
     # The install part checks the carried wheels for the GPU machine's Python where they have been fetched.
     assert outcomes["install"] == "ok" if (REPO / "wheels").is_dir() else outcomes["install"].startswith("skipped: no")
     assert "| profile_clm_1b | ok |" in results.split("## Summary")[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the rehearsal is for machines without a GPU")
+def test_dry_run_finds_the_checkouts_venv_from_another_folder(tmp_path):
+    """Run as a user would, from another folder and with no PYTHON set: the suite uses the checkout's .venv
+    (not a system python3 without torch) and writes OUT_DIR relative to where it was started."""
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv in this checkout (make setup makes it)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = "/usr/bin:/bin"  # no venv on PATH
+    run = subprocess.run(
+        ["bash", str(REPO / "benchmarks/gpu_suite.sh"), "--dry-run", "--budget", "1", "suite"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    results = (tmp_path / "suite" / "results.md").read_text()
+    assert run.returncode == 1 and "torch 2." in results.splitlines()[2], run.stdout + run.stderr  # the .venv's torch
+    assert "skipped: the suite's budget of 1 s is spent" in results, run.stdout + run.stderr

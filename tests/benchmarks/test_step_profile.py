@@ -28,6 +28,9 @@ def test_profile_counts_every_matrix_product_once(sample_corpus):
     kinds = {step_profile.category(r) for r in records}
     assert {"rotary + q/k/v split", "LayerNorm", "bias + GELU", "core attention"} <= kinds
     assert all(r.seconds > 0 for r in records)
+    # The whole optimizer step is its own phase, Adam's update (step_with_ready_grads) included (issue 27).
+    update = [r for r in records if "addcdiv" in r.op or "lerp" in r.op]
+    assert update and all(step_profile.category(r) == "optimizer + grad norm + param copy" for r in update)
 
 
 def test_fused_kernels_replace_their_references_on_cpu(sample_corpus):
