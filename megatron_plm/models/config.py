@@ -52,6 +52,10 @@ class ModelConfig:
     with a block-diagonal mask, PyTorch's varlen flash attention over packed batches (GPU, torch >= 2.9;
     a plain-PyTorch equivalent on CPU), or Transformer Engine's over packed batches (the NGC container;
     FP8 always uses it). All honour protein boundaries."""
+    cpu_initialization: bool = True
+    """Initialise each full weight matrix on the CPU and give every TP rank its slice: the same weights
+    at any TP size, but minutes of CPU work per billion parameters. False initialises each rank's shard
+    on its GPU (megatron-core's default; fast, but the initial weights then depend on the TP size)."""
     token_dropout: bool = False
     """MLM: ESM-2's token dropout -- ``<mask>`` embeddings are zeroed and the rest rescaled by
     (1 - 0.15 x 0.8) / (1 - observed mask ratio). ESM-2's published models use it."""
@@ -123,9 +127,7 @@ class ModelConfig:
             params_dtype=params_dtype,
             pipeline_dtype=params_dtype,
             bf16=params_dtype == torch.bfloat16,
-            # Initialise the full matrix on the CPU and slice it per TP rank: a model
-            # built at TP=2 then starts from the same weights as at TP=1.
-            use_cpu_initialization=True,
+            use_cpu_initialization=self.cpu_initialization,
             calculate_per_token_loss=True,
             # The erf GELU, as ESM-2 uses (megatron's default is also exact GELU).
             gated_linear_unit=False,
