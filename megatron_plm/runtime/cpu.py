@@ -286,6 +286,8 @@ def is_installed() -> bool:
     return _installed is not None
 
 
+# Point-to-point ops (send, recv, isend, irecv) are left alone: torch.distributed.P2POp accepts only the
+# original isend/irecv, and pipeline stages exchange activations, which are on the GPU by construction.
 _COLLECTIVES = (
     "all_reduce",
     "broadcast",
@@ -296,10 +298,6 @@ _COLLECTIVES = (
     "reduce_scatter_tensor",
     "all_to_all",
     "all_to_all_single",
-    "send",
-    "recv",
-    "isend",
-    "irecv",
 )
 
 
@@ -331,7 +329,8 @@ def _recording_gloo_groups(new_group: Callable, placement: Placement) -> Callabl
     def recording(*args, **kwargs):
         group = new_group(*args, **kwargs)
         backend = kwargs.get("backend", args[2] if len(args) > 2 else None)
-        if group is not None and str(backend).lower() == "gloo":
+        # Ranks outside a new group get an int marker (GroupMember.NON_GROUP_MEMBER), not a group.
+        if isinstance(group, torch.distributed.ProcessGroup) and str(backend).lower() == "gloo":
             placement.gloo_groups.add(group)
         return group
 
