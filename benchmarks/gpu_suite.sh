@@ -196,7 +196,10 @@ fi
 # On CPU only the GPU tests' selection is rehearsed (they skip); the rest of tests/kernels runs in the test suite.
 # On the GPU all of tests/kernels runs: the parity grids (ours and PyTorch's varlen flash attention against
 # the references), and the CPU tests too, which there meet megatron-core's GPU placement.
-part kernel_parity 60 $python -m pytest -q -p no:cacheprovider $( ((dry_run)) && echo "-m gpu") tests/kernels
+# The dry run also traces the GPU-only branches on fake CUDA tensors under this interpreter's torch.
+parity_selection=()
+((dry_run)) && parity_selection=(-m "gpu or fake_cuda")
+part kernel_parity 60 $python -m pytest -q -p no:cacheprovider "${parity_selection[@]}" tests/kernels
 part check_kernels 45 $python -m megatron_plm env --check-kernels
 
 # -- throughput and step profiles of the two recipes -----------------------------------------------------

@@ -21,7 +21,7 @@ TABLE_PARTS = {
     "profile_esm2_650m": ["kind of work", "GEMM", "rotary + q/k/v split", "bias + GELU"],
     "profile_clm_1b": ["kind of work", "GEMM"],
     "check_kernels": ["rotary (csrc/rotary)       not checked", "bias_gelu (csrc/bias_gelu) not checked"],
-    "kernel_parity": [" skipped"],
+    "kernel_parity": [" skipped", " passed"],  # the GPU grids skip; the fake-CUDA traces of the GPU paths pass
 }
 
 
