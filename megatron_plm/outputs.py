@@ -8,6 +8,7 @@ A command that computes for minutes and then cannot write its result wastes thos
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -35,16 +36,25 @@ def prepare_output_dir(path: str | os.PathLike, *, what: str = "output directory
     return path
 
 
+def staging_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path`` to write under before renaming onto ``path``.
+
+    Open it with ``open(..., "x")`` (not ``tempfile.mkstemp``, whose files are owner-only): the renamed
+    file then has the permissions of any file the user creates, under their umask (0644 under 022)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = staging_path(path)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with open(temporary, "x") as handle:
             handle.write(text)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path
