@@ -45,6 +45,28 @@ def staging_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def follow_umask(path: str | os.PathLike) -> Path:
+    """Give ``path`` the permissions a plain ``open()`` would have (``0o666`` less the umask), for files that
+    a library writes owner-only (``safetensors.torch.save_file`` creates 0600 files)."""
+    path = Path(path)
+    path.chmod(0o666 & ~_umask())
+    return path
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux reports it (``os.umask`` can only set it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)

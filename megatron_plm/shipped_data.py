@@ -40,7 +40,7 @@ def data_path(relative: str) -> Path:
 
 def require_input(path: Path, flag: str, *, directory: bool = False) -> Path:
     """``path`` given to (or defaulted for) ``flag``; ``FileNotFoundError`` naming the flag if it is missing."""
-    if (path.is_dir() if directory else path.is_file()):
+    if path.is_dir() if directory else path.is_file():
         return path
     kind = "folder" if directory else "file"
     where = f"{path}" if path.is_absolute() else f"{path} (from {Path.cwd()})"

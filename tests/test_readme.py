@@ -138,8 +138,8 @@ def test_every_readme_command_runs_verbatim(tmp_path):
             assert done.returncode == 0, f"README command failed:\n  {command}\nran as:\n  {adapted}\n" + (
                 done.stdout[-3000:] + done.stderr[-3000:]
             )
-            assert "nothing to train" not in done.stdout, f"README command trained nothing:\n  {command}\n" + (
-                done.stdout[-3000:]
+            assert "nothing to train" not in done.stdout, (
+                f"README command trained nothing:\n  {command}\n" + (done.stdout[-3000:])
             )
             ran += 1
     assert (work / "outputs/tiny_mlm/latest").exists() and (work / "hf/tiny_clm/model.safetensors").exists()
