@@ -45,9 +45,11 @@ def require_input(path: Path, flag: str, *, directory: bool = False) -> Path:
     kind = "folder" if directory else "file"
     where = f"{path}" if path.is_absolute() else f"{path} (from {Path.cwd()})"
     hint = ""
-    if REPO_DATA in path.absolute().parents or data_dir().absolute() in path.absolute().parents:
+    if os.environ.get(DATA_ENV) and data_dir().absolute() in path.absolute().parents:
+        hint = f"; ${DATA_ENV} is {data_dir()}: point it at a folder laid out like data/, or pass {flag}"
+    elif REPO_DATA in path.absolute().parents:
         hint = (
-            f"; this default lives in the checkout's data/ (or ${DATA_ENV}), which this install does not have: "
-            f"pass {flag} {kind.upper()} or set {DATA_ENV}"
+            f"; this default lives in the checkout's data/, which this install does not have (a wheel carries no "
+            f"data): pass {flag} {kind.upper()} or set {DATA_ENV}"
         )
     raise FileNotFoundError(f"{flag}: no such {kind}: {where}{hint}")

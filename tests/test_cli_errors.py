@@ -135,3 +135,18 @@ def test_evaluate_inputs_are_checked_before_the_model_naming_the_flag(capsys, tm
     # The model does not exist either: the inputs are checked first, each error naming its flag.
     argv = ["evaluate", *[a.format(tmp=tmp_path) for a in argv], "--model", tmp_path / "no-model"]
     assert re.search(rf"error: {flag}: no such (file|folder): {tmp_path}", one_line_error(capsys, argv))
+
+
+def test_a_missing_default_says_where_it_is_looked_for(monkeypatch, tmp_path):
+    from megatron_plm import shipped_data
+
+    monkeypatch.delenv(shipped_data.DATA_ENV, raising=False)
+    with pytest.raises(
+        FileNotFoundError, match=r"^--data: no such file: .*the checkout's data/.*pass --data FILE or set"
+    ):
+        shipped_data.require_input(shipped_data.REPO_DATA / "missing.tsv.gz", "--data")  # e.g. a wheel install
+    monkeypatch.setenv(shipped_data.DATA_ENV, str(tmp_path))
+    with pytest.raises(
+        FileNotFoundError, match=rf"^--assays: no such folder: {tmp_path}/dms; \$MEGATRON_PLM_SHARED_DATA"
+    ):
+        shipped_data.require_input(shipped_data.data_path(shipped_data.DMS_ASSAYS), "--assays", directory=True)
