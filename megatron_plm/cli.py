@@ -12,6 +12,8 @@ import math
 import sys
 from pathlib import Path
 
+from megatron_plm.shipped_data import DMS_ASSAYS, SAMPLE_FASTA, SECONDARY_STRUCTURE, data_path
+
 
 def _cmd_env(args: argparse.Namespace) -> int:
     from megatron_plm.runtime.environment import describe_environment
@@ -141,6 +143,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
+    _check_inputs(args)  # before loading a model, naming the flag (defaults included)
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -154,6 +157,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         else:
             _evaluate_generate(model, args)
     return 0
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Every input file or folder of the task exists; the error names the flag (defaults included)."""
+    from megatron_plm.shipped_data import require_input
+
+    if args.task in ("perplexity", "embed"):
+        require_input(args.fasta, "--fasta")
+    elif args.task == "dms":
+        require_input(args.assays, "--assays", directory=True)
+        require_input(args.assays / "wildtype.fasta", "--assays (its wildtype.fasta)")
+        require_input(args.unigram_fasta, "--unigram-fasta")
+        if args.msa is not None:
+            require_input(args.msa, "--msa")
+    elif args.task == "probe":
+        require_input(args.data, "--data")
 
 
 def _evaluate_perplexity(model, args) -> None:
@@ -524,7 +543,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
     tasks = evaluate.add_subparsers(dest="task", required=True)
-    sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"
     ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
     ppl.add_argument("--fasta", type=Path, required=True, help="sequences to score (plain or .gz)")
     ppl.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
@@ -532,13 +550,18 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")
     ppl.add_argument("--output", type=Path, help="per-sequence CSV")
     dms = tasks.add_parser("dms", help="zero-shot variant-effect scoring (ProteinGym protocol)")
-    dms.add_argument("--assays", type=Path, required=True, help="directory of <DMS_id>.csv + wildtype.fasta")
+    dms.add_argument(
+        "--assays",
+        type=Path,
+        default=data_path(DMS_ASSAYS),
+        help="directory of <DMS_id>.csv + wildtype.fasta (default: the five shipped ProteinGym assays)",
+    )
     dms.add_argument("--assay", action="append", help="only this DMS_id (repeatable)")
     dms.add_argument("--output", type=Path, help="per-mutant CSV: DMS_id,mutant,score")
     dms.add_argument(
         "--unigram-fasta",
         type=Path,
-        default=Path(sample_fasta),
+        default=SAMPLE_FASTA,
         help="residue frequencies for the unigram floor (default: the shipped sample)",
     )
     dms.add_argument(
@@ -574,8 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--data",
         type=Path,
-        default=Path("../shared/data/secondary_structure/porter6_train_sample_2000_dssp8.tsv.gz"),
-        help="TSV: index, sequence, ss8 (DSSP 8-state)",
+        default=data_path(SECONDARY_STRUCTURE),
+        help="TSV: index, sequence, ss8 (DSSP 8-state; default: the shipped Porter6 sample)",
     )
     probe.add_argument("--chains", type=int, default=400, help="use the first N chains (split by chain)")
     probe.add_argument("--max-length", type=int, default=1000, help="skip longer chains")

@@ -8,6 +8,7 @@ A command that computes for minutes and then cannot write its result wastes thos
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -35,16 +36,47 @@ def prepare_output_dir(path: str | os.PathLike, *, what: str = "output directory
     return path
 
 
+def staging_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path`` to write under before renaming onto ``path``.
+
+    Open it with ``open(..., "x")`` (not ``tempfile.mkstemp``, whose files are owner-only): the renamed
+    file then has the permissions of any file the user creates, under their umask (0644 under 022)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def follow_umask(path: str | os.PathLike) -> Path:
+    """Give ``path`` the permissions a plain ``open()`` would have (``0o666`` less the umask), for files that
+    a library writes owner-only (``safetensors.torch.save_file`` creates 0600 files)."""
+    path = Path(path)
+    path.chmod(0o666 & ~_umask())
+    return path
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where Linux reports it (``os.umask`` can only set it)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = staging_path(path)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with open(temporary, "x") as handle:
             handle.write(text)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return path

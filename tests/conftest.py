@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from megatron_plm.shipped_data import UNIPROT_QUERY, data_dir
+
 # One OpenBLAS thread for numpy and scipy, in this process and the commands it starts (set before either is
 # imported): the suite's arrays are small, and scipy's 5-parameter L-BFGS-B fits (scaling laws) spent most of
 # their time waking BLAS threads (measured with two threads, then one: the in-process parametric fit test
@@ -23,8 +25,8 @@ os.environ.setdefault("MEGATRON_PLM_DEVICE_STRICT", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
-SHARED_DATA = Path(os.environ.get("MEGATRON_PLM_SHARED_DATA") or REPO.parent / "shared" / "data")
-"""The project's shared data: $MEGATRON_PLM_SHARED_DATA, else ``../shared/data`` beside the checkout."""
+SHARED_DATA = data_dir()
+"""The real evaluation data: the checkout's ``data/``, or ``$MEGATRON_PLM_SHARED_DATA`` (same layout)."""
 
 
 def train_command(*overrides: str, nproc: int = 0) -> list[str]:
@@ -79,9 +81,8 @@ def real_fasta(tmp_path_factory, real_fasta_bytes) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The project's shared real data (ProteinGym assays, UniProtKB corpora): see :data:`SHARED_DATA`."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA} (set MEGATRON_PLM_SHARED_DATA)")
+    """The real evaluation data (ProteinGym assays, secondary structure, TEM-1 alignment, UniProtKB sample),
+    shipped in every clone: see :data:`SHARED_DATA`."""
     return SHARED_DATA
 
 
@@ -106,15 +107,14 @@ def sample_corpus(tmp_path_factory, sample_fasta):
 
 @pytest.fixture(scope="session")
 def uniprot_corpus(tmp_path_factory, shared_data):
-    """The 20,000 UniProtKB sequences (MMseqs2 example DB) with their 50%-identity clusters."""
+    """The 500 UniProtKB sequences of MMseqs2's example query set (no clusters: split by sequence)."""
     from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 
-    prefix = tmp_path_factory.mktemp("corpora") / "uniprot_db"
+    prefix = tmp_path_factory.mktemp("corpora") / "uniprot_query"
     preprocess(
         PreprocessConfig(
-            inputs=[str(shared_data / "corpus/uniprotkb_mmseqs2_example_DB.fasta.gz")],
+            inputs=[str(shared_data / UNIPROT_QUERY)],
             output_prefix=str(prefix),
-            clusters=str(shared_data / "clusters/uniprotkb_mmseqs2_example_DB.clusters50.tsv.gz"),
             source_labels=["uniprot"],
             progress=False,
         )

@@ -101,3 +101,52 @@ def test_nan_temperature_is_refused():
     for value in (float("nan"), float("inf"), 0.0):
         with pytest.raises(ValueError, match="temperature must be > 0"):
             SamplingConfig(temperature=value).validate()
+
+
+def test_evaluate_defaults_are_the_shipped_data_from_any_folder(monkeypatch, tmp_path):
+    from megatron_plm.cli import build_parser
+    from megatron_plm.shipped_data import DATA_ENV
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)  # not the checkout: no data/ here
+    dms = build_parser().parse_args(["evaluate", "dms", "--model", "m"])
+    assert dms.unigram_fasta.is_file() and (dms.assays / "wildtype.fasta").is_file()
+    assert len(list(dms.assays.glob("*_*_*.csv"))) == 5
+    assert build_parser().parse_args(["evaluate", "probe", "--model", "m"]).data.is_file()
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "team"))  # the override: a folder of the same layout
+    dms = build_parser().parse_args(["evaluate", "dms", "--model", "m"])
+    assert dms.assays == tmp_path / "team" / "dms" and dms.unigram_fasta.is_file()  # the sample stays
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["dms", "--unigram-fasta", "{tmp}/missing.fasta.gz"], "--unigram-fasta"),
+        (["dms", "--assays", "{tmp}"], r"--assays \(its wildtype\.fasta\)"),
+        (["dms", "--assays", "{tmp}/none"], "--assays"),
+        (["dms", "--msa", "{tmp}/none.a3m"], "--msa"),
+        (["probe", "--data", "{tmp}/ss.tsv.gz"], "--data"),
+        (["embed", "--fasta", "{tmp}/x.fasta", "--output", "{tmp}/e.npz"], "--fasta"),
+    ],
+)
+def test_evaluate_inputs_are_checked_before_the_model_naming_the_flag(capsys, tmp_path, argv, flag):
+    import re
+
+    # The model does not exist either: the inputs are checked first, each error naming its flag.
+    argv = ["evaluate", *[a.format(tmp=tmp_path) for a in argv], "--model", tmp_path / "no-model"]
+    assert re.search(rf"error: {flag}: no such (file|folder): {tmp_path}", one_line_error(capsys, argv))
+
+
+def test_a_missing_default_says_where_it_is_looked_for(monkeypatch, tmp_path):
+    from megatron_plm import shipped_data
+
+    monkeypatch.delenv(shipped_data.DATA_ENV, raising=False)
+    with pytest.raises(
+        FileNotFoundError, match=r"^--data: no such file: .*the checkout's data/.*pass --data FILE or set"
+    ):
+        shipped_data.require_input(shipped_data.REPO_DATA / "missing.tsv.gz", "--data")  # e.g. a wheel install
+    monkeypatch.setenv(shipped_data.DATA_ENV, str(tmp_path))
+    with pytest.raises(
+        FileNotFoundError, match=rf"^--assays: no such folder: {tmp_path}/dms; \$MEGATRON_PLM_SHARED_DATA"
+    ):
+        shipped_data.require_input(shipped_data.data_path(shipped_data.DMS_ASSAYS), "--assays", directory=True)

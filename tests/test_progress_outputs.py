@@ -77,3 +77,15 @@ def test_evaluate_refuses_an_unwritable_output_before_loading_the_model(tmp_path
     error = capsys.readouterr().err
     assert "--output" in error and "per_seq.csv cannot be written" in error, error
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    """Staged-then-renamed outputs get the permissions of a plain ``open()``, not ``mkstemp``'s owner-only 0600."""
+    previous = os.umask(umask)
+    try:
+        written = write_text_atomic(tmp_path / "scores.csv", "a,b\n")
+    finally:
+        os.umask(previous)
+    assert oct(written.stat().st_mode & 0o777) == oct(mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.csv"]

@@ -1,11 +1,15 @@
 """Every ```bash block of README.md, run verbatim and in order, as a reader would (slow).
 
 The commands run in a scratch directory that links the checkout's files (so their outputs land there,
-not in the checkout), beside ``../shared/data``. The only adaptations, each a documented knob:
+not in the checkout), with nothing beside it: the README uses only what a clone ships. They run in order, in
+the state a reader is in (after the quickstart), and a training command that trains nothing fails the test
+(a README command that does nothing is as wrong as one that fails). The only adaptations, each a documented
+knob:
 
 - ``.venv/bin/python`` and ``.venv/bin/megatron-plm`` are this test's interpreter (``make`` gets it as
   ``VENV``, ``torchrun.sh`` as ``PYTHON``);
-- ``ADDED``: options or overrides appended to commands that would otherwise run long (later overrides win);
+- ``ADDED``: options or overrides appended to commands that would otherwise run long (later overrides win;
+  fewer steps, never a change to whether a command trains);
 - ``SKIPPED``: blocks that cannot run here, each with its reason;
 - one OpenBLAS thread (``OPENBLAS_NUM_THREADS=1``): ``scaling fit``'s 5-parameter L-BFGS-B fits otherwise
   spend most of their time waking scipy's BLAS threads (see ``tests/scaling/test_scaling.py``).
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +81,7 @@ def adapt(command: str, venv: Path) -> str:
 
 
 def _scratch(tmp_path: Path) -> tuple[Path, Path]:
-    """A working copy of the checkout made of links, beside ``shared/data``; and a stand-in ``.venv``."""
+    """A working copy of the checkout made of links; and a stand-in ``.venv``."""
     work = tmp_path / "checkout"
     work.mkdir()
     for entry in REPO.iterdir():
@@ -95,8 +99,6 @@ def _scratch(tmp_path: Path) -> tuple[Path, Path]:
             "wheels",
         }:
             (work / entry.name).symlink_to(entry)
-    (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "data").symlink_to(SHARED_DATA)
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
@@ -118,11 +120,9 @@ def test_readme_lists_match_its_commands():
 
 
 def test_every_readme_command_runs_verbatim(tmp_path):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"the README uses ../shared/data, not found at {SHARED_DATA} (set MEGATRON_PLM_SHARED_DATA)")
     work, venv = _scratch(tmp_path)
     env = dict(
-        os.environ,
+        {k: v for k, v in os.environ.items() if k != "MEGATRON_PLM_SHARED_DATA"},  # a reader has no team data
         PYTHON=sys.executable,
         MEGATRON_PLM_PROGRESS_INTERVAL="600",
         OPENBLAS_NUM_THREADS="1",
@@ -138,6 +138,10 @@ def test_every_readme_command_runs_verbatim(tmp_path):
             assert done.returncode == 0, f"README command failed:\n  {command}\nran as:\n  {adapted}\n" + (
                 done.stdout[-3000:] + done.stderr[-3000:]
             )
+            assert "nothing to train" not in done.stdout, (
+                f"README command trained nothing:\n  {command}\n" + (done.stdout[-3000:])
+            )
             ran += 1
     assert (work / "outputs/tiny_mlm/latest").exists() and (work / "hf/tiny_clm/model.safetensors").exists()
+    assert (work / "outputs/tiny_clm_tp2pp2/latest").exists()  # the TP2 x PP2 run trained in its own directory
     assert ran >= 15

@@ -9,18 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
-SHARED=${MEGATRON_PLM_SHARED_DATA:-../shared/data}
-A3M=$SHARED/family/BLAT_ECOLX_ColabFold_2202.a3m
+DATA=${MEGATRON_PLM_SHARED_DATA:-data}  # the checkout's shipped data, or a copy of the same layout
+A3M=$DATA/family/BLAT_ECOLX_ColabFold_2202.a3m
 OUT=outputs/family
 mkdir -p $OUT
 
 variant=${1:?usage: run.sh prepare | VARIANT [dotted.key=value ...]}
 shift
-if [ "$variant" = prepare ]; then
+if [ "$variant" = prepare ]; then  # rebuilds the corpora each time it runs (they derive from the alignment alone)
     $PY -m megatron_plm msa-weights $A3M --output-prefix $OUT/blat80
-    $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat --source-label blat --no-progress
+    $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat --source-label blat --no-progress --overwrite
     $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat_w --source-label blat --no-progress \
-        --clusters $OUT/blat80.clusters.tsv
+        --clusters $OUT/blat80.clusters.tsv --overwrite
     exit 0
 fi
 case $variant in
@@ -37,5 +37,5 @@ rm -rf $dir && mkdir -p $dir
 start=$(date +%s)
 $PY -m megatron_plm train "${args[@]}" checkpoint.save=$dir/checkpoint name=family-$variant "$@" | tee $dir/train.log
 echo "train wall time: $(( $(date +%s) - start )) s" | tee -a $dir/train.log
-$PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $SHARED/dms --assay BLAT_ECOLX_Stiffler_2015 \
+$PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --assay BLAT_ECOLX_Stiffler_2015 \
     --msa $A3M --output $dir/scores.csv | tee $dir/dms.txt

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The scaling-law demonstration on the shared data (not run in CI; ~25 minutes on 2 CPU cores):
-#  1. preprocess ../shared/data/corpus (UniProtKB example DB + UniRef90 sample, ~12M residues);
+# The scaling-law demonstration (not run in CI; ~25 minutes on 2 CPU cores):
+#  1. preprocess MMseqs2's UniProtKB example DB (20,000 sequences, 6.5 MB: not shipped; it is read from
+#     $MEGATRON_PLM_SHARED_DATA/corpus/, default ../shared/data/corpus/) and the shipped UniRef90 sample (~12M residues);
 #  2. an IsoFLOP sweep of tiny CLMs (3 budgets x 5 sizes, each under one epoch), fitted and plotted;
 #  3. at equal compute, MLM from scratch vs 20% CLM then 80% MLM from the CLM body (valid MLM loss).
 # Results land in examples/scaling/ (runs.csv, fit.json, fit.txt, isoflop.png, transfer.json).
@@ -8,10 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 OUT=outputs/scaling
+DB=${MEGATRON_PLM_SHARED_DATA:-../shared/data}/corpus/uniprotkb_mmseqs2_example_DB.fasta.gz
 mkdir -p $OUT
 if [ ! -f $OUT/corpus.idx ]; then
-    $PY tools/preprocess_data.py --input ../shared/data/corpus/uniprotkb_mmseqs2_example_DB.fasta.gz \
-        ../shared/data/corpus/uniref90_esm2_pretraining_sample_10k.fasta.gz --output-prefix $OUT/corpus \
+    [ -f "$DB" ] || { echo "run_demo.sh: $DB not found: set MEGATRON_PLM_SHARED_DATA (see the script's header)" >&2; exit 2; }
+    $PY tools/preprocess_data.py --input "$DB" \
+        data/uniref90_esm2_pretraining_sample_10k.fasta.gz --output-prefix $OUT/corpus \
         --dedup --workers 2 --no-progress
 fi
 # Sizes from 3k to 100k non-embedding parameters: at these budgets the optimum is that small.

@@ -115,6 +115,7 @@ def export_hf(
 
     from megatron_plm.data.hf_tokenizer import save_hf_tokenizer
 
+    from megatron_plm.outputs import follow_umask
     from megatron_plm.progress import Progress
 
     if dtype not in DTYPES:
@@ -137,6 +138,7 @@ def export_hf(
             config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
             config.save_pretrained(str(staging))
             save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+            follow_umask(staging / "model.safetensors")  # save_file writes it owner-only
             save_hf_tokenizer(staging, objective, model_max_length=model.seq_length, subword=subword)
         progress.update(1)
     return final

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from megatron_plm.config import TrainConfig
+from megatron_plm.outputs import write_text_atomic
 from megatron_plm.runtime import Runtime
 
 
@@ -74,16 +75,13 @@ class RunLog:
 
     def __init__(self, config: TrainConfig, runtime: Runtime):
         self.main = runtime.is_main_process
+        self.config = config
         self.metrics_path = config.metrics_path() if self.main else None
         self.metrics = None
         self.writer = None
         self.wandb = None
         if not self.main:
             return
-        run_dir = config.run_dir()
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         if config.logging.tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -99,7 +97,14 @@ class RunLog:
             self.wandb = wandb.init(project=config.logging.wandb_project, name=config.name, config=config.to_dict())
 
     def start_at(self, step: int) -> None:
-        """Open the metrics file for a launch that starts after ``step`` (0: a fresh run)."""
+        """A launch that trains, after ``step`` (0: a fresh run): write its ``config.yaml`` and open the metrics
+        file. Only here: a launch that stops before training (finished, or refused) leaves the run directory
+        describing the launch that trained it."""
+        if not self.main:
+            return
+        run_dir = self.config.run_dir()
+        if run_dir is not None:
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         if self.metrics_path is None:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)

@@ -263,3 +263,16 @@ def test_import_of_a_default_constructed_esm_config(runtime, sample_fasta, tmp_p
     EsmConfig().save_pretrained(tmp_path / "plain")  # every default: absolute positions, no vocabulary
     with pytest.raises(ValueError, match=r"position_embedding_type must be 'rotary' \(got 'absolute'"):
         import_hf(tmp_path / "plain", tmp_path / "ours_plain", runtime)
+
+
+def test_export_files_follow_the_umask(runtime, trained, tmp_path):
+    """Every exported file, model.safetensors included (safetensors writes 0600), is 0644 under umask 022."""
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        out = export_hf(trained["clm"], tmp_path / "clm", runtime)
+    finally:
+        os.umask(previous)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {oct(0o644)}, modes

@@ -195,10 +195,11 @@ def test_malformed_assay_rows_name_file_and_row(shared_data, tmp_path, row, mess
 
 
 def test_dms_cli_writes_one_row_per_mutant(trained, shared_data, tmp_path):
+    """Run from another folder than the checkout (its defaults, e.g. --unigram-fasta, are found from the
+    package), under umask 022: the CSV is 0644 like any file the user writes."""
+    import os
     import subprocess
     import sys
-
-    from conftest import REPO
 
     out = subprocess.run(
         [
@@ -214,13 +215,15 @@ def test_dms_cli_writes_one_row_per_mutant(trained, shared_data, tmp_path):
             "--assay",
             "IF1_ECOLI_Kelsic_2016",
             "--output",
-            str(tmp_path / "scores.csv"),
+            "scores.csv",
         ],
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
+        preexec_fn=lambda: os.umask(0o022),
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    assert oct((tmp_path / "scores.csv").stat().st_mode & 0o777) == oct(0o644)
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
     assert len(rows) == 1367 and rows[0].keys() == {"DMS_id", "mutant", "score"}
     assert "IF1_ECOLI_Kelsic_2016" in out.stdout and "0.193" in out.stdout  # ProteinGym ESM2-8M beside ours

@@ -96,18 +96,22 @@ def test_the_checkpoint_schedule_on_request(sample_corpus, halfway, tmp_path, ca
 )
 def test_a_changed_immutable_field_is_an_error(sample_corpus, halfway, tmp_path, override, field):
     save = copy_of(halfway, tmp_path)
+    config_yaml = (save / "config.yaml").read_bytes()
     with pytest.raises(ValueError, match=rf"^{field} changed since .*iter_0000003"):
         run(small(sample_corpus, save, *override.split()))
+    assert (save / "config.yaml").read_bytes() == config_yaml  # the refused launch describes nothing
 
 
 def test_a_finished_run_says_so_and_saves_nothing(sample_corpus, halfway, tmp_path, capsys):
     save = copy_of(halfway, tmp_path)
-    before = {p.name: p.stat().st_mtime_ns for p in save.iterdir()}
-    result = run(small(sample_corpus, save, "training.train_iters=3"))
+    before = {p.name: (p.stat().st_mtime_ns, p.is_file() and p.read_bytes()) for p in save.iterdir()}
+    # A relaunch with changed settings that trains nothing: config.yaml still describes the launch that trained.
+    result = run(small(sample_corpus, save, "training.train_iters=3", "logging.log_interval=7"))
     assert result.already_done and result.history == [] and result.checkpoint is None
     assert "already at step 3 (training.train_iters=3): nothing to train" in capsys.readouterr().out
-    after = {p.name: p.stat().st_mtime_ns for p in save.iterdir() if p.name != "config.yaml"}
-    assert after == {k: v for k, v in before.items() if k != "config.yaml"}
+    after = {p.name: (p.stat().st_mtime_ns, p.is_file() and p.read_bytes()) for p in save.iterdir()}
+    assert after == before
+    assert load_config(save / "config.yaml").training.train_iters == 6
 
 
 def test_metrics_hold_each_step_once_after_a_lost_launch(sample_corpus, halfway, tmp_path):
