@@ -27,7 +27,6 @@ rewritten file is named instead of read.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from megatron_plm.safe_io import PREVIOUS, TMP, leftovers, pid_alive
 
 META_FORMAT_VERSION = 1
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -84,16 +85,6 @@ def _index_size(documents: int) -> int:
     return 9 + 8 + 1 + 8 + 8 + documents * 12 + (documents + 1) * 8
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _restore(backup: Path, final: Path) -> None:
     # rename() between two hard links of one file does nothing: drop the backup instead
     if final.exists() and os.path.samefile(backup, final):
@@ -102,37 +93,75 @@ def _restore(backup: Path, final: Path) -> None:
         os.replace(backup, final)
 
 
+def _scratch_paths(prefix: str) -> list[Path]:
+    """The raw columns :class:`CorpusWriter` streams before :meth:`~CorpusWriter.finalize` (``.tmp-<pid>``)."""
+    return [Path(prefix + suffix) for suffix in (".lengths", ".source", ".cluster")]
+
+
+@dataclass
+class InterruptedSwap:
+    """What a preprocess run killed at a prefix left: its temporary files and the corpus it was replacing."""
+
+    pid: int
+    temporary: list[Path]
+    previous: dict[str, Path]
+    """Corpus file name -> ``NAME.previous-<pid>``, the hard link kept of the corpus being replaced."""
+    restore: bool
+    """The kill came inside the swap (the final ``.idx`` is gone): the previous files must be put back.
+    Otherwise the swap had not begun or had finished, and they are only extra links, to drop."""
+
+    def kept_as(self) -> str:
+        return ", ".join(str(path) for path in self.previous.values())
+
+
+def interrupted_swaps(prefix: str | os.PathLike) -> list[InterruptedSwap]:
+    """The leftovers of killed preprocess runs at exactly ``prefix`` (never a neighbour such as
+    ``prefix.v2``), by process id; reads only."""
+    prefix = os.fspath(prefix)
+    final = corpus_paths(prefix)
+    temporary = leftovers([*final.values(), *_scratch_paths(prefix)], TMP)
+    previous = leftovers(final.values(), PREVIOUS)
+    swaps = []
+    for pid in sorted(set(temporary) | set(previous)):
+        kept = {name.name: path for path, name in previous.get(pid, [])}
+        idx = final["idx"]
+        restore = bool(kept) and not idx.exists()
+        swaps.append(InterruptedSwap(pid, [p for p, _ in temporary.get(pid, [])], kept, restore))
+    return swaps
+
+
 def recover_interrupted(prefix: str | os.PathLike) -> None:
     """Clean up after a preprocess run killed at ``prefix``: restore the corpus it was replacing
-    (``*.previous-<pid>``) and remove its temporary files; refuse if that run is still alive."""
+    (``*.previous-<pid>``) and remove its temporary files; refuse if that run is still alive.
+    Only files named ``<prefix><corpus suffix>.tmp-<pid>`` / ``.previous-<pid>`` are touched."""
     prefix = os.fspath(prefix)
-    leftovers: dict[int, list[Path]] = {}
-    for name in glob.glob(glob.escape(prefix) + ".*"):
-        tag = name.rsplit(".", 1)[-1]
-        for kind in ("tmp-", "previous-"):
-            if tag.startswith(kind) and tag[len(kind) :].isdigit():
-                leftovers.setdefault(int(tag[len(kind) :]), []).append(Path(name))
-    for pid, paths in sorted(leftovers.items()):
-        if pid != os.getpid() and _pid_alive(pid):
+    for swap in interrupted_swaps(prefix):
+        if pid_alive(swap.pid):
+            first = (swap.temporary or list(swap.previous.values()))[0]
             raise FileExistsError(
-                f"{paths[0]}: another process (pid {pid}) is writing a corpus at {prefix}; "
+                f"{first}: another process (pid {swap.pid}) is writing a corpus at {prefix}; "
                 "wait for it or choose another --output-prefix"
             )
-        previous = [p for p in paths if ".previous-" in p.name]
-        if previous:  # the old corpus, whole: put it back
-            backed_up = {p.name.rsplit(".previous-", 1)[0] for p in previous}
+        where = ""
+        if swap.restore:  # the old corpus, whole: put it back, and drop what the killed run had moved in
+            backed_up = set(swap.previous)
             for path in corpus_paths(prefix).values():
                 if path.name not in backed_up:
                     path.unlink(missing_ok=True)
-            for path in previous:
-                _restore(path, path.with_name(path.name.rsplit(".previous-", 1)[0]))
-        temporary = [p for p in paths if ".tmp-" in p.name]
-        size = sum(p.stat().st_size for p in temporary if p.exists())
-        for path in temporary:
+            where = ", restored the corpus it was replacing (kept as " + ", ".join(
+                p.name for p in swap.previous.values()
+            ) + ")"
+        for name, path in swap.previous.items():
+            if swap.restore:
+                _restore(path, path.with_name(name))
+            else:
+                path.unlink(missing_ok=True)
+        size = sum(p.stat().st_size for p in swap.temporary if p.exists())
+        for path in swap.temporary:
             path.unlink(missing_ok=True)
         print(
-            f"note: a preprocess run (pid {pid}) was interrupted at {prefix}: removed {len(temporary)} temporary "
-            f"files ({size / 1e6:.1f} MB)" + (", restored the corpus it was replacing" if previous else ""),
+            f"note: a preprocess run (pid {swap.pid}) was interrupted at {prefix}: removed {len(swap.temporary)} "
+            f"temporary files ({size / 1e6:.1f} MB){where}",
             file=sys.stderr,
         )
 
@@ -158,9 +187,9 @@ class CorpusWriter:
         self._backups: dict[str, Path] = {}
         tag = f".tmp-{os.getpid()}"
         self.staging = {name: path.with_name(path.name + tag) for name, path in self.final.items()}
-        self._lengths_raw = Path(self.prefix + ".lengths" + tag)
-        self._source_raw = Path(self.prefix + ".source" + tag)
-        self._cluster_raw = Path(self.prefix + ".cluster" + tag)
+        self._lengths_raw, self._source_raw, self._cluster_raw = (
+            p.with_name(p.name + tag) for p in _scratch_paths(self.prefix)
+        )
         self.with_clusters = with_clusters
         self._bin = open(self.staging["bin"], "wb")
         self._ids = open(self.staging["ids"], "wb")
@@ -285,6 +314,14 @@ class Corpus:
     @classmethod
     def open(cls, prefix: str | os.PathLike) -> "Corpus":
         paths = corpus_paths(prefix)
+        for swap in interrupted_swaps(prefix):
+            if swap.restore:
+                raise FileNotFoundError(
+                    f"{paths['idx']} not found: a preprocess run (pid {swap.pid}) was killed while replacing the "
+                    f"corpus at {os.fspath(prefix)}; the previous corpus is kept whole as {swap.kept_as()}. "
+                    "Rerun preprocess at this --output-prefix (it puts the previous corpus back first), or "
+                    "rename those files back without their '.previous-" + str(swap.pid) + "' suffix"
+                )
         for name in ("bin", "idx", "meta"):
             if not paths[name].exists():
                 raise FileNotFoundError(f"{paths[name]} not found: is {os.fspath(prefix)!r} a preprocessed corpus?")

@@ -28,7 +28,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.clusters import ClusterMap
-from megatron_plm.data.corpus import CorpusWriter, corpus_paths
+from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.encode import EncodedChunk, RecordStatus, Unknown, encode_jsonl_chunk, fasta_chunk_encoder
 from megatron_plm.data.fasta import (
     DEFAULT_CHUNK_BYTES,
@@ -85,6 +85,12 @@ class PreprocessConfig:
             raise ValueError("give at least one --input")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        prefix = os.fspath(self.output_prefix)
+        if not prefix or prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+            raise ValueError(
+                f"--output-prefix {prefix!r} names a directory; give a path and a file name stem, e.g. {prefix.rstrip('/') or 'corpora'}/corpus"
+                " (the files are PREFIX.bin, PREFIX.idx, ...)"
+            )
         if self.min_length < 1:
             raise ValueError(f"--min-length must be >= 1, got {self.min_length}")
         if self.max_length is not None and self.max_length < self.min_length:
@@ -254,6 +260,7 @@ def _terminate_as_interrupt():
 def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
     """Run the whole conversion; on any error nothing is left at the output prefix but what was there."""
     cfg.validate()
+    recover_interrupted(cfg.output_prefix)  # a killed run's corpus is put back before anything is judged
     existing = [p for p in corpus_paths(cfg.output_prefix).values() if p.exists()]
     if existing and not cfg.overwrite:
         raise FileExistsError(
