@@ -183,3 +183,192 @@ preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)
     left = sorted(p.name for p in (tmp_path / "D").iterdir())
     assert left == sorted([p.name for p in corpus_paths(prefix).values() if p.exists()] + list(neighbour))
     assert {k: v for k, v in snapshot(tmp_path / "D").items() if k.startswith("c.v2.")} == neighbour
+
+
+# ---- index cache: a kill during the build, a damaged manifest ----------------------------------------------
+
+
+def _cache_script(directory, kill: bool) -> str:
+    return f"""
+import os, signal
+import numpy as np
+from megatron_plm.data.index_cache import IndexCache, Role
+def build():
+    if {kill}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {{"order": np.arange(1000, dtype=np.int64)}}
+arrays = IndexCache({str(directory)!r}, role=Role()).get("order", {{"n": 1000}}, build)
+assert arrays["order"].sum() == 499500
+"""
+
+
+def test_kill_during_a_cache_build(tmp_path):
+    cache = tmp_path / "cache"
+    assert run_python(_cache_script(cache, kill=True)).returncode == -9
+    assert [".tmp-" in p.name for p in cache.iterdir()] == [True]  # the killed builder's staging, nothing else
+    done = run_python(_cache_script(cache, kill=False))  # the next run builds and reads it
+    assert done.returncode == 0, done.stderr
+    (entry,) = cache.iterdir()  # and removed the abandoned staging
+    assert entry.name.startswith("order-") and ".tmp-" not in entry.name
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: {k: v for k, v in m.items() if k != "files"},
+        lambda m: {**m, "files": {"order": 7}},
+        lambda m: {**m, "files": {"order": {"bytes": "x"}}},
+        lambda m: {**m, "files": {}},
+        lambda m: [m],
+    ],
+    ids=["no-files", "entry-not-an-object", "entry-without-numbers", "empty-files", "not-an-object"],
+)
+def test_damaged_cache_manifest_is_rebuilt(tmp_path, damage):
+    import numpy as np
+
+    from megatron_plm.data.index_cache import IndexCache, Role
+
+    cache = IndexCache(tmp_path, role=Role())
+    build = lambda: {"order": np.arange(10)}  # noqa: E731
+    cache.get("order", {"n": 10}, build)
+    manifest = cache.entry("order", {"n": 10}) / "manifest.json"
+    manifest.write_text(json.dumps(damage(json.loads(manifest.read_text()))))
+    again = IndexCache(tmp_path, role=Role())
+    assert list(again.get("order", {"n": 10}, build)["order"]) == list(range(10))
+    assert again.built == [again.entry("order", {"n": 10})]
+
+
+# ---- train: metrics.jsonl, the final save, orphans ------------------------------------------------------------
+
+
+def _small(corpus, save, *overrides):
+    from megatron_plm.config import load_config
+
+    return load_config(
+        REPO / "examples/configs/tiny_clm.yaml",
+        [
+            f"data.sources=[{{prefix: {corpus}}}]",
+            f"checkpoint.save={save}",
+            "data.seq_length=64",
+            "training.global_batch_size=4",
+            "training.micro_batch_size=4",
+            "training.eval_interval=0",
+            "training.eval_iters=1",
+            "training.train_iters=3",
+            "logging.log_interval=100",
+            *overrides,
+        ],
+    )
+
+
+def _train(config):
+    from megatron_plm.runtime import initialize
+    from megatron_plm.training.trainer import train
+
+    with initialize(config.parallel, seed=config.training.seed) as runtime:
+        return train(config, runtime)
+
+
+def test_half_written_metrics_line_does_not_block_resume(sample_corpus, tmp_path, capsys):
+    from megatron_plm.training.metrics import read_metrics
+
+    save = tmp_path / "run"
+    _train(_small(sample_corpus, save, "training.exit_interval=2", "training.train_iters=3"))
+    metrics = save / "metrics.jsonl"
+    with open(metrics, "ab") as handle:  # a launch killed while writing step 3's line
+        handle.write(b'{"kind": "train", "step": 3, "loss": 2.9, "lr": "\xc3')
+    assert [e["step"] for e in read_metrics(save)] == [1, 2]  # plot reads it too (a warning names the line)
+    assert "metrics.jsonl:3: a half-written last line" in capsys.readouterr().err
+    resumed = _train(_small(sample_corpus, save, "training.train_iters=3"))
+    assert [h["step"] for h in resumed.history] == [3]
+    lines = metrics.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and [json.loads(line)["step"] for line in lines[:-1]] == [1, 2, 3, 3]  # train, valid
+
+
+def test_plot_of_an_empty_metrics_file_is_refused(tmp_path):
+    from megatron_plm.training.curves import plot_runs
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"run/metrics\.jsonl holds no training or validation steps"):
+        plot_runs([tmp_path / "run"], tmp_path / "curves.png")
+    assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("where", ["validation", "save"])
+def test_sigterm_during_the_final_validation_or_save(sample_corpus, tmp_path, monkeypatch, where):
+    import signal
+
+    from megatron_plm.checkpoint.distributed import latest_checkpoint
+    from megatron_plm.training import trainer
+
+    target = trainer.save_run if where == "save" else trainer.Validator.__call__
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the final validation / save runs
+        return target(*args, **kwargs)
+
+    if where == "save":
+        monkeypatch.setattr(trainer, "save_run", signalled)
+    else:
+        monkeypatch.setattr(trainer.Validator, "__call__", signalled)
+    save = tmp_path / "run"
+    result = _train(_small(sample_corpus, save))
+    assert result.stopped_by == "SIGTERM" and result.iterations == 3  # the CLI exits 75 on stopped_by
+    assert latest_checkpoint(save).name == "iter_0000003"
+    assert not list(save.glob("*.tmp-*"))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _session_processes(session: int) -> list[int]:
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session and fields[0] != "Z":  # field 6 of stat: the session id
+                found.append(int(stat))
+    return found
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_save_leaves_no_process(sample_corpus, tmp_path):
+    import signal
+    import time
+
+    from conftest import train_command
+
+    save = tmp_path / "ckpt"
+    command = train_command(
+        f"data.sources=[{{prefix: {sample_corpus}}}]",
+        f"checkpoint.save={save}",
+        "checkpoint.save_interval=1",
+        "training.train_iters=200",
+        "training.eval_interval=0",
+        "logging.log_interval=100",
+    )
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            if (save / "latest").exists() and list(save.glob("iter_*.tmp-*")):
+                break  # the second save (or later) is in progress: megatron-core's workers are up
+            time.sleep(0.005)
+        else:
+            pytest.fail("never caught the run during a save")
+        os.kill(process.pid, signal.SIGKILL)  # the trainer only, as the OOM killer or a scheduler would
+        process.wait(timeout=30)
+        deadline = time.time() + 10
+        while _session_processes(process.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(process.pid) == []  # no writer, Manager or resource_tracker left
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=30)

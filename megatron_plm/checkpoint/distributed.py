@@ -35,6 +35,7 @@ import torch
 
 from megatron_plm.checkpoint.manifest import verify_manifest, write_manifest
 from megatron_plm.checkpoint.trust import CheckpointError, check_pickles, load_rng_file
+from megatron_plm.safe_io import pid_alive
 
 LATEST = "latest"
 STATE_FILE = "train_state.json"
@@ -213,11 +214,29 @@ if sys.platform == "linux":
     os.register_at_fork(before=lambda: _saving.update(parent=os.getpid()), after_in_child=_die_with_parent)
 
 
+def _results_queue_dies_with_parent() -> None:
+    """megatron-core (0.16) gathers its shard writers' results through a ``multiprocessing`` Manager it
+    *spawns* on the first save, with a resource_tracker beside it. Spawned processes run no fork hooks, so
+    a ``kill -9`` of the trainer left both alive (~324 MB a kill). Hand it a queue served by a *forked*
+    Manager instead (it needs no resource_tracker), forked inside :func:`writers_die_with_parent`."""
+    import multiprocessing
+
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+    except ImportError:  # moved in another megatron-core: nothing to replace
+        return
+    if getattr(filesystem_async, "_results_queue", False) is None:  # megatron-core would spawn it now
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+
+
 @contextmanager
 def writers_die_with_parent():
-    """Processes forked inside the block (from this thread) die with this process."""
+    """Processes forked inside the block (from this thread) die with this process, and so does the
+    result queue's server megatron-core would otherwise spawn."""
     _saving["active"] = True
     try:
+        if sys.platform == "linux":
+            _results_queue_dies_with_parent()
         yield
     finally:
         _saving["active"] = False
@@ -273,12 +292,14 @@ def save_checkpoint(
 
 
 def _prune(root: Path, keep_last: int, current: str) -> None:
-    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and ".tmp-" not in p.name)
+    # only names saves write (iter_NNNNNNN, iter_NNNNNNN.tmp-<pid>): a user's iter_notes/ is not ours
+    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and _NAME.fullmatch(p.name))
     for old in complete[:-keep_last]:
         if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
     for leftover in root.glob("iter_*.tmp-*"):  # interrupted saves
-        if leftover.name.split(".tmp-")[0] != current:
+        stem, _, pid = leftover.name.partition(".tmp-")
+        if _NAME.fullmatch(stem) and pid.isdigit() and stem != current and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

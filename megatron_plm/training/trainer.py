@@ -143,6 +143,8 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
 
     log.say(describe_run(config, runtime, start.iteration + 1))
     progress, skipped_in_a_row = Progress(start.iteration + 1, t.train_iters), 0
+    # The signal window covers the final validation and save too: a SIGTERM there lets them finish
+    # (the handler only records it), and the launch then exits 75 like any signal-triggered save.
     with StopSignals(runtime, t.exit_signal) as signals:
         for step in range(start.iteration + 1, t.train_iters + 1):
             started = time.perf_counter()
@@ -170,13 +172,16 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
                     + ("relaunch to resume" if ckpt.save else "no checkpoint.save, so these steps are not kept")
                 )
                 break
-    if result.iterations < t.train_iters:
-        log.close()
-        return result
+        if result.iterations < t.train_iters:
+            log.close()
+            return result
 
-    validate(result.iterations)
-    if ckpt.save:
-        save(result.iterations)
+        validate(result.iterations)
+        if ckpt.save:
+            save(result.iterations)
+        if signals.agreed():  # received during the final validation or save, which both completed
+            result.stopped_by = signals.name()
+            log.say(f"{signals.name()} received during the final save; the run is complete")
     log.say(ledger.summary())
     log.say(
         f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
