@@ -141,6 +141,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
+    if args.task == "generate":  # a bad --prompt is refused before the model loads
+        args.prompts = read_prompts(args.prompt)
+    if args.task == "probe" and args.chains < 1:
+        raise ValueError(f"--chains must be >= 1, got {args.chains}")
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -257,11 +261,44 @@ def _evaluate_probe(model, args) -> None:
     print(format_probe(run_probe(model, config), model.name))
 
 
-def _evaluate_generate(model, args) -> None:
-    from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
+def _is_file(path: str) -> bool:
+    """Whether ``path`` names a file; a string no file system accepts as a name (too long, NUL) does not."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
+
+def read_prompts(prompt_arg: str | None) -> list[tuple[str, str]]:
+    """``--prompt``: ``(name, residues)`` of one sequence, or of each record of a FASTA file of prefixes."""
     from megatron_plm.data.fasta import read_fasta
     from megatron_plm.data.tokenizer import RESIDUES
+
+    if prompt_arg is None:
+        prompts = [("generated", "")]
+    elif _is_file(prompt_arg):
+        prompts = [(r.record_id, r.sequence.decode().upper()) for r in read_fasta(prompt_arg)]
+        if not prompts:
+            raise ValueError(f"--prompt {prompt_arg}: no FASTA records in the file")
+    elif set(prompt_arg) <= set(RESIDUES):
+        prompts = [("prompt", prompt_arg)]
+    elif any(c.islower() or c in "/.\\~" for c in prompt_arg):  # a mistyped file name must not become residues
+        raise FileNotFoundError(
+            f"--prompt {prompt_arg!r}: no such file, and not a sequence (a prompt sequence is upper-case "
+            f"amino-acid letters, {RESIDUES}); check the file name"
+        )
+    else:
+        prompts = [("prompt", prompt_arg)]
+    for name, prompt in prompts:
+        bad = sorted(set(prompt) - set(RESIDUES))
+        if bad:
+            where = f"{prompt_arg} (record {name!r})" if name != "prompt" else "--prompt"
+            raise ValueError(f"{where}: {bad} are not amino-acid letters ({RESIDUES}); give a sequence or a FASTA file")
+    return prompts
+
+
+def _evaluate_generate(model, args) -> None:
+    from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
 
     config = SamplingConfig(
         num_sequences=args.num,
@@ -272,17 +309,7 @@ def _evaluate_generate(model, args) -> None:
         reverse=args.reverse,
         seed=args.seed,
     )
-    if args.prompt is None:
-        prompts = [("generated", "")]
-    elif Path(args.prompt).is_file():
-        prompts = [(r.record_id, r.sequence.decode().upper()) for r in read_fasta(args.prompt)]
-    else:
-        prompts = [("prompt", args.prompt.upper())]
-    for name, prompt in prompts:
-        bad = sorted(set(prompt) - set(RESIDUES))
-        if bad:
-            where = f"{args.prompt} (record {name!r})" if name != "prompt" else "--prompt"
-            raise ValueError(f"{where}: {bad} are not amino-acid letters ({RESIDUES}); give a sequence or a FASTA file")
+    prompts = args.prompts if hasattr(args, "prompts") else read_prompts(args.prompt)
     sequences, names = [], []
     for name, prompt in prompts:
         sequences += generate(model, config, prompt, show_progress=not args.no_progress)

@@ -101,3 +101,111 @@ def test_nan_temperature_is_refused():
     for value in (float("nan"), float("inf"), 0.0):
         with pytest.raises(ValueError, match="temperature must be > 0"):
             SamplingConfig(temperature=value).validate()
+
+
+# ---- silent misreadings and damaged files: each one line naming the input, exit status 2 --------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ('checkpoint.save=""', "checkpoint.save is an empty path; give a path, or null"),
+        ('logging.metrics_file=""', "logging.metrics_file is an empty path"),
+        (
+            "training.global_batch_size=1099511627776",
+            r"training.train_iters \(30\) x training.global_batch_size \(1,099,511,627,776\) = .* samples .* would need "
+            r"about [\d,.]+ GiB of memory, more than the",
+        ),
+        ("training.train_iters=1000000000000000000000000000000", "would need about"),
+    ],
+)
+def test_train_settings_refused_at_start_up(capsys, tmp_path, override, message):
+    import re
+
+    line = one_line_error(capsys, ["train", "--config", TINY, override, "data.sources=[{prefix: /nonexistent}]"])
+    assert re.search(message, line), line
+
+
+@pytest.mark.parametrize("budget", ["-1", "0", "1e300", "nan", "inf"])
+def test_plan_budget_outside_any_fit_is_refused(capsys, budget):
+    line = one_line_error(capsys, ["plan", "--budget-flops", budget])
+    assert "--budget-flops must be between 1e+09 and 1e+28 FLOPs" in line
+
+
+@pytest.mark.parametrize(
+    "name, content, options, message",
+    [
+        (
+            "obj.jsonl",
+            b'{"id": {"a": 1}, "sequence": "MKT"}\n',
+            [],
+            "obj.jsonl:1: field 'id' must be a non-empty string or an integer, got {\"a\": 1}",
+        ),
+        (
+            "list.jsonl",
+            b'{"id": ["a"], "sequence": "MKT"}\n',
+            [],
+            "list.jsonl:1: field 'id' must be a non-empty string",
+        ),
+        ("hash.a3m", b">q\nMKT-AY\n>h\nMK#-AY\n", [], "hash.a3m:3 (record 'h'): invalid residue '#' (line 4"),
+        ("insertions.a3m", b">q\nmktay\n>h\nmktay\n", [], "the first record (the query) has no match columns"),
+    ],
+)
+def test_preprocess_and_msa_weights_misreadings(capsys, tmp_path, name, content, options, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    line = one_line_error(capsys, ["preprocess", "--input", path, "--output-prefix", tmp_path / "out" / "c", *options])
+    assert message in line
+    if name.endswith(".a3m"):  # msa-weights reads alignments as preprocess does
+        assert message in one_line_error(capsys, ["msa-weights", path, "--output-prefix", tmp_path / "w"])
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_output_prefix_that_is_a_directory(capsys, tmp_path, real_fasta):
+    for prefix in (f"{tmp_path / 'out'}/", tmp_path):
+        line = one_line_error(capsys, ["preprocess", "--input", real_fasta, "--output-prefix", prefix])
+        assert "names a directory; give a path and a file name stem" in line
+
+
+def test_two_mutations_at_one_site_are_refused(tmp_path):
+    from megatron_plm.data.fasta import InputFormatError
+    from megatron_plm.evaluation.dms import parse_mutant
+
+    with pytest.raises(InputFormatError, match=r"a\.csv:7: mutant 'S2Y:S2A': two mutations at position 2"):
+        parse_mutant("S2Y:S2A", "MSK", tmp_path / "a.csv", 7)
+    assert parse_mutant("S2Y:K3A", "MSK", tmp_path / "a.csv", 7) == [("S", 1, "Y"), ("K", 2, "A")]
+
+
+def test_prompt_is_a_sequence_or_an_existing_file(tmp_path, capsys):
+    from megatron_plm.cli import read_prompts
+
+    assert read_prompts("MKTAY") == [("prompt", "MKTAY")]
+    (tmp_path / "prefixes.fasta").write_text(">p1\nmkt\n")
+    assert read_prompts(str(tmp_path / "prefixes.fasta")) == [("p1", "MKT")]
+    for typo in ("prefixes", str(tmp_path / "prefixes.fa"), "prefixes.fasta"):  # once residues 'PREFIXES'
+        with pytest.raises(FileNotFoundError, match=rf"--prompt '{typo}': no such file, and not a sequence"):
+            read_prompts(typo)
+    long = "MKTAYIAKQR" * 40  # 400 residues: once probed as a file name (OSError: File name too long)
+    assert read_prompts(long) == [("prompt", long)]
+    with pytest.raises(ValueError, match=r"--prompt: \['J'\] are not amino-acid letters"):
+        read_prompts("MKJ" * 100)
+    (tmp_path / "empty.fasta").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.fasta"):
+        read_prompts(str(tmp_path / "empty.fasta"))
+    # the CLI refuses it before loading any model
+    assert "no such file, and not a sequence" in one_line_error(
+        capsys,
+        [
+            "evaluate",
+            "generate",
+            "--model",
+            tmp_path / "no_model",
+            "--prompt",
+            "prefixes",
+            "--output",
+            tmp_path / "g.fa",
+        ],
+    )
+    assert "--chains must be >= 1, got -5" in one_line_error(
+        capsys, ["evaluate", "probe", "--model", tmp_path / "no_model", "--chains", "-5"]
+    )

@@ -80,6 +80,8 @@ def parse_mutant(text: str, wild_type: str, path: Path, line: int) -> list[tuple
             )
         if mt not in STANDARD_AMINO_ACIDS:
             raise InputFormatError(path, line, f"mutant {text!r}: {mt!r} is not a standard amino acid")
+        if any(position - 1 == earlier for _, earlier, _ in mutations):
+            raise InputFormatError(path, line, f"mutant {text!r}: two mutations at position {position}")
         mutations.append((wt, position - 1, mt))
     return mutations
 
