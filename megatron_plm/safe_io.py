@@ -64,7 +64,9 @@ def read_json(path: str | os.PathLike, *, fix: str = "", kind: type = dict):
     with reading(path, fix):
         value = json.loads(Path(path).read_bytes().decode("utf-8"))
         if not isinstance(value, kind):
-            raise ValueError(f"holds a JSON {type(value).__name__}, not {'an object' if kind is dict else kind.__name__}")
+            raise ValueError(
+                f"holds a JSON {type(value).__name__}, not {'an object' if kind is dict else kind.__name__}"
+            )
         return value
 
 

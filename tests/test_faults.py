@@ -63,7 +63,9 @@ def test_tokenizer_output_holding_a_users_file_is_refused_and_kept(tmp_path):
     output = tmp_path / "results"
     output.mkdir()
     (output / "results.csv").write_text("assay,spearman\nBLAT,0.61\n")
-    with pytest.raises(FileExistsError, match=r"results already holds files this command does not write \(results\.csv\)"):
+    with pytest.raises(
+        FileExistsError, match=r"results already holds files this command does not write \(results\.csv\)"
+    ):
         _train_tokenizer(tmp_path, output)
     assert snapshot(output) == {"results.csv": b"assay,spearman\nBLAT,0.61\n"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "train.fasta"]  # no staging left
@@ -112,7 +114,9 @@ def test_recovery_leaves_a_neighbouring_prefix_alone(tmp_path):
     bad = tmp_path / "bad.fasta"
     bad.write_text(">x\nMKJ\n")
     with pytest.raises(ValueError, match="invalid residue"):
-        preprocess(PreprocessConfig(inputs=[str(bad)], output_prefix=str(data / "uniref"), overwrite=True, progress=False))
+        preprocess(
+            PreprocessConfig(inputs=[str(bad)], output_prefix=str(data / "uniref"), overwrite=True, progress=False)
+        )
     assert snapshot(data) == before  # both corpora and the other prefix's leftover untouched
     assert Corpus.open(data / "uniref").record_ids() == ["sp|P1|A", "sp|P2|B"]
     assert Corpus.open(data / "uniref.v2").record_ids() == ["sp|Q1|C"]
@@ -170,8 +174,11 @@ preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)
 """
     assert run_python(script).returncode == -9
     if phase == "swap":  # the kill came inside the swap: readers say where the old corpus is
-        with pytest.raises(FileNotFoundError, match=r"c\.idx not found: a preprocess run \(pid \d+\) was killed while "
-                           r"replacing the corpus at .*; the previous corpus is kept whole as .*c\.bin\.previous-\d+"):
+        with pytest.raises(
+            FileNotFoundError,
+            match=r"c\.idx not found: a preprocess run \(pid \d+\) was killed while "
+            r"replacing the corpus at .*; the previous corpus is kept whole as .*c\.bin\.previous-\d+",
+        ):
             Corpus.open(prefix)
         with pytest.raises(FileExistsError, match=r"c\.\w+ exists: a corpus is already at"):
             make_corpus(tmp_path, prefix, NEW)  # without --overwrite: puts the old one back, then refuses

@@ -324,7 +324,12 @@ def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -
     _check_optimizer_can_resume(state)
     verify_checkpoint(directory)
     payload = _read_state(directory / STATE_FILE)
-    loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), str(directory))
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), str(directory))
+    except (Exception, CheckpointException) as error:  # truncated shards of a checkpoint without a manifest
+        raise _unloadable(directory, "model and optimizer state", error) from error
     (chunk,) = state.unwrapped()
     chunk.load_state_dict(loaded["model"])
     state.optimizer.load_state_dict(loaded["optimizer"])
@@ -340,6 +345,17 @@ def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -
         directory=directory,
         compute=payload.get("compute", []),
         scheduler=payload["scheduler"],
+    )
+
+
+def _unloadable(directory: Path, what: str, error: BaseException) -> CheckpointError:
+    """megatron-core / torch.distributed.checkpoint's error (a multi-line report, or a bare EOFError) as one line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    detail = lines[-1][:300] if lines else type(error).__name__
+    if "EOFError" in detail or isinstance(error, EOFError):
+        detail = f"{detail}: a shard ends early (truncated?)"
+    return CheckpointError(
+        f"{directory}: cannot load its {what} ({detail}); restore the checkpoint, or use an older one"
     )
 
 
@@ -398,7 +414,6 @@ def load_model_tensors(directory: Path, chunk: torch.nn.Module, *, body_only: bo
     try:
         loaded = dist_checkpointing.load(wanted, str(directory))
     except (Exception, CheckpointException) as error:  # truncated shard files, shape mismatches
-        detail = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{directory}: cannot load its model tensors ({detail})") from error
+        raise _unloadable(directory, "model tensors", error) from error
     chunk.load_state_dict(loaded, strict=False)
     return sorted({v.key for v in wanted.values()})

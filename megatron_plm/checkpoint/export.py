@@ -155,7 +155,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     _check_output(Path(output))
     objective, model = hf.model_config_from_hf(AutoConfig.from_pretrained(source), str(source))
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    hf_state = auto.from_pretrained(source, dtype=torch.float32).state_dict()
+    hf_state = hf.load_pretrained(auto, source, dtype=torch.float32).state_dict()
     chunk = build_model_chunk(model, runtime, objective=objective)
     result = chunk.load_state_dict(hf.from_hf(hf_state, objective, model), strict=False)
     missing = [k for k in result.missing_keys if "_extra_state" not in k]

@@ -277,3 +277,12 @@ def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
     )
     model.validate()
     return objective, model
+
+
+def load_pretrained(auto, path, **kwargs):
+    """``auto.from_pretrained(path)`` with a damaged or refused weights file (a ``pytorch_model.bin``
+    whose pickle holds code, a truncated ``model.safetensors``) reported as ``PATH: problem``."""
+    from megatron_plm.safe_io import reading
+
+    with reading(path, "loading refused or failed; use a model directory you trust (model.safetensors)"):
+        return auto.from_pretrained(path, **kwargs)

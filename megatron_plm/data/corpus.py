@@ -148,9 +148,11 @@ def recover_interrupted(prefix: str | os.PathLike) -> None:
             for path in corpus_paths(prefix).values():
                 if path.name not in backed_up:
                     path.unlink(missing_ok=True)
-            where = ", restored the corpus it was replacing (kept as " + ", ".join(
-                p.name for p in swap.previous.values()
-            ) + ")"
+            where = (
+                ", restored the corpus it was replacing (kept as "
+                + ", ".join(p.name for p in swap.previous.values())
+                + ")"
+            )
         for name, path in swap.previous.items():
             if swap.restore:
                 _restore(path, path.with_name(name))
