@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -655,3 +656,12 @@ def main(argv: list[str] | None = None) -> int:
     ) as error:
         print(f"megatron-plm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM where a command turns it into one (preprocess)
+        number = int(str(interrupt).split()[-1]) if str(interrupt).startswith("signal ") else signal.SIGINT
+        kept = "; its temporary files were removed and the corpus at the prefix is as it was"
+        print(
+            f"megatron-plm {args.command}: interrupted by {signal.Signals(number).name}"
+            + (kept if args.command == "preprocess" else ""),
+            file=sys.stderr,
+        )
+        return 128 + number

@@ -379,3 +379,66 @@ def test_kill_9_during_a_save_leaves_no_process(sample_corpus, tmp_path):
         except ProcessLookupError:
             pass
         process.wait(timeout=30)
+
+
+def test_full_disk_or_read_only_folder_during_preprocess(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from megatron_plm.cli import main
+    from megatron_plm.data import corpus
+
+    prefix = make_corpus(tmp_path, tmp_path / "D" / "c")
+    before = snapshot(tmp_path / "D")
+    source = tmp_path / "new.fasta"
+    source.write_bytes(NEW)
+    add = corpus.CorpusWriter.add
+
+    def full(self, *args):
+        add(self, *args)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(corpus.CorpusWriter, "add", corpus._output_errors(full))
+    argv = ["preprocess", "--input", str(source), "--output-prefix", str(prefix), "--overwrite", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"megatron-plm preprocess: error: cannot write the corpus at {prefix}: No space left on device; free space "
+        "or choose a writable --output-prefix (what was at the prefix is kept)"
+    ]
+    assert snapshot(tmp_path / "D") == before
+    monkeypatch.undo()
+
+    real_open = open
+
+    def read_only(path, mode="r", *args, **kwargs):  # as in a folder mounted read-only (root ignores chmod)
+        if "w" in mode and ".tmp-" in str(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", read_only)
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"cannot write the corpus at {prefix}: Read-only file system ({prefix}.bin.tmp-" in line
+    assert snapshot(tmp_path / "D") == before
+
+
+def test_sigterm_during_preprocess_is_one_line(tmp_path):
+    prefix = make_corpus(tmp_path, tmp_path / "D" / "c")
+    before = snapshot(tmp_path / "D")
+    source = tmp_path / "new.fasta"
+    source.write_bytes(NEW)
+    script = f"""
+import os, signal, sys
+import megatron_plm.data.corpus as corpus
+from megatron_plm.cli import main
+add = corpus.CorpusWriter.add
+def add_then_terminated(self, *args):
+    add(self, *args)
+    os.kill(os.getpid(), signal.SIGTERM)
+corpus.CorpusWriter.add = add_then_terminated
+sys.exit(main(["preprocess", "--input", {str(source)!r}, "--output-prefix", {str(prefix)!r}, "--overwrite"]))
+"""
+    done = run_python(script)
+    assert done.returncode == 128 + 15 and "Traceback" not in done.stderr
+    assert "megatron-plm preprocess: interrupted by SIGTERM; its temporary files were removed" in done.stderr
+    assert snapshot(tmp_path / "D") == before

@@ -27,6 +27,7 @@ rewritten file is named instead of read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -176,9 +177,34 @@ def _write_npy_from_raw(target, raw_path: Path, dtype: np.dtype, count: int) -> 
             target.write(block)
 
 
+class CorpusWriteError(ValueError):
+    """The corpus could not be written (a full disk, a read-only folder): names the prefix and the cause."""
+
+
+def _output_errors(method):
+    """An ``OSError`` while writing (ENOSPC, EROFS, EACCES) becomes one line naming the prefix; the caller's
+    :meth:`CorpusWriter.abort` then leaves the prefix as it was."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except FileExistsError:  # another live writer at this prefix: its own message
+            raise
+        except OSError as error:
+            where = f" ({error.filename})" if error.filename else ""
+            raise CorpusWriteError(
+                f"cannot write the corpus at {self.prefix}: {error.strerror or error}{where}; free space or choose "
+                "a writable --output-prefix (what was at the prefix is kept)"
+            ) from error
+
+    return wrapper
+
+
 class CorpusWriter:
     """Append chunks of encoded sequences; :meth:`finalize` makes the corpus appear atomically."""
 
+    @_output_errors
     def __init__(self, prefix: str | os.PathLike, *, with_clusters: bool, token_dtype=np.uint8):
         self.prefix = os.fspath(prefix)
         self.token_dtype = np.dtype(token_dtype)
@@ -193,14 +219,20 @@ class CorpusWriter:
             p.with_name(p.name + tag) for p in _scratch_paths(self.prefix)
         )
         self.with_clusters = with_clusters
-        self._bin = open(self.staging["bin"], "wb")
-        self._ids = open(self.staging["ids"], "wb")
-        self._lengths = open(self._lengths_raw, "wb")
-        self._source = open(self._source_raw, "wb")
-        self._cluster = open(self._cluster_raw, "wb") if with_clusters else None
+        self._bin = self._ids = self._lengths = self._source = self._cluster = None
+        try:
+            self._bin = open(self.staging["bin"], "wb")
+            self._ids = open(self.staging["ids"], "wb")
+            self._lengths = open(self._lengths_raw, "wb")
+            self._source = open(self._source_raw, "wb")
+            self._cluster = open(self._cluster_raw, "wb") if with_clusters else None
+        except BaseException:  # a read-only folder: remove what was created
+            self.abort()
+            raise
         self.num_documents = 0
         self.num_tokens = 0
 
+    @_output_errors
     def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: bytes, source: int, clusters: np.ndarray | None):
         """``tokens`` (ids, stored as ``token_dtype``) of ``len(lengths)`` documents; ``ids`` one
         ``\\n``-terminated id each."""
@@ -235,6 +267,7 @@ class CorpusWriter:
             for start in range(0, n + 1, _COPY_BLOCK):
                 out.write(np.arange(start, min(start + _COPY_BLOCK, n + 1), dtype=np.int64).tobytes())
 
+    @_output_errors
     def finalize(self, meta: dict, cluster_names: Iterable[str] | None = None) -> dict[str, Path]:
         """Write index and metadata, then rename everything into place (index last)."""
         for handle in (self._bin, self._ids, self._lengths, self._source, self._cluster):
