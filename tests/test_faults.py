@@ -442,3 +442,19 @@ sys.exit(main(["preprocess", "--input", {str(source)!r}, "--output-prefix", {str
     assert done.returncode == 128 + 15 and "Traceback" not in done.stderr
     assert "megatron-plm preprocess: interrupted by SIGTERM; its temporary files were removed" in done.stderr
     assert snapshot(tmp_path / "D") == before
+
+
+def test_repeated_record_ids_are_reported(tmp_path, capsys):
+    from megatron_plm.cli import main
+
+    source = tmp_path / "dup.fasta"
+    source.write_bytes(b">a\nMKT\n>b\nMKV\n>a\nMKW\n>c\nMKY\n>b\nMKL\n>a\nMKI\n")
+    prefix = tmp_path / "D" / "c"
+    assert main(["preprocess", "--input", str(source), "--output-prefix", str(prefix), "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "repeated ids       3 documents reuse an earlier record id (first: 'a')" in captured.out
+    assert "warning: 3 documents reuse an earlier record id (first: 'a')" in captured.err
+    meta = Corpus.open(prefix).meta["summary"]
+    assert (meta["repeated_ids"], meta["first_repeated_id"]) == (3, "a")
+    make_corpus(tmp_path, tmp_path / "D" / "unique")
+    assert Corpus.open(tmp_path / "D" / "unique").meta["summary"]["repeated_ids"] == 0

@@ -245,6 +245,35 @@ class CorpusWriter:
         self.num_documents += len(lengths)
         self.num_tokens += int(tokens.size)
 
+    @_output_errors
+    def repeated_ids(self) -> tuple[int, str | None]:
+        """How many documents so far repeat an earlier document's record id, and the first such id. Reads
+        the staged ids back in blocks; memory: 8 bytes per document (a 64-bit hash each), while it runs."""
+        from megatron_plm.data.clusters import hash_lines
+
+        self._ids.flush()
+        keys, rest = [], b""
+        with open(self.staging["ids"], "rb") as handle:
+            while block := handle.read(1 << 24):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                keys.append(hash_lines(block[:cut])[0])
+                rest = block[cut:]
+        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+        del keys
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        repeated = order[1:][key[1:] == key[:-1]]  # each later document of an id seen before
+        del key, order
+        if not len(repeated):
+            return 0, None
+        first = int(repeated.min())
+        with open(self.staging["ids"], "rb") as handle:
+            for number, line in enumerate(handle):
+                if number == first:
+                    return len(repeated), line.rstrip(b"\n").decode("utf-8", errors="replace")
+        return len(repeated), None
+
     def _write_index(self, path: Path) -> None:
         # megatron-core's index layout: header, version, dtype code, counts, then
         # lengths (int32), byte pointers (int64), document boundaries (int64).

@@ -18,6 +18,7 @@ import glob
 import hashlib
 import os
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -160,6 +161,9 @@ class PreprocessSummary:
     tokens_written: int | None = None
     """Subword tokens (None: the residue tokenizer, one token per residue)."""
     documents_without_cluster: int = 0
+    repeated_ids: int = 0
+    """Documents whose record id an earlier document already has (kept: an alignment may hit one protein twice)."""
+    first_repeated_id: str | None = None
     input_bytes: int = 0
     """Uncompressed input bytes."""
     seconds: float = 0.0
@@ -199,6 +203,11 @@ class PreprocessSummary:
             lines.append(f"mapped to <unk>    {self.records_with_unk:,} records")
         if self.documents_without_cluster:
             lines.append(f"without a cluster  {self.documents_without_cluster:,} documents")
+        if self.repeated_ids:
+            lines.append(
+                f"repeated ids       {self.repeated_ids:,} documents reuse an earlier record id (first: "
+                f"{self.first_repeated_id!r}); ids.txt does not identify them uniquely"
+            )
         for label, counts in self.sources.items():
             lines.append(f"source {label!r}: {counts.documents:,} documents, {counts.tokens:,} residues")
         lines.append(
@@ -321,6 +330,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 f"no sequences left to write ({summary.records_read:,} read; skipped {summary.skipped}); "
                 "check --min-length/--max-length/--unknown"
             )
+        summary.repeated_ids, summary.first_repeated_id = writer.repeated_ids()
         meta = {
             "sources": labels,
             "tokenizer": stored.unique_identifiers,
@@ -545,5 +555,11 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 def run_from_args(args: argparse.Namespace) -> int:
     summary, files = preprocess(config_from_args(args))
     print(summary.format())
+    if summary.repeated_ids:
+        print(
+            f"warning: {summary.repeated_ids:,} documents reuse an earlier record id (first: "
+            f"{summary.first_repeated_id!r}); --clusters and ids.txt cannot tell them apart",
+            file=sys.stderr,
+        )
     print("wrote " + ", ".join(str(files[name]) for name in sorted(files)))
     return 0
