@@ -6,6 +6,8 @@
 - **Recover by exact name.** A writer killed part-way leaves ``<name>.tmp-<pid>`` (work in progress) and
   ``<name>.previous-<pid>`` (what it was replacing). :func:`leftovers` finds them for an exact list of
   names only, so a neighbouring prefix (``D/uniref.v2`` beside ``D/uniref``) is never mistaken for ours.
+- **No orphans.** A worker process calls :func:`die_with_parent` first, so a ``kill -9`` of the command
+  takes its workers with it.
 - **A damaged internal file is a message, not a traceback.** :func:`reading` turns whatever a parser
   raises on a file this package wrote (JSON, pickles, npy, tokenizer files) into
   :class:`DamagedFileError` ``FILE: what is wrong; fix``.
@@ -15,10 +17,13 @@ No torch here: preprocessing imports this module.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import shutil
+import signal
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Collection, Iterable
@@ -149,3 +154,16 @@ def publish_directory(staging: Path, final: Path, order: Iterable[str]) -> Path:
             os.replace(staging / name, final / name)
     staging.rmdir()
     return final
+
+
+def die_with_parent(parent: int) -> None:
+    """In a worker process (a pool's ``initializer``): SIGKILL this process when ``parent`` dies (Linux
+    ``PR_SET_PDEATHSIG``), so a ``kill -9`` of the command leaves no worker behind. Elsewhere: nothing."""
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)

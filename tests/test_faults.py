@@ -458,3 +458,45 @@ def test_repeated_record_ids_are_reported(tmp_path, capsys):
     assert (meta["repeated_ids"], meta["first_repeated_id"]) == (3, "a")
     make_corpus(tmp_path, tmp_path / "D" / "unique")
     assert Corpus.open(tmp_path / "D" / "unique").meta["summary"]["repeated_ids"] == 0
+
+
+def test_kill_9_of_preprocess_takes_its_worker_processes(tmp_path, real_fasta):
+    import signal
+    import time
+
+    prefix = make_corpus(tmp_path, tmp_path / "D" / "c")
+    before = snapshot(tmp_path / "D")
+    script = f"""
+import os, signal
+import megatron_plm.data.corpus as corpus
+from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+add = corpus.CorpusWriter.add
+def add_then_kill(self, *args):
+    add(self, *args)
+    os.kill(os.getpid(), signal.SIGKILL)  # while the pool's workers encode the next chunks
+corpus.CorpusWriter.add = add_then_kill
+preprocess(PreprocessConfig(inputs=[{str(real_fasta)!r}], output_prefix={str(prefix)!r}, implementation="reference",
+                            workers=2, chunk_bytes=4096, progress=False, overwrite=True))
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert process.wait(timeout=120) == -9
+        deadline = time.time() + 10
+        while _session_processes(process.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(process.pid) == []  # the pool's workers died with it
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert Corpus.open(prefix).record_ids() == ["sp|P1|A", "sp|P2|B"]  # old data intact
+    make_corpus(tmp_path, prefix, real_fasta.read_bytes(), overwrite=True, workers=2, implementation="reference")
+    assert len(Corpus.open(prefix)) == 500  # the next run succeeds
+    assert sorted(snapshot(tmp_path / "D")) == sorted(before)  # and leaves nothing else behind

@@ -41,6 +41,7 @@ from megatron_plm.data.fasta import (
 from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
 from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.safe_io import die_with_parent
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
@@ -303,7 +304,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     elif implementation == "native":  # the C++ loop releases the GIL: threads suffice
         executor = concurrent.futures.ThreadPoolExecutor(cfg.workers)
     else:
-        executor = concurrent.futures.ProcessPoolExecutor(cfg.workers)
+        executor = concurrent.futures.ProcessPoolExecutor(
+            cfg.workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
 
     progress = _progress_bar(cfg, inputs)
     writer = CorpusWriter(
