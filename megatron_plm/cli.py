@@ -644,8 +644,13 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
         silence_fallback_warnings()
+    from megatron_plm.safe_io import terminate_as_interrupt
+
     try:
-        return args.func(args)
+        if args.command == "train":  # its own handlers: finish the step, save, exit 75
+            return args.func(args)
+        with terminate_as_interrupt():  # SIGTERM unwinds: staged outputs are removed, replaced ones kept
+            return args.func(args)
     except (
         ValueError,
         FileNotFoundError,

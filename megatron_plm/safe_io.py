@@ -8,6 +8,9 @@
   names only, so a neighbouring prefix (``D/uniref.v2`` beside ``D/uniref``) is never mistaken for ours.
 - **No orphans.** A worker process calls :func:`die_with_parent` first, so a ``kill -9`` of the command
   takes its workers with it.
+- **SIGTERM unwinds.** Inside :func:`terminate_as_interrupt` a scheduler's SIGTERM raises
+  ``KeyboardInterrupt`` like Ctrl-C, so every ``except BaseException`` clean-up (staging removed, the
+  previous output restored) runs instead of the process vanishing mid-write.
 - **A damaged internal file is a message, not a traceback.** :func:`reading` turns whatever a parser
   raises on a file this package wrote (JSON, pickles, npy, tokenizer files) into
   :class:`DamagedFileError` ``FILE: what is wrong; fix``.
@@ -24,6 +27,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Collection, Iterable
@@ -167,3 +171,20 @@ def die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises ``KeyboardInterrupt('signal 15')`` inside the block (main thread only)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -500,3 +500,34 @@ preprocess(PreprocessConfig(inputs=[{str(real_fasta)!r}], output_prefix={str(pre
     make_corpus(tmp_path, prefix, real_fasta.read_bytes(), overwrite=True, workers=2, implementation="reference")
     assert len(Corpus.open(prefix)) == 500  # the next run succeeds
     assert sorted(snapshot(tmp_path / "D")) == sorted(before)  # and leaves nothing else behind
+
+
+def test_sigterm_during_tokenizer_train_keeps_the_earlier_tokenizer(tmp_path):
+    output = tmp_path / "tok"
+    _train_tokenizer(tmp_path, output)
+    before = snapshot(output)
+    script = f"""
+import os, signal, sys
+import megatron_plm.data.subword as subword
+from megatron_plm.cli import main
+feed = subword._feed
+def terminated(*args):  # while SentencePiece reads the sequences
+    for i, sentence in enumerate(feed(*args)):
+        if i == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield sentence
+subword._feed = terminated
+sys.exit(main(["tokenizer", "train", "--input", {str(tmp_path / "train.fasta")!r}, "--output", {str(output)!r},
+               "--vocab-size", "48", "--no-progress"]))
+"""
+    done = run_python(script)
+    assert done.returncode == 128 + 15 and "Traceback" not in done.stderr, done.stderr
+    assert "megatron-plm tokenizer: interrupted by SIGTERM" in done.stderr
+    assert snapshot(output) == before
+    writing = script.replace(
+        "subword._feed = terminated", "subword.publish_directory = lambda *a: os.kill(os.getpid(), 15)"
+    )
+    done = run_python(writing)  # SIGTERM while the new files are staged: the staging is removed
+    assert done.returncode == 128 + 15 and "Traceback" not in done.stderr, done.stderr
+    assert snapshot(output) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "train.fasta"]  # no staging directory left

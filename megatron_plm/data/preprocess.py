@@ -17,10 +17,8 @@ import functools
 import glob
 import hashlib
 import os
-import signal
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -41,7 +39,7 @@ from megatron_plm.data.fasta import (
 from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
 from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
-from megatron_plm.safe_io import die_with_parent
+from megatron_plm.safe_io import die_with_parent, terminate_as_interrupt
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
@@ -249,24 +247,6 @@ class _SerialExecutor:
         return None
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the temporary files are removed."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
     """Run the whole conversion; on any error nothing is left at the output prefix but what was there."""
     cfg.validate()
@@ -277,7 +257,7 @@ def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path
             f"{existing[0]} exists: a corpus is already at {cfg.output_prefix}; pass --overwrite "
             "to replace it, or choose another --output-prefix"
         )
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         return _preprocess(cfg)
 
 

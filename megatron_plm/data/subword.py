@@ -86,7 +86,15 @@ class SubwordTrainConfig:
 
 
 def _sentences(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
-    """Normalised residue strings of every record, cut at MAX_SENTENCE; counts what was fed."""
+    """Normalised residue strings of every record, cut at MAX_SENTENCE; counts what was fed. An error or an
+    interrupt stops the feed and is kept in ``counts["error"]``: SentencePiece would wrap it in its own."""
+    try:
+        yield from _feed(paths, progress, counts)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
+        counts["error"] = interrupt
+
+
+def _feed(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
     from megatron_plm.data.fasta import read_fasta
 
     residue = ProteinTokenizer()
