@@ -209,3 +209,19 @@ def test_prompt_is_a_sequence_or_an_existing_file(tmp_path, capsys):
     assert "--chains must be >= 1, got -5" in one_line_error(
         capsys, ["evaluate", "probe", "--model", tmp_path / "no_model", "--chains", "-5"]
     )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("garbage", "not valid JSON"),
+        ("[1]", "holds a JSON list, not an object"),
+        ('{"kN": 1}', "lacks the field 'E'"),
+        ('{"kN": "x", "a": 1, "kD": 1, "b": 1}', "the law's coefficients must be finite numbers"),
+    ],
+)
+def test_damaged_scaling_law_file_is_named(capsys, tmp_path, content, message):
+    law = tmp_path / "fit.json"
+    law.write_text(content)
+    line = one_line_error(capsys, ["plan", "--budget-flops", "1e20", "--law", law])
+    assert f"{law}: {message}" in line and "written by `megatron-plm scaling fit`" in line

@@ -531,3 +531,32 @@ sys.exit(main(["tokenizer", "train", "--input", {str(tmp_path / "train.fasta")!r
     assert done.returncode == 128 + 15 and "Traceback" not in done.stderr, done.stderr
     assert snapshot(output) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "train.fasta"]  # no staging directory left
+
+
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("source", lambda p: p.write_bytes(b"garbage"), r"c\.source\.npy: .*; rerun preprocess"),
+        ("source", lambda p: p.write_bytes(p.read_bytes()[:-2]), r"c\.source\.npy: .*; rerun preprocess"),
+        ("cluster", lambda p: p.write_bytes(p.read_bytes()[:-8]), r"c\.cluster\.npy: .*; rerun preprocess"),
+        ("ids", lambda p: p.write_bytes(b"\xff\xfe\n"), r"c\.ids\.txt: is not UTF-8 text"),
+        ("ids", lambda p: p.write_text("only-one\n"), r"c\.ids\.txt: 1 ids for 2 documents"),
+        ("clusters", lambda p: p.write_text(""), r"c\.cluster\.npy: cluster index 1, but .*c\.clusters\.txt names 0"),
+    ],
+)
+def test_damaged_corpus_column_is_named(tmp_path, name, damage, message):
+    from megatron_plm.data.splits import assign_splits
+
+    clusters = tmp_path / "clusters.tsv"
+    clusters.write_text("sp|P1|A\tsp|P1|A\nsp|P2|B\tsp|P2|B\n")
+    prefix = make_corpus(tmp_path, tmp_path / "D" / "c", clusters=str(clusters))
+    damage(corpus_paths(prefix)[name])
+    corpus = Corpus.open(prefix)
+    read = {
+        "source": corpus.source_index,
+        "ids": corpus.record_ids,
+        "cluster": lambda: assign_splits(corpus, (1, 0, 0)),
+        "clusters": lambda: assign_splits(corpus, (1, 0, 0)),
+    }[name]
+    with pytest.raises(DamagedFileError, match=message):
+        read()

@@ -39,7 +39,7 @@ from typing import Iterable
 
 import numpy as np
 
-from megatron_plm.safe_io import PREVIOUS, TMP, leftovers, pid_alive
+from megatron_plm.safe_io import PREVIOUS, TMP, leftovers, pid_alive, reading
 
 META_FORMAT_VERSION = 1
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -427,16 +427,29 @@ class Corpus:
     def source_labels(self) -> list[str]:
         return list(self.meta["sources"])
 
+    def _column(self, name: str, dtype) -> np.ndarray:
+        """A per-document ``.npy`` column, checked: a damaged one is ``FILE: problem``, never misread."""
+        path = corpus_paths(self.prefix)[name]
+        with reading(path, "rerun preprocess for this corpus"):
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.shape != (len(self),) or array.dtype != np.dtype(dtype):
+                raise ValueError(f"holds {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}[{len(self)}]")
+        return array
+
     def source_index(self) -> np.ndarray:
-        return np.load(corpus_paths(self.prefix)["source"], mmap_mode="r")
+        return self._column("source", np.uint16)
 
     def cluster_index(self) -> np.ndarray | None:
-        path = corpus_paths(self.prefix)["cluster"]
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return self._column("cluster", np.int64) if corpus_paths(self.prefix)["cluster"].exists() else None
 
     def record_ids(self) -> list[str]:
-        # split on "\n" only: ids may hold characters str.splitlines() would also break at
-        return corpus_paths(self.prefix)["ids"].read_text(encoding="utf-8").split("\n")[:-1]
+        path = corpus_paths(self.prefix)["ids"]
+        with reading(path, "rerun preprocess for this corpus"):
+            # split on "\n" only: ids may hold characters str.splitlines() would also break at
+            ids = path.read_bytes().decode("utf-8").split("\n")[:-1]
+            if len(ids) != len(self):
+                raise ValueError(f"{len(ids):,} ids for {len(self):,} documents")
+        return ids
 
 
 def check_files(paths: dict[str, Path], meta: dict) -> None:
