@@ -180,6 +180,12 @@ preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)
             r"replacing the corpus at .*; the previous corpus is kept whole as .*c\.bin\.previous-\d+",
         ):
             Corpus.open(prefix)
+        from megatron_plm.cli import main
+
+        train = ["train", "--config", REPO / "examples/configs/tiny_clm.yaml", f"data.sources=[{{prefix: {prefix}}}]"]
+        train.append(f"checkpoint.save={tmp_path / 'ck'}")
+        assert main([str(a) for a in train]) == 2  # train says it too, in one line
+        assert "the previous corpus is kept whole as" in capsys.readouterr().err
         with pytest.raises(FileExistsError, match=r"c\.\w+ exists: a corpus is already at"):
             make_corpus(tmp_path, prefix, NEW)  # without --overwrite: puts the old one back, then refuses
         assert "restored the corpus it was replacing (kept as c.bin.previous-" in capsys.readouterr().err
