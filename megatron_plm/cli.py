@@ -45,6 +45,11 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
     from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
     from megatron_plm.data.msa import msa_format_of, read_msa
 
+    from megatron_plm.outputs import prepare_output
+    from megatron_plm.safe_io import check_output_prefix
+
+    prefix = check_output_prefix(args.output_prefix)
+    prepare_output(prefix + ".weights.tsv", what="--output-prefix")  # before the O(N^2 L) work, not after
     started = time.perf_counter()
     alignment = read_msa(args.alignment, args.format or msa_format_of(str(args.alignment)) or "a3m")
     result = homolog_weights(alignment, args.identity)

@@ -128,6 +128,19 @@ def check_owned_directory(final: str | os.PathLike, owned: Collection[str], *, w
     return final
 
 
+def check_output_prefix(prefix: str | os.PathLike, *, what: str = "--output-prefix") -> str:
+    """A prefix of output files (``PREFIX.bin``, ``PREFIX.weights.tsv``, ...) must end in a file name stem:
+    ``dir/`` or an existing directory would write hidden files ``dir/.bin``."""
+    text = os.fspath(prefix)
+    if not text or text.endswith(("/", os.sep)) or os.path.isdir(text) or os.path.basename(text) in (".", ".."):
+        example = (text.rstrip("/" + os.sep) or "corpora") + "/corpus"
+        raise ValueError(
+            f"{what} {text!r} names a directory; give a path and a file name stem, e.g. {example} "
+            "(the files are PREFIX.bin, PREFIX.idx, ...)"
+        )
+    return text
+
+
 def staging_directory(final: str | os.PathLike, owned: Collection[str]) -> Path:
     """A new empty ``FINAL.tmp-<pid>`` beside ``final``. Stale ones of dead processes are removed, but
     only when they hold nothing but ``owned`` files (what this helper's callers write)."""

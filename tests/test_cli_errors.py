@@ -225,3 +225,16 @@ def test_damaged_scaling_law_file_is_named(capsys, tmp_path, content, message):
     law.write_text(content)
     line = one_line_error(capsys, ["plan", "--budget-flops", "1e20", "--law", law])
     assert f"{law}: {message}" in line and "written by `megatron-plm scaling fit`" in line
+
+
+def test_msa_weights_output_prefix_is_checked_before_the_work(capsys, tmp_path):
+    alignment = tmp_path / "tiny.a3m"
+    alignment.write_text(">q\nMKTAY\n>h\nMKTAW\n")
+    for prefix in (f"{tmp_path / 'out'}/", tmp_path):
+        line = one_line_error(capsys, ["msa-weights", alignment, "--output-prefix", prefix])
+        assert "--output-prefix" in line and "names a directory" in line
+    (tmp_path / "file").write_text("x")
+    line = one_line_error(capsys, ["msa-weights", alignment, "--output-prefix", tmp_path / "file" / "w"])
+    assert "cannot be written" in line
+    assert main(["msa-weights", str(alignment), "--output-prefix", str(tmp_path / "w")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tiny.a3m", "w.clusters.tsv", "w.weights.tsv"]

@@ -39,7 +39,7 @@ from megatron_plm.data.fasta import (
 from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
 from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
-from megatron_plm.safe_io import die_with_parent, terminate_as_interrupt
+from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
@@ -85,12 +85,7 @@ class PreprocessConfig:
             raise ValueError("give at least one --input")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
-        prefix = os.fspath(self.output_prefix)
-        if not prefix or prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
-            raise ValueError(
-                f"--output-prefix {prefix!r} names a directory; give a path and a file name stem, e.g. {prefix.rstrip('/') or 'corpora'}/corpus"
-                " (the files are PREFIX.bin, PREFIX.idx, ...)"
-            )
+        check_output_prefix(self.output_prefix)
         if self.min_length < 1:
             raise ValueError(f"--min-length must be >= 1, got {self.min_length}")
         if self.max_length is not None and self.max_length < self.min_length:
