@@ -352,6 +352,16 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(
                 f"training.exit_signal must be a catchable signal name such as SIGUSR1, got {t.exit_signal!r}"
             )
+    if config.logging.log_interval < 1:  # (0 divided every step's number by zero, after building the model)
+        raise ValueError(f"logging.log_interval must be >= 1, got {config.logging.log_interval}")
+    intervals = {
+        "training.eval_interval": t.eval_interval,
+        "training.exit_interval": t.exit_interval,
+        "checkpoint.save_interval": config.checkpoint.save_interval,
+    }
+    for name, value in intervals.items():  # a negative one matched every step silently (step % -1 == 0)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 (0: never), got {value}")
     if config.checkpoint.keep_last < 1:
         raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
     paths = {

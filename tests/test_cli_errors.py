@@ -117,6 +117,10 @@ def test_nan_temperature_is_refused():
             r"about [\d,.]+ GiB of memory, more than the",
         ),
         ("training.train_iters=1000000000000000000000000000000", "would need about"),
+        ("logging.log_interval=0", r"logging.log_interval must be >= 1, got 0"),
+        ("checkpoint.save_interval=-1", r"checkpoint.save_interval must be >= 0 \(0: never\), got -1"),
+        ("training.eval_interval=-2", r"training.eval_interval must be >= 0"),
+        ("training.exit_interval=-1", r"training.exit_interval must be >= 0"),
     ],
 )
 def test_train_settings_refused_at_start_up(capsys, tmp_path, override, message):
@@ -238,3 +242,12 @@ def test_msa_weights_output_prefix_is_checked_before_the_work(capsys, tmp_path):
     assert "cannot be written" in line
     assert main(["msa-weights", str(alignment), "--output-prefix", str(tmp_path / "w")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tiny.a3m", "w.clusters.tsv", "w.weights.tsv"]
+
+
+def test_unknown_assay_name_is_refused(tmp_path, shared_data):
+    from megatron_plm.evaluation.dms import load_assays
+
+    with pytest.raises(
+        ValueError, match=r"--assay BLAT_ECOLX_Stifler_2015: not in .*wildtype\.fasta \(assays there: BLAT"
+    ):
+        load_assays(shared_data / "dms", ["BLAT_ECOLX_Stifler_2015", "IF1_ECOLI_Kelsic_2016"])
