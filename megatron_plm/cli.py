@@ -140,6 +140,20 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_evaluate_numbers(args: argparse.Namespace) -> None:
+    """Before the model loads: counts that would be misread (--chains -5 used every chain, --limit -1
+    failed in itertools, --mask-ratio 2 masked nothing sensible)."""
+    minimum = {"limit": 0, "chains": 1, "batch_size": 1, "max_length": 1, "num": 1, "window": 0, "top_k": 0}
+    for name, low in minimum.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    for name in ("mask_ratio", "test_fraction"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.outputs import prepare_output
@@ -149,8 +163,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         prepare_output(args.output, what="--output")
     if args.task == "generate":  # a bad --prompt is refused before the model loads
         args.prompts = read_prompts(args.prompt)
-    if args.task == "probe" and args.chains < 1:
-        raise ValueError(f"--chains must be >= 1, got {args.chains}")
+    _check_evaluate_numbers(args)
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":

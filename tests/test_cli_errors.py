@@ -210,9 +210,18 @@ def test_prompt_is_a_sequence_or_an_existing_file(tmp_path, capsys):
             tmp_path / "g.fa",
         ],
     )
-    assert "--chains must be >= 1, got -5" in one_line_error(
-        capsys, ["evaluate", "probe", "--model", tmp_path / "no_model", "--chains", "-5"]
-    )
+    for task, flag, value, message in [
+        ("probe", "--chains", "-5", "--chains must be >= 1, got -5"),
+        ("perplexity", "--limit", "-1", "--limit must be >= 0, got -1"),
+        ("perplexity", "--mask-ratio", "1.5", "--mask-ratio must be between 0 and 1, got 1.5"),
+        ("embed", "--batch-size", "0", "--batch-size must be >= 1, got 0"),
+    ]:
+        needs = {
+            "perplexity": ["--fasta", tmp_path / "x.fasta"],
+            "embed": ["--fasta", tmp_path / "x.fasta", "--output", tmp_path / "e.npz"],
+        }
+        argv = ["evaluate", task, "--model", tmp_path / "no_model", *needs.get(task, []), flag, value]
+        assert message in one_line_error(capsys, argv)
 
 
 @pytest.mark.parametrize(
