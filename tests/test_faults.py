@@ -225,6 +225,21 @@ def test_kill_during_a_cache_build(tmp_path):
     assert entry.name.startswith("order-") and ".tmp-" not in entry.name
 
 
+def test_kill_while_a_damaged_cache_entry_is_moved_aside(tmp_path):
+    cache = tmp_path / "cache"
+    assert run_python(_cache_script(cache, kill=False)).returncode == 0
+    (entry,) = cache.iterdir()
+    (entry / "manifest.json").write_text("{}")  # damaged: the next build moves it aside, then is killed
+    script = _cache_script(cache, kill=False).replace(
+        "arrays = IndexCache",
+        "import shutil\nshutil.rmtree = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\narrays = IndexCache",
+    )
+    assert run_python(script).returncode == -9
+    assert any(".bad-" in p.name for p in cache.iterdir())
+    assert run_python(_cache_script(cache, kill=False)).returncode == 0  # the next run succeeds
+    assert [p.name for p in cache.iterdir()] == [entry.name]  # and removed what the killed one left
+
+
 @pytest.mark.parametrize(
     "damage",
     [

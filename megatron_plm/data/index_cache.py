@@ -251,11 +251,13 @@ class IndexCache:
 
 
 def _remove_abandoned(entry: Path, host: str) -> None:
-    """Staging directories of this entry left by builders on this host that no longer run (killed)."""
-    for staged in entry.parent.glob(f"{entry.name}.tmp-{host}-*"):
-        try:
-            os.kill(int(staged.name.rsplit("-", 1)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(staged, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
+    """Staging directories (``.tmp-``) and damaged entries moved aside (``.bad-``) of this entry, left by
+    builders on this host that no longer run (killed)."""
+    for kind in ("tmp", "bad"):
+        for staged in entry.parent.glob(f"{entry.name}.{kind}-{host}-*"):
+            try:
+                os.kill(int(staged.name.rsplit("-", 1)[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(staged, ignore_errors=True)
+            except (ValueError, PermissionError):
+                pass
