@@ -361,6 +361,16 @@ def _session_processes(session: int) -> list[int]:
     return found
 
 
+def _left_alive(session: int, seconds: float = 10.0) -> list[int]:
+    """The processes of ``session`` still alive after giving a parent-death signal ``seconds`` to land."""
+    import time
+
+    deadline = time.time() + seconds
+    while _session_processes(session) and time.time() < deadline:
+        time.sleep(0.1)
+    return _session_processes(session)
+
+
 @pytest.mark.slow
 def test_kill_9_during_a_save_leaves_no_process(sample_corpus, tmp_path):
     import signal
@@ -390,10 +400,7 @@ def test_kill_9_during_a_save_leaves_no_process(sample_corpus, tmp_path):
             pytest.fail("never caught the run during a save")
         os.kill(process.pid, signal.SIGKILL)  # the trainer only, as the OOM killer or a scheduler would
         process.wait(timeout=30)
-        deadline = time.time() + 10
-        while _session_processes(process.pid) and time.time() < deadline:
-            time.sleep(0.1)
-        assert _session_processes(process.pid) == []  # no writer, Manager or resource_tracker left
+        assert _left_alive(process.pid) == []  # no writer, Manager or resource_tracker left
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -483,7 +490,6 @@ def test_repeated_record_ids_are_reported(tmp_path, capsys):
 
 def test_kill_9_of_preprocess_takes_its_worker_processes(tmp_path, real_fasta):
     import signal
-    import time
 
     prefix = make_corpus(tmp_path, tmp_path / "D" / "c")
     before = snapshot(tmp_path / "D")
@@ -508,10 +514,7 @@ preprocess(PreprocessConfig(inputs=[{str(real_fasta)!r}], output_prefix={str(pre
     )
     try:
         assert process.wait(timeout=120) == -9
-        deadline = time.time() + 10
-        while _session_processes(process.pid) and time.time() < deadline:
-            time.sleep(0.1)
-        assert _session_processes(process.pid) == []  # the pool's workers died with it
+        assert _left_alive(process.pid) == []  # the pool's workers died with it
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -581,3 +584,81 @@ def test_damaged_corpus_column_is_named(tmp_path, name, damage, message):
     }[name]
     with pytest.raises(DamagedFileError, match=message):
         read()
+
+
+SAVE_PHASES = {
+    # phase of the second save -> (function of checkpoint.distributed to wrap, kill before calling it)
+    "before-manifest": "write_manifest",  # every shard written, nothing renamed
+    "before-latest": "os_replace_latest",  # iter_0000002 complete, latest still names iter_0000001
+    "pruning": "_prune",  # latest names iter_0000002, old checkpoints not yet removed
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", SAVE_PHASES)
+def test_kill_9_at_each_phase_of_a_save(sample_corpus, tmp_path, phase):
+    import signal
+
+    from megatron_plm.checkpoint.distributed import latest_checkpoint
+
+    save = tmp_path / "run"
+    overrides = [
+        f"data.sources=[{{prefix: {sample_corpus}}}]",
+        f"checkpoint.save={save}",
+        "checkpoint.save_interval=1",
+        "checkpoint.keep_last=1",
+        "data.seq_length=64",
+        "training.global_batch_size=4",
+        "training.micro_batch_size=4",
+        "training.eval_interval=0",
+        "training.eval_iters=1",
+        "training.train_iters=3",
+        "logging.log_interval=100",
+    ]
+    target = SAVE_PHASES[phase]
+    script = f"""
+import os, signal, sys
+import megatron_plm.checkpoint.distributed as ckpt
+from megatron_plm.cli import main
+calls = []
+def kill_on_second(function):
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(*args, **kwargs)
+    return wrapper
+if {target!r} == "os_replace_latest":
+    replace = os.replace
+    def replace_latest(src, dst):
+        if os.path.basename(dst) == "latest":
+            return kill_on_second(replace)(src, dst)
+        return replace(src, dst)
+    ckpt.os.replace = replace_latest
+else:
+    setattr(ckpt, {target!r}, kill_on_second(getattr(ckpt, {target!r})))
+sys.exit(main(["train", "--config", {str(REPO / "examples/configs/tiny_clm.yaml")!r}, *{overrides!r}]))
+"""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert process.wait(timeout=300) == -9
+        assert _left_alive(process.pid) == []  # no writer, Manager or resource_tracker left
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    expected = "iter_0000002" if phase == "pruning" else "iter_0000001"
+    assert latest_checkpoint(save).name == expected  # the newest complete checkpoint, loadable
+    from megatron_plm.config import load_config
+
+    resumed = _train(load_config(REPO / "examples/configs/tiny_clm.yaml", overrides))
+    assert [h["step"] for h in resumed.history] == list(range(int(expected[-1]) + 1, 4))  # the next run succeeds
+    assert sorted(p.name for p in save.iterdir()) == ["config.yaml", "iter_0000003", "latest", "metrics.jsonl"]

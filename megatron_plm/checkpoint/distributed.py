@@ -35,7 +35,7 @@ import torch
 
 from megatron_plm.checkpoint.manifest import verify_manifest, write_manifest
 from megatron_plm.checkpoint.trust import CheckpointError, check_pickles, load_rng_file
-from megatron_plm.safe_io import pid_alive
+from megatron_plm.safe_io import TMP, leftovers, pid_alive
 
 LATEST = "latest"
 STATE_FILE = "train_state.json"
@@ -301,6 +301,10 @@ def _prune(root: Path, keep_last: int, current: str) -> None:
         stem, _, pid = leftover.name.partition(".tmp-")
         if _NAME.fullmatch(stem) and pid.isdigit() and stem != current and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
+    for pid, paths in leftovers([root / LATEST], TMP).items():  # a pointer a killed save never renamed
+        if not pid_alive(pid):
+            for pointer, _ in paths:
+                pointer.unlink(missing_ok=True)
 
 
 def _check_optimizer_can_resume(state) -> None:
