@@ -71,6 +71,17 @@ def test_tokenizer_output_holding_a_users_file_is_refused_and_kept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "train.fasta"]  # no staging left
 
 
+def test_tokenizer_output_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    from megatron_plm.data import subword
+
+    (tmp_path / "file").write_text("x")
+    trained = []
+    monkeypatch.setattr(subword, "_sentences", lambda *a: trained.append(1) or iter(()))
+    with pytest.raises(ValueError, match=r"--output .*file/tok cannot be written \(.*\); choose another path"):
+        _train_tokenizer(tmp_path, tmp_path / "file" / "tok")
+    assert trained == []
+
+
 def test_tokenizer_output_replaces_an_earlier_tokenizer_only(tmp_path):
     from megatron_plm.data.subword import OUTPUT_FILES, SubwordTokenizer
 

@@ -129,6 +129,13 @@ def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input file {path} does not exist")
     check_owned_directory(cfg.output, OUTPUT_FILES, what="--output")
+    from megatron_plm.outputs import prepare_output  # the staging beside it can be written: before training
+
+    try:
+        prepare_output(Path(cfg.output).with_name(Path(cfg.output).name + ".tmp"), what="--output")
+    except ValueError as error:
+        reason = str(error).split(" cannot be written ", 1)[-1]
+        raise ValueError(f"--output {cfg.output} cannot be written {reason}") from None
     counts = {"sequences": 0, "residues": 0}
     model = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)  # the reservoir sample
