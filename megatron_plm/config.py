@@ -375,7 +375,6 @@ def validate(config: TrainConfig) -> None:
     for name, value in paths.items():  # "" would silently mean "not set": nothing saved, nothing logged
         if value is not None and not str(value).strip():
             raise ValueError(f"{name} is an empty path; give a path, or null (leave it out) for none")
-    check_sizes(config)
 
 
 INDEX_BYTES_PER_SAMPLE = 24
@@ -384,7 +383,8 @@ INDEX_BYTES_PER_SAMPLE = 24
 
 
 def check_sizes(config: TrainConfig, available: int | None = None) -> None:
-    """Refuse, before anything is built, a run whose sample indices could not fit in memory (``train_iters``
+    """At training start-up (not at config load: ``plan`` sizes recipes for bigger machines), refuse before
+    anything is built a run whose sample indices could not fit in memory (``train_iters``
     x ``global_batch_size`` samples, at :data:`INDEX_BYTES_PER_SAMPLE` bytes each): ``train_iters=1e30``
     once grew past 6 GB, silently, before an allocation error."""
     import os

@@ -126,8 +126,10 @@ def test_nan_temperature_is_refused():
 def test_train_settings_refused_at_start_up(capsys, tmp_path, override, message):
     import re
 
-    line = one_line_error(capsys, ["train", "--config", TINY, override, "data.sources=[{prefix: /nonexistent}]"])
+    argv = ["train", "--config", TINY, f"checkpoint.save={tmp_path}", override, "data.sources=[{prefix: /nonexistent}]"]
+    line = one_line_error(capsys, argv)
     assert re.search(message, line), line
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
 
 @pytest.mark.parametrize("budget", ["-1", "0", "1e300", "nan", "inf"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_plm.config import TrainConfig
+from megatron_plm.config import TrainConfig, check_sizes
 from megatron_plm.data.builder import DataBuilder, epochs_per_source
 from megatron_plm.data.loader import BatchLoader
 from megatron_plm.data.splits import Split
@@ -100,6 +100,7 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
 
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     t, ckpt = config.training, config.checkpoint
+    check_sizes(config)
     if runtime.is_main_process:
         _check_outputs(config)
     _check_memory(config, runtime)
