@@ -18,13 +18,11 @@ parameters that are not finite are never saved.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +33,7 @@ import torch
 
 from megatron_plm.checkpoint.manifest import verify_manifest, write_manifest
 from megatron_plm.checkpoint.trust import CheckpointError, check_pickles, load_rng_file
-from megatron_plm.safe_io import TMP, leftovers, pid_alive
+from megatron_plm.safe_io import TMP, die_with_parent, leftovers, pid_alive
 
 LATEST = "latest"
 STATE_FILE = "train_state.json"
@@ -200,14 +198,8 @@ _saving = {"active": False, "parent": 0}
 def _die_with_parent() -> None:
     """In a child forked during a save (megatron-core's shard writers): SIGKILL it when the
     trainer dies, so ``kill -9`` of a run leaves no writer behind (Linux ``PR_SET_PDEATHSIG``)."""
-    if not _saving["active"]:
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != _saving["parent"]:  # the parent died before prctl took effect
-        os._exit(1)
+    if _saving["active"]:
+        die_with_parent(_saving["parent"])
 
 
 if sys.platform == "linux":
