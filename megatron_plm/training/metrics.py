@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from megatron_plm.config import TrainConfig
+from megatron_plm.outputs import write_text_atomic
 from megatron_plm.runtime import Runtime
 
 
@@ -109,7 +110,8 @@ class RunLog:
         run_dir = config.run_dir()
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+            # whole or not at all: a launch killed here must not leave the next one a half config.yaml
+            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         if config.logging.tensorboard_dir:
             try:
                 from torch.utils.tensorboard import SummaryWriter
