@@ -262,3 +262,17 @@ def test_unknown_assay_name_is_refused(tmp_path, shared_data):
         ValueError, match=r"--assay BLAT_ECOLX_Stifler_2015: not in .*wildtype\.fasta \(assays there: BLAT"
     ):
         load_assays(shared_data / "dms", ["BLAT_ECOLX_Stifler_2015", "IF1_ECOLI_Kelsic_2016"])
+
+
+@pytest.mark.parametrize("content", ["garbage", "[1, 2]", '{"model_type": "no-such-model"}'])
+def test_damaged_transformers_config_is_named(capsys, tmp_path, content):
+    model = tmp_path / "hf"
+    model.mkdir()
+    (model / "config.json").write_text(content)
+    for argv in (
+        ["evaluate", "probe", "--model", model, "--chains", "4"],
+        ["import-hf", model, tmp_path / "ckpt"],
+    ):
+        line = one_line_error(capsys, argv)
+        assert f"{model}: " in line and "config.json must be a transformers model config" in line
+    assert not (tmp_path / "ckpt").exists()

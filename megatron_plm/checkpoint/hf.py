@@ -286,3 +286,13 @@ def load_pretrained(auto, path, **kwargs):
 
     with reading(path, "loading refused or failed; use a model directory you trust (model.safetensors)"):
         return auto.from_pretrained(path, **kwargs)
+
+
+def load_config(path):
+    """``AutoConfig.from_pretrained(path)`` with a damaged ``config.json`` reported as ``PATH: problem``."""
+    from transformers import AutoConfig
+
+    from megatron_plm.safe_io import reading
+
+    with reading(path, "config.json must be a transformers model config"):
+        return AutoConfig.from_pretrained(path)

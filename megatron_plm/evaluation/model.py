@@ -85,11 +85,11 @@ def cached_decoder(model) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]
 
 
 def _from_transformers(path: Path) -> ScoringModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from megatron_plm.checkpoint import hf
 
-    config = AutoConfig.from_pretrained(path)
+    config = hf.load_config(path)
     tokenizer = ProteinTokenizer()
     if config.vocab_size > len(VOCAB) and (path / "tokenizer.json").exists():  # a subword export
         from megatron_plm.data.subword import SubwordTokenizer
