@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 
@@ -46,6 +47,11 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
     from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
     from megatron_plm.data.msa import msa_format_of, read_msa
 
+    from megatron_plm.outputs import prepare_output
+    from megatron_plm.safe_io import check_output_prefix
+
+    prefix = check_output_prefix(args.output_prefix)
+    prepare_output(prefix + ".weights.tsv", what="--output-prefix")  # before the O(N^2 L) work, not after
     started = time.perf_counter()
     alignment = read_msa(args.alignment, args.format or msa_format_of(str(args.alignment)) or "a3m")
     result = homolog_weights(alignment, args.identity)
@@ -136,6 +142,20 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_evaluate_numbers(args: argparse.Namespace) -> None:
+    """Before the model loads: counts that would be misread (--chains -5 used every chain, --limit -1
+    failed in itertools, --mask-ratio 2 masked nothing sensible)."""
+    minimum = {"limit": 0, "chains": 1, "batch_size": 1, "max_length": 1, "num": 1, "window": 0, "top_k": 0}
+    for name, low in minimum.items():
+        value = getattr(args, name, None)
+        if value is not None and value < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+    for name in ("mask_ratio", "test_fraction"):
+        value = getattr(args, name, None)
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.outputs import prepare_output
@@ -144,6 +164,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
     _check_inputs(args)  # before loading a model, naming the flag (defaults included)
+    if args.task == "generate":  # a bad --prompt is refused before the model loads
+        args.prompts = read_prompts(args.prompt)
+    _check_evaluate_numbers(args)
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -276,11 +299,44 @@ def _evaluate_probe(model, args) -> None:
     print(format_probe(run_probe(model, config), model.name))
 
 
-def _evaluate_generate(model, args) -> None:
-    from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
+def _is_file(path: str) -> bool:
+    """Whether ``path`` names a file; a string no file system accepts as a name (too long, NUL) does not."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
+
+def read_prompts(prompt_arg: str | None) -> list[tuple[str, str]]:
+    """``--prompt``: ``(name, residues)`` of one sequence, or of each record of a FASTA file of prefixes."""
     from megatron_plm.data.fasta import read_fasta
     from megatron_plm.data.tokenizer import RESIDUES
+
+    if prompt_arg is None:
+        prompts = [("generated", "")]
+    elif _is_file(prompt_arg):
+        prompts = [(r.record_id, r.sequence.decode().upper()) for r in read_fasta(prompt_arg)]
+        if not prompts:
+            raise ValueError(f"--prompt {prompt_arg}: no FASTA records in the file")
+    elif set(prompt_arg) <= set(RESIDUES):
+        prompts = [("prompt", prompt_arg)]
+    elif any(c.islower() or c in "/.\\~" for c in prompt_arg):  # a mistyped file name must not become residues
+        raise FileNotFoundError(
+            f"--prompt {prompt_arg!r}: no such file, and not a sequence (a prompt sequence is upper-case "
+            f"amino-acid letters, {RESIDUES}); check the file name"
+        )
+    else:
+        prompts = [("prompt", prompt_arg)]
+    for name, prompt in prompts:
+        bad = sorted(set(prompt) - set(RESIDUES))
+        if bad:
+            where = f"{prompt_arg} (record {name!r})" if name != "prompt" else "--prompt"
+            raise ValueError(f"{where}: {bad} are not amino-acid letters ({RESIDUES}); give a sequence or a FASTA file")
+    return prompts
+
+
+def _evaluate_generate(model, args) -> None:
+    from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
 
     config = SamplingConfig(
         num_sequences=args.num,
@@ -291,17 +347,7 @@ def _evaluate_generate(model, args) -> None:
         reverse=args.reverse,
         seed=args.seed,
     )
-    if args.prompt is None:
-        prompts = [("generated", "")]
-    elif Path(args.prompt).is_file():
-        prompts = [(r.record_id, r.sequence.decode().upper()) for r in read_fasta(args.prompt)]
-    else:
-        prompts = [("prompt", args.prompt.upper())]
-    for name, prompt in prompts:
-        bad = sorted(set(prompt) - set(RESIDUES))
-        if bad:
-            where = f"{args.prompt} (record {name!r})" if name != "prompt" else "--prompt"
-            raise ValueError(f"{where}: {bad} are not amino-acid letters ({RESIDUES}); give a sequence or a FASTA file")
+    prompts = args.prompts if hasattr(args, "prompts") else read_prompts(args.prompt)
     sequences, names = [], []
     for name, prompt in prompts:
         sequences += generate(model, config, prompt, show_progress=not args.no_progress)
@@ -639,8 +685,13 @@ def main(argv: list[str] | None = None) -> int:
         from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
         silence_fallback_warnings()
+    from megatron_plm.safe_io import terminate_as_interrupt
+
     try:
-        return args.func(args)
+        if args.command == "train":  # its own handlers: finish the step, save, exit 75
+            return args.func(args)
+        with terminate_as_interrupt():  # SIGTERM unwinds: staged outputs are removed, replaced ones kept
+            return args.func(args)
     except (
         ValueError,
         FileNotFoundError,
@@ -651,3 +702,12 @@ def main(argv: list[str] | None = None) -> int:
     ) as error:
         print(f"megatron-plm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM where a command turns it into one (preprocess)
+        number = int(str(interrupt).split()[-1]) if str(interrupt).startswith("signal ") else signal.SIGINT
+        kept = "; its temporary files were removed and the corpus at the prefix is as it was"
+        print(
+            f"megatron-plm {args.command}: interrupted by {signal.Signals(number).name}"
+            + (kept if args.command == "preprocess" else ""),
+            file=sys.stderr,
+        )
+        return 128 + number

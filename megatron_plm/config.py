@@ -352,8 +352,58 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(
                 f"training.exit_signal must be a catchable signal name such as SIGUSR1, got {t.exit_signal!r}"
             )
+    if config.logging.log_interval < 1:  # (0 divided every step's number by zero, after building the model)
+        raise ValueError(f"logging.log_interval must be >= 1, got {config.logging.log_interval}")
+    intervals = {
+        "training.eval_interval": t.eval_interval,
+        "training.exit_interval": t.exit_interval,
+        "checkpoint.save_interval": config.checkpoint.save_interval,
+    }
+    for name, value in intervals.items():  # a negative one matched every step silently (step % -1 == 0)
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0 (0: never), got {value}")
     if config.checkpoint.keep_last < 1:
         raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
+    paths = {
+        "checkpoint.save": config.checkpoint.save,
+        "checkpoint.load": config.checkpoint.load,
+        "checkpoint.init_from": config.checkpoint.init_from,
+        "logging.run_dir": config.logging.run_dir,
+        "logging.metrics_file": config.logging.metrics_file,
+        "logging.tensorboard_dir": config.logging.tensorboard_dir,
+    }
+    for name, value in paths.items():  # "" would silently mean "not set": nothing saved, nothing logged
+        if value is not None and not str(value).strip():
+            raise ValueError(f"{name} is an empty path; give a path, or null (leave it out) for none")
+
+
+INDEX_BYTES_PER_SAMPLE = 24
+"""What the train split's sample index costs per sample: megatron-core's shuffle and sample indices
+(int64 each) plus the document order they are drawn from (about one more int64)."""
+
+
+def check_sizes(config: TrainConfig, available: int | None = None) -> None:
+    """At training start-up (not at config load: ``plan`` sizes recipes for bigger machines), refuse before
+    anything is built a run whose sample indices could not fit in memory (``train_iters``
+    x ``global_batch_size`` samples, at :data:`INDEX_BYTES_PER_SAMPLE` bytes each): ``train_iters=1e30``
+    once grew past 6 GB, silently, before an allocation error."""
+    import os
+
+    t = config.training
+    samples = t.train_iters * t.global_batch_size + t.eval_iters * t.global_batch_size
+    needed = samples * INDEX_BYTES_PER_SAMPLE
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if needed > available:
+        raise ValueError(
+            f"training.train_iters ({t.train_iters:,}) x training.global_batch_size ({t.global_batch_size:,}) = "
+            f"{t.train_iters * t.global_batch_size:,} samples (and {t.eval_iters * t.global_batch_size:,} for "
+            f"validation): their sample indices would need about {needed / 2**30:,.1f} GiB of memory, more than "
+            f"the {available / 2**30:,.1f} GiB of this machine; lower training.train_iters or global_batch_size"
+        )
 
 
 # ---- describing ----------------------------------------------------------------------------------------

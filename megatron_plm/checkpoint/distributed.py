@@ -18,13 +18,11 @@ parameters that are not finite are never saved.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ import torch
 
 from megatron_plm.checkpoint.manifest import verify_manifest, write_manifest
 from megatron_plm.checkpoint.trust import CheckpointError, check_pickles, load_rng_file
+from megatron_plm.safe_io import TMP, die_with_parent, leftovers, pid_alive
 
 LATEST = "latest"
 STATE_FILE = "train_state.json"
@@ -199,25 +198,37 @@ _saving = {"active": False, "parent": 0}
 def _die_with_parent() -> None:
     """In a child forked during a save (megatron-core's shard writers): SIGKILL it when the
     trainer dies, so ``kill -9`` of a run leaves no writer behind (Linux ``PR_SET_PDEATHSIG``)."""
-    if not _saving["active"]:
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != _saving["parent"]:  # the parent died before prctl took effect
-        os._exit(1)
+    if _saving["active"]:
+        die_with_parent(_saving["parent"])
 
 
 if sys.platform == "linux":
     os.register_at_fork(before=lambda: _saving.update(parent=os.getpid()), after_in_child=_die_with_parent)
 
 
+def _results_queue_dies_with_parent() -> None:
+    """megatron-core (0.16) gathers its shard writers' results through a ``multiprocessing`` Manager it
+    *spawns* on the first save, with a resource_tracker beside it. Spawned processes run no fork hooks, so
+    a ``kill -9`` of the trainer left both alive (~324 MB a kill). Hand it a queue served by a *forked*
+    Manager instead (it needs no resource_tracker), forked inside :func:`writers_die_with_parent`."""
+    import multiprocessing
+
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+    except ImportError:  # moved in another megatron-core: nothing to replace
+        return
+    if getattr(filesystem_async, "_results_queue", False) is None:  # megatron-core would spawn it now
+        filesystem_async._results_queue = multiprocessing.get_context("fork").Manager().Queue()
+
+
 @contextmanager
 def writers_die_with_parent():
-    """Processes forked inside the block (from this thread) die with this process."""
+    """Processes forked inside the block (from this thread) die with this process, and so does the
+    result queue's server megatron-core would otherwise spawn."""
     _saving["active"] = True
     try:
+        if sys.platform == "linux":
+            _results_queue_dies_with_parent()
         yield
     finally:
         _saving["active"] = False
@@ -273,13 +284,19 @@ def save_checkpoint(
 
 
 def _prune(root: Path, keep_last: int, current: str) -> None:
-    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and ".tmp-" not in p.name)
+    # only names saves write (iter_NNNNNNN, iter_NNNNNNN.tmp-<pid>): a user's iter_notes/ is not ours
+    complete = sorted(p for p in root.glob("iter_*") if p.is_dir() and _NAME.fullmatch(p.name))
     for old in complete[:-keep_last]:
         if old.name != current:
             shutil.rmtree(old, ignore_errors=True)
     for leftover in root.glob("iter_*.tmp-*"):  # interrupted saves
-        if leftover.name.split(".tmp-")[0] != current:
+        stem, _, pid = leftover.name.partition(".tmp-")
+        if _NAME.fullmatch(stem) and pid.isdigit() and stem != current and not pid_alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
+    for pid, paths in leftovers([root / LATEST], TMP).items():  # a pointer a killed save never renamed
+        if not pid_alive(pid):
+            for pointer, _ in paths:
+                pointer.unlink(missing_ok=True)
 
 
 def _check_optimizer_can_resume(state) -> None:
@@ -303,7 +320,12 @@ def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -
     _check_optimizer_can_resume(state)
     verify_checkpoint(directory)
     payload = _read_state(directory / STATE_FILE)
-    loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), str(directory))
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
+
+    try:
+        loaded = dist_checkpointing.load(_sharded_state(state, is_loading=True), str(directory))
+    except (Exception, CheckpointException) as error:  # truncated shards of a checkpoint without a manifest
+        raise _unloadable(directory, "model and optimizer state", error) from error
     (chunk,) = state.unwrapped()
     chunk.load_state_dict(loaded["model"])
     state.optimizer.load_state_dict(loaded["optimizer"])
@@ -319,6 +341,17 @@ def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -
         directory=directory,
         compute=payload.get("compute", []),
         scheduler=payload["scheduler"],
+    )
+
+
+def _unloadable(directory: Path, what: str, error: BaseException) -> CheckpointError:
+    """megatron-core / torch.distributed.checkpoint's error (a multi-line report, or a bare EOFError) as one line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    detail = lines[-1][:300] if lines else type(error).__name__
+    if "EOFError" in detail or isinstance(error, EOFError):
+        detail = f"{detail}: a shard ends early (truncated?)"
+    return CheckpointError(
+        f"{directory}: cannot load its {what} ({detail}); restore the checkpoint, or use an older one"
     )
 
 
@@ -377,7 +410,6 @@ def load_model_tensors(directory: Path, chunk: torch.nn.Module, *, body_only: bo
     try:
         loaded = dist_checkpointing.load(wanted, str(directory))
     except (Exception, CheckpointException) as error:  # truncated shard files, shape mismatches
-        detail = str(error).strip().splitlines()[-1][:300] if str(error).strip() else type(error).__name__
-        raise ValueError(f"{directory}: cannot load its model tensors ({detail})") from error
+        raise _unloadable(directory, "model tensors", error) from error
     chunk.load_state_dict(loaded, strict=False)
     return sorted({v.key for v in wanted.values()})

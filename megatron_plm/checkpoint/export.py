@@ -147,7 +147,7 @@ def export_hf(
 def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Runtime) -> Path:
     """Write ``output``: model tensors of a ``transformers`` ESM-2 / GPT-NeoX model, loadable at any layout."""
     from megatron.core import dist_checkpointing
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from megatron_plm.config import _to_plain
     from megatron_plm.training.build import build_model_chunk
@@ -155,9 +155,9 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
     _check_output(Path(output))
-    objective, model = hf.model_config_from_hf(AutoConfig.from_pretrained(source), str(source))
+    objective, model = hf.model_config_from_hf(hf.load_config(source), str(source))
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    hf_state = auto.from_pretrained(source, dtype=torch.float32).state_dict()
+    hf_state = hf.load_pretrained(auto, source, dtype=torch.float32).state_dict()
     chunk = build_model_chunk(model, runtime, objective=objective)
     result = chunk.load_state_dict(hf.from_hf(hf_state, objective, model), strict=False)
     missing = [k for k in result.missing_keys if "_extra_state" not in k]

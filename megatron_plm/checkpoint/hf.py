@@ -278,3 +278,22 @@ def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
     )
     model.validate()
     return objective, model
+
+
+def load_pretrained(auto, path, **kwargs):
+    """``auto.from_pretrained(path)`` with a damaged or refused weights file (a ``pytorch_model.bin``
+    whose pickle holds code, a truncated ``model.safetensors``) reported as ``PATH: problem``."""
+    from megatron_plm.safe_io import reading
+
+    with reading(path, "loading refused or failed; use a model directory you trust (model.safetensors)"):
+        return auto.from_pretrained(path, **kwargs)
+
+
+def load_config(path):
+    """``AutoConfig.from_pretrained(path)`` with a damaged ``config.json`` reported as ``PATH: problem``."""
+    from transformers import AutoConfig
+
+    from megatron_plm.safe_io import reading
+
+    with reading(path, "config.json must be a transformers model config"):
+        return AutoConfig.from_pretrained(path)

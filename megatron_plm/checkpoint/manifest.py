@@ -64,6 +64,13 @@ def verify_manifest(directory: str | os.PathLike) -> bool:
         files = manifest["files"]
         if manifest["algorithm"] != ALGORITHM or not isinstance(files, dict):
             raise ValueError(f"algorithm {manifest['algorithm']!r}, expected {ALGORITHM!r}")
+        for name, entry in files.items():
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("size"), int)
+                or not isinstance(entry.get(ALGORITHM), str)
+            ):
+                raise ValueError(f"the entry of {name!r} is not a size and {ALGORITHM}")
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is corrupt ({type(error).__name__}: {error})") from error
     for name in files:

@@ -27,7 +27,7 @@ rewritten file is named instead of read.
 
 from __future__ import annotations
 
-import glob
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from megatron_plm.safe_io import PREVIOUS, TMP, leftovers, pid_alive, reading
 
 META_FORMAT_VERSION = 1
 INDEX_HEADER = b"MMIDIDX\x00\x00"
@@ -84,16 +86,6 @@ def _index_size(documents: int) -> int:
     return 9 + 8 + 1 + 8 + 8 + documents * 12 + (documents + 1) * 8
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _restore(backup: Path, final: Path) -> None:
     # rename() between two hard links of one file does nothing: drop the backup instead
     if final.exists() and os.path.samefile(backup, final):
@@ -102,37 +94,77 @@ def _restore(backup: Path, final: Path) -> None:
         os.replace(backup, final)
 
 
+def _scratch_paths(prefix: str) -> list[Path]:
+    """The raw columns :class:`CorpusWriter` streams before :meth:`~CorpusWriter.finalize` (``.tmp-<pid>``)."""
+    return [Path(prefix + suffix) for suffix in (".lengths", ".source", ".cluster")]
+
+
+@dataclass
+class InterruptedSwap:
+    """What a preprocess run killed at a prefix left: its temporary files and the corpus it was replacing."""
+
+    pid: int
+    temporary: list[Path]
+    previous: dict[str, Path]
+    """Corpus file name -> ``NAME.previous-<pid>``, the hard link kept of the corpus being replaced."""
+    restore: bool
+    """The kill came inside the swap (the final ``.idx`` is gone): the previous files must be put back.
+    Otherwise the swap had not begun or had finished, and they are only extra links, to drop."""
+
+    def kept_as(self) -> str:
+        return ", ".join(str(path) for path in self.previous.values())
+
+
+def interrupted_swaps(prefix: str | os.PathLike) -> list[InterruptedSwap]:
+    """The leftovers of killed preprocess runs at exactly ``prefix`` (never a neighbour such as
+    ``prefix.v2``), by process id; reads only."""
+    prefix = os.fspath(prefix)
+    final = corpus_paths(prefix)
+    temporary = leftovers([*final.values(), *_scratch_paths(prefix)], TMP)
+    previous = leftovers(final.values(), PREVIOUS)
+    swaps = []
+    for pid in sorted(set(temporary) | set(previous)):
+        kept = {name.name: path for path, name in previous.get(pid, [])}
+        idx = final["idx"]
+        restore = bool(kept) and not idx.exists()
+        swaps.append(InterruptedSwap(pid, [p for p, _ in temporary.get(pid, [])], kept, restore))
+    return swaps
+
+
 def recover_interrupted(prefix: str | os.PathLike) -> None:
     """Clean up after a preprocess run killed at ``prefix``: restore the corpus it was replacing
-    (``*.previous-<pid>``) and remove its temporary files; refuse if that run is still alive."""
+    (``*.previous-<pid>``) and remove its temporary files; refuse if that run is still alive.
+    Only files named ``<prefix><corpus suffix>.tmp-<pid>`` / ``.previous-<pid>`` are touched."""
     prefix = os.fspath(prefix)
-    leftovers: dict[int, list[Path]] = {}
-    for name in glob.glob(glob.escape(prefix) + ".*"):
-        tag = name.rsplit(".", 1)[-1]
-        for kind in ("tmp-", "previous-"):
-            if tag.startswith(kind) and tag[len(kind) :].isdigit():
-                leftovers.setdefault(int(tag[len(kind) :]), []).append(Path(name))
-    for pid, paths in sorted(leftovers.items()):
-        if pid != os.getpid() and _pid_alive(pid):
+    for swap in interrupted_swaps(prefix):
+        if pid_alive(swap.pid):
+            first = (swap.temporary or list(swap.previous.values()))[0]
             raise FileExistsError(
-                f"{paths[0]}: another process (pid {pid}) is writing a corpus at {prefix}; "
+                f"{first}: another process (pid {swap.pid}) is writing a corpus at {prefix}; "
                 "wait for it or choose another --output-prefix"
             )
-        previous = [p for p in paths if ".previous-" in p.name]
-        if previous:  # the old corpus, whole: put it back
-            backed_up = {p.name.rsplit(".previous-", 1)[0] for p in previous}
+        where = ""
+        if swap.restore:  # the old corpus, whole: put it back, and drop what the killed run had moved in
+            backed_up = set(swap.previous)
             for path in corpus_paths(prefix).values():
                 if path.name not in backed_up:
                     path.unlink(missing_ok=True)
-            for path in previous:
-                _restore(path, path.with_name(path.name.rsplit(".previous-", 1)[0]))
-        temporary = [p for p in paths if ".tmp-" in p.name]
-        size = sum(p.stat().st_size for p in temporary if p.exists())
-        for path in temporary:
+            where = (
+                ", restored the corpus it was replacing (kept as "
+                + ", ".join(p.name for p in swap.previous.values())
+                + ")"
+            )
+        for name, path in swap.previous.items():
+            if swap.restore:
+                _restore(path, path.with_name(name))
+            else:
+                path.unlink(missing_ok=True)
+        size = sum(p.stat().st_size for p in swap.temporary if p.exists())
+        for path in swap.temporary:
             path.unlink(missing_ok=True)
         print(
-            f"note: a preprocess run (pid {pid}) was interrupted at {prefix}: removed {len(temporary)} temporary "
-            f"files ({size / 1e6:.1f} MB)" + (", restored the corpus it was replacing" if previous else ""),
+            f"note: a preprocess run (pid {swap.pid}) was interrupted at {prefix}: removed {len(swap.temporary)} "
+            f"temporary files ({size / 1e6:.1f} MB){where}",
             file=sys.stderr,
         )
 
@@ -145,9 +177,34 @@ def _write_npy_from_raw(target, raw_path: Path, dtype: np.dtype, count: int) -> 
             target.write(block)
 
 
+class CorpusWriteError(ValueError):
+    """The corpus could not be written (a full disk, a read-only folder): names the prefix and the cause."""
+
+
+def _output_errors(method):
+    """An ``OSError`` while writing (ENOSPC, EROFS, EACCES) becomes one line naming the prefix; the caller's
+    :meth:`CorpusWriter.abort` then leaves the prefix as it was."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except FileExistsError:  # another live writer at this prefix: its own message
+            raise
+        except OSError as error:
+            where = f" ({error.filename})" if error.filename else ""
+            raise CorpusWriteError(
+                f"cannot write the corpus at {self.prefix}: {error.strerror or error}{where}; free space or choose "
+                "a writable --output-prefix (what was at the prefix is kept)"
+            ) from error
+
+    return wrapper
+
+
 class CorpusWriter:
     """Append chunks of encoded sequences; :meth:`finalize` makes the corpus appear atomically."""
 
+    @_output_errors
     def __init__(self, prefix: str | os.PathLike, *, with_clusters: bool, token_dtype=np.uint8):
         self.prefix = os.fspath(prefix)
         self.token_dtype = np.dtype(token_dtype)
@@ -158,18 +215,24 @@ class CorpusWriter:
         self._backups: dict[str, Path] = {}
         tag = f".tmp-{os.getpid()}"
         self.staging = {name: path.with_name(path.name + tag) for name, path in self.final.items()}
-        self._lengths_raw = Path(self.prefix + ".lengths" + tag)
-        self._source_raw = Path(self.prefix + ".source" + tag)
-        self._cluster_raw = Path(self.prefix + ".cluster" + tag)
+        self._lengths_raw, self._source_raw, self._cluster_raw = (
+            p.with_name(p.name + tag) for p in _scratch_paths(self.prefix)
+        )
         self.with_clusters = with_clusters
-        self._bin = open(self.staging["bin"], "wb")
-        self._ids = open(self.staging["ids"], "wb")
-        self._lengths = open(self._lengths_raw, "wb")
-        self._source = open(self._source_raw, "wb")
-        self._cluster = open(self._cluster_raw, "wb") if with_clusters else None
+        self._bin = self._ids = self._lengths = self._source = self._cluster = None
+        try:
+            self._bin = open(self.staging["bin"], "wb")
+            self._ids = open(self.staging["ids"], "wb")
+            self._lengths = open(self._lengths_raw, "wb")
+            self._source = open(self._source_raw, "wb")
+            self._cluster = open(self._cluster_raw, "wb") if with_clusters else None
+        except BaseException:  # a read-only folder: remove what was created
+            self.abort()
+            raise
         self.num_documents = 0
         self.num_tokens = 0
 
+    @_output_errors
     def add(self, tokens: np.ndarray, lengths: np.ndarray, ids: bytes, source: int, clusters: np.ndarray | None):
         """``tokens`` (ids, stored as ``token_dtype``) of ``len(lengths)`` documents; ``ids`` one
         ``\\n``-terminated id each."""
@@ -181,6 +244,35 @@ class CorpusWriter:
             self._cluster.write(np.asarray(clusters, dtype=np.int64).tobytes())
         self.num_documents += len(lengths)
         self.num_tokens += int(tokens.size)
+
+    @_output_errors
+    def repeated_ids(self) -> tuple[int, str | None]:
+        """How many documents so far repeat an earlier document's record id, and the first such id. Reads
+        the staged ids back in blocks; memory: 8 bytes per document (a 64-bit hash each), while it runs."""
+        from megatron_plm.data.clusters import hash_lines
+
+        self._ids.flush()
+        keys, rest = [], b""
+        with open(self.staging["ids"], "rb") as handle:
+            while block := handle.read(1 << 24):
+                block = rest + block
+                cut = block.rfind(b"\n") + 1
+                keys.append(hash_lines(block[:cut])[0])
+                rest = block[cut:]
+        key = np.concatenate(keys) if keys else np.zeros(0, dtype=np.uint64)
+        del keys
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        repeated = order[1:][key[1:] == key[:-1]]  # each later document of an id seen before
+        del key, order
+        if not len(repeated):
+            return 0, None
+        first = int(repeated.min())
+        with open(self.staging["ids"], "rb") as handle:
+            for number, line in enumerate(handle):
+                if number == first:
+                    return len(repeated), line.rstrip(b"\n").decode("utf-8", errors="replace")
+        return len(repeated), None
 
     def _write_index(self, path: Path) -> None:
         # megatron-core's index layout: header, version, dtype code, counts, then
@@ -204,6 +296,7 @@ class CorpusWriter:
             for start in range(0, n + 1, _COPY_BLOCK):
                 out.write(np.arange(start, min(start + _COPY_BLOCK, n + 1), dtype=np.int64).tobytes())
 
+    @_output_errors
     def finalize(self, meta: dict, cluster_names: Iterable[str] | None = None) -> dict[str, Path]:
         """Write index and metadata, then rename everything into place (index last)."""
         for handle in (self._bin, self._ids, self._lengths, self._source, self._cluster):
@@ -285,6 +378,14 @@ class Corpus:
     @classmethod
     def open(cls, prefix: str | os.PathLike) -> "Corpus":
         paths = corpus_paths(prefix)
+        for swap in interrupted_swaps(prefix):
+            if swap.restore:
+                raise FileNotFoundError(
+                    f"{paths['idx']} not found: a preprocess run (pid {swap.pid}) was killed while replacing the "
+                    f"corpus at {os.fspath(prefix)}; the previous corpus is kept whole as {swap.kept_as()}. "
+                    "Rerun preprocess at this --output-prefix (it puts the previous corpus back first), or "
+                    "rename those files back without their '.previous-" + str(swap.pid) + "' suffix"
+                )
         for name in ("bin", "idx", "meta"):
             if not paths[name].exists():
                 raise FileNotFoundError(f"{paths[name]} not found: is {os.fspath(prefix)!r} a preprocessed corpus?")
@@ -326,16 +427,29 @@ class Corpus:
     def source_labels(self) -> list[str]:
         return list(self.meta["sources"])
 
+    def _column(self, name: str, dtype) -> np.ndarray:
+        """A per-document ``.npy`` column, checked: a damaged one is ``FILE: problem``, never misread."""
+        path = corpus_paths(self.prefix)[name]
+        with reading(path, "rerun preprocess for this corpus"):
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.shape != (len(self),) or array.dtype != np.dtype(dtype):
+                raise ValueError(f"holds {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}[{len(self)}]")
+        return array
+
     def source_index(self) -> np.ndarray:
-        return np.load(corpus_paths(self.prefix)["source"], mmap_mode="r")
+        return self._column("source", np.uint16)
 
     def cluster_index(self) -> np.ndarray | None:
-        path = corpus_paths(self.prefix)["cluster"]
-        return np.load(path, mmap_mode="r") if path.exists() else None
+        return self._column("cluster", np.int64) if corpus_paths(self.prefix)["cluster"].exists() else None
 
     def record_ids(self) -> list[str]:
-        # split on "\n" only: ids may hold characters str.splitlines() would also break at
-        return corpus_paths(self.prefix)["ids"].read_text(encoding="utf-8").split("\n")[:-1]
+        path = corpus_paths(self.prefix)["ids"]
+        with reading(path, "rerun preprocess for this corpus"):
+            # split on "\n" only: ids may hold characters str.splitlines() would also break at
+            ids = path.read_bytes().decode("utf-8").split("\n")[:-1]
+            if len(ids) != len(self):
+                raise ValueError(f"{len(ids):,} ids for {len(self):,} documents")
+        return ids
 
 
 def check_files(paths: dict[str, Path], meta: dict) -> None:

@@ -230,7 +230,15 @@ def parse_jsonl_line(
         raise InputFormatError(path, number, f"malformed JSON ({error.msg} at column {error.colno})")
     if not isinstance(obj, dict):
         raise InputFormatError(path, number, f"expected a JSON object, got {type(obj).__name__}")
-    record_id = str(obj[id_key]) if id_key and id_key in obj else f"line{number}"
+    if id_key and id_key in obj:
+        value = obj[id_key]
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise InputFormatError(
+                path, number, f"field {id_key!r} must be a non-empty string or an integer, got {json.dumps(value)[:60]}"
+            )
+        record_id = str(value)
+    else:
+        record_id = f"line{number}"
     if "\n" in record_id or "\r" in record_id:  # ids.txt holds one id per line: it would shift every later id
         raise InputFormatError(path, number, f"field {id_key!r} contains a line break: {record_id[:60]!r}")
     if sequence_key not in obj:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_plm.outputs import write_text_atomic
+
 from megatron_plm.data.msa import Alignment
 
 AMINO_ACIDS = b"ACDEFGHIKLMNPQRSTVWY"
@@ -107,9 +109,6 @@ def write_weights(prefix: str | os.PathLike, ids: list[str], result: HomologWeig
         "clusters": ["cluster_representative\tmember"]
         + list(dict.fromkeys(f"{representative[int(c)]}\t{i}" for i, c in zip(ids, clusters))),
     }
-    for name, path in files.items():
-        with open(path + ".tmp", "w") as handle:
-            handle.write("\n".join(rows[name]) + "\n")
-    for path in files.values():
-        os.replace(path + ".tmp", path)
+    for name, path in files.items():  # each under a temporary name of its own, then renamed
+        write_text_atomic(path, "\n".join(rows[name]) + "\n")
     return files

@@ -129,15 +129,30 @@ class IndexCache:
         if not manifest_path.exists():
             return None
         try:
-            manifest = json.loads(manifest_path.read_text())
+            manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
         except (OSError, ValueError) as error:
             return f"unreadable manifest: {error}"
+        if not isinstance(manifest, dict):
+            return f"manifest holds a JSON {type(manifest).__name__}, not an object"
         if manifest.get("format_version") != CACHE_FORMAT_VERSION or manifest.get("description") != json.loads(
             json.dumps(description, sort_keys=True, default=str)
         ):
             return "manifest describes different data (a hash collision or a hand-edited entry)"
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            return "manifest lists no files"
+        for key, info in files.items():
+            if (
+                not isinstance(info, dict)
+                or not all(isinstance(info.get(k), int) for k in ("bytes", "crc32"))
+                or not isinstance(info.get("shape"), list)
+                or not isinstance(info.get("dtype"), str)
+                or not isinstance(key, str)
+                or "/" in key
+            ):
+                return f"manifest entry {key!r} is not a file description"
         arrays = {}
-        for key, info in manifest["files"].items():
+        for key, info in files.items():
             path = entry / f"{key}.npy"
             try:
                 size = path.stat().st_size
@@ -236,11 +251,13 @@ class IndexCache:
 
 
 def _remove_abandoned(entry: Path, host: str) -> None:
-    """Staging directories of this entry left by builders on this host that no longer run (killed)."""
-    for staged in entry.parent.glob(f"{entry.name}.tmp-{host}-*"):
-        try:
-            os.kill(int(staged.name.rsplit("-", 1)[1]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(staged, ignore_errors=True)
-        except (ValueError, PermissionError):
-            pass
+    """Staging directories (``.tmp-``) and damaged entries moved aside (``.bad-``) of this entry, left by
+    builders on this host that no longer run (killed)."""
+    for kind in ("tmp", "bad"):
+        for staged in entry.parent.glob(f"{entry.name}.{kind}-{host}-*"):
+            try:
+                os.kill(int(staged.name.rsplit("-", 1)[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(staged, ignore_errors=True)
+            except (ValueError, PermissionError):
+                pass

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron_plm.data.fasta import InputFormatError, check_text, open_binary
+from megatron_plm.data.tokenizer import RESIDUES
 
 MSA_FORMATS = ("a3m", "a2m", "afa")
 MSA_SUFFIXES = {".a3m": "a3m", ".a2m": "a2m", ".afa": "afa", ".aln.fasta": "afa", ".afasta": "afa"}
 _GAPS = b"-."
+_ALLOWED = (RESIDUES + RESIDUES.lower()).encode() + _GAPS
 
 
 def msa_format_of(path: str) -> str | None:
@@ -107,6 +109,14 @@ def read_msa(path: str | os.PathLike, fmt: str) -> Alignment:
             continue
         if not ids:
             raise InputFormatError(path, number, "sequence data before the first '>' header")
+        bad = line.translate(None, _ALLOWED)
+        if bad:  # as preprocess would refuse it: a '#' is not a gap
+            raise InputFormatError(  # the record's header line, as preprocess names it
+                path,
+                header_lines[-1],
+                f"invalid residue {chr(bad[0])!r} (line {number}; an aligned row holds residues, '-' and '.')",
+                ids[-1],
+            )
         pieces.append(line)
     if not ids:
         raise InputFormatError(path, None, "empty input: no alignment records")
@@ -117,6 +127,9 @@ def read_msa(path: str | os.PathLike, fmt: str) -> Alignment:
     else:  # insertions (lower case, '.') are not match columns
         matches = [bytes(c for c in row if not (97 <= c <= 122 or c == 46)) for row in rows]
     width = len(matches[0])
+    if width == 0 or not matches[0].strip(b"-"):
+        what = "residues" if fmt == "afa" else "match columns (upper case residues; lower case are insertions)"
+        raise InputFormatError(path, header_lines[0], f"the first record (the query) has no {what}", ids[0])
     for i, row in enumerate(matches):
         if len(row) != width:
             what = "columns" if fmt == "afa" else "match columns (upper case and '-')"

@@ -17,9 +17,8 @@ import functools
 import glob
 import hashlib
 import os
-import signal
+import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
@@ -28,7 +27,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.clusters import ClusterMap
-from megatron_plm.data.corpus import CorpusWriter, corpus_paths
+from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.encode import EncodedChunk, RecordStatus, Unknown, encode_jsonl_chunk, fasta_chunk_encoder
 from megatron_plm.data.fasta import (
     DEFAULT_CHUNK_BYTES,
@@ -40,6 +39,7 @@ from megatron_plm.data.fasta import (
 from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
 from megatron_plm.data.subword import SubwordTokenizer
 from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
@@ -85,6 +85,7 @@ class PreprocessConfig:
             raise ValueError("give at least one --input")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        check_output_prefix(self.output_prefix)
         if self.min_length < 1:
             raise ValueError(f"--min-length must be >= 1, got {self.min_length}")
         if self.max_length is not None and self.max_length < self.min_length:
@@ -154,6 +155,9 @@ class PreprocessSummary:
     tokens_written: int | None = None
     """Subword tokens (None: the residue tokenizer, one token per residue)."""
     documents_without_cluster: int = 0
+    repeated_ids: int = 0
+    """Documents whose record id an earlier document already has (kept: an alignment may hit one protein twice)."""
+    first_repeated_id: str | None = None
     input_bytes: int = 0
     """Uncompressed input bytes."""
     seconds: float = 0.0
@@ -193,6 +197,11 @@ class PreprocessSummary:
             lines.append(f"mapped to <unk>    {self.records_with_unk:,} records")
         if self.documents_without_cluster:
             lines.append(f"without a cluster  {self.documents_without_cluster:,} documents")
+        if self.repeated_ids:
+            lines.append(
+                f"repeated ids       {self.repeated_ids:,} documents reuse an earlier record id (first: "
+                f"{self.first_repeated_id!r}); ids.txt does not identify them uniquely"
+            )
         for label, counts in self.sources.items():
             lines.append(f"source {label!r}: {counts.documents:,} documents, {counts.tokens:,} residues")
         lines.append(
@@ -233,34 +242,17 @@ class _SerialExecutor:
         return None
 
 
-@contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a scheduler's kill) unwinds like Ctrl-C, so the temporary files are removed."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
     """Run the whole conversion; on any error nothing is left at the output prefix but what was there."""
     cfg.validate()
+    recover_interrupted(cfg.output_prefix)  # a killed run's corpus is put back before anything is judged
     existing = [p for p in corpus_paths(cfg.output_prefix).values() if p.exists()]
     if existing and not cfg.overwrite:
         raise FileExistsError(
             f"{existing[0]} exists: a corpus is already at {cfg.output_prefix}; pass --overwrite "
             "to replace it, or choose another --output-prefix"
         )
-    with _terminate_as_interrupt():
+    with terminate_as_interrupt():
         return _preprocess(cfg)
 
 
@@ -287,7 +279,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     elif implementation == "native":  # the C++ loop releases the GIL: threads suffice
         executor = concurrent.futures.ThreadPoolExecutor(cfg.workers)
     else:
-        executor = concurrent.futures.ProcessPoolExecutor(cfg.workers)
+        executor = concurrent.futures.ProcessPoolExecutor(
+            cfg.workers, initializer=die_with_parent, initargs=(os.getpid(),)
+        )
 
     progress = _progress_bar(cfg, inputs)
     writer = CorpusWriter(
@@ -314,6 +308,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 f"no sequences left to write ({summary.records_read:,} read; skipped {summary.skipped}); "
                 "check --min-length/--max-length/--unknown"
             )
+        summary.repeated_ids, summary.first_repeated_id = writer.repeated_ids()
         meta = {
             "sources": labels,
             "tokenizer": stored.unique_identifiers,
@@ -538,5 +533,11 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 def run_from_args(args: argparse.Namespace) -> int:
     summary, files = preprocess(config_from_args(args))
     print(summary.format())
+    if summary.repeated_ids:
+        print(
+            f"warning: {summary.repeated_ids:,} documents reuse an earlier record id (first: "
+            f"{summary.first_repeated_id!r}); --clusters and ids.txt cannot tell them apart",
+            file=sys.stderr,
+        )
     print("wrote " + ", ".join(str(files[name]) for name in sorted(files)))
     return 0

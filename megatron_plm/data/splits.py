@@ -88,6 +88,14 @@ def assign_splits(
         if clusters is not None:
             block = np.asarray(clusters[start:stop])
             clustered = block >= 0
+            if clustered.any() and int(block.max()) >= len(per_cluster):
+                from megatron_plm.safe_io import DamagedFileError
+
+                paths = corpus_paths(corpus.prefix)
+                raise DamagedFileError(
+                    f"{paths['cluster']}: cluster index {int(block.max()):,}, but {paths['clusters']} names "
+                    f"{len(per_cluster):,} clusters; rerun preprocess for this corpus"
+                )
             values[clustered] = per_cluster[block[clustered]]
             unclustered = np.flatnonzero(~clustered)
         else:

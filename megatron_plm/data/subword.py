@@ -33,12 +33,16 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 
+from megatron_plm.safe_io import check_owned_directory, publish_directory, read_json, reading, staging_directory
 from megatron_plm.data.tokenizer import RESIDUES, STANDARD_AMINO_ACIDS, VOCAB, InvalidSequenceError, ProteinTokenizer
 
 ModelType = Literal["bpe", "unigram"]
 TOKENIZER_FILE = "tokenizer.json"
 META_FILE = "tokenizer_meta.json"
 SENTENCEPIECE_FILE = "sentencepiece.model"
+OUTPUT_FILES = (SENTENCEPIECE_FILE, TOKENIZER_FILE, META_FILE)
+"""What ``tokenizer train`` writes in its output directory, in the order they are put in place: an existing
+directory may hold these (an earlier tokenizer, replaced) and nothing else (refused, never deleted)."""
 MAX_SENTENCE = 8192
 """Residues per sentence handed to SentencePiece; longer proteins are fed in consecutive pieces."""
 UNK_CHARACTER = "?"
@@ -82,7 +86,15 @@ class SubwordTrainConfig:
 
 
 def _sentences(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
-    """Normalised residue strings of every record, cut at MAX_SENTENCE; counts what was fed."""
+    """Normalised residue strings of every record, cut at MAX_SENTENCE; counts what was fed. An error or an
+    interrupt stops the feed and is kept in ``counts["error"]``: SentencePiece would wrap it in its own."""
+    try:
+        yield from _feed(paths, progress, counts)
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into one)
+        counts["error"] = interrupt
+
+
+def _feed(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
     from megatron_plm.data.fasta import read_fasta
 
     residue = ProteinTokenizer()
@@ -116,6 +128,14 @@ def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
     for path in cfg.inputs:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input file {path} does not exist")
+    check_owned_directory(cfg.output, OUTPUT_FILES, what="--output")
+    from megatron_plm.outputs import prepare_output  # the staging beside it can be written: before training
+
+    try:
+        prepare_output(Path(cfg.output).with_name(Path(cfg.output).name + ".tmp"), what="--output")
+    except ValueError as error:
+        reason = str(error).split(" cannot be written ", 1)[-1]
+        raise ValueError(f"--output {cfg.output} cannot be written {reason}") from None
     counts = {"sequences": 0, "residues": 0}
     model = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)  # the reservoir sample
@@ -172,19 +192,16 @@ def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
         },
     }
     final = Path(cfg.output)
-    staging = final.with_name(final.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    check_owned_directory(final, OUTPUT_FILES, what="--output")  # again: the directory may have changed meanwhile
+    staging = staging_directory(final, OUTPUT_FILES)
     try:
         backend.save(str(staging / TOKENIZER_FILE))
         (staging / SENTENCEPIECE_FILE).write_bytes(model.getvalue())
         meta["tokenizer_sha256"] = _file_digest(staging / TOKENIZER_FILE)
         (staging / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        publish_directory(staging, final, OUTPUT_FILES)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # a directory this run created, holding only its files
         raise
     return meta
 
@@ -251,14 +268,16 @@ class SubwordTokenizer(ProteinTokenizer):
                 f"{path} not found: is {os.fspath(directory)!r} a 'megatron-plm tokenizer train' output?"
             )
         meta_path = Path(directory) / META_FILE
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        backend = Tokenizer.from_file(str(path))
-        vocab = backend.get_vocab(with_added_tokens=True)
-        pieces = [""] * len(vocab)
-        for token, i in vocab.items():
-            pieces[i] = token
-        if tuple(pieces[: len(VOCAB)]) != VOCAB:
-            raise ValueError(f"{path}: ids 0-{len(VOCAB) - 1} are not the residue tokenizer's tokens")
+        fix = "train the tokenizer again (megatron-plm tokenizer train)"
+        meta = read_json(meta_path, fix=fix) if meta_path.exists() else {}
+        with reading(path, fix):
+            backend = Tokenizer.from_file(str(path))
+            vocab = backend.get_vocab(with_added_tokens=True)
+            pieces = [""] * len(vocab)
+            for token, i in vocab.items():
+                pieces[i] = token
+            if tuple(pieces[: len(VOCAB)]) != VOCAB:
+                raise ValueError(f"ids 0-{len(VOCAB) - 1} are not the residue tokenizer's tokens")
         return cls(
             unknown,
             directory=os.fspath(directory),

@@ -80,6 +80,8 @@ def parse_mutant(text: str, wild_type: str, path: Path, line: int) -> list[tuple
             )
         if mt not in STANDARD_AMINO_ACIDS:
             raise InputFormatError(path, line, f"mutant {text!r}: {mt!r} is not a standard amino acid")
+        if any(position - 1 == earlier for _, earlier, _ in mutations):
+            raise InputFormatError(path, line, f"mutant {text!r}: two mutations at position {position}")
         mutations.append((wt, position - 1, mt))
     return mutations
 
@@ -96,6 +98,12 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
                     for k, v in row.items()
                     if k.startswith("ProteinGym_Spearman_") and v
                 }
+    unknown = sorted(set(only or ()) - set(wild_types))
+    if unknown:  # a mistyped --assay would otherwise just drop out of the table
+        raise ValueError(
+            f"--assay {', '.join(unknown)}: not in {directory}/wildtype.fasta (assays there: "
+            f"{', '.join(sorted(wild_types)[:8])}{' ...' if len(wild_types) > 8 else ''})"
+        )
     assays = []
     for dms_id in sorted(wild_types):
         if only and dms_id not in only:

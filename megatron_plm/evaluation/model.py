@@ -85,9 +85,11 @@ def cached_decoder(model) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]
 
 
 def _from_transformers(path: Path) -> ScoringModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    config = AutoConfig.from_pretrained(path)
+    from megatron_plm.checkpoint import hf
+
+    config = hf.load_config(path)
     tokenizer = ProteinTokenizer()
     if config.vocab_size > len(VOCAB) and (path / "tokenizer.json").exists():  # a subword export
         from megatron_plm.data.subword import SubwordTokenizer
@@ -112,7 +114,7 @@ def _from_transformers(path: Path) -> ScoringModel:
         )
     if vocab > config.vocab_size:
         raise ValueError(f"{path}: vocabulary of {config.vocab_size} tokens, expected {vocab}")
-    model = auto.from_pretrained(path, dtype=torch.float32).eval()
+    model = hf.load_pretrained(auto, path, dtype=torch.float32).eval()
 
     def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=real).logits

@@ -140,6 +140,13 @@ class ProbeResult:
 
 
 def run_probe(model: ScoringModel, config: ProbeConfig) -> ProbeResult:
+    for name in ("chains", "max_length"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if not 0 < config.test_fraction < 1:
+        raise ValueError(f"--test-fraction must be between 0 and 1, got {config.test_fraction}")
+    if config.window < 0:
+        raise ValueError(f"--window must be >= 0, got {config.window}")
     chains = load_chains(config.data, config.chains, config.max_length)
     test = split_chains(chains, config.test_fraction)
     if test.all() or not test.any():

@@ -59,7 +59,16 @@ class BudgetPlan:
         return max(1, round(self.d_opt / TOKENS_PER_STEP))
 
 
+BUDGET_RANGE = (1e9, 1e28)
+"""Compute budgets ``plan --budget-flops`` accepts: from a toy run to well past the largest trained models
+(~5e25 FLOPs); beyond it the power laws are extrapolated by many orders of magnitude past any fit and give
+shapes such as 1.2e155 layers."""
+
+
 def plan_budget(flops: float, objective: str, law) -> BudgetPlan:
+    low, high = BUDGET_RANGE
+    if not (isinstance(flops, (int, float)) and math.isfinite(flops) and low <= flops <= high):
+        raise ValueError(f"--budget-flops must be between {low:.0e} and {high:.0e} FLOPs, got {flops!r}")
     if not isinstance(law, (AllocationLaw, ParametricLaw)):
         raise ValueError(f"unsupported law {law!r}")
     n_opt, d_opt = law.optimal(flops)

@@ -5,9 +5,8 @@ C = 6 N D throughout (N non-embedding parameters, D tokens), as the study and Me
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,16 @@ def load_law(source: str, objective: str):
     """``paper`` (the study's allocation fit for the objective) or a JSON file written by ``scaling fit``."""
     if source == "paper":
         return PAPER[objective]["allocation"]
-    data = json.loads(Path(source).read_text())
-    if all(k in data for k in ("kN", "a", "kD", "b")) and data.get("kN") is not None:
-        return AllocationLaw(kN=data["kN"], a=data["a"], kD=data["kD"], b=data["b"])
-    return ParametricLaw(**{k: data[k] for k in ("E", "A", "B", "alpha", "beta")})
+    from megatron_plm.safe_io import read_json, reading
+
+    fix = "give a file written by `megatron-plm scaling fit`, or --law paper"
+    data = read_json(source, fix=fix)
+    with reading(source, fix):
+        if all(k in data for k in ("kN", "a", "kD", "b")) and data.get("kN") is not None:
+            law = AllocationLaw(kN=data["kN"], a=data["a"], kD=data["kD"], b=data["b"])
+        else:
+            law = ParametricLaw(**{k: data[k] for k in ("E", "A", "B", "alpha", "beta")})
+        values = list(vars(law).values())
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise ValueError(f"the law's coefficients must be finite numbers, got {vars(law)}")
+        return law

@@ -24,9 +24,12 @@ def series(entries: list[dict]) -> dict[str, dict[str, list]]:
         if entry.get("skipped"):
             continue
         kind = out.setdefault(entry.get("kind", "train"), {})
-        for key in ("step", "tokens_seen", *PANELS):
-            if key in entry:
-                kind.setdefault(key, []).append(entry[key])
+        values = {key: entry.get(key) for key in ("step", "tokens_seen", *PANELS)}
+        if not isinstance(values["step"], int):
+            continue
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                kind.setdefault(key, []).append(value)
     return out
 
 
@@ -45,7 +48,12 @@ def plot_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike | Non
         if not metrics.exists():
             raise FileNotFoundError(f"{metrics} does not exist: give a run directory written by megatron-plm train")
         name = run_dir.parent.name if run_dir.is_file() else run_dir.name
-        runs.append((name, series(read_metrics(metrics))))
+        data = series(read_metrics(metrics))
+        if not any(len(kind.get("step", ())) for kind in data.values()):
+            raise ValueError(
+                f"{metrics} holds no training or validation steps: nothing to plot (has the run trained a step?)"
+            )
+        runs.append((name, data))
     first = Path(run_dirs[0])
     output = Path(output) if output else (first.parent if first.is_file() else first) / "curves.png"
 

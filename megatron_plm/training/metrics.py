@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -20,34 +21,59 @@ from megatron_plm.outputs import write_text_atomic
 from megatron_plm.runtime import Runtime
 
 
+def _parse_lines(path: Path) -> tuple[list[tuple[int, bytes, dict]], list[str]]:
+    """``(line number, raw line, entry)`` of each good line, and a description of each bad one. A launch
+    killed mid-write leaves its last line half-written (no newline): that one is expected and not reported."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    good, bad = [], []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw.decode("utf-8"))
+            if not isinstance(entry, dict):
+                raise ValueError(f"a JSON {type(entry).__name__}, not an object")
+            if not isinstance(entry.get("step", 0), int):
+                raise ValueError(f"step {entry.get('step')!r} is not an integer")
+        except (ValueError, UnicodeDecodeError) as error:
+            if number == len(lines):  # the last line, unterminated: a killed write
+                bad.append(f"{path}:{number}: a half-written last line (from a launch that was killed)")
+            else:
+                bad.append(f"{path}:{number}: not a metrics entry ({getattr(error, 'msg', error)})")
+            continue
+        good.append((number, raw, entry))
+    return good, bad
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The entries of a ``metrics.jsonl`` (a run directory is accepted too)."""
+    """The entries of a ``metrics.jsonl`` (a run directory is accepted too). A damaged line is skipped
+    with a warning naming it (a killed launch leaves its last line half-written)."""
     path = Path(path)
     if path.is_dir():
         path = path / "metrics.jsonl"
-    entries = []
-    with open(path) as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                entries.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from error
-    return entries
+    good, bad = _parse_lines(path)
+    for problem in bad:
+        print(f"warning: {problem}; skipped", file=sys.stderr)
+    return [entry for _, _, entry in good]
 
 
 def keep_through(path: Path, step: int) -> int:
-    """Drop the entries after ``step`` from a metrics file; returns how many were dropped."""
+    """Drop the entries after ``step`` from a metrics file, and any damaged line (a killed launch's
+    half-written last one); returns how many lines were dropped."""
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
+    data = path.read_bytes()
+    good, bad = _parse_lines(path)
+    for problem in bad:
+        print(f"note: {problem}; dropped", file=sys.stderr)
+    kept = [raw for _, raw, entry in good if entry.get("step", 0) <= step]
+    text = b"".join(raw + b"\n" for raw in kept)
+    if text != data:  # rewritten whole, so the next append starts on a line of its own
         staging = path.with_name(path.name + f".tmp-{os.getpid()}")
-        staging.write_text("".join(kept))
+        staging.write_bytes(text)
         os.replace(staging, path)
-    return len(lines) - len(kept)
+    return len(good) + len(bad) - len(kept)
 
 
 def format_duration(seconds: float) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_plm.config import TrainConfig
+from megatron_plm.config import TrainConfig, check_sizes
 from megatron_plm.data.builder import DataBuilder, epochs_per_source
 from megatron_plm.data.loader import BatchLoader
 from megatron_plm.data.splits import Split
@@ -98,6 +98,7 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
 
 def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
     t, ckpt = config.training, config.checkpoint
+    check_sizes(config)
     if runtime.is_main_process:
         _check_outputs(config)
     _check_memory(config, runtime)
@@ -141,6 +142,8 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
 
     log.say(describe_run(config, runtime, start.iteration + 1))
     progress, skipped_in_a_row = Progress(start.iteration + 1, t.train_iters), 0
+    # The signal window covers the final validation and save too: a SIGTERM there lets them finish
+    # (the handler only records it), and the launch then exits 75 like any signal-triggered save.
     with StopSignals(runtime, t.exit_signal) as signals:
         for step in range(start.iteration + 1, t.train_iters + 1):
             started = time.perf_counter()
@@ -168,13 +171,16 @@ def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
                     + ("relaunch to resume" if ckpt.save else "no checkpoint.save, so these steps are not kept")
                 )
                 break
-    if result.iterations < t.train_iters:
-        log.close()
-        return result
+        if result.iterations < t.train_iters:
+            log.close()
+            return result
 
-    validate(result.iterations)
-    if ckpt.save:
-        save(result.iterations)
+        validate(result.iterations)
+        if ckpt.save:
+            save(result.iterations)
+        if signals.agreed():  # received during the final validation or save, which both completed
+            result.stopped_by = signals.name()
+            log.say(f"{signals.name()} received during the final save; the run is complete")
     log.say(ledger.summary())
     log.say(
         f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "

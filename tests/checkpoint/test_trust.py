@@ -273,3 +273,37 @@ time.sleep(120)
     if alive(child):
         os.kill(child, signal.SIGKILL)
         pytest.fail(f"writer {child} outlived its killed parent")
+
+
+@pytest.mark.parametrize("entry", ["resume", "export-hf"])
+def test_truncated_shard_of_a_checkpoint_without_manifest_is_named(runtime, sample_corpus, run_copy, tmp_path, entry):
+    latest = run_copy / "iter_0000002"
+    (latest / "manifest.json").unlink()  # an older version's checkpoint: nothing to check sizes against
+    shard = latest / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"iter_0000002: cannot load its model"):
+        entry_points(runtime, sample_corpus, run_copy, tmp_path)[entry]()
+    assert not (tmp_path / "hf").exists()
+
+
+def test_pickled_transformers_weights_are_refused_without_a_traceback(runtime, run_copy, tmp_path):
+    from megatron_plm.safe_io import DamagedFileError
+
+    hf = export_hf(run_copy, tmp_path / "hf", runtime)
+    marker = tmp_path / "pwned"
+    (hf / "model.safetensors").unlink()
+    torch.save({"weights": Payload(marker)}, hf / "pytorch_model.bin")
+    with pytest.raises(DamagedFileError, match=r"hf: .*; loading refused or failed; use a model directory you trust"):
+        load_scoring_model(hf, runtime)
+    assert not marker.exists()
+
+
+def test_damaged_manifest_entry_is_named(run_copy):
+    from megatron_plm.checkpoint.distributed import verify_checkpoint
+
+    latest = run_copy / "iter_0000002"
+    manifest = json.loads((latest / "manifest.json").read_text())
+    manifest["files"]["common.pt"] = 3
+    (latest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"manifest\.json is corrupt .*the entry of 'common\.pt'"):
+        verify_checkpoint(latest)

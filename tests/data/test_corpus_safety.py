@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from megatron_plm.data.corpus import Corpus, CorpusWriter, corpus_paths, recover_interrupted
+from megatron_plm.data.corpus import Corpus, CorpusWriteError, CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.fasta import InputFormatError
 from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 
@@ -191,7 +191,7 @@ def test_a_failed_swap_restores_the_previous_corpus(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", replace_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CorpusWriteError, match="cannot write the corpus at .*corpus: No space left"):
         make(tmp_path, NEW, overwrite=True)
     monkeypatch.setattr(os, "replace", real)
     assert snapshot(prefix) == before
