@@ -3,7 +3,7 @@
 Export loads a checkpoint saved at any TP/PP layout into a TP=1 model in this process
 (megatron-core reshards on load), converts with :mod:`megatron_plm.checkpoint.hf`, and writes
 ``config.json``, ``model.safetensors`` and tokenizer files that ``transformers`` loads with no
-custom code. Import is the reverse, writing model tensors megatron-core can load at any layout
+custom code (a CLM also ``generation_config.json``: sampling as ``evaluate generate`` samples). Import is the reverse, writing model tensors megatron-core can load at any layout
 (use them with ``checkpoint.init_from``). Both write to a temporary name and rename when
 complete: a failure leaves no partial output directory.
 """
@@ -136,6 +136,11 @@ def export_hf(
             config = hf.hf_config(objective, model)
             config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
             config.save_pretrained(str(staging))
+            if objective == "clm":  # model.generate and pipeline() sample as `evaluate generate` does
+                from megatron_plm.evaluation.generate import SamplingConfig, generation_config
+
+                default = SamplingConfig(max_length=min(SamplingConfig.max_length, model.seq_length - 1))
+                generation_config(default, hf.hf_vocab_size(objective, model)).save_pretrained(str(staging))
             save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
             save_hf_tokenizer(staging, objective, model_max_length=model.seq_length, subword=subword)
         progress.update(1)

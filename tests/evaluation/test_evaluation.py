@@ -127,7 +127,7 @@ def test_generation_is_seeded_framed_and_scored(runtime, trained):
 
 def test_generation_with_kv_cache_equals_uncached_and_honours_prompts_and_context(runtime, trained):
     model = load_scoring_model(trained["clm"], runtime)
-    assert model.decoder is not None
+    assert model.causal_lm is not None
     config = SamplingConfig(num_sequences=3, max_length=30, seed=2)
     cached = generate(model, config)
     assert cached == generate(model, SamplingConfig(num_sequences=3, max_length=30, seed=2, use_cache=False))
@@ -276,3 +276,40 @@ def test_mask_ratio_and_max_length_outside_the_model_are_refused(runtime, traine
     with pytest.raises(ValueError, match=rf"max_length {clm.context} does not fit .*context of {clm.context} tokens"):
         generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context))
     assert len(generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context - 1))) == 1
+
+
+def test_transformers_generate_and_pipeline_sample_what_evaluate_generate_samples(runtime, trained, tmp_path):
+    """An export, driven only through transformers (AutoTokenizer, model.generate, pipeline), continues a
+    prompt, stops at the C-terminus and samples the same proteins as ``evaluate generate`` at the same seed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    out = export_hf(trained["clm"], tmp_path / "hf", runtime)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    hf_model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = load_scoring_model(trained["clm"], runtime)
+
+    settings = dict(temperature=3.0, top_k=20, top_p=0.99)  # hot: the 4-step model reaches the C-terminus
+    expected = generate(ours, SamplingConfig(num_sequences=4, max_length=100, seed=11, **settings), "MKTAYIAK")
+    assert all(s.startswith("MKTAYIAK") for s in expected)
+    torch.manual_seed(11)
+    ids = hf_model.generate(
+        **tokenizer("MKTAYIAK", return_tensors="pt"), num_return_sequences=4, max_length=101, **settings
+    )
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == expected
+    stopped = 0
+    for row in ids.tolist():  # nothing but padding after the C-terminus
+        if TOK.c_terminus in row:
+            stopped += 1
+            assert set(row[row.index(TOK.c_terminus) + 1 :]) <= {TOK.pad}
+    assert stopped, "no sample reached the C-terminus: the check above checked nothing"
+
+    generator = pipeline("text-generation", model=hf_model, tokenizer=tokenizer)
+    torch.manual_seed(11)
+    texts = generator("MKTAYIAK", num_return_sequences=4, max_length=101, **settings)
+    assert [t["generated_text"] for t in texts] == expected
+
+    # The export's generation_config.json holds evaluate generate's defaults (max_length capped by the context).
+    defaults = generate(ours, SamplingConfig(num_sequences=2, max_length=ours.context - 1))
+    torch.manual_seed(0)
+    ids = hf_model.generate(**tokenizer("", return_tensors="pt"), num_return_sequences=2)
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == defaults
