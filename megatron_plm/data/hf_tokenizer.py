@@ -102,9 +102,11 @@ def save_hf_tokenizer(
     tokenizer.save_pretrained(str(directory))
     if subword is not None or objective == "clm":
         # transformers 5.x names its fast-tokenizer class TokenizersBackend, which 4.x does not know; the
-        # name both load (5.x keeps it as an alias) is PreTrainedTokenizerFast.
+        # name both load (5.x keeps it as an alias) is PreTrainedTokenizerFast. Without model_input_names,
+        # 4.x also returns token_type_ids, which GPT-NeoX's generate refuses.
         config_file = directory / "tokenizer_config.json"
         config = json.loads(config_file.read_text())
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config["model_input_names"] = ["input_ids", "attention_mask"]  # 4.x's default adds token_type_ids
         config_file.write_text(json.dumps(config, indent=2) + "\n")
     return directory

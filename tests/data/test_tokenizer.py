@@ -67,9 +67,15 @@ def test_hf_clm_tokenizer_encodes_prompts_and_decodes_plain_residues(tmp_path, s
     from megatron_plm.data.fasta import read_fasta
 
     save_hf_tokenizer(tmp_path / "clm", "clm")
-    assert json.loads((tmp_path / "clm/tokenizer_config.json").read_text()).get("auto_map") is None
+    written = json.loads((tmp_path / "clm/tokenizer_config.json").read_text())
+    assert written.get("auto_map") is None
+    # Names transformers 4.x loads too (5.x writes TokenizersBackend; 4.x adds token_type_ids, which
+    # GPT-NeoX's generate refuses): checked by hand with 4.57.6.
+    assert written["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert written["model_input_names"] == ["input_ids", "attention_mask"]
     loaded = AutoTokenizer.from_pretrained(tmp_path / "clm")
     ours = ProteinTokenizer()
+    assert set(loaded("MKT")) == {"input_ids", "attention_mask"}
     # Text is a prompt: the N-terminus and the residues, no C-terminus (a prompt is not a finished protein).
     assert loaded("MKTAYIAK")["input_ids"] == [ours.n_terminus] + ours.encode("MKTAYIAK").tolist()
     assert loaded.decode(loaded("MKTAYIAK")["input_ids"]) == "1MKTAYIAK"
