@@ -317,20 +317,36 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if args.write_config:
             from megatron_plm.config import load_config
 
-            written, warnings = write_config(plan, args.write_config, args.template)
+            written, warnings, fit = write_config(
+                plan, args.write_config, args.template, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu
+            )
             load_config(written)  # what we write must load
-            for warning in warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            print(f"wrote {written}")
+            _report_fit(fit, written, warnings)
         return 0
-    from megatron_plm.config import load_config
-    from megatron_plm.planning.planner import format_plan, make_plan
+    from megatron_plm.config import load_config, read_config_data
+    from megatron_plm.planning.planner import fit_layout, format_plan, make_plan, write_fitted_config
 
     if args.config is None:
         raise ValueError("give a CONFIG to size, or --budget-flops C --objective clm|mlm")
     config = load_config(args.config, args.overrides)
-    print(format_plan(make_plan(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)))
+    if not args.write_config:
+        print(format_plan(make_plan(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)))
+        return 0
+    fit = fit_layout(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)
+    written = write_fitted_config(read_config_data(args.config, args.overrides), fit, args.write_config, args.config)
+    load_config(written)
+    _report_fit(fit, written, [])
     return 0
+
+
+def _report_fit(fit, written: Path, warnings: list[str]) -> None:
+    from megatron_plm.planning.planner import format_changes, format_plan
+
+    print(format_plan(fit.plan))
+    print(f"layout: {format_changes(fit) if fit.changes else 'as configured (it fits)'}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {written}")
 
 
 def _cmd_scaling(args: argparse.Namespace) -> int:
@@ -482,7 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--budget-flops", type=float, help="plan a model for this compute budget instead")
     plan.add_argument("--objective", choices=["clm", "mlm"], default="clm", help="objective of --budget-flops")
     plan.add_argument("--law", default="paper", help="'paper' (the study's fits) or a JSON from 'scaling fit --output'")
-    plan.add_argument("--write-config", type=Path, help="write a ready run config for the planned model")
+    plan.add_argument(
+        "--write-config",
+        type=Path,
+        help="write a run config (the planned model's, or CONFIG's) with a layout that fits --gpus x --gpu",
+    )
     plan.add_argument(
         "--template",
         type=Path,

@@ -289,6 +289,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML run config, apply overrides, validate."""
+    return config_from_dict(read_config_data(path, overrides))
+
+
+def read_config_data(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The YAML mapping of a run config (``{}`` for None) with ``overrides`` applied, not yet validated."""
     data: dict = {}
     if path is not None:
         if Path(path).is_dir():
@@ -303,7 +308,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ValueError(f"{path}{where}: invalid YAML ({problem}); fix the file") from error
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a run config is a YAML mapping (key: value), got a {type(data).__name__}")
-    data = apply_overrides(data, list(overrides))
+    return apply_overrides(data, list(overrides))
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a parsed YAML mapping (what :func:`load_config` reads)."""
     # The objective is stated once, at the top; the data section follows it.
     data.setdefault("data", {})
     if isinstance(data["data"], dict) and "objective" in data["data"]:
