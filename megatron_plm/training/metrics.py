@@ -2,8 +2,9 @@
 resolved ``config.yaml`` in the run directory, and optional TensorBoard / Weights & Biases.
 
 Only the main rank writes. ``metrics.jsonl`` holds one JSON object per line, ``{"kind": "train" |
-"validation", "step": ..., ...}``; when a run resumes at step N the entries after N (written by a
-launch that died before its next checkpoint) are dropped, so every step appears once.
+"validation", "time": "2026-12-06T08:05:12+00:00", "step": ..., ...}`` (``time``: UTC, when the line was
+written); when a run resumes at step N the entries after N (written by a launch that died before its next
+checkpoint) are dropped, so every step appears once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -114,7 +116,8 @@ class RunLog:
 
     def record(self, kind: str, entry: dict) -> None:
         if self.metrics is not None:
-            self.metrics.write(json.dumps({"kind": kind, **entry}) + "\n")
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")  # when, beside the step: for resumes
+            self.metrics.write(json.dumps({"kind": kind, "time": stamp, **entry}) + "\n")
             self.metrics.flush()
 
     def train(self, entry: dict, line: str | None = None) -> None:

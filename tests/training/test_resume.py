@@ -126,6 +126,14 @@ def test_metrics_hold_each_step_once_after_a_lost_launch(sample_corpus, halfway,
     assert load_config(save / "config.yaml").training.train_iters == 6  # the resolved config, loadable
 
 
+def test_metrics_lines_carry_a_utc_timestamp(halfway):
+    from datetime import datetime, timezone
+
+    stamps = [datetime.fromisoformat(e["time"]) for e in read_metrics(halfway)]
+    assert stamps and all(t.tzinfo == timezone.utc for t in stamps) and stamps == sorted(stamps)
+    assert (datetime.now(timezone.utc) - stamps[0]).total_seconds() < 3600
+
+
 def test_plot_draws_the_run(halfway, tmp_path):
     data = series(read_metrics(halfway))
     assert data["train"]["step"] == [1, 2, 3] and len(data["train"]["tokens_per_s"]) == 3
