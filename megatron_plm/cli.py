@@ -433,11 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weights.add_argument("alignment", type=Path, help="a3m, a2m or aligned FASTA (optionally .gz)")
     weights.add_argument("--output-prefix", required=True, help="writes PREFIX.weights.tsv and PREFIX.clusters.tsv")
-    weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (default 0.8, as EVE)")
+    weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (0.8 as EVE)")
     weights.add_argument("--format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     weights.set_defaults(func=_cmd_msa_weights)
 
-    tokenizer = commands.add_parser("tokenizer", help="subword (SentencePiece BPE / unigram) protein tokenizers")
+    tokenizer = commands.add_parser("tokenizer", help="train subword (SentencePiece BPE / unigram) protein tokenizers")
     tokenizer_steps = tokenizer.add_subparsers(dest="step", required=True)
     tok_train = tokenizer_steps.add_parser("train", help="learn a subword vocabulary from FASTA files")
     tok_train.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs", help="FASTA files")
@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
     plan.set_defaults(func=_cmd_plan)
 
-    scaling = commands.add_parser("scaling", help="fit scaling laws, run IsoFLOP sweeps")
+    scaling = commands.add_parser("scaling", help="IsoFLOP sweeps (sweep, collect) and scaling-law fits (fit)")
     steps = scaling.add_subparsers(dest="step", required=True)
     fit_cmd = steps.add_parser("fit", help="fit L(N, D) and IsoFLOP profiles to a runs table (CSV: N, D, loss)")
     fit_cmd.add_argument("runs", type=Path, help="runs table (scaling collect writes one)")
@@ -542,7 +542,10 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--seed", type=int, default=0, help="random seed")
     scaling.set_defaults(func=_cmd_scaling)
 
-    evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="perplexity, dms (zero-shot variant effects), embed, probe (secondary structure), generate",
+    )
     tasks = evaluate.add_subparsers(dest="task", required=True)
     sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"
     ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
