@@ -141,6 +141,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
+    if args.no_progress:
+        from megatron_plm.progress import silence_library_progress
+
+        silence_library_progress()
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -619,7 +623,9 @@ def build_parser() -> argparse.ArgumentParser:
         "file of such prefixes (--num sequences each); counted in --max-length",
     )
     for task in (ppl, dms, emb, probe, gen):
-        task.add_argument("--no-progress", action="store_true", help="no progress bar or periodic progress lines")
+        task.add_argument(
+            "--no-progress", action="store_true", help="no progress bars (transformers' included) or periodic lines"
+        )
         task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
         task.add_argument("--seed", type=int, default=0, help="random seed (masking, sampling)")
     evaluate.set_defaults(func=_cmd_evaluate)

@@ -94,3 +94,20 @@ def track(
         for item in items:
             yield item
             progress.update(1)
+
+
+def silence_library_progress() -> None:
+    """Turn off ``transformers``' and ``huggingface_hub``'s own bars (loading weights, downloads), which
+    ``--no-progress`` covers too; a no-op for a library that is not installed."""
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass

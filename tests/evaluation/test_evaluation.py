@@ -313,3 +313,22 @@ def test_transformers_generate_and_pipeline_sample_what_evaluate_generate_sample
     torch.manual_seed(0)
     ids = hf_model.generate(**tokenizer("", return_tensors="pt"), num_return_sequences=2)
     assert tokenizer.batch_decode(ids, skip_special_tokens=True) == defaults
+
+
+def test_no_progress_also_silences_transformers_bars(runtime, trained, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = export_hf(trained["clm"], tmp_path / "hf", runtime)
+    (tmp_path / "two.fasta").write_text(">a\nMKTAYIAKQR\n>b\nGSSGSSLLE\n")
+
+    def perplexity_cli(*extra):
+        command = ["evaluate", "perplexity", "--model", str(out), "--fasta", str(tmp_path / "two.fasta"), *extra]
+        done = subprocess.run([sys.executable, "-m", "megatron_plm", *command], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    assert "Loading weights" in perplexity_cli()  # transformers' bar, drawn even into a pipe
+    assert "Loading weights" not in perplexity_cli("--no-progress")
