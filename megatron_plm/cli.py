@@ -494,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export_hf)
 
     imported = commands.add_parser("import-hf", help="transformers ESM-2 / GPT-NeoX directory -> our checkpoint")
-    imported.add_argument("source", help="a transformers model directory")
+    imported.add_argument("source", help="a transformers model directory or a Hugging Face Hub id (owner/name)")
     imported.add_argument("output", type=Path, help="checkpoint directory to write")
     imported.set_defaults(func=_cmd_import_hf)
     plan = commands.add_parser("plan", help="size a config (memory, fit, days), or a compute budget (N_opt, D_opt)")
@@ -626,7 +626,12 @@ def build_parser() -> argparse.ArgumentParser:
         task.add_argument(
             "--no-progress", action="store_true", help="no progress bars (transformers' included) or periodic lines"
         )
-        task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
+        task.add_argument(
+            "--model",
+            type=Path,
+            required=True,
+            help="our checkpoint, a transformers directory or a Hugging Face Hub id (owner/name)",
+        )
         task.add_argument("--seed", type=int, default=0, help="random seed (masking, sampling)")
     evaluate.set_defaults(func=_cmd_evaluate)
     return parser

@@ -147,6 +147,29 @@ def export_hf(
     return final
 
 
+HUB_FILES = ["config.json", "*.safetensors", "*.json", "*.txt", "*.model"]
+"""What :func:`resolve_hf_source` fetches of a Hub repository: config, weights, tokenizer (no .bin/.h5 copies)."""
+
+
+def resolve_hf_source(source: str | os.PathLike) -> Path:
+    """A local ``transformers`` directory as it is; a Hugging Face Hub id (``owner/name``, not a local path)
+    fetched into the Hub cache. No network, no such repository or no access is one ``ValueError`` line."""
+    path = Path(source)
+    if path.exists() or len(path.parts) != 2 or str(source).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=HUB_FILES))
+    except Exception as error:  # offline, no route, 401/404: each library version words it differently
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ValueError(
+            f"{source} is not a local directory, and fetching it from the Hugging Face Hub failed "
+            f"({type(error).__name__}: {reason}); download it where there is network "
+            f"(hf download {source} --local-dir DIR) and give DIR"
+        ) from None
+
+
 def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Runtime) -> Path:
     """Write ``output``: model tensors of a ``transformers`` ESM-2 / GPT-NeoX model, loadable at any layout."""
     from megatron.core import dist_checkpointing
@@ -158,6 +181,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
     _check_output(Path(output))
+    source = resolve_hf_source(source)
     objective, model = hf.model_config_from_hf(AutoConfig.from_pretrained(source), str(source))
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     hf_state = auto.from_pretrained(source, dtype=torch.float32).state_dict()

@@ -208,10 +208,12 @@ def _as_transformers(chunk, model):
 
 
 def load_scoring_model(path: str | os.PathLike, runtime=None) -> ScoringModel:
-    """Our checkpoint (a run's save directory or one ``iter_*``) or a ``transformers`` model directory."""
+    """Our checkpoint (a run's save directory or one ``iter_*``), a ``transformers`` model directory or a Hub id."""
     from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
 
-    path = Path(path)
+    from megatron_plm.checkpoint.export import resolve_hf_source
+
+    path = resolve_hf_source(path)  # a Hub id is fetched (or refused in one line)
     if not path.exists():
         raise FileNotFoundError(f"model {path} does not exist")
     ours = latest_checkpoint(path) or path
