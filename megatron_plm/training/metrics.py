@@ -2,8 +2,9 @@
 resolved ``config.yaml`` in the run directory, and optional TensorBoard / Weights & Biases.
 
 Only the main rank writes. ``metrics.jsonl`` holds one JSON object per line, ``{"kind": "train" |
-"validation", "time": "2026-12-06T08:05:12+00:00", "step": ..., ...}`` (``time``: UTC, when the line was
-written); when a run resumes at step N the entries after N (written by a launch that died before its next
+"validation" | "launch", "time": "2026-12-06T08:05:12+00:00", "step": ..., ...}`` (``time``: UTC, when the line was
+written; a ``launch`` line, at each start, holds the step it starts after and its :func:`launch_settings`);
+when a run resumes at step N the entries after N (written by a launch that died before its next
 checkpoint) are dropped, so every step appears once.
 """
 
@@ -36,6 +37,22 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from error
     return entries
+
+
+def launch_settings(config: TrainConfig) -> dict:
+    """What a ``launch`` entry records: the settings whose change at a resume changes the curves."""
+    o, t, p = config.optimizer, config.training, config.parallel
+    return {
+        "lr": o.lr,
+        "min_lr": o.min_lr,
+        "warmup_iters": o.warmup_iters,
+        "decay_style": o.decay_style,
+        "train_iters": t.train_iters,
+        "global_batch_size": t.global_batch_size,
+        "seq_length": config.data.seq_length,
+        "precision": t.precision,
+        "layout": f"TP{p.tensor_model_parallel_size} PP{p.pipeline_model_parallel_size}",
+    }
 
 
 def keep_through(path: Path, step: int) -> int:
@@ -76,6 +93,7 @@ class RunLog:
 
     def __init__(self, config: TrainConfig, runtime: Runtime):
         self.main = runtime.is_main_process
+        self.config = config
         self.metrics_path = config.metrics_path() if self.main else None
         self.metrics = None
         self.writer = None
@@ -101,7 +119,8 @@ class RunLog:
             self.wandb = wandb.init(project=config.logging.wandb_project, name=config.name, config=config.to_dict())
 
     def start_at(self, step: int) -> None:
-        """Open the metrics file for a launch that starts after ``step`` (0: a fresh run)."""
+        """Open the metrics file for a launch that starts after ``step`` (0: a fresh run), and record the
+        launch with the settings a plot marks when a resume changes them."""
         if self.metrics_path is None:
             return
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +128,7 @@ class RunLog:
         if dropped:
             self.say(f"{self.metrics_path}: dropped {dropped} entries after step {step} (their steps run again)")
         self.metrics = open(self.metrics_path, "a")
+        self.record("launch", {"step": step, "settings": launch_settings(self.config)})
 
     def say(self, text: str) -> None:
         if self.main:
