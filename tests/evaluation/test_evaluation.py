@@ -326,7 +326,9 @@ def test_no_progress_also_silences_transformers_bars(runtime, trained, tmp_path)
 
     def perplexity_cli(*extra):
         command = ["evaluate", "perplexity", "--model", str(out), "--fasta", str(tmp_path / "two.fasta"), *extra]
-        done = subprocess.run([sys.executable, "-m", "megatron_plm", *command], cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "megatron_plm", *command], cwd=REPO, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stderr
 
