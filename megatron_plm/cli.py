@@ -136,10 +136,12 @@ def _cmd_import_hf(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
-    from megatron_plm.outputs import prepare_output
+    from megatron_plm.outputs import prepare_output, prepare_output_dir
     from megatron_plm.runtime import ParallelConfig, initialize
 
-    if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
+    if getattr(args, "format", None) == "fair-esm":  # embed into a directory of .pt files
+        prepare_output_dir(args.output, what="--output")
+    elif getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
     if args.no_progress:
         from megatron_plm.progress import silence_library_progress
@@ -233,17 +235,29 @@ def _evaluate_embed(model, args) -> None:
 
     from megatron_plm.data.fasta import read_fasta
     from megatron_plm.data.tokenizer import ProteinTokenizer
-    from megatron_plm.evaluation.embed import embed
+    from megatron_plm.evaluation.embed import embed_all, save_fair_esm, save_npz
 
     tok = ProteinTokenizer()
     records = [
         (r.record_id, tok.encode(r.sequence).astype("int64"))
         for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
     ]
-    result = embed(model, records, layers=args.layers, pool=args.pool, batch_size=args.batch_size)
-    result.save(args.output)
-    shapes = ", ".join(f"layer_{k} {list(v.shape)}" for k, v in result.layers.items())
-    print(f"wrote {args.output}: {len(records):,} sequences, {args.pool}: {shapes}")
+    pools = tuple(EMBED_INCLUDE[name] for name in args.include) if args.include else (args.pool,)
+    result = embed_all(
+        model, records, layers=args.layers, pools=pools, batch_size=args.batch_size, toks_per_batch=args.toks_per_batch
+    )
+    if args.format == "fair-esm":
+        written = save_fair_esm(result, args.output)
+        layers = sorted(next(iter(result.values())).layers)
+        print(f"wrote {written:,} files {args.output}/<label>.pt (fair-esm's extract.py layout), layers {layers}")
+        return
+    save_npz(result, args.output)
+    shapes = ", ".join(f"{pool} layer_{k} {list(v.shape)}" for pool, e in result.items() for k, v in e.layers.items())
+    print(f"wrote {args.output}: {len(records):,} sequences, {shapes}")
+
+
+EMBED_INCLUDE = {"mean": "mean", "per_tok": "per-token", "bos": "bos", "cls": "cls"}
+"""``evaluate embed --include`` names (fair-esm's, and our ``cls``) -> :data:`~megatron_plm.evaluation.embed.POOLS`."""
 
 
 def _evaluate_probe(model, args) -> None:
@@ -577,7 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
     emb.add_argument("--fasta", type=Path, required=True, help="proteins to embed (plain or .gz)")
-    emb.add_argument("--output", type=Path, required=True, help=".npz: ids, layer_<k> (and offsets for per-token)")
+    emb.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help=".npz: ids, layer_<k> (and offsets for per-token); a directory with --format fair-esm",
+    )
     emb.add_argument(
         "--pool",
         choices=["mean", "cls", "per-token"],
@@ -591,7 +610,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=[-1],
         help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)",
     )
+    emb.add_argument(
+        "--include",
+        nargs="+",
+        choices=list(EMBED_INCLUDE),
+        help="several representations in one pass, as fair-esm's extract.py names them (replaces --pool)",
+    )
+    emb.add_argument(
+        "--format",
+        choices=["npz", "fair-esm"],
+        default="npz",
+        help="fair-esm: --output is a directory of <label>.pt files in fair-esm's extract.py layout",
+    )
     emb.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    emb.add_argument(
+        "--toks-per-batch", type=int, help="batch by tokens instead (fair-esm's option): sequences x padded length"
+    )
     emb.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
     probe = tasks.add_parser(
         "probe",
