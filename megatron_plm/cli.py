@@ -169,11 +169,15 @@ def _evaluate_perplexity(model, args) -> None:
     from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
 
-    tok = ProteinTokenizer()
-    records = [
-        (r.record_id, tok.encode(r.sequence).astype("int64"))
-        for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
-    ]
+    if args.corpus is not None:
+        records, source = _corpus_split(model, args)
+    else:
+        tok = ProteinTokenizer()
+        records = [
+            (r.record_id, tok.encode(r.sequence).astype("int64"))
+            for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
+        ]
+        source = str(args.fasta)
     from megatron_plm.outputs import write_text_atomic
 
     scores = perplexity(
@@ -198,10 +202,30 @@ def _evaluate_perplexity(model, args) -> None:
             ),
         )
     print(
-        f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
+        f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences of {source} "
         f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
         f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}"
     )
+
+
+def _corpus_split(model, args) -> tuple[list, str]:
+    """The ``--split`` documents of ``--corpus``, split as the model's training run split it (its saved
+    ``data.split_weights`` / ``split_by_cluster``; a ``transformers`` model: the defaults)."""
+    import dataclasses
+
+    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
+    from megatron_plm.data.builder import DataConfig
+    from megatron_plm.data.splits import Split, split_documents
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    saved = (saved_run_config(latest_checkpoint(args.model) or args.model) or {}).get("data", {})
+    weights = tuple(saved.get("split_weights", defaults["split_weights"]))
+    by_cluster = bool(saved.get("split_by_cluster", defaults["split_by_cluster"]))
+    records = split_documents(args.corpus, Split[args.split.upper()], weights, by_cluster=by_cluster)
+    if not records:
+        raise ValueError(f"{args.corpus} has no documents in the {args.split} split (split_weights {list(weights)})")
+    records = records[: args.limit or None]
+    return records, f"{args.corpus}'s {args.split} split (weights {list(weights)})"
 
 
 def _evaluate_dms(model, args) -> None:
@@ -567,7 +591,17 @@ def build_parser() -> argparse.ArgumentParser:
     tasks = evaluate.add_subparsers(dest="task", required=True)
     sample_fasta = "data/uniref90_esm2_pretraining_sample_10k.fasta.gz"
     ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
-    ppl.add_argument("--fasta", type=Path, required=True, help="sequences to score (plain or .gz)")
+    scored = ppl.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--fasta", type=Path, help="sequences to score (plain or .gz)")
+    scored.add_argument(
+        "--corpus", type=Path, metavar="PREFIX", help="a preprocessed corpus: score its --split (eval-only mode)"
+    )
+    ppl.add_argument(
+        "--split",
+        choices=["train", "valid", "test"],
+        default="test",
+        help="--corpus: which split, assigned as the model's training run assigned it",
+    )
     ppl.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
     ppl.add_argument("--mask-ratio", type=float, default=0.15, help="MLM masked perplexity: share of residues masked")
     ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")

@@ -334,3 +334,40 @@ def test_no_progress_also_silences_transformers_bars(runtime, trained, tmp_path)
 
     assert "Loading weights" in perplexity_cli()  # transformers' bar, drawn even into a pipe
     assert "Loading weights" not in perplexity_cli("--no-progress")
+
+
+def test_perplexity_scores_the_held_out_split_of_a_training_corpus(runtime, trained, sample_corpus, tmp_path):
+    """Megatron-LM's eval-only mode: --corpus PREFIX --split test scores the documents the run held out."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
+    from megatron_plm.data.corpus import Corpus
+    from megatron_plm.data.splits import Split, assign_splits
+
+    data = saved_run_config(latest_checkpoint(trained["clm"]))["data"]
+    corpus = Corpus.open(sample_corpus)
+    splits = assign_splits(corpus, tuple(data["split_weights"]), by_cluster=data["split_by_cluster"])
+    ids = corpus.record_ids()
+    held_out = [ids[d] for d in np.flatnonzero(splits == Split.TEST)][:30]
+    out = tmp_path / "per_seq.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "megatron_plm", "evaluate", "perplexity", "--model", str(trained["clm"])]
+        + ["--corpus", str(sample_corpus), "--split", "test", "--limit", "30", "--output", str(out), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [r["record_id"] for r in rows] == held_out and len(held_out) == 30
+    assert not set(held_out) & {ids[d] for d in np.flatnonzero(splits == Split.TRAIN)}
+    sequences = {
+        r.record_id: r.sequence for r in read_fasta(REPO / "data/uniref90_esm2_pretraining_sample_10k.fasta.gz")
+    }
+    model = load_scoring_model(trained["clm"], runtime)
+    expected = perplexity(model, [(i, TOK.encode(sequences[i]).astype(np.int64)) for i in held_out[:3]])
+    assert [float(r["perplexity"]) for r in rows[:3]] == pytest.approx([s.perplexity for s in expected], rel=1e-5)
+    assert f"test split (weights {data['split_weights']})" in done.stdout
