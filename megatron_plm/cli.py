@@ -268,7 +268,13 @@ def _evaluate_embed(model, args) -> None:
     ]
     pools = tuple(EMBED_INCLUDE[name] for name in args.include) if args.include else (args.pool,)
     result = embed_all(
-        model, records, layers=args.layers, pools=pools, batch_size=args.batch_size, toks_per_batch=args.toks_per_batch
+        model,
+        records,
+        layers=args.layers,
+        pools=pools,
+        batch_size=args.batch_size,
+        toks_per_batch=args.toks_per_batch,
+        show_progress=not args.no_progress,
     )
     if args.format == "fair-esm":
         written = save_fair_esm(result, args.output)
@@ -296,7 +302,7 @@ def _evaluate_probe(model, args) -> None:
         test_fraction=args.test_fraction,
         seed=args.seed,
     )
-    print(format_probe(run_probe(model, config), model.name))
+    print(format_probe(run_probe(model, config, show_progress=not args.no_progress), model.name))
 
 
 def _evaluate_generate(model, args) -> None:

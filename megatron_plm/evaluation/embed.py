@@ -25,6 +25,7 @@ import torch
 
 from megatron_plm.data.tokenizer import ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
+from megatron_plm.progress import track
 
 Pool = Literal["mean", "cls", "per-token"]
 TOK = ProteinTokenizer()
@@ -100,6 +101,7 @@ def embed_all(
     pools: tuple[str, ...] = ("mean",),
     batch_size: int = 16,
     toks_per_batch: int | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Embeddings]:
     """Embeddings of ``(record id, residue token ids)`` records for each of ``pools``, in one pass over
     the model (see the module docstring); ``toks_per_batch`` batches by tokens instead of ``batch_size``."""
@@ -120,7 +122,8 @@ def embed_all(
     residue_rows: dict[int, dict[int, np.ndarray]] = {}  # window -> layer -> [residues, h]
     cls_rows: dict[int, dict[int, np.ndarray]] = {}
     bos_rows: dict[int, dict[int, np.ndarray]] = {}
-    for batch in _batches([len(w[2]) for w in windows], order, batch_size, toks_per_batch):
+    batches = _batches([len(w[2]) for w in windows], order, batch_size, toks_per_batch)
+    for batch in track(batches, "embed", total=len(windows), unit="windows", enabled=show_progress, weight=len):
         rows = [_frame(model, windows[w][2]) for w in batch]
         ids, real = pad_batch(rows, TOK.pad)
         hidden = model.hidden_states(ids.to(model.device), real.to(model.device))
@@ -165,12 +168,19 @@ def embed(
     pool: Pool = "mean",
     batch_size: int = 16,
     toks_per_batch: int | None = None,
+    show_progress: bool = False,
 ) -> Embeddings:
     """Embeddings of ``(record id, residue token ids)`` records pooled one way (see :func:`embed_all`)."""
     if pool not in ("mean", "cls", "per-token"):
         raise ValueError(f"--pool must be mean, cls or per-token, got {pool!r}")
     return embed_all(
-        model, records, layers=layers, pools=(pool,), batch_size=batch_size, toks_per_batch=toks_per_batch
+        model,
+        records,
+        layers=layers,
+        pools=(pool,),
+        batch_size=batch_size,
+        toks_per_batch=toks_per_batch,
+        show_progress=show_progress,
     )[pool]
 
 

@@ -101,12 +101,15 @@ def test_embed_cli_writes_npz_with_ids(trained, sample_fasta, tmp_path):
     assert list(np.diff(saved["offsets"])) == lengths
 
 
-def test_probe_on_a_handful_of_chains(runtime, trained, shared_data):
+def test_probe_on_a_handful_of_chains(runtime, trained, shared_data, monkeypatch, capsys):
     config = ProbeConfig(data=str(shared_data / SS), chains=40, max_length=300, test_fraction=0.3)
     chains = load_chains(config.data, config.chains, config.max_length)
     test = split_chains(chains, config.test_fraction)
     assert not {c.sequence for c, t in zip(chains, test) if t} & {c.sequence for c, t in zip(chains, test) if not t}
-    result = run_probe(load_scoring_model(trained["mlm"], runtime), config)
+    monkeypatch.setenv("MEGATRON_PLM_PROGRESS_INTERVAL", "0")  # a line per update (stderr is not a terminal)
+    result = run_probe(load_scoring_model(trained["mlm"], runtime), config, show_progress=True)
+    progress = capsys.readouterr().err
+    assert "windows (100%)" in progress and "probe fits: 4/4 fits" in progress, progress
     assert result.test_chains == int(test.sum()) and result.train_chains + result.test_chains == 40
     labels = "".join(c.ss8 for c, t in zip(chains, test) if t)
     majority3 = max(sum(s in g for s in labels) for g in ("HGI", "EB", "TS~")) / len(labels)
