@@ -141,7 +141,7 @@ def export_hf(
 
                 default = SamplingConfig(max_length=min(SamplingConfig.max_length, model.seq_length - 1))
                 generation_config(default, hf.hf_vocab_size(objective, model)).save_pretrained(str(staging))
-            save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+            save_file(hf.to_file_names(tensors), str(staging / "model.safetensors"), metadata={"format": "pt"})
             save_hf_tokenizer(staging, objective, model_max_length=model.seq_length, subword=subword)
         progress.update(1)
     return final
