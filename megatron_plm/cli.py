@@ -158,15 +158,21 @@ def _check_evaluate_numbers(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
-    from megatron_plm.outputs import prepare_output
+    from megatron_plm.outputs import prepare_output, prepare_output_dir
     from megatron_plm.runtime import ParallelConfig, initialize
 
-    if getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
+    if getattr(args, "format", None) == "fair-esm":  # embed into a directory of .pt files
+        prepare_output_dir(args.output, what="--output")
+    elif getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
     _check_inputs(args)  # before loading a model, naming the flag (defaults included)
     if args.task == "generate":  # a bad --prompt is refused before the model loads
         args.prompts = read_prompts(args.prompt)
     _check_evaluate_numbers(args)
+    if args.no_progress:
+        from megatron_plm.progress import silence_library_progress
+
+        silence_library_progress()
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)
         if args.task == "perplexity":
@@ -205,11 +211,15 @@ def _evaluate_perplexity(model, args) -> None:
     from megatron_plm.data.tokenizer import ProteinTokenizer
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
 
-    tok = ProteinTokenizer()
-    records = [
-        (r.record_id, tok.encode(r.sequence).astype("int64"))
-        for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
-    ]
+    if args.corpus is not None:
+        records, source = _corpus_split(model, args)
+    else:
+        tok = ProteinTokenizer()
+        records = [
+            (r.record_id, tok.encode(r.sequence).astype("int64"))
+            for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
+        ]
+        source = str(args.fasta)
     from megatron_plm.outputs import write_text_atomic
 
     scores = perplexity(
@@ -234,10 +244,30 @@ def _evaluate_perplexity(model, args) -> None:
             ),
         )
     print(
-        f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences "
+        f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences of {source} "
         f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
         f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}"
     )
+
+
+def _corpus_split(model, args) -> tuple[list, str]:
+    """The ``--split`` documents of ``--corpus``, split as the model's training run split it (its saved
+    ``data.split_weights`` / ``split_by_cluster``; a ``transformers`` model: the defaults)."""
+    import dataclasses
+
+    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
+    from megatron_plm.data.builder import DataConfig
+    from megatron_plm.data.splits import Split, split_documents
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    saved = (saved_run_config(latest_checkpoint(args.model) or args.model) or {}).get("data", {})
+    weights = tuple(saved.get("split_weights", defaults["split_weights"]))
+    by_cluster = bool(saved.get("split_by_cluster", defaults["split_by_cluster"]))
+    records = split_documents(args.corpus, Split[args.split.upper()], weights, by_cluster=by_cluster)
+    if not records:
+        raise ValueError(f"{args.corpus} has no documents in the {args.split} split (split_weights {list(weights)})")
+    records = records[: args.limit or None]
+    return records, f"{args.corpus}'s {args.split} split (weights {list(weights)})"
 
 
 def _evaluate_dms(model, args) -> None:
@@ -271,17 +301,35 @@ def _evaluate_embed(model, args) -> None:
 
     from megatron_plm.data.fasta import read_fasta
     from megatron_plm.data.tokenizer import ProteinTokenizer
-    from megatron_plm.evaluation.embed import embed
+    from megatron_plm.evaluation.embed import embed_all, save_fair_esm, save_npz
 
     tok = ProteinTokenizer()
     records = [
         (r.record_id, tok.encode(r.sequence).astype("int64"))
         for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
     ]
-    result = embed(model, records, layers=args.layers, pool=args.pool, batch_size=args.batch_size)
-    result.save(args.output)
-    shapes = ", ".join(f"layer_{k} {list(v.shape)}" for k, v in result.layers.items())
-    print(f"wrote {args.output}: {len(records):,} sequences, {args.pool}: {shapes}")
+    pools = tuple(EMBED_INCLUDE[name] for name in args.include) if args.include else (args.pool,)
+    result = embed_all(
+        model,
+        records,
+        layers=args.layers,
+        pools=pools,
+        batch_size=args.batch_size,
+        toks_per_batch=args.toks_per_batch,
+        show_progress=not args.no_progress,
+    )
+    if args.format == "fair-esm":
+        written = save_fair_esm(result, args.output)
+        layers = sorted(next(iter(result.values())).layers)
+        print(f"wrote {written:,} files {args.output}/<label>.pt (fair-esm's extract.py layout), layers {layers}")
+        return
+    save_npz(result, args.output)
+    shapes = ", ".join(f"{pool} layer_{k} {list(v.shape)}" for pool, e in result.items() for k, v in e.layers.items())
+    print(f"wrote {args.output}: {len(records):,} sequences, {shapes}")
+
+
+EMBED_INCLUDE = {"mean": "mean", "per_tok": "per-token", "bos": "bos", "cls": "cls"}
+"""``evaluate embed --include`` names (fair-esm's, and our ``cls``) -> :data:`~megatron_plm.evaluation.embed.POOLS`."""
 
 
 def _evaluate_probe(model, args) -> None:
@@ -296,7 +344,7 @@ def _evaluate_probe(model, args) -> None:
         test_fraction=args.test_fraction,
         seed=args.seed,
     )
-    print(format_probe(run_probe(model, config), model.name))
+    print(format_probe(run_probe(model, config, show_progress=not args.no_progress), model.name))
 
 
 def _is_file(path: str) -> bool:
@@ -382,20 +430,36 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if args.write_config:
             from megatron_plm.config import load_config
 
-            written, warnings = write_config(plan, args.write_config, args.template)
+            written, warnings, fit = write_config(
+                plan, args.write_config, args.template, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu
+            )
             load_config(written)  # what we write must load
-            for warning in warnings:
-                print(f"warning: {warning}", file=sys.stderr)
-            print(f"wrote {written}")
+            _report_fit(fit, written, warnings)
         return 0
-    from megatron_plm.config import load_config
-    from megatron_plm.planning.planner import format_plan, make_plan
+    from megatron_plm.config import load_config, read_config_data
+    from megatron_plm.planning.planner import fit_layout, format_plan, make_plan, write_fitted_config
 
     if args.config is None:
         raise ValueError("give a CONFIG to size, or --budget-flops C --objective clm|mlm")
     config = load_config(args.config, args.overrides)
-    print(format_plan(make_plan(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)))
+    if not args.write_config:
+        print(format_plan(make_plan(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)))
+        return 0
+    fit = fit_layout(config, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu)
+    written = write_fitted_config(read_config_data(args.config, args.overrides), fit, args.write_config, args.config)
+    load_config(written)
+    _report_fit(fit, written, [])
     return 0
+
+
+def _report_fit(fit, written: Path, warnings: list[str]) -> None:
+    from megatron_plm.planning.planner import format_changes, format_plan
+
+    print(format_plan(fit.plan))
+    print(f"layout: {format_changes(fit) if fit.changes else 'as configured (it fits)'}")
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {written}")
 
 
 def _cmd_scaling(args: argparse.Namespace) -> int:
@@ -482,11 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     weights.add_argument("alignment", type=Path, help="a3m, a2m or aligned FASTA (optionally .gz)")
     weights.add_argument("--output-prefix", required=True, help="writes PREFIX.weights.tsv and PREFIX.clusters.tsv")
-    weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (default 0.8, as EVE)")
+    weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (0.8 as EVE)")
     weights.add_argument("--format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     weights.set_defaults(func=_cmd_msa_weights)
 
-    tokenizer = commands.add_parser("tokenizer", help="subword (SentencePiece BPE / unigram) protein tokenizers")
+    tokenizer = commands.add_parser("tokenizer", help="train subword (SentencePiece BPE / unigram) protein tokenizers")
     tokenizer_steps = tokenizer.add_subparsers(dest="step", required=True)
     tok_train = tokenizer_steps.add_parser("train", help="learn a subword vocabulary from FASTA files")
     tok_train.add_argument("--input", action="extend", nargs="+", required=True, dest="inputs", help="FASTA files")
@@ -539,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=_cmd_export_hf)
 
     imported = commands.add_parser("import-hf", help="transformers ESM-2 / GPT-NeoX directory -> our checkpoint")
-    imported.add_argument("source", help="a transformers model directory")
+    imported.add_argument("source", help="a transformers model directory or a Hugging Face Hub id (owner/name)")
     imported.add_argument("output", type=Path, help="checkpoint directory to write")
     imported.set_defaults(func=_cmd_import_hf)
     plan = commands.add_parser("plan", help="size a config (memory, fit, days), or a compute budget (N_opt, D_opt)")
@@ -547,7 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--budget-flops", type=float, help="plan a model for this compute budget instead")
     plan.add_argument("--objective", choices=["clm", "mlm"], default="clm", help="objective of --budget-flops")
     plan.add_argument("--law", default="paper", help="'paper' (the study's fits) or a JSON from 'scaling fit --output'")
-    plan.add_argument("--write-config", type=Path, help="write a ready run config for the planned model")
+    plan.add_argument(
+        "--write-config",
+        type=Path,
+        help="write a run config (the planned model's, or CONFIG's) with a layout that fits --gpus x --gpu",
+    )
     plan.add_argument(
         "--template",
         type=Path,
@@ -559,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation")
     plan.set_defaults(func=_cmd_plan)
 
-    scaling = commands.add_parser("scaling", help="fit scaling laws, run IsoFLOP sweeps")
+    scaling = commands.add_parser("scaling", help="IsoFLOP sweeps (sweep, collect) and scaling-law fits (fit)")
     steps = scaling.add_subparsers(dest="step", required=True)
     fit_cmd = steps.add_parser("fit", help="fit L(N, D) and IsoFLOP profiles to a runs table (CSV: N, D, loss)")
     fit_cmd.add_argument("runs", type=Path, help="runs table (scaling collect writes one)")
@@ -587,10 +655,23 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--seed", type=int, default=0, help="random seed")
     scaling.set_defaults(func=_cmd_scaling)
 
-    evaluate = commands.add_parser("evaluate", help="perplexity, zero-shot DMS scoring, generation")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="perplexity, dms (zero-shot variant effects), embed, probe (secondary structure), generate",
+    )
     tasks = evaluate.add_subparsers(dest="task", required=True)
     ppl = tasks.add_parser("perplexity", help="CLM perplexity or MLM masked / pseudo-perplexity of a FASTA file")
-    ppl.add_argument("--fasta", type=Path, required=True, help="sequences to score (plain or .gz)")
+    scored = ppl.add_mutually_exclusive_group(required=True)
+    scored.add_argument("--fasta", type=Path, help="sequences to score (plain or .gz)")
+    scored.add_argument(
+        "--corpus", type=Path, metavar="PREFIX", help="a preprocessed corpus: score its --split (eval-only mode)"
+    )
+    ppl.add_argument(
+        "--split",
+        choices=["train", "valid", "test"],
+        default="test",
+        help="--corpus: which split, assigned as the model's training run assigned it",
+    )
     ppl.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
     ppl.add_argument("--mask-ratio", type=float, default=0.15, help="MLM masked perplexity: share of residues masked")
     ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")
@@ -619,7 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
     dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
     emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
     emb.add_argument("--fasta", type=Path, required=True, help="proteins to embed (plain or .gz)")
-    emb.add_argument("--output", type=Path, required=True, help=".npz: ids, layer_<k> (and offsets for per-token)")
+    emb.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help=".npz: ids, layer_<k> (and offsets for per-token); a directory with --format fair-esm",
+    )
     emb.add_argument(
         "--pool",
         choices=["mean", "cls", "per-token"],
@@ -633,7 +719,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=[-1],
         help="0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)",
     )
+    emb.add_argument(
+        "--include",
+        nargs="+",
+        choices=list(EMBED_INCLUDE),
+        help="several representations in one pass, as fair-esm's extract.py names them (replaces --pool)",
+    )
+    emb.add_argument(
+        "--format",
+        choices=["npz", "fair-esm"],
+        default="npz",
+        help="fair-esm: --output is a directory of <label>.pt files in fair-esm's extract.py layout",
+    )
     emb.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass")
+    emb.add_argument(
+        "--toks-per-batch", type=int, help="batch by tokens instead (fair-esm's option): sequences x padded length"
+    )
     emb.add_argument("--limit", type=int, default=0, help="first N sequences only (0: all)")
     probe = tasks.add_parser(
         "probe",
@@ -665,8 +766,15 @@ def build_parser() -> argparse.ArgumentParser:
         "file of such prefixes (--num sequences each); counted in --max-length",
     )
     for task in (ppl, dms, emb, probe, gen):
-        task.add_argument("--no-progress", action="store_true", help="no progress bar or periodic progress lines")
-        task.add_argument("--model", type=Path, required=True, help="our checkpoint or a transformers directory")
+        task.add_argument(
+            "--no-progress", action="store_true", help="no progress bars (transformers' included) or periodic lines"
+        )
+        task.add_argument(
+            "--model",
+            type=Path,
+            required=True,
+            help="our checkpoint, a transformers directory or a Hugging Face Hub id (owner/name)",
+        )
         task.add_argument("--seed", type=int, default=0, help="random seed (masking, sampling)")
     evaluate.set_defaults(func=_cmd_evaluate)
     return parser

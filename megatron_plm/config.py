@@ -214,13 +214,42 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+OTHER_NAMES = {
+    "learning_rate": "lr",
+    "min_learning_rate": "min_lr",
+    "warmup_steps": "warmup_iters",
+    "lr_warmup_iters": "warmup_iters",
+    "max_grad_norm": "clip_grad",
+    "lr_decay_style": "decay_style",
+    "lr_scheduler_type": "decay_style",
+    "max_steps": "train_iters",
+    "num_train_steps": "train_iters",
+    "batch_size": "global_batch_size",
+    "per_device_train_batch_size": "micro_batch_size",
+    "num_hidden_layers": "num_layers",
+    "n_layer": "num_layers",
+    "n_embd": "hidden_size",
+    "n_head": "num_attention_heads",
+    "intermediate_size": "ffn_hidden_size",
+    "seq_len": "seq_length",
+    "tensor_parallel_size": "tensor_model_parallel_size",
+    "pipeline_parallel_size": "pipeline_model_parallel_size",
+    "recompute_granularity": "activation_recompute",
+}
+"""What other frameworks (``transformers``, Megatron-LM's flags, nanoGPT) call our fields: the hint for an
+unknown key names ours when the section has it."""
+
+
 def _unknown_field_hint(key: str, fields: dict, hints: dict, where: str) -> str:
     """A field that moved into a nested section (``data.mask_ratio`` -> ``data.masking.mask_ratio``)
-    is named exactly; otherwise the closest spelling, if any."""
+    is named exactly, as is ours for another framework's name (``optimizer.learning_rate`` ->
+    ``optimizer.lr``); otherwise the closest spelling, if any."""
     for name in fields:
         nested = hints.get(name)
         if dataclasses.is_dataclass(nested) and key in {f.name for f in dataclasses.fields(nested) if f.init}:
             return f" (it moved: write {'.'.join(filter(None, [where, name, key]))!r})"
+    if OTHER_NAMES.get(key) in fields:
+        return f" (did you mean {'.'.join(filter(None, [where, OTHER_NAMES[key]]))!r}?)"
     close = difflib.get_close_matches(key, fields, n=1)
     return f" (did you mean {'.'.join(filter(None, [where, close[0]]))!r}?)" if close else ""
 
@@ -289,6 +318,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Read a YAML run config, apply overrides, validate."""
+    return config_from_dict(read_config_data(path, overrides))
+
+
+def read_config_data(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The YAML mapping of a run config (``{}`` for None) with ``overrides`` applied, not yet validated."""
     data: dict = {}
     if path is not None:
         if Path(path).is_dir():
@@ -303,7 +337,11 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             raise ValueError(f"{path}{where}: invalid YAML ({problem}); fix the file") from error
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a run config is a YAML mapping (key: value), got a {type(data).__name__}")
-    data = apply_overrides(data, list(overrides))
+    return apply_overrides(data, list(overrides))
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """A validated :class:`TrainConfig` from a parsed YAML mapping (what :func:`load_config` reads)."""
     # The objective is stated once, at the top; the data section follows it.
     data.setdefault("data", {})
     if isinstance(data["data"], dict) and "objective" in data["data"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import Callable, Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
 
@@ -85,12 +85,65 @@ class Progress:
 
 
 def track(
-    items: Iterable[T], desc: str, *, total: int | None = None, unit: str = "it", enabled: bool = True
+    items: Iterable[T],
+    desc: str,
+    *,
+    total: int | None = None,
+    unit: str = "it",
+    enabled: bool = True,
+    weight: Callable[[T], float] | None = None,
 ) -> Iterator[T]:
-    """Iterate ``items``, reporting each one as done."""
+    """Iterate ``items``, reporting each one as done (as ``weight(item)`` units of work when given)."""
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     with Progress(total, desc, unit=unit, enabled=enabled) as progress:
         for item in items:
             yield item
-            progress.update(1)
+            progress.update(weight(item) if weight else 1)
+
+
+def silence_library_progress() -> None:
+    """Turn off ``transformers``' and ``huggingface_hub``'s own bars (loading weights, downloads), which
+    ``--no-progress`` covers too; a no-op for a library that is not installed."""
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except ImportError:
+        pass
+
+
+class Heartbeat:
+    """A line every ``interval`` seconds while opaque work runs (a library call that reports nothing, such as
+    SentencePiece's training): ``describe()`` says what is known so far."""
+
+    def __init__(self, describe, *, enabled: bool = True, stream: TextIO | None = None, interval: float | None = None):
+        import threading
+
+        self.describe, self.enabled = describe, enabled
+        self.stream = stream or sys.stderr
+        if interval is None:
+            interval = float(os.environ.get("MEGATRON_PLM_PROGRESS_INTERVAL", 30))
+        self.interval, self.start = interval, time.monotonic()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            print(f"{self.describe()} ({time.monotonic() - self.start:.0f} s)", file=self.stream, flush=True)
+
+    def __enter__(self) -> "Heartbeat":
+        if self.enabled:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        if self.thread.is_alive():
+            self.thread.join()

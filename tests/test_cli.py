@@ -121,3 +121,32 @@ def test_print_config_lists_every_field_with_value_default_and_doc(capsys, tmp_p
     assert describe_config().count("\n") == text.count("\n")
     assert main(["train"]) == 2
     assert "--config FILE is required" in capsys.readouterr().err
+
+
+def _parsers(parser, path="megatron-plm"):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_help_states_each_default_once_and_summaries_name_every_subcommand():
+    import re
+
+    parser = build_parser()
+    doubled = []
+    for path, sub in _parsers(parser):
+        text = " ".join(sub.format_help().split())
+        doubled += [f"{path}: {m}" for m in re.findall(r"\(default \S[^()]*\) \(default: [^)]*\)", text)]
+    assert not doubled, doubled
+    # Each command's one-line summary names every subcommand it has.
+    for path, sub in _parsers(parser):
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for choice in action._choices_actions:
+                    child = action.choices[choice.dest]
+                    grandchildren = [a for a in child._actions if isinstance(a, argparse._SubParsersAction)]
+                    for group in grandchildren:
+                        unnamed = [n for n in group.choices if n.split("-")[0] not in choice.help.lower()]
+                        assert not unnamed, f"{path} {choice.dest}: the summary {choice.help!r} omits {unnamed}"

@@ -325,3 +325,27 @@ def test_damaged_transformers_config_is_named(capsys, tmp_path, content):
         line = one_line_error(capsys, argv)
         assert f"{model}: " in line and "config.json must be a transformers model config" in line
     assert not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["import-hf", "facebook/esm2_t6_8M_UR50D", "OUT"],
+        ["evaluate", "perplexity", "--model", "facebook/esm2_t6_8M_UR50D", "--fasta", "x.fasta"],
+    ],
+)
+def test_a_hub_id_without_network_is_one_clear_line(command, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    command = [str(tmp_path / "out") if part == "OUT" else part for part in command]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}  # an empty cache
+    done = subprocess.run(
+        [sys.executable, "-m", "megatron_plm", *command], capture_output=True, text=True, env=environment, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"megatron-plm {command[0]}: error: facebook/esm2_t6_8M_UR50D is not a local directory")
+    assert "hf download facebook/esm2_t6_8M_UR50D" in lines[0]

@@ -3,7 +3,7 @@
 Export loads a checkpoint saved at any TP/PP layout into a TP=1 model in this process
 (megatron-core reshards on load), converts with :mod:`megatron_plm.checkpoint.hf`, and writes
 ``config.json``, ``model.safetensors`` and tokenizer files that ``transformers`` loads with no
-custom code. Import is the reverse, writing model tensors megatron-core can load at any layout
+custom code (a CLM also ``generation_config.json``: sampling as ``evaluate generate`` samples). Import is the reverse, writing model tensors megatron-core can load at any layout
 (use them with ``checkpoint.init_from``). Both write to a temporary name and rename when
 complete: a failure leaves no partial output directory.
 """
@@ -137,11 +137,39 @@ def export_hf(
             config = hf.hf_config(objective, model)
             config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
             config.save_pretrained(str(staging))
-            save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+            if objective == "clm":  # model.generate and pipeline() sample as `evaluate generate` does
+                from megatron_plm.evaluation.generate import SamplingConfig, generation_config
+
+                default = SamplingConfig(max_length=min(SamplingConfig.max_length, model.seq_length - 1))
+                generation_config(default, hf.hf_vocab_size(objective, model)).save_pretrained(str(staging))
+            save_file(hf.to_file_names(tensors), str(staging / "model.safetensors"), metadata={"format": "pt"})
             follow_umask(staging / "model.safetensors")  # save_file writes it owner-only
             save_hf_tokenizer(staging, objective, model_max_length=model.seq_length, subword=subword)
         progress.update(1)
     return final
+
+
+HUB_FILES = ["config.json", "*.safetensors", "*.json", "*.txt", "*.model"]
+"""What :func:`resolve_hf_source` fetches of a Hub repository: config, weights, tokenizer (no .bin/.h5 copies)."""
+
+
+def resolve_hf_source(source: str | os.PathLike) -> Path:
+    """A local ``transformers`` directory as it is; a Hugging Face Hub id (``owner/name``, not a local path)
+    fetched into the Hub cache. No network, no such repository or no access is one ``ValueError`` line."""
+    path = Path(source)
+    if path.exists() or len(path.parts) != 2 or str(source).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(source), allow_patterns=HUB_FILES))
+    except Exception as error:  # offline, no route, 401/404: each library version words it differently
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ValueError(
+            f"{source} is not a local directory, and fetching it from the Hugging Face Hub failed "
+            f"({type(error).__name__}: {reason}); download it where there is network "
+            f"(hf download {source} --local-dir DIR) and give DIR"
+        ) from None
 
 
 def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Runtime) -> Path:
@@ -155,6 +183,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
     _check_output(Path(output))
+    source = resolve_hf_source(source)
     objective, model = hf.model_config_from_hf(hf.load_config(source), str(source))
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
     hf_state = hf.load_pretrained(auto, source, dtype=torch.float32).state_dict()

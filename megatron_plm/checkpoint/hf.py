@@ -49,6 +49,16 @@ ESM_VOCAB = {
 }
 NEOX_VOCAB = {"embedding.word_embeddings.weight": "gpt_neox.embed_in.weight", "output_layer.weight": "lm_head.weight"}
 HF_PREFIX = {"mlm": "esm.encoder.layer.{i}.", "clm": "gpt_neox.layers.{i}."}
+FILE_NAMES = {"lm_head.weight": "embed_out.weight"}
+"""Names an export's ``model.safetensors`` uses where ``transformers`` versions differ: GPT-NeoX's output
+projection is ``embed_out`` in 4.x and ``lm_head`` in 5.x, which still loads ``embed_out`` checkpoints (as
+Pythia's on the Hub), so the file uses the name both load."""
+
+
+def to_file_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {FILE_NAMES.get(k, k): v for k, v in tensors.items()}
+
+
 ALLOWED_MISSING_IN_HF = {"mlm": ("esm.contact_head.", "lm_head.decoder.weight"), "clm": ()}
 """HF tensors the key maps do not provide: ESM's contact head (not trained here), the tied decoder;
 :func:`hf_extra_tensors` fills the first (and rotary buffers) so that an export loads without a report."""

@@ -107,3 +107,15 @@ def assign_splits(
             values[unclustered] = unit_intervals(residues, pointers, lengths, key)
         splits[start:stop] = np.searchsorted(bounds, values, side="right").clip(max=2)
     return splits
+
+
+def split_documents(
+    prefix, split: Split, weights: tuple[float, float, float], *, by_cluster: bool = True
+) -> list[tuple[str, np.ndarray]]:
+    """``(record id, token ids)`` of the documents of a preprocessed corpus in ``split``, assigned as a
+    training run with these ``data.split_weights`` / ``data.split_by_cluster`` assigns them (the held-out
+    split of a training corpus, for evaluation only)."""
+    corpus = Corpus.open(prefix)
+    chosen = np.flatnonzero(assign_splits(corpus, weights, by_cluster=by_cluster) == split)
+    ids, dataset = corpus.record_ids(), corpus.indexed_dataset()
+    return [(ids[d], np.asarray(dataset[int(d)]).astype(np.int64)) for d in chosen]

@@ -35,6 +35,7 @@ import numpy as np
 
 from megatron_plm.safe_io import check_owned_directory, publish_directory, read_json, reading, staging_directory
 from megatron_plm.data.tokenizer import RESIDUES, STANDARD_AMINO_ACIDS, VOCAB, InvalidSequenceError, ProteinTokenizer
+from megatron_plm.progress import Heartbeat
 
 ModelType = Literal["bpe", "unigram"]
 TOKENIZER_FILE = "tokenizer.json"
@@ -111,13 +112,14 @@ def _feed(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
             counts["residues"] += len(text)
             for start in range(0, len(text), MAX_SENTENCE):
                 yield text[start : start + MAX_SENTENCE]
-            if progress and time.monotonic() - last > 5:
+            if progress and time.monotonic() - last > 5:  # (the heartbeat takes over once all is read)
                 last = time.monotonic()
                 print(
                     f"tokenizer train: read {counts['sequences']:,} sequences, {counts['residues']:,} residues",
                     file=sys.stderr,
                     flush=True,
                 )
+    counts["read"] = True
 
 
 def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
@@ -140,37 +142,44 @@ def train_subword_tokenizer(cfg: SubwordTrainConfig) -> dict:
     model = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)  # the reservoir sample
     started = time.perf_counter()
+
     # SentencePiece counts its <unk> and the single residues it saw; ask for enough pieces that the
     # multi-residue ones fill our vocabulary whatever subset of the 25 letters the data has.
+    def describe() -> str:  # SentencePiece reads the sample, then trains without a word (unigram: minutes)
+        read = f"read {counts['sequences']:,} sequences, {counts['residues']:,} residues"
+        return f"tokenizer train: {read}; " + ("training the " + cfg.model_type if counts.get("read") else "reading")
+
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=_sentences(cfg.inputs, cfg.progress, counts),
-            model_writer=model,
-            model_type=cfg.model_type,
-            vocab_size=cfg.vocab_size - len(VOCAB) + 1 + len(RESIDUES),
-            hard_vocab_limit=False,
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            normalization_rule_name="identity",
-            split_by_whitespace=False,
-            character_coverage=1.0,
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            input_sentence_size=cfg.sample_sequences,
-            shuffle_input_sentence=True,
-            max_sentence_length=MAX_SENTENCE,
-            max_sentencepiece_length=cfg.max_piece_length,
-            num_threads=cfg.threads,
-            minloglevel=2,
-        )
+        with Heartbeat(describe, enabled=cfg.progress):
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=_sentences(cfg.inputs, cfg.progress, counts),
+                model_writer=model,
+                model_type=cfg.model_type,
+                vocab_size=cfg.vocab_size - len(VOCAB) + 1 + len(RESIDUES),
+                hard_vocab_limit=False,
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                normalization_rule_name="identity",
+                split_by_whitespace=False,
+                character_coverage=1.0,
+                unk_id=0,
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                input_sentence_size=cfg.sample_sequences,
+                shuffle_input_sentence=True,
+                max_sentence_length=MAX_SENTENCE,
+                max_sentencepiece_length=cfg.max_piece_length,
+                num_threads=cfg.threads,
+                minloglevel=2,
+            )
     except RuntimeError as error:  # an input error stops the feed; SentencePiece then reports its own
         if "error" in counts:
             raise counts.pop("error") from None
         raise ValueError(f"SentencePiece could not train on {cfg.inputs}: {error}") from None
     if "error" in counts:
         raise counts.pop("error")
+    counts.pop("read", None)
     seconds = time.perf_counter() - started
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     pieces = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]

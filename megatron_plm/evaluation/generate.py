@@ -3,14 +3,15 @@
 Forward generation starts at ``1`` (N-terminus) and ends at ``2``; ``reverse`` starts at ``2`` and
 the sampled C->N sequence is flipped back to N->C. Only residues (the 20 standard amino acids unless
 ``allow_nonstandard``) and the closing terminus can be sampled. A prompt fixes the first residues (the
-last ones when reversed). Causal LMs decode through ``transformers``' key/value cache (our checkpoints
-via the export's conversion, in memory): one token per step instead of the whole prefix.
+last ones when reversed). Sampling is ``transformers``' ``generate`` (our checkpoints through the
+export's conversion, in memory) with the settings of :func:`generation_config`, which ``export-hf``
+also writes: an export samples the same proteins at the same seed, and decodes through the key/value
+cache, one token per step.
 """
 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,16 +50,46 @@ class SamplingConfig:
             raise ValueError("top_k must be >= 0, max_length and num_sequences >= 1")
 
 
-def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # keep the token that crosses p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
-    return logits
+def generation_config(config: SamplingConfig, vocab_size: int = TOK.vocab_size):
+    """``transformers``' :class:`~transformers.GenerationConfig` that samples as :func:`generate` does.
+
+    Tokens that are not allowed residues (nor the closing terminus) are suppressed, the closing terminus
+    is forbidden until one residue follows the opening one (``min_length=2``: the opening terminus and a
+    residue), and sampling stops at the closing terminus or after ``max_length`` residues. ``export-hf``
+    writes it (at the default settings) as the export's ``generation_config.json``, so that ``model.generate``
+    and ``pipeline("text-generation")`` sample proteins as ``evaluate generate`` does."""
+    from transformers import GenerationConfig
+
+    start, stop = (TOK.c_terminus, TOK.n_terminus) if config.reverse else (TOK.n_terminus, TOK.c_terminus)
+    allowed = {TOK.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)}
+    return GenerationConfig(
+        do_sample=True,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        max_length=config.max_length + 1,
+        min_length=2,
+        suppress_tokens=[i for i in range(vocab_size) if i not in allowed and i != stop],
+        bos_token_id=start,
+        eos_token_id=stop,
+        pad_token_id=TOK.pad,
+        use_cache=config.use_cache,
+    )
+
+
+class _StepProgress:
+    """``transformers``' streamer protocol (``put`` the prompt, then each step's tokens; ``end``) as a progress bar."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.prompted = progress, False
+
+    def put(self, value) -> None:
+        if self.prompted:
+            self.progress.update(1)
+        self.prompted = True
+
+    def end(self) -> None:
+        pass
 
 
 def generate(
@@ -66,8 +97,10 @@ def generate(
 ) -> list[str]:
     """Sample ``num_sequences`` proteins (N->C strings) that begin with ``prompt`` (end with it when reverse).
 
-    With a key/value cache (``model.decoder``) each step feeds one token; without, the whole prefix."""
-    if model.objective != "clm":
+    Sampling is ``transformers``' own (``model.generate`` with :func:`generation_config`, the RNG seeded with
+    ``config.seed``), so the export of the same model, given the same settings after ``torch.manual_seed(seed)``,
+    samples the same proteins."""
+    if model.objective != "clm" or model.causal_lm is None:
         raise ValueError(f"{model.name} is a masked LM; generation needs a causal LM")
     config.validate()
     prompt = prompt.strip().upper()
@@ -80,34 +113,27 @@ def generate(
             f"max_length {config.max_length} does not fit {model.name}'s context of {model.context} tokens "
             f"(the opening terminus + residues): at most {model.context - 1} residues; use a smaller max_length"
         )
-    start, stop = (TOK.c_terminus, TOK.n_terminus) if config.reverse else (TOK.n_terminus, TOK.c_terminus)
-    allowed = [TOK.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)]
-    permitted = torch.full((model.vocab_size,), float("-inf"))  # host: log_probs come back to the host
-    permitted[allowed + [stop]] = 0.0
-    generator = torch.Generator().manual_seed(config.seed)
+    settings = generation_config(config, model.vocab_size)
+    lm = model.causal_lm()
     prefix = TOK.encode(prompt[::-1] if config.reverse else prompt).astype(np.int64)
-    ids = torch.as_tensor(np.concatenate([[start], prefix]), dtype=torch.long).repeat(config.num_sequences, 1)  # host
-    done = torch.zeros(config.num_sequences, dtype=torch.bool)  # host
-    step = model.decoder() if model.decoder is not None and config.use_cache else None
-    fresh = ids
-    with Progress(config.max_length - len(prompt), "generate", unit="tokens", enabled=show_progress) as progress:
-        while ids.shape[1] < config.max_length + 1 and not done.all():
-            if step is not None:
-                logits = model.step_log_probs(step, fresh)[:, -1] + permitted
-            else:
-                logits = model.log_probs(ids, torch.ones_like(ids))[:, -1] + permitted
-            if ids.shape[1] == 1:
-                logits[:, stop] = float("-inf")  # at least one residue
-            probs = torch.softmax(_filter(logits / config.temperature, config.top_k, config.top_p), dim=-1)
-            sampled = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            sampled = torch.where(done, torch.full_like(sampled, TOK.pad), sampled)
-            done |= sampled == stop
-            fresh = sampled[:, None]
-            ids = torch.cat([ids, fresh], dim=1)
-            progress.update(1)
+    ids = torch.as_tensor(np.concatenate([[settings.bos_token_id], prefix]), dtype=torch.long, device=lm.device)[None]
+    devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
+    with (
+        Progress(config.max_length - len(prompt), "generate", unit="tokens", enabled=show_progress) as progress,
+        torch.random.fork_rng(devices=devices),
+        torch.no_grad(),
+    ):
+        torch.manual_seed(config.seed)
+        out = lm.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            generation_config=settings,
+            num_return_sequences=config.num_sequences,
+            streamer=_StepProgress(progress) if show_progress else None,
+        )
     sequences = []
-    for row in ids.tolist():
-        body = [t for t in row[1:] if t not in (stop, TOK.pad)]
+    for row in out.cpu().tolist():
+        body = [t for t in row[1:] if t not in (settings.eos_token_id, TOK.pad)]
         text = TOK.decode(body)
         sequences.append(text[::-1] if config.reverse else text)
     return sequences

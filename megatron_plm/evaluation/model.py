@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -32,18 +32,14 @@ class ScoringModel:
     device: torch.device = torch.device("cpu")
     tokenizer: ProteinTokenizer = ProteinTokenizer()
     """The residue tokenizer, or the :class:`~megatron_plm.data.subword.SubwordTokenizer` it was trained with."""
-    decoder: Callable[[], Callable[[torch.Tensor], torch.Tensor]] | None = None
-    """CLM with a key/value cache: returns a fresh ``step(new ids [b, k]) -> logits [b, k, >= vocab_size]``
-    that remembers the ids it was given (generation feeds one token per step)."""
+    causal_lm: Callable[[], Any] | None = None
+    """CLM: the same weights as a ``transformers`` causal LM (built on first use), which generation samples
+    from with ``transformers``' own ``generate``."""
 
     hidden_states: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]] | None = None
     """``(ids, real) -> [embeddings, layer 1, ..., final]``, each ``[b, s, h]``: the input to the first
     layer, each layer's output, and the last one after the final LayerNorm (``transformers``'
     ``hidden_states`` convention)."""
-
-    @torch.no_grad()
-    def step_log_probs(self, step, ids: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(step(ids.to(self.device))[..., : self.vocab_size].float(), dim=-1).cpu()
 
     @torch.no_grad()
     def log_probs(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -60,28 +56,6 @@ def pad_batch(rows: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)  # host
         real[i, : len(row)] = 1
     return ids, real
-
-
-def cached_decoder(model) -> Callable[[], Callable[[torch.Tensor], torch.Tensor]]:
-    """Incremental decoding through a ``transformers`` causal LM and its key/value cache."""
-
-    import inspect
-
-    # transformers 5.x names the cache argument and output ``cache``; 4.x ``past_key_values``.
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def start():
-        cache = None
-
-        def step(ids: torch.Tensor) -> torch.Tensor:
-            nonlocal cache
-            out = model(input_ids=ids, use_cache=True, **{name: cache})
-            cache = getattr(out, name)
-            return out.logits
-
-        return step
-
-    return start
 
 
 def _from_transformers(path: Path) -> ScoringModel:
@@ -129,7 +103,7 @@ def _from_transformers(path: Path) -> ScoringModel:
         reverse=False,
         vocab_size=vocab,
         forward_logits=forward,
-        decoder=cached_decoder(model) if objective == "clm" else None,
+        causal_lm=(lambda: model) if objective == "clm" else None,
         hidden_states=hidden,
         tokenizer=tokenizer,
     )
@@ -195,16 +169,14 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         del captured[-2]  # the last layer's output before the final LayerNorm
         return [h.transpose(0, 1).reshape(*ids.shape, -1) for h in captured]
 
-    decoder = None
-    if objective == "clm":  # generation runs the same weights as transformers' GPT-NeoX, which has a KV cache
+    hf_model = None
 
-        def decoder():
-            nonlocal hf_model
-            if hf_model is None:
-                hf_model = _as_transformers(chunk, model).to(runtime.device)
-            return cached_decoder(hf_model)()
+    def causal_lm():  # generation samples through transformers' GPT-NeoX, of the same weights
+        nonlocal hf_model
+        if hf_model is None:
+            hf_model = _as_transformers(chunk, model).to(runtime.device)
+        return hf_model
 
-        hf_model = None
     subword = checkpoint_tokenizer(directory)
     vocab = subword.vocab_size if subword else len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
     return ScoringModel(
@@ -215,7 +187,7 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         vocab_size=vocab,
         forward_logits=forward,
         device=runtime.device,
-        decoder=decoder,
+        causal_lm=causal_lm if objective == "clm" else None,
         hidden_states=hidden,
         tokenizer=subword or ProteinTokenizer(),
     )
@@ -238,10 +210,12 @@ def _as_transformers(chunk, model):
 
 
 def load_scoring_model(path: str | os.PathLike, runtime=None) -> ScoringModel:
-    """Our checkpoint (a run's save directory or one ``iter_*``) or a ``transformers`` model directory."""
+    """Our checkpoint (a run's save directory or one ``iter_*``), a ``transformers`` model directory or a Hub id."""
     from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
 
-    path = Path(path)
+    from megatron_plm.checkpoint.export import resolve_hf_source
+
+    path = resolve_hf_source(path)  # a Hub id is fetched (or refused in one line)
     if not path.exists():
         raise FileNotFoundError(f"model {path} does not exist")
     ours = latest_checkpoint(path) or path

@@ -23,6 +23,7 @@ from megatron_plm.data.fasta import InputFormatError
 from megatron_plm.data.tokenizer import ProteinTokenizer
 from megatron_plm.evaluation.embed import embed
 from megatron_plm.evaluation.model import ScoringModel
+from megatron_plm.progress import track
 
 SS8 = "HGIEBTS~"
 SS3_OF_SS8 = {"H": "H", "G": "H", "I": "H", "E": "E", "B": "E", "T": "C", "S": "C", "~": "C"}
@@ -139,7 +140,7 @@ class ProbeResult:
     window: int
 
 
-def run_probe(model: ScoringModel, config: ProbeConfig) -> ProbeResult:
+def run_probe(model: ScoringModel, config: ProbeConfig, *, show_progress: bool = False) -> ProbeResult:
     for name in ("chains", "max_length"):
         if getattr(config, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
@@ -153,7 +154,7 @@ def run_probe(model: ScoringModel, config: ProbeConfig) -> ProbeResult:
         raise ValueError(f"{len(chains)} chains give an empty train or test split; use more --chains")
     tok = ProteinTokenizer()
     records = [(c.index, tok.encode(c.sequence).astype(np.int64)) for c in chains]
-    embeddings = embed(model, records, layers=[config.layer], pool="per-token")
+    embeddings = embed(model, records, layers=[config.layer], pool="per-token", show_progress=show_progress)
     ((layer, features),) = embeddings.layers.items()
     per_chain = np.split(features, embeddings.offsets[1:-1])
     baseline = [window_features(c.sequence, config.window) for c in chains]
@@ -164,11 +165,15 @@ def run_probe(model: ScoringModel, config: ProbeConfig) -> ProbeResult:
         return np.concatenate([p for p, t in zip(parts, test) if t == chosen])
 
     scores = {}
-    for name, x in (("model", per_chain), ("baseline", baseline)):
-        for task, y, classes in (("q3", y3, 3), ("q8", y8, 8)):
-            scores[name, task] = probe_accuracy(
-                stack(x, False), stack(y, False), stack(x, True), stack(y, True), classes, config.l2, config.seed
-            )
+    fits = [
+        (name, x, task, y, classes)
+        for name, x in (("model", per_chain), ("baseline", baseline))
+        for task, y, classes in (("q3", y3, 3), ("q8", y8, 8))
+    ]
+    for name, x, task, y, classes in track(fits, "probe fits", unit="fits", enabled=show_progress):
+        scores[name, task] = probe_accuracy(
+            stack(x, False), stack(y, False), stack(x, True), stack(y, True), classes, config.l2, config.seed
+        )
     return ProbeResult(
         train_chains=int((~test).sum()),
         test_chains=int(test.sum()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from megatron_plm.config import TrainConfig
 
@@ -271,3 +272,152 @@ def format_plan(plan: Plan) -> str:
         f"{plan.flops_per_token * plan.budget_tokens:.3g} FLOPs: {plan.days:,.1f} days on {plan.gpus} GPUs",
     ]
     return "\n".join(lines)
+
+
+# ---- fitting a layout ----------------------------------------------------------------------------------
+RECOMPUTE = ("none", "selective", "full")
+GPUS_PER_NODE = 8
+"""Tensor parallelism stays within a node (its all-reduces run every layer)."""
+
+
+def usable_bytes(plan: Plan) -> float:
+    return plan.accelerator.memory_gib * GiB * USABLE_MEMORY
+
+
+def planned_bytes(plan: Plan) -> float:
+    """Memory per GPU at the config's own recompute and optimizer settings."""
+    p = plan.config.parallel
+    return plan.memory.total(recompute=p.activation_recompute, distributed_optimizer=p.use_distributed_optimizer)
+
+
+def fits(plan: Plan) -> bool:
+    return planned_bytes(plan) <= usable_bytes(plan)
+
+
+@dataclass
+class LayoutFit:
+    config: TrainConfig
+    """The config with the layout that fits (the given one when it already did)."""
+    plan: Plan
+    changes: dict[str, tuple]
+    """Dotted field -> (old, new) for each setting the search changed."""
+
+
+LAYOUT_FIELDS = (
+    "parallel.tensor_model_parallel_size",
+    "parallel.pipeline_model_parallel_size",
+    "parallel.sequence_parallel",
+    "parallel.use_distributed_optimizer",
+    "parallel.activation_recompute",
+    "training.micro_batch_size",
+)
+
+
+def _get(config: TrainConfig, dotted: str):
+    section, name = dotted.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _layouts(config: TrainConfig, gpus: int):
+    """Every layout the trainer can run on ``gpus``: TP (within a node, dividing the heads) with sequence
+    parallelism, PP (dividing the layers), recompute, micro batch (down from the config's, dividing the
+    global batch per data-parallel rank) and the distributed optimizer."""
+    import dataclasses
+
+    m, t = config.model, config.training
+    for tp in (1, 2, 4, 8):
+        if tp > min(gpus, GPUS_PER_NODE) or m.num_attention_heads % tp or gpus % tp:
+            continue
+        for pp in (d for d in range(1, m.num_layers + 1) if m.num_layers % d == 0 and gpus % (tp * d) == 0):
+            dp = gpus // (tp * pp)
+            for recompute in RECOMPUTE:
+                for micro in range(t.micro_batch_size, 0, -1):
+                    if t.global_batch_size % (micro * dp):
+                        continue
+                    parallel = dataclasses.replace(
+                        config.parallel,
+                        tensor_model_parallel_size=tp,
+                        pipeline_model_parallel_size=pp,
+                        sequence_parallel=tp > 1,
+                        use_distributed_optimizer=True,
+                        activation_recompute=recompute,
+                    )
+                    training = dataclasses.replace(t, micro_batch_size=micro)
+                    yield dataclasses.replace(config, parallel=parallel, training=training)
+
+
+def _preference(config: TrainConfig) -> tuple:
+    """Cheapest first: full recompute last (a third more compute), then the fewest GPUs per model replica
+    (TP before PP: no pipeline bubble), then selective before no recompute is given up, then the largest
+    micro batch."""
+    p = config.parallel
+    return (
+        p.activation_recompute == "full",
+        p.tensor_model_parallel_size * p.pipeline_model_parallel_size,
+        p.pipeline_model_parallel_size,
+        RECOMPUTE.index(p.activation_recompute),
+        -config.training.micro_batch_size,
+    )
+
+
+def fit_layout(config: TrainConfig, *, gpus: int, accelerator: str = "h100-80gb", mfu: float = 0.4) -> LayoutFit:
+    """``config`` unchanged when :func:`make_plan` says it fits on ``gpus`` x ``accelerator``; otherwise
+    the preferred layout (:func:`_preference`) that fits. Raises ``ValueError`` with the smallest footprint
+    found when none does."""
+    try:
+        plan = make_plan(config, gpus=gpus, accelerator=accelerator, mfu=mfu)
+    except ValueError:  # the config's own layout does not divide these GPUs: search
+        plan = None
+    if plan is not None and fits(plan):
+        return LayoutFit(config, plan, {})
+    candidates = sorted(_layouts(config, gpus), key=_preference)
+    smallest = None
+    for candidate in candidates:
+        trial = make_plan(candidate, gpus=gpus, accelerator=accelerator, mfu=mfu)
+        if fits(trial):
+            changes = {f: (_get(config, f), _get(candidate, f)) for f in LAYOUT_FIELDS}
+            return LayoutFit(candidate, trial, {f: c for f, c in changes.items() if c[0] != c[1]})
+        if smallest is None or planned_bytes(trial) < planned_bytes(smallest):
+            smallest = trial
+    device, m = ACCELERATORS[accelerator], config.model
+    tps = [tp for tp in (1, 2, 4, 8) if m.num_attention_heads % tp == 0]
+    pps = [pp for pp in range(1, m.num_layers + 1) if m.num_layers % pp == 0]
+    limits = f"{m.num_attention_heads} heads allow TP {tps}, {m.num_layers} layers PP {pps}"
+    if smallest is None:
+        raise ValueError(
+            f"no layout of {gpus} GPUs fits {config.name} ({limits}, global batch "
+            f"{config.training.global_batch_size}): change --gpus or training.global_batch_size"
+        )
+    p = smallest.config.parallel
+    more = next((n for n in (gpus * 2**k for k in range(1, 10)) if _fits_somewhere(config, n, accelerator)), None)
+    raise ValueError(
+        f"{config.name} ({m.num_layers} layers x {m.hidden_size}) fits no layout of {gpus} x {device.name} "
+        f"({limits}): the smallest (TP {p.tensor_model_parallel_size} x PP {p.pipeline_model_parallel_size}, "
+        f"distributed optimizer, recompute {p.activation_recompute}, micro batch "
+        f"{smallest.config.training.micro_batch_size}) needs {planned_bytes(smallest) / GiB:.1f} GiB of the "
+        f"{usable_bytes(smallest) / GiB:.1f} GiB usable; "
+        + (f"it fits from --gpus {more}" if more else "use a larger GPU (--gpu) or a smaller model")
+    )
+
+
+def _fits_somewhere(config: TrainConfig, gpus: int, accelerator: str) -> bool:
+    return any(fits(make_plan(c, gpus=gpus, accelerator=accelerator)) for c in _layouts(config, gpus))
+
+
+def format_changes(fit: LayoutFit) -> str:
+    return ", ".join(f"{name} {old} -> {new}" for name, (old, new) in fit.changes.items())
+
+
+def write_fitted_config(data: dict, fit: LayoutFit, path: str | Path, source: str | Path) -> Path:
+    """Write ``data`` (the YAML mapping of run config ``source``) to ``path`` with ``fit``'s changes, under a
+    header naming them."""
+    import yaml
+
+    from megatron_plm.outputs import write_text_atomic
+
+    for dotted, (_, value) in fit.changes.items():
+        section, name = dotted.split(".")
+        data.setdefault(section, {})[name] = value
+    header = f"# {Path(source).name}, layout fitted by the planner to {fit.plan.gpus} x {fit.plan.accelerator.name}"
+    header += f": {format_changes(fit)}\n" if fit.changes else " (it fits as configured)\n"
+    return write_text_atomic(path, header + yaml.safe_dump(data, sort_keys=False))

@@ -131,15 +131,30 @@ def corpus_tokens(sources: list[dict]) -> tuple[int | None, list[str]]:
     return (None if missing else total), missing
 
 
-def write_config(plan: BudgetPlan, path: str | Path, template: str | Path | None = None) -> tuple[Path, list[str]]:
-    """A run config for the planned model and token budget, and warnings to show.
+def write_config(
+    plan: BudgetPlan,
+    path: str | Path,
+    template: str | Path | None = None,
+    *,
+    gpus: int = 8,
+    accelerator: str = "h100-80gb",
+    mfu: float = 0.4,
+):
+    """Write a run config for the planned model and token budget; return its path, warnings to show and the
+    :class:`~megatron_plm.planning.planner.LayoutFit` of its layout.
 
     Hyperparameters come from the recipes (see :func:`recipe_hyperparameters`): peak learning rate, warm-up
     (at most a tenth of the run), 1M-token steps, save/eval intervals (at most a tenth of the run), precision
-    and layout of the nearest recipe. The data section comes from ``template`` when given (else the recipe's);
-    a warning says when the token budget is more than one epoch of it (the laws assume about one)."""
-    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+    and layout of the nearest recipe. The layout is then fitted by the planner to ``gpus`` x ``accelerator``
+    (:func:`~megatron_plm.planning.planner.fit_layout`: TP, PP, sequence parallelism, recompute, micro batch),
+    so that ``plan`` of the written config says it fits; a ``ValueError`` says why when nothing does. The data
+    section comes from ``template`` when given (else the recipe's); a warning says when the token budget is
+    more than one epoch of it (the laws assume about one), or that there is no corpus to check."""
+    import copy
+
+    from megatron_plm.config import config_from_dict, parse_yaml  # (imports torch: only when needed)
     from megatron_plm.outputs import write_text_atomic
+    from megatron_plm.planning.planner import fit_layout, format_changes
 
     picked = recipe_hyperparameters(plan.objective, plan.shape.non_embedding_parameters)
     recipe = picked["config"]
@@ -189,6 +204,10 @@ def write_config(plan: BudgetPlan, path: str | Path, template: str | Path | None
     if "tensor_model_parallel_size" in config["parallel"]:
         config["parallel"]["tensor_model_parallel_size"] = tp
         config["parallel"]["sequence_parallel"] = bool(config["parallel"].get("sequence_parallel")) and tp > 1
+    fit = fit_layout(config_from_dict(copy.deepcopy(config)), gpus=gpus, accelerator=accelerator, mfu=mfu)
+    for dotted, (_, value) in fit.changes.items():
+        section, name = dotted.split(".")
+        config.setdefault(section, {})[name] = value
     warnings = []
     tokens, missing = corpus_tokens(data.get("sources", []))
     if missing:
@@ -204,11 +223,13 @@ def write_config(plan: BudgetPlan, path: str | Path, template: str | Path | None
     header = (
         f"# planned for C = {plan.flops:.3g} FLOPs: N_opt = {plan.n_opt:.3g}, D_opt = {plan.d_opt:.3g}\n"
         f"# hyperparameters from {picked['recipe'].name} (lr interpolated between recipes by size)\n"
+        f"# layout fitted by the planner to {gpus} x {fit.plan.accelerator.name}"
+        + (f": {format_changes(fit)}\n" if fit.changes else " (the recipe's fits)\n")
     )
     out = write_text_atomic(
         path, header + "".join(f"# warning: {w}\n" for w in warnings) + yaml.safe_dump(config, sort_keys=False)
     )
-    return out, warnings
+    return out, warnings, fit
 
 
 def format_budget_plan(plan: BudgetPlan, law_name: str, interval: tuple | None = None) -> str:

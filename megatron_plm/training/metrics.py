@@ -2,8 +2,10 @@
 resolved ``config.yaml`` in the run directory, and optional TensorBoard / Weights & Biases.
 
 Only the main rank writes. ``metrics.jsonl`` holds one JSON object per line, ``{"kind": "train" |
-"validation", "step": ..., ...}``; when a run resumes at step N the entries after N (written by a
-launch that died before its next checkpoint) are dropped, so every step appears once.
+"validation" | "launch", "time": "2026-12-06T08:05:12+00:00", "step": ..., ...}`` (``time``: UTC, when the line was
+written; a ``launch`` line, at each start, holds the step it starts after and its :func:`launch_settings`);
+when a run resumes at step N the entries after N (written by a launch that died before its next
+checkpoint) are dropped, so every step appears once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -56,6 +59,22 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     for problem in bad:
         print(f"warning: {problem}; skipped", file=sys.stderr)
     return [entry for _, _, entry in good]
+
+
+def launch_settings(config: TrainConfig) -> dict:
+    """What a ``launch`` entry records: the settings whose change at a resume changes the curves."""
+    o, t, p = config.optimizer, config.training, config.parallel
+    return {
+        "lr": o.lr,
+        "min_lr": o.min_lr,
+        "warmup_iters": o.warmup_iters,
+        "decay_style": o.decay_style,
+        "train_iters": t.train_iters,
+        "global_batch_size": t.global_batch_size,
+        "seq_length": config.data.seq_length,
+        "precision": t.precision,
+        "layout": f"TP{p.tensor_model_parallel_size} PP{p.pipeline_model_parallel_size}",
+    }
 
 
 def keep_through(path: Path, step: int) -> int:
@@ -125,7 +144,8 @@ class RunLog:
     def start_at(self, step: int) -> None:
         """A launch that trains, after ``step`` (0: a fresh run): write its ``config.yaml`` and open the metrics
         file. Only here: a launch that stops before training (finished, or refused) leaves the run directory
-        describing the launch that trained it."""
+        describing the launch that trained it. The
+        launch is recorded with the settings a plot marks when a resume changes them."""
         if not self.main:
             return
         run_dir = self.config.run_dir()
@@ -138,6 +158,7 @@ class RunLog:
         if dropped:
             self.say(f"{self.metrics_path}: dropped {dropped} entries after step {step} (their steps run again)")
         self.metrics = open(self.metrics_path, "a")
+        self.record("launch", {"step": step, "settings": launch_settings(self.config)})
 
     def say(self, text: str) -> None:
         if self.main:
@@ -145,7 +166,8 @@ class RunLog:
 
     def record(self, kind: str, entry: dict) -> None:
         if self.metrics is not None:
-            self.metrics.write(json.dumps({"kind": kind, **entry}) + "\n")
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")  # when, beside the step: for resumes
+            self.metrics.write(json.dumps({"kind": kind, "time": stamp, **entry}) + "\n")
             self.metrics.flush()
 
     def train(self, entry: dict, line: str | None = None) -> None:

@@ -91,3 +91,21 @@ def test_training_refuses_a_corpus_of_another_tokenizer(subword_corpus, subword_
     assert len(DataBuilder(same).corpus(str(prefix))) == 1500
     with pytest.raises(ValueError, match="reverse_prob must be 0 with a subword"):
         DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer="x", reverse_prob=0.5).validate()
+
+
+def test_unigram_training_reports_progress_while_sentencepiece_is_silent(real_fasta, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("MEGATRON_PLM_PROGRESS_INTERVAL", "0.05")
+    config = SubwordTrainConfig(
+        inputs=[str(real_fasta)],
+        output=str(tmp_path / "tok"),
+        model_type="unigram",
+        vocab_size=64,
+        sample_sequences=200,
+    )
+    meta = train_subword_tokenizer(config)
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("tokenizer train:")]
+    assert any("; training the unigram (" in line for line in lines), lines
+    assert "read" not in meta["trained_on"]  # the heartbeat's bookkeeping stays out of the tokenizer's meta
+    silent = SubwordTrainConfig(**{**config.__dict__, "output": str(tmp_path / "quiet"), "progress": False})
+    train_subword_tokenizer(silent)
+    assert "tokenizer train:" not in capfd.readouterr().err

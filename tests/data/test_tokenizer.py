@@ -61,16 +61,30 @@ def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, real_fasta):
         assert reference(text)["input_ids"] == expected
 
 
-def test_hf_clm_tokenizer_frames_and_normalises(tmp_path, sample_fasta):
+def test_hf_clm_tokenizer_encodes_prompts_and_decodes_plain_residues(tmp_path, sample_fasta):
     from transformers import AutoTokenizer
 
     from megatron_plm.data.fasta import read_fasta
 
     save_hf_tokenizer(tmp_path / "clm", "clm")
-    assert json.loads((tmp_path / "clm/tokenizer_config.json").read_text()).get("auto_map") is None
+    written = json.loads((tmp_path / "clm/tokenizer_config.json").read_text())
+    assert written.get("auto_map") is None
+    # Names transformers 4.x loads too (5.x writes TokenizersBackend; 4.x adds token_type_ids, which
+    # GPT-NeoX's generate refuses): checked by hand with 4.57.6.
+    assert written["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert written["model_input_names"] == ["input_ids", "attention_mask"]
     loaded = AutoTokenizer.from_pretrained(tmp_path / "clm")
     ours = ProteinTokenizer()
+    assert set(loaded("MKT")) == {"input_ids", "attention_mask"}
+    # Text is a prompt: the N-terminus and the residues, no C-terminus (a prompt is not a finished protein).
+    assert loaded("MKTAYIAK")["input_ids"] == [ours.n_terminus] + ours.encode("MKTAYIAK").tolist()
+    assert loaded.decode(loaded("MKTAYIAK")["input_ids"]) == "1MKTAYIAK"
+    assert loaded.decode(loaded("MKTAYIAK")["input_ids"], skip_special_tokens=True) == "MKTAYIAK"
+    assert (loaded.bos_token_id, loaded.eos_token_id) == (ours.n_terminus, ours.c_terminus)
     for _, record in zip(range(50), read_fasta(sample_fasta)):
         text = record.sequence.decode()
-        assert loaded(text)["input_ids"] == ours.frame_clm(ours.encode(text)).tolist()
-    assert loaded("mkty*")["input_ids"] == ours.frame_clm(ours.encode("MKTY")).tolist()
+        whole = ours.frame_clm(ours.encode(text)).tolist()
+        assert loaded(text)["input_ids"] == whole[:-1]
+        assert loaded(text + "2")["input_ids"] == whole  # a whole protein, as training framed it
+        assert loaded.decode(whole, skip_special_tokens=True) == text.upper()
+    assert loaded("mkty*")["input_ids"] == ours.frame_clm(ours.encode("MKTY")).tolist()[:-1]

@@ -101,12 +101,15 @@ def test_embed_cli_writes_npz_with_ids(trained, sample_fasta, tmp_path):
     assert list(np.diff(saved["offsets"])) == lengths
 
 
-def test_probe_on_a_handful_of_chains(runtime, trained, shared_data):
+def test_probe_on_a_handful_of_chains(runtime, trained, shared_data, monkeypatch, capsys):
     config = ProbeConfig(data=str(shared_data / SS), chains=40, max_length=300, test_fraction=0.3)
     chains = load_chains(config.data, config.chains, config.max_length)
     test = split_chains(chains, config.test_fraction)
     assert not {c.sequence for c, t in zip(chains, test) if t} & {c.sequence for c, t in zip(chains, test) if not t}
-    result = run_probe(load_scoring_model(trained["mlm"], runtime), config)
+    monkeypatch.setenv("MEGATRON_PLM_PROGRESS_INTERVAL", "0")  # a line per update (stderr is not a terminal)
+    result = run_probe(load_scoring_model(trained["mlm"], runtime), config, show_progress=True)
+    progress = capsys.readouterr().err
+    assert "windows (100%)" in progress and "probe fits: 4/4 fits" in progress, progress
     assert result.test_chains == int(test.sum()) and result.train_chains + result.test_chains == 40
     labels = "".join(c.ss8 for c, t in zip(chains, test) if t)
     majority3 = max(sum(s in g for s in labels) for g in ("HGI", "EB", "TS~")) / len(labels)
@@ -122,3 +125,46 @@ def test_malformed_structure_file_names_line(tmp_path):
     with pytest.raises(InputFormatError, match="4 residues but ss8 has 3 labels") as caught:
         load_chains(str(path), 10, 1000)
     assert caught.value.line == 3 and caught.value.record == "1"
+
+
+def test_embed_includes_several_pools_in_one_pass_batches_by_tokens_and_writes_fair_esm_files(
+    runtime, trained, sample_fasta, tmp_path
+):
+    from megatron_plm.evaluation.embed import embed_all
+
+    model = load_scoring_model(trained["mlm"], runtime)
+    data = records(sample_fasta, 5)
+    calls = []
+    hidden_states = model.hidden_states
+    model.hidden_states = lambda ids, real: calls.append(ids.shape) or hidden_states(ids, real)
+    got = embed_all(model, data, layers=[0, -1], pools=("mean", "per-token", "bos"), toks_per_batch=300)
+    # One pass for the three pools, in batches of at most 300 tokens (padded), as fair-esm batches.
+    assert sum(b for b, _ in calls) == len(data) and all(b * s <= 300 for b, s in calls) and len(calls) > 1
+    per_token = embed(model, data, layers=[0, -1], pool="per-token", batch_size=2)
+    for k in (0, 2):
+        assert np.abs(got["per-token"].layers[k] - per_token.layers[k]).max() < 1e-5
+        assert np.allclose(got["mean"].layers[k], [p.mean(0) for p in per_token.per_sequence(k)], atol=1e-5)
+    # bos is position 0 (the <cls> of an MLM), as fair-esm's bos_representations.
+    assert np.abs(got["bos"].layers[2] - embed(model, data, layers=[-1], pool="cls").layers[2]).max() < 1e-5
+
+    fasta = tmp_path / "few.fasta"
+    fasta.write_text("".join(f">{i} desc\n{TOK.decode(s)}\n" for i, s in data))
+    out = subprocess.run(
+        [sys.executable, "-m", "megatron_plm", "evaluate", "embed", "--model", str(trained["mlm"]), "--fasta"]
+        + [str(fasta), "--output", str(tmp_path / "esm"), "--format", "fair-esm", "--include", "mean", "per_tok"]
+        + ["bos", "--layers", "0", "-1", "--toks-per-batch", "400", "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # What fair-esm's extract.py writes and its downstream scripts read: torch.load(f"{label}.pt").
+    for k, (label, residues) in enumerate(data):
+        saved = torch.load(tmp_path / "esm" / f"{label}.pt")
+        assert saved["label"] == label
+        assert set(saved) == {"label", "representations", "mean_representations", "bos_representations"}
+        assert sorted(saved["representations"]) == [0, 2]
+        assert saved["representations"][2].shape == (len(residues), 64)
+        assert np.abs(saved["representations"][2].numpy() - per_token.per_sequence(2)[k]).max() < 1e-5
+        assert torch.allclose(saved["mean_representations"][2], saved["representations"][2].mean(0), atol=1e-5)
+        assert saved["bos_representations"][0].shape == (64,)

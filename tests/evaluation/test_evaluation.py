@@ -127,7 +127,7 @@ def test_generation_is_seeded_framed_and_scored(runtime, trained):
 
 def test_generation_with_kv_cache_equals_uncached_and_honours_prompts_and_context(runtime, trained):
     model = load_scoring_model(trained["clm"], runtime)
-    assert model.decoder is not None
+    assert model.causal_lm is not None
     config = SamplingConfig(num_sequences=3, max_length=30, seed=2)
     cached = generate(model, config)
     assert cached == generate(model, SamplingConfig(num_sequences=3, max_length=30, seed=2, use_cache=False))
@@ -279,3 +279,98 @@ def test_mask_ratio_and_max_length_outside_the_model_are_refused(runtime, traine
     with pytest.raises(ValueError, match=rf"max_length {clm.context} does not fit .*context of {clm.context} tokens"):
         generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context))
     assert len(generate(clm, SamplingConfig(num_sequences=1, max_length=clm.context - 1))) == 1
+
+
+def test_transformers_generate_and_pipeline_sample_what_evaluate_generate_samples(runtime, trained, tmp_path):
+    """An export, driven only through transformers (AutoTokenizer, model.generate, pipeline), continues a
+    prompt, stops at the C-terminus and samples the same proteins as ``evaluate generate`` at the same seed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    out = export_hf(trained["clm"], tmp_path / "hf", runtime)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    hf_model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ours = load_scoring_model(trained["clm"], runtime)
+
+    settings = dict(temperature=3.0, top_k=20, top_p=0.99)  # hot: the 4-step model reaches the C-terminus
+    expected = generate(ours, SamplingConfig(num_sequences=4, max_length=100, seed=11, **settings), "MKTAYIAK")
+    assert all(s.startswith("MKTAYIAK") for s in expected)
+    torch.manual_seed(11)
+    ids = hf_model.generate(
+        **tokenizer("MKTAYIAK", return_tensors="pt"), num_return_sequences=4, max_length=101, **settings
+    )
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == expected
+    stopped = 0
+    for row in ids.tolist():  # nothing but padding after the C-terminus
+        if TOK.c_terminus in row:
+            stopped += 1
+            assert set(row[row.index(TOK.c_terminus) + 1 :]) <= {TOK.pad}
+    assert stopped, "no sample reached the C-terminus: the check above checked nothing"
+
+    generator = pipeline("text-generation", model=hf_model, tokenizer=tokenizer)
+    torch.manual_seed(11)
+    texts = generator("MKTAYIAK", num_return_sequences=4, max_length=101, **settings)
+    assert [t["generated_text"] for t in texts] == expected
+
+    # The export's generation_config.json holds evaluate generate's defaults (max_length capped by the context).
+    defaults = generate(ours, SamplingConfig(num_sequences=2, max_length=ours.context - 1))
+    torch.manual_seed(0)
+    ids = hf_model.generate(**tokenizer("", return_tensors="pt"), num_return_sequences=2)
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True) == defaults
+
+
+def test_no_progress_also_silences_transformers_bars(runtime, trained, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = export_hf(trained["clm"], tmp_path / "hf", runtime)
+    (tmp_path / "two.fasta").write_text(">a\nMKTAYIAKQR\n>b\nGSSGSSLLE\n")
+
+    def perplexity_cli(*extra):
+        command = ["evaluate", "perplexity", "--model", str(out), "--fasta", str(tmp_path / "two.fasta"), *extra]
+        done = subprocess.run(
+            [sys.executable, "-m", "megatron_plm", *command], cwd=REPO, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    assert "Loading weights" in perplexity_cli()  # transformers' bar, drawn even into a pipe
+    assert "Loading weights" not in perplexity_cli("--no-progress")
+
+
+def test_perplexity_scores_the_held_out_split_of_a_training_corpus(runtime, trained, sample_corpus, tmp_path):
+    """Megatron-LM's eval-only mode: --corpus PREFIX --split test scores the documents the run held out."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
+    from megatron_plm.data.corpus import Corpus
+    from megatron_plm.data.splits import Split, assign_splits
+
+    data = saved_run_config(latest_checkpoint(trained["clm"]))["data"]
+    corpus = Corpus.open(sample_corpus)
+    splits = assign_splits(corpus, tuple(data["split_weights"]), by_cluster=data["split_by_cluster"])
+    ids = corpus.record_ids()
+    held_out = [ids[d] for d in np.flatnonzero(splits == Split.TEST)][:30]
+    out = tmp_path / "per_seq.csv"
+    done = subprocess.run(
+        [sys.executable, "-m", "megatron_plm", "evaluate", "perplexity", "--model", str(trained["clm"])]
+        + ["--corpus", str(sample_corpus), "--split", "test", "--limit", "30", "--output", str(out), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(out.open()))
+    assert [r["record_id"] for r in rows] == held_out and len(held_out) == 30
+    assert not set(held_out) & {ids[d] for d in np.flatnonzero(splits == Split.TRAIN)}
+    sequences = {
+        r.record_id: r.sequence for r in read_fasta(REPO / "data/uniref90_esm2_pretraining_sample_10k.fasta.gz")
+    }
+    model = load_scoring_model(trained["clm"], runtime)
+    expected = perplexity(model, [(i, TOK.encode(sequences[i]).astype(np.int64)) for i in held_out[:3]])
+    assert [float(r["perplexity"]) for r in rows[:3]] == pytest.approx([s.perplexity for s in expected], rel=1e-5)
+    assert f"test split (weights {data['split_weights']})" in done.stdout

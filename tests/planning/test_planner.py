@@ -54,6 +54,67 @@ def test_plan_table_for_both_recipes_on_h100_nodes():
         make_plan(load_config(RECIPES / "mlm_10b.yaml"), gpus=6)
 
 
+def _plan(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "megatron_plm", "plan", *map(str, args)], cwd=REPO, capture_output=True, text=True
+    )
+
+
+def _chosen_row(stdout: str) -> str:
+    (row,) = [line for line in stdout.splitlines() if line.startswith("*")]
+    return row.rstrip()
+
+
+def test_budget_write_config_writes_a_layout_its_own_plan_says_fits(tmp_path):
+    written = tmp_path / "mlm_budget.yaml"
+    out = _plan("--budget-flops", 1.72e22, "--objective", "mlm", "--write-config", written, "--gpus", 16)
+    assert out.returncode == 0, out.stderr
+    assert "warning: cannot check how many epochs the budget is: no corpus at corpora/uniref90" in out.stderr
+    assert _chosen_row(out.stdout).endswith("yes") and f"wrote {written}" in out.stdout
+    replanned = _plan(written, "--gpus", 16)
+    assert replanned.returncode == 0, replanned.stderr
+    assert _chosen_row(replanned.stdout).endswith("yes"), replanned.stdout
+    assert "layout fitted by the planner to 16 x H100 80GB SXM: parallel.activation_recompute selective -> full" in (
+        written.read_text()
+    )
+    # 35 heads (hidden 4480) allow no tensor parallelism and 45 layers no pipeline on 8 GPUs: nothing fits,
+    # the command says why and how many GPUs would do, and writes nothing.
+    refused = _plan("--budget-flops", 1.72e22, "--objective", "mlm", "--write-config", tmp_path / "no.yaml")
+    assert refused.returncode != 0 and not (tmp_path / "no.yaml").exists()
+    assert "fits no layout of 8 x H100 80GB SXM (35 heads allow TP [1]" in refused.stderr
+    assert "it fits from --gpus 16" in refused.stderr
+
+
+def test_plan_config_write_config_searches_the_layout_until_it_fits(tmp_path):
+    from megatron_plm.config import parse_yaml
+    from megatron_plm.planning.planner import fit_layout, fits
+
+    unsharded = [
+        "parallel.tensor_model_parallel_size=1",
+        "parallel.sequence_parallel=false",
+        "parallel.use_distributed_optimizer=false",
+        "parallel.activation_recompute=none",
+    ]
+    config = load_config(RECIPES / "clm_7b.yaml", unsharded)
+    assert not fits(make_plan(config, gpus=8))
+    written = tmp_path / "clm_7b_fitted.yaml"
+    out = _plan(RECIPES / "clm_7b.yaml", *unsharded, "--write-config", written)
+    assert out.returncode == 0, out.stderr
+    fitted = load_config(written)
+    assert fits(make_plan(fitted, gpus=8)) and _chosen_row(_plan(written).stdout).endswith("yes")
+    expected = fit_layout(config, gpus=8).config
+    assert fitted.parallel == expected.parallel and expected.parallel.use_distributed_optimizer
+    assert expected.parallel.sequence_parallel == (expected.parallel.tensor_model_parallel_size > 1)
+    assert fitted.training.micro_batch_size == expected.training.micro_batch_size
+    # Everything but the layout is the source's, as written there.
+    source, data = parse_yaml((RECIPES / "clm_7b.yaml").read_text()), parse_yaml(written.read_text())
+    for section in (source, data):
+        del section["parallel"], section["training"]["micro_batch_size"]
+    assert data == source
+    # A config that fits is written as it is.
+    assert fit_layout(load_config(RECIPES / "clm_7b.yaml"), gpus=8).changes == {}
+
+
 MEASURE = r"""
 import resource, sys, psutil
 from megatron_plm.config import load_config

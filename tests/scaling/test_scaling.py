@@ -175,7 +175,7 @@ def test_written_config_is_scaled_to_the_planned_model_and_warns_about_repeated_
     template = tmp_path / "template.yaml"
     template.write_text(yaml.safe_dump({"data": {"sources": [{"prefix": str(sample_corpus)}]}}))
     plan = plan_budget(1e19, "clm", PAPER["clm"]["allocation"])
-    path, warnings = write_config(plan, tmp_path / "out" / "run.yaml", template)
+    path, warnings, _ = write_config(plan, tmp_path / "out" / "run.yaml", template)
     config = load_config(path)
     meta = json.loads(open(f"{sample_corpus}.meta.json").read())
     epochs = plan.d_opt / (meta["num_tokens"] + 2 * meta["num_documents"])

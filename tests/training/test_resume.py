@@ -125,9 +125,48 @@ def test_metrics_hold_each_step_once_after_a_lost_launch(sample_corpus, halfway,
     entries = read_metrics(save)
     steps = [e["step"] for e in entries if e["kind"] == "train"]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert all(e["loss"] != 9.0 for e in entries)
+    assert all(e.get("loss") != 9.0 for e in entries)
     assert [e["step"] for e in entries if e["kind"] == "validation"] == [6]
     assert load_config(save / "config.yaml").training.train_iters == 6  # the resolved config, loadable
+
+
+def test_metrics_lines_carry_a_utc_timestamp(halfway):
+    from datetime import datetime, timezone
+
+    stamps = [datetime.fromisoformat(e["time"]) for e in read_metrics(halfway)]
+    assert stamps and all(t.tzinfo == timezone.utc for t in stamps) and stamps == sorted(stamps)
+    assert (datetime.now(timezone.utc) - stamps[0]).total_seconds() < 3600
+
+
+def test_plot_marks_resumes_with_changed_settings_and_gives_each_objective_its_loss_panel(
+    sample_corpus, halfway, tmp_path
+):
+    from megatron_plm.training.curves import draw, load_runs, resumes
+
+    save = copy_of(halfway, tmp_path)
+    run(small(sample_corpus, save, f"optimizer.lr={LR / 2}"))  # resumed after step 3 at half the peak LR
+    ((step, changed),) = resumes(read_metrics(save))
+    assert step == 3 and changed == {"lr": (LR, LR / 2)}
+    mlm = tmp_path / "mlm"  # the same curves under an MLM run's name: a separate panel, not a shared axis
+    mlm.mkdir()
+    shutil.copy(save / "metrics.jsonl", mlm / "metrics.jsonl")
+    (mlm / "config.yaml").write_text("objective: mlm\n")
+    fig = draw(load_runs([save, mlm]))
+    fig.canvas.draw()
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    assert list(panels) == ["CLM loss", "MLM loss", "learning rate", "training throughput"]
+    clm = panels["CLM loss"]
+    assert [line.get_label() for line in clm.lines if not line.get_label().startswith("_")] == [
+        "run train",
+        "run validation",
+    ]
+    validation = clm.lines[1]
+    assert validation.get_linestyle() == "None" and validation.get_marker() == "o"  # points, not a line
+    ticks = [t.get_text() for t in clm.get_xticklabels() if t.get_text()]
+    assert any(t.endswith("k") for t in ticks) and all(len(t) <= 5 for t in ticks), ticks  # SI suffixes
+    tokens_at_resume = dict(zip(*(series(read_metrics(save))["train"][k] for k in ("step", "tokens_seen"))))[3]
+    assert any(list(line.get_xdata()) == [tokens_at_resume] * 2 for line in clm.lines)  # the resume line
+    assert any(t.get_text().startswith("resume\nlr ") for t in clm.texts)
 
 
 def test_plot_draws_the_run(halfway, tmp_path):
@@ -147,7 +186,7 @@ def test_a_signal_saves_and_the_relaunch_continues(sample_corpus, tmp_path):
     metrics = save / "metrics.jsonl"
 
     def signal_after_step_2():
-        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        while not (metrics.exists() and metrics.read_text().count('"kind": "train"') >= 2):
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGUSR1)
 

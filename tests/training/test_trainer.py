@@ -85,6 +85,13 @@ def test_config_errors_name_the_field(tmp_path):
         ValueError, match=r"unknown config field 'model\.num_layer' \(did you mean 'model\.num_layers'\?\)"
     ):
         load_config(base, ["model.num_layer=3"])
+    # Another framework's name for one of ours.
+    with pytest.raises(
+        ValueError, match=r"unknown config field 'optimizer\.learning_rate' \(did you mean 'optimizer\.lr'\?\)"
+    ):
+        load_config(base, ["optimizer.learning_rate=1e-3"])
+    with pytest.raises(ValueError, match=r"'training\.max_steps' \(did you mean 'training\.train_iters'\?\)"):
+        load_config(base, ["training.max_steps=10"])
     # A key that moved into a nested section is named where it lives now.
     with pytest.raises(
         ValueError, match=r"unknown config field 'data\.mask_ratio' \(it moved: write 'data\.masking\.mask_ratio'\)"
