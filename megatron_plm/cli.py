@@ -165,10 +165,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         prepare_output_dir(args.output, what="--output")
     elif getattr(args, "output", None) is not None:  # before minutes of work, not after (probe writes no file)
         prepare_output(args.output, what="--output")
+    _check_evaluate_numbers(args)
     _check_inputs(args)  # before loading a model, naming the flag (defaults included)
     if args.task == "generate":  # a bad --prompt is refused before the model loads
         args.prompts = read_prompts(args.prompt)
-    _check_evaluate_numbers(args)
     if args.no_progress:
         from megatron_plm.progress import silence_library_progress
 
@@ -192,7 +192,7 @@ def _check_inputs(args: argparse.Namespace) -> None:
     """Every input file or folder of the task exists; the error names the flag (defaults included)."""
     from megatron_plm.shipped_data import require_input
 
-    if args.task in ("perplexity", "embed"):
+    if args.task in ("perplexity", "embed") and args.fasta is not None:  # (perplexity may score --corpus instead)
         require_input(args.fasta, "--fasta")
     elif args.task == "dms":
         require_input(args.assays, "--assays", directory=True)

@@ -340,6 +340,7 @@ def test_a_hub_id_without_network_is_one_clear_line(command, tmp_path):
     import sys
 
     command = [str(tmp_path / "out") if part == "OUT" else part for part in command]
+    (tmp_path / "x.fasta").write_text(">a\nMKT\n")  # inputs are checked before the model: this one exists
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}  # an empty cache
     done = subprocess.run(
         [sys.executable, "-m", "megatron_plm", *command], capture_output=True, text=True, env=environment, cwd=tmp_path
