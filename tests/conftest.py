@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +28,18 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data"
 SHARED_DATA = data_dir()
 """The real evaluation data: the checkout's ``data/``, or ``$MEGATRON_PLM_SHARED_DATA`` (same layout)."""
+
+
+def run_python(script: str, **kwargs) -> subprocess.CompletedProcess:
+    """``script`` in a fresh interpreter from the checkout (fault tests kill it part-way), output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        **kwargs,
+    )
 
 
 def train_command(*overrides: str, nproc: int = 0) -> list[str]:

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_python
 from megatron_plm.data.corpus import Corpus, corpus_paths
 from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 from megatron_plm.safe_io import DamagedFileError
@@ -33,17 +33,6 @@ def make_corpus(tmp_path, prefix, content=OLD, **options):
 
 def snapshot(directory):
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
-
-
-def run_python(script: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        **kwargs,
-    )
 
 
 # ---- tokenizer train: writing a directory never removes what it did not write ---------------------------
@@ -142,6 +131,17 @@ def test_output_prefix_naming_a_directory_is_refused(tmp_path):
     assert list((tmp_path / "dir").iterdir()) == []
 
 
+def _kill_after_replacing(suffix: str) -> str:
+    """Child code: SIGKILL right after ``os.replace`` put a file ending in ``suffix`` in place."""
+    return f"""
+replace = os.replace
+def kill_after(src, dst):
+    replace(src, dst)
+    if str(dst).endswith({suffix!r}):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = kill_after"""
+
+
 KILL_AT = {
     # phase of preprocess -> code run in the child that SIGKILLs it there
     "encoding": "corpus.CorpusWriter.add = lambda self, *a, **k: os.kill(os.getpid(), signal.SIGKILL)",
@@ -152,20 +152,8 @@ def kill_after_first(src, dst):
     link(src, dst)
     os.kill(os.getpid(), signal.SIGKILL)
 os.link = kill_after_first""",
-    "swap": """
-replace = os.replace
-def kill_after_bin(src, dst):
-    replace(src, dst)
-    if str(dst).endswith('.bin'):
-        os.kill(os.getpid(), signal.SIGKILL)
-os.replace = kill_after_bin""",
-    "after-idx": """
-replace = os.replace
-def kill_after_idx(src, dst):
-    replace(src, dst)
-    if str(dst).endswith('.idx'):
-        os.kill(os.getpid(), signal.SIGKILL)
-os.replace = kill_after_idx""",
+    "swap": _kill_after_replacing(".bin"),
+    "after-idx": _kill_after_replacing(".idx"),
 }
 
 

@@ -5,12 +5,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import run_python
 from megatron_plm.data.corpus import Corpus, CorpusWriteError, CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.fasta import InputFormatError
 from megatron_plm.data.preprocess import PreprocessConfig, preprocess
@@ -65,13 +64,7 @@ from megatron_plm.data.preprocess import PreprocessConfig, preprocess
 {patch}
 preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)!r}, progress=False, overwrite=True))
 """
-    return subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    return run_python(script)
 
 
 def test_a_kill_during_the_swap_loses_neither_corpus(tmp_path):
