@@ -268,24 +268,25 @@ def test_damaged_cache_manifest_is_rebuilt(tmp_path, damage):
 # ---- train: metrics.jsonl, the final save, orphans ------------------------------------------------------------
 
 
+def _small_run(corpus, save) -> list[str]:
+    """Overrides of the tiny CLM for a three-step run of short samples saving to ``save``."""
+    return [
+        f"data.sources=[{{prefix: {corpus}}}]",
+        f"checkpoint.save={save}",
+        "data.seq_length=64",
+        "training.global_batch_size=4",
+        "training.micro_batch_size=4",
+        "training.eval_interval=0",
+        "training.eval_iters=1",
+        "training.train_iters=3",
+        "logging.log_interval=100",
+    ]
+
+
 def _small(corpus, save, *overrides):
     from megatron_plm.config import load_config
 
-    return load_config(
-        REPO / "examples/configs/tiny_clm.yaml",
-        [
-            f"data.sources=[{{prefix: {corpus}}}]",
-            f"checkpoint.save={save}",
-            "data.seq_length=64",
-            "training.global_batch_size=4",
-            "training.micro_batch_size=4",
-            "training.eval_interval=0",
-            "training.eval_iters=1",
-            "training.train_iters=3",
-            "logging.log_interval=100",
-            *overrides,
-        ],
-    )
+    return load_config(REPO / "examples/configs/tiny_clm.yaml", [*_small_run(corpus, save), *overrides])
 
 
 def _train(config):
@@ -606,19 +607,7 @@ def test_kill_9_at_each_phase_of_a_save(sample_corpus, tmp_path, phase):
     from megatron_plm.checkpoint.distributed import latest_checkpoint
 
     save = tmp_path / "run"
-    overrides = [
-        f"data.sources=[{{prefix: {sample_corpus}}}]",
-        f"checkpoint.save={save}",
-        "checkpoint.save_interval=1",
-        "checkpoint.keep_last=1",
-        "data.seq_length=64",
-        "training.global_batch_size=4",
-        "training.micro_batch_size=4",
-        "training.eval_interval=0",
-        "training.eval_iters=1",
-        "training.train_iters=3",
-        "logging.log_interval=100",
-    ]
+    overrides = [*_small_run(sample_corpus, save), "checkpoint.save_interval=1", "checkpoint.keep_last=1"]
     target = SAVE_PHASES[phase]
     script = f"""
 import os, signal, sys
