@@ -125,7 +125,7 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     chunk = build_model_chunk(model, runtime, objective=objective)
     packed = model.attention_backend in PACKED_BACKENDS
     load_model_tensors(directory, chunk)
-    chunk.to(runtime.device).eval()
+    chunk.eval()  # (on the runtime's device already)
     reverse = float(saved_run_config(directory).get("data", {}).get("reverse_prob", 0.0) or 0.0) > 0
 
     def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -154,14 +154,14 @@ class Placement:
         elif requested is not None:
             where = requested
         else:
-            places = {self.of(t) for t in _tensors(args, kwargs)} if args or kwargs else set()
+            places = {self.of(t) for t in _tensors(args, kwargs)}
             if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], torch.Tensor):
                 places = {self.of(args[1])}  # t.to(other): other's device
             if GPU in places:
                 where = GPU
             elif HOST in places:
                 where = HOST
-            elif not any(True for _ in _tensors(args, kwargs)):
+            elif not places:
                 where = HOST  # a factory with no device: the host, on every machine
             else:
                 where = None
