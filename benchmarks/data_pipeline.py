@@ -33,7 +33,7 @@ SAMPLE = REPO / "data" / "uniref90_esm2_pretraining_sample_10k.fasta.gz"
 def corpus_prefix(given: str | None, scratch: Path) -> str:
     if given:
         return given
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     prefix = scratch / "sample"
     preprocess(PreprocessConfig(inputs=[str(SAMPLE)], output_prefix=str(prefix), progress=False))
@@ -42,8 +42,8 @@ def corpus_prefix(given: str | None, scratch: Path) -> str:
 
 def our_dataset(prefix: str, objective: str, packed: bool, seq_length: int, samples: int):
     from megatron_plm.data.corpus import Corpus
-    from megatron_plm.data.datasets import ProteinDataset, SampleConfig
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.datasets import ProteinDataset, SampleConfig
+    from megatron_plm.data.samples.splits import Split
 
     corpus = Corpus.open(prefix)
     return ProteinDataset(
@@ -58,8 +58,8 @@ def our_dataset(prefix: str, objective: str, packed: bool, seq_length: int, samp
 
 
 def time_ours(dataset, batch_size: int, causal: bool) -> tuple[float, int, int, int]:
-    from megatron_plm.data.batch import batch_from_arrays
-    from megatron_plm.data.loader import fetch_samples
+    from megatron_plm.data.samples.batch import batch_from_arrays
+    from megatron_plm.data.samples.loader import fetch_samples
 
     started = time.perf_counter()
     real = total = 0
@@ -74,7 +74,7 @@ def time_ours(dataset, batch_size: int, causal: bool) -> tuple[float, int, int, 
 def time_transformers(sequences: list[str], batch_size: int, seq_length: int, scratch: Path):
     from transformers import DataCollatorForLanguageModeling, EsmTokenizer
 
-    from megatron_plm.data.tokenizer import ESM2_VOCAB
+    from megatron_plm.data.tokenizers.protein import ESM2_VOCAB
 
     vocab = scratch / "vocab.txt"
     vocab.write_text("".join(f"{t}\n" for t in ESM2_VOCAB))
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", help="a preprocessed corpus prefix (default: the shipped sample)")
     args = parser.parse_args(argv)
 
-    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)

@@ -122,30 +122,30 @@ def measure(body: str, *, torchrun: int = 0, env: dict | None = None) -> list[di
 
 
 PREPROCESS = """
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 preprocess(PreprocessConfig(inputs=[{fasta!r}], output_prefix={prefix!r}, clusters={clusters!r}, progress=False, overwrite=True,
                             workers=1))
 """
 
 OLD_CLUSTER_MAP = """
 import subprocess, types
-source = subprocess.run(["git", "-C", {repo!r}, "show", "ed094f6:megatron_plm/data/clusters.py"], capture_output=True,
+source = subprocess.run(["git", "-C", {repo!r}, "show", "ed094f6:megatron_plm/data/preprocess/clusters.py"], capture_output=True,
                         text=True, check=True).stdout
 module = types.ModuleType("old_clusters"); sys.modules["old_clusters"] = module; exec(compile(source, "old_clusters.py", "exec"), module.__dict__)
 mapping = module.ClusterMap.load({tsv!r})
 """
 
 IMPORTS = """
-from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
-from megatron_plm.data.loader import BatchLoader
+from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.loader import BatchLoader
 import torch
 import megatron.core.datasets.indexed_dataset  # imported by the corpus reader on first use: ~2/3 of the floor
 """
 
 STARTUP = """
-from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
-from megatron_plm.data.loader import BatchLoader
-from megatron_plm.data.splits import Split
+from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.loader import BatchLoader
+from megatron_plm.data.samples.splits import Split
 import torch
 if os.environ.get("WORLD_SIZE"):
     import torch.distributed as dist

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per mode (best kept)")
     args = parser.parse_args(argv)
 
-    from megatron_plm.evaluation.generate import SamplingConfig, generate
+    from megatron_plm.evaluation.generate import generate
+    from megatron_plm.models.generation import SamplingConfig
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.runtime import ParallelConfig, initialize
 

@@ -76,7 +76,7 @@ def run_baseline(path: Path, out_dir: Path) -> tuple[float, int, int]:
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
     from transformers import EsmTokenizer
 
-    from megatron_plm.data.tokenizer import ESM2_VOCAB
+    from megatron_plm.data.tokenizers.protein import ESM2_VOCAB
 
     vocab = out_dir / "esm2_vocab.txt"
     vocab.write_text("".join(f"{t}\n" for t in ESM2_VOCAB))
@@ -180,7 +180,7 @@ def whole_process_table(scratch: Path, repeats: int) -> None:
 def run_ours(
     path: Path, out_dir: Path, implementation: str, workers: int, repeats: int, tokenizer: str | None = None
 ) -> tuple[float, int, int]:
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     best = float("inf")
     records = 0
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="scratch directory (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from megatron_plm.data.encode import native_available
+    from megatron_plm.data.preprocess.encode import native_available
 
     scratch = Path(tempfile.mkdtemp(prefix="bench_preprocess_", dir=args.workdir))
     try:

@@ -236,9 +236,9 @@ def profile(
     microbatches_per_step: int | None = None,
 ) -> tuple[list[OpRecord], dict]:
     from megatron_plm.config import load_config
-    from megatron_plm.data.builder import DataBuilder
-    from megatron_plm.data.loader import BatchLoader
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.loader import BatchLoader
+    from megatron_plm.data.samples.splits import Split
     from megatron_plm.planning.planner import count_parameters
     from megatron_plm.runtime import initialize
     from megatron_plm.training import step as step_module

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from megatron_plm.config import load_config
     from megatron_plm.data.corpus import Corpus
-    from megatron_plm.data.splits import Split, assign_splits
+    from megatron_plm.data.samples.splits import Split, assign_splits
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
     from megatron_plm.planning.planner import flops_per_token

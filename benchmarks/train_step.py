@@ -69,9 +69,9 @@ def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict
 
 
 def _batches(config, runtime, steps: int) -> list:
-    from megatron_plm.data.builder import DataBuilder
-    from megatron_plm.data.loader import BatchLoader
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.loader import BatchLoader
+    from megatron_plm.data.samples.splits import Split
 
     t = config.training
     data = DataBuilder(config.data).build(Split.TRAIN, steps * t.global_batch_size)

@@ -28,9 +28,9 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
 
     from megatron_plm.checkpoint.hf import hf_config
     from megatron_plm.config import load_config
-    from megatron_plm.data.builder import DataBuilder
-    from megatron_plm.data.loader import BatchLoader
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.loader import BatchLoader
+    from megatron_plm.data.samples.splits import Split
     from megatron_plm.planning.planner import flops_per_token, peak_flops
 
     config = load_config(config_path, [*overrides, f"training.train_iters={warmup + steps}"])

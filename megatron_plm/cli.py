@@ -21,7 +21,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
     print(describe_environment())
     if args.check_kernels:
-        from megatron_plm.kernels.selfcheck import check_all, format_results
+        from megatron_plm.kernels.registry import check_all
+        from megatron_plm.kernels.selfcheck import format_results
 
         results, skipped = check_all()
         print(
@@ -36,7 +37,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_preprocess(args: argparse.Namespace) -> int:
-    from megatron_plm.data.preprocess import run_from_args
+    from megatron_plm.data.preprocess.pipeline import run_from_args
 
     return run_from_args(args)
 
@@ -44,8 +45,8 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 def _cmd_msa_weights(args: argparse.Namespace) -> int:
     import time
 
-    from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
-    from megatron_plm.data.msa import msa_format_of, read_msa
+    from megatron_plm.data.preprocess.homologs import greedy_clusters, homolog_weights, write_weights
+    from megatron_plm.data.preprocess.msa import msa_format_of, read_msa
 
     from megatron_plm.outputs import prepare_output
     from megatron_plm.safe_io import check_output_prefix
@@ -67,7 +68,7 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
 
 
 def _cmd_tokenizer(args: argparse.Namespace) -> int:
-    from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
+    from megatron_plm.data.tokenizers.subword import SubwordTrainConfig, train_subword_tokenizer
 
     meta = train_subword_tokenizer(
         SubwordTrainConfig(
@@ -207,8 +208,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
 def _evaluate_perplexity(model, args) -> None:
     import itertools
 
-    from megatron_plm.data.fasta import read_fasta
-    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.data.preprocess.fasta import read_fasta
+    from megatron_plm.data.tokenizers.protein import ProteinTokenizer
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
 
     if args.corpus is not None:
@@ -256,8 +257,8 @@ def _corpus_split(model, args) -> tuple[list, str]:
     import dataclasses
 
     from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
-    from megatron_plm.data.builder import DataConfig
-    from megatron_plm.data.splits import Split, split_documents
+    from megatron_plm.data.samples.builder import DataConfig
+    from megatron_plm.data.samples.splits import Split, split_documents
 
     defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
     saved = (saved_run_config(latest_checkpoint(args.model) or args.model) or {}).get("data", {})
@@ -271,7 +272,7 @@ def _corpus_split(model, args) -> tuple[list, str]:
 
 
 def _evaluate_dms(model, args) -> None:
-    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.preprocess.fasta import read_fasta
     from megatron_plm.evaluation.dms import (
         evaluate_assays,
         format_table,
@@ -284,7 +285,7 @@ def _evaluate_dms(model, args) -> None:
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
     profile = None
     if args.msa:
-        from megatron_plm.data.msa import msa_format_of, read_msa
+        from megatron_plm.data.preprocess.msa import msa_format_of, read_msa
         from megatron_plm.evaluation.profile import build_profile
 
         profile = build_profile(read_msa(args.msa, args.msa_format or msa_format_of(str(args.msa)) or "a3m"))
@@ -299,8 +300,8 @@ def _evaluate_dms(model, args) -> None:
 def _evaluate_embed(model, args) -> None:
     import itertools
 
-    from megatron_plm.data.fasta import read_fasta
-    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.data.preprocess.fasta import read_fasta
+    from megatron_plm.data.tokenizers.protein import ProteinTokenizer
     from megatron_plm.evaluation.embed import embed_all, save_fair_esm, save_npz
 
     tok = ProteinTokenizer()
@@ -357,8 +358,8 @@ def _is_file(path: str) -> bool:
 
 def read_prompts(prompt_arg: str | None) -> list[tuple[str, str]]:
     """``--prompt``: ``(name, residues)`` of one sequence, or of each record of a FASTA file of prefixes."""
-    from megatron_plm.data.fasta import read_fasta
-    from megatron_plm.data.tokenizer import RESIDUES
+    from megatron_plm.data.preprocess.fasta import read_fasta
+    from megatron_plm.data.tokenizers.protein import RESIDUES
 
     if prompt_arg is None:
         prompts = [("generated", "")]
@@ -384,7 +385,8 @@ def read_prompts(prompt_arg: str | None) -> list[tuple[str, str]]:
 
 
 def _evaluate_generate(model, args) -> None:
-    from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities, write_fasta
+    from megatron_plm.evaluation.generate import generate, generation_perplexities, write_fasta
+    from megatron_plm.models.generation import SamplingConfig
 
     config = SamplingConfig(
         num_sequences=args.num,
@@ -531,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     env.set_defaults(func=_cmd_env)
 
-    from megatron_plm.data.preprocess import add_arguments as add_preprocess_arguments
+    from megatron_plm.data.preprocess.pipeline import add_arguments as add_preprocess_arguments
 
     preprocess = commands.add_parser(
         "preprocess", help="FASTA/JSONL -> megatron .bin/.idx corpus with per-sequence metadata"

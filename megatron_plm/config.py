@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from megatron_plm.data.builder import DataConfig
+from megatron_plm.data.samples.builder import DataConfig
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.models.precision import FP8Config
 from megatron_plm.runtime.distributed import ParallelConfig
@@ -113,7 +113,7 @@ class TrainConfig:
 
     def __post_init__(self):
         # Derived, not set twice: the data follows the objective, the model its data and tokenizer.
-        from megatron_plm.data.subword import load_tokenizer
+        from megatron_plm.data.tokenizers.subword import load_tokenizer
 
         if self.data.objective != self.objective:
             self.data = dataclasses.replace(self.data, objective=self.objective)

@@ -102,7 +102,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory, sample_fasta):
     """The shipped UniRef90 sample preprocessed, with its 50%-identity clusters (4,597)."""
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     prefix = tmp_path_factory.mktemp("corpora") / "uniref90_sample"
     clusters = str(sample_fasta).replace(".fasta.gz", ".clusters50.tsv.gz")
@@ -121,7 +121,7 @@ def sample_corpus(tmp_path_factory, sample_fasta):
 @pytest.fixture(scope="session")
 def uniprot_corpus(tmp_path_factory, shared_data):
     """The 500 UniProtKB sequences of MMseqs2's example query set (no clusters: split by sequence)."""
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     prefix = tmp_path_factory.mktemp("corpora") / "uniprot_query"
     preprocess(
@@ -139,7 +139,7 @@ def uniprot_corpus(tmp_path_factory, shared_data):
 def subword_tokenizers(tmp_path_factory, sample_fasta):
     """A BPE vocabulary of 300 tokens (uint16 ids) from a 2,000-sequence sample of the shipped corpus, and a
     unigram one of 128 (uint8) from 300 sequences (its trainer is slow)."""
-    from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
+    from megatron_plm.data.tokenizers.subword import SubwordTrainConfig, train_subword_tokenizer
 
     root = tmp_path_factory.mktemp("tokenizers")
     out = {}
@@ -163,8 +163,8 @@ def subword_corpus(tmp_path_factory, subword_tokenizers, sample_fasta):
     """The first 1,500 records of the shipped sample, preprocessed with the BPE tokenizer."""
     import itertools
 
-    from megatron_plm.data.fasta import read_fasta
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.fasta import read_fasta
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     root = tmp_path_factory.mktemp("subword_corpus")
     fasta = root / "head.fasta"

@@ -65,7 +65,7 @@ def test_huge_seq_length_is_refused_with_its_memory_estimate(capsys, tmp_path):
 )
 @pytest.mark.parametrize("implementation", ["native", "reference"])
 def test_preprocess_inputs_are_diagnosed(capsys, tmp_path, name, content, message, implementation):
-    from megatron_plm.data.encode import native_available
+    from megatron_plm.data.preprocess.encode import native_available
 
     if implementation == "native" and not native_available():
         pytest.skip("C++ encoder not built")
@@ -89,14 +89,14 @@ def test_preprocess_inputs_are_diagnosed(capsys, tmp_path, name, content, messag
 
 
 def test_evaluate_reads_no_directory_as_fasta(tmp_path):
-    from megatron_plm.data.fasta import InputFormatError, read_fasta
+    from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
 
     with pytest.raises(InputFormatError, match=rf"{tmp_path}: is a directory"):
         list(read_fasta(tmp_path))
 
 
 def test_nan_temperature_is_refused():
-    from megatron_plm.evaluation.generate import SamplingConfig
+    from megatron_plm.models.generation import SamplingConfig
 
     for value in (float("nan"), float("inf"), 0.0):
         with pytest.raises(ValueError, match="temperature must be > 0"):
@@ -223,7 +223,7 @@ def test_output_prefix_that_is_a_directory(capsys, tmp_path, real_fasta):
 
 
 def test_two_mutations_at_one_site_are_refused(tmp_path):
-    from megatron_plm.data.fasta import InputFormatError
+    from megatron_plm.data.preprocess.fasta import InputFormatError
     from megatron_plm.evaluation.dms import parse_mutant
 
     with pytest.raises(InputFormatError, match=r"a\.csv:7: mutant 'S2Y:S2A': two mutations at position 2"):

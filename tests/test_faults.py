@@ -17,7 +17,7 @@ import pytest
 
 from conftest import REPO, run_python
 from megatron_plm.data.corpus import Corpus, corpus_paths
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 from megatron_plm.safe_io import DamagedFileError
 
 OLD = b">sp|P1|A\nMKTAYIAKQRQISFVK\n>sp|P2|B\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n"
@@ -39,7 +39,7 @@ def snapshot(directory):
 
 
 def _train_tokenizer(tmp_path, output):
-    from megatron_plm.data.subword import SubwordTrainConfig, train_subword_tokenizer
+    from megatron_plm.data.tokenizers.subword import SubwordTrainConfig, train_subword_tokenizer
 
     fasta = tmp_path / "train.fasta"
     fasta.write_bytes(OLD * 4)
@@ -61,7 +61,7 @@ def test_tokenizer_output_holding_a_users_file_is_refused_and_kept(tmp_path):
 
 
 def test_tokenizer_output_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
-    from megatron_plm.data import subword
+    from megatron_plm.data.tokenizers import subword
 
     (tmp_path / "file").write_text("x")
     trained = []
@@ -72,7 +72,7 @@ def test_tokenizer_output_that_cannot_be_written_is_refused_before_training(tmp_
 
 
 def test_tokenizer_output_replaces_an_earlier_tokenizer_only(tmp_path):
-    from megatron_plm.data.subword import OUTPUT_FILES, SubwordTokenizer
+    from megatron_plm.data.tokenizers.subword import OUTPUT_FILES, SubwordTokenizer
 
     output = tmp_path / "tok"
     _train_tokenizer(tmp_path, output)
@@ -85,7 +85,7 @@ def test_tokenizer_output_replaces_an_earlier_tokenizer_only(tmp_path):
 
 
 def test_garbage_tokenizer_file_is_named(tmp_path):
-    from megatron_plm.data.subword import SubwordTokenizer
+    from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 
     output = tmp_path / "tok"
     _train_tokenizer(tmp_path, output)
@@ -167,7 +167,7 @@ def test_kill_at_each_phase_of_preprocess(tmp_path, phase, capsys):
     script = f"""
 import os, signal
 import megatron_plm.data.corpus as corpus
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 {KILL_AT[phase]}
 preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)!r}, progress=False, overwrite=True))
 """
@@ -204,7 +204,7 @@ def _cache_script(directory, kill: bool) -> str:
     return f"""
 import os, signal
 import numpy as np
-from megatron_plm.data.index_cache import IndexCache, Role
+from megatron_plm.data.samples.index_cache import IndexCache, Role
 def build():
     if {kill}:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -253,7 +253,7 @@ def test_kill_while_a_damaged_cache_entry_is_moved_aside(tmp_path):
 def test_damaged_cache_manifest_is_rebuilt(tmp_path, damage):
     import numpy as np
 
-    from megatron_plm.data.index_cache import IndexCache, Role
+    from megatron_plm.data.samples.index_cache import IndexCache, Role
 
     cache = IndexCache(tmp_path, role=Role())
     build = lambda: {"order": np.arange(10)}  # noqa: E731
@@ -501,7 +501,7 @@ def test_kill_9_of_preprocess_takes_its_worker_processes(tmp_path, real_fasta):
     script = f"""
 import os, signal
 import megatron_plm.data.corpus as corpus
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 add = corpus.CorpusWriter.add
 def add_then_kill(self, *args):
     add(self, *args)
@@ -537,7 +537,7 @@ def test_sigterm_during_tokenizer_train_keeps_the_earlier_tokenizer(tmp_path):
     before = snapshot(output)
     script = f"""
 import os, signal, sys
-import megatron_plm.data.subword as subword
+import megatron_plm.data.tokenizers.subword as subword
 from megatron_plm.cli import main
 feed = subword._feed
 def terminated(*args):  # while SentencePiece reads the sequences
@@ -574,7 +574,7 @@ sys.exit(main(["tokenizer", "train", "--input", {str(tmp_path / "train.fasta")!r
     ],
 )
 def test_damaged_corpus_column_is_named(tmp_path, name, damage, message):
-    from megatron_plm.data.splits import assign_splits
+    from megatron_plm.data.samples.splits import assign_splits
 
     clusters = tmp_path / "clusters.tsv"
     clusters.write_text("sp|P1|A\tsp|P1|A\nsp|P2|B\tsp|P2|B\n")

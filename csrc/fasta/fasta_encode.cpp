@@ -1,13 +1,13 @@
 // FASTA chunk parser + residue encoder: the hot loop of tools/preprocess_data.py.
 //
 // Implements exactly the rules of the pure-Python reference,
-// megatron_plm/data/encode.py:encode_fasta_chunk_reference (which tests compare against
+// megatron_plm/data/preprocess/encode.py:encode_fasta_chunk_reference (which tests compare against
 // byte for byte): lines split on '\n'; a line holding a NUL byte is binary input; '>' starts
 // a header whose rest must be valid UTF-8 and whose first ASCII-whitespace-separated word is
 // the record id; other lines are stripped of ASCII whitespace, blank ones ignored; residues
 // map through a 256-entry lookup table (255 = not a residue); trailing '*' of a record are
 // dropped. Problems are returned, not raised, as (kind, line, record id, byte, position) and
-// formatted in Python (megatron_plm/data/fasta.py:problem_to_error).
+// formatted in Python (megatron_plm/data/preprocess/fasta.py:problem_to_error).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -20,7 +20,7 @@ namespace py = pybind11;
 
 namespace {
 
-// Keep in step with megatron_plm/data/fasta.py and megatron_plm/data/encode.py.
+// Keep in step with megatron_plm/data/preprocess/fasta.py and megatron_plm/data/preprocess/encode.py.
 enum Problem : int { kNone = 0, kBinary = 1, kBeforeHeader = 2, kNoSequence = 3, kEmptyId = 4, kBadUtf8 = 5, kBadResidue = 6 };
 enum Unknown : int { kUnknownError = 0, kUnknownToUnk = 1, kUnknownSkip = 2 };
 enum Status : uint8_t { kOk = 0, kSkippedInvalid = 1, kMappedUnk = 2 };
@@ -240,7 +240,7 @@ py::tuple encode_fasta_chunk(py::bytes chunk, py::array_t<uint8_t, py::array::c_
 }  // namespace
 
 PYBIND11_MODULE(_fasta_ext, m) {
-  m.doc() = "C++ FASTA chunk parser and residue encoder (reference: megatron_plm/data/encode.py)";
+  m.doc() = "C++ FASTA chunk parser and residue encoder (reference: megatron_plm/data/preprocess/encode.py)";
   m.def("encode_fasta_chunk", &encode_fasta_chunk, py::arg("chunk"), py::arg("lookup"), py::arg("unknown_mode"),
         py::arg("unk_id"),
         "Parse and encode one chunk of whole FASTA records.\n"

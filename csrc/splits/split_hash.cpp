@@ -1,5 +1,5 @@
 // Keyed BLAKE2b with an 8-byte digest over many byte fields: the split hash of
-// megatron_plm/data/splits.py, whose reference is hashlib.blake2b(data, digest_size=8, key=salt)
+// megatron_plm/data/samples/splits.py, whose reference is hashlib.blake2b(data, digest_size=8, key=salt)
 // called once per cluster name or document (tests compare the two on real corpora).
 // Written from RFC 7693; one field per call of `blake2b_fields`' loop, the GIL released.
 #include <pybind11/numpy.h>
@@ -105,7 +105,7 @@ py::array_t<uint64_t> blake2b_fields(py::array_t<uint8_t, py::array::c_style> bu
 }  // namespace
 
 PYBIND11_MODULE(_split_hash_ext, m) {
-  m.doc() = "Keyed BLAKE2b-64 over many fields (reference: hashlib.blake2b in megatron_plm/data/splits.py)";
+  m.doc() = "Keyed BLAKE2b-64 over many fields (reference: hashlib.blake2b in megatron_plm/data/samples/splits.py)";
   m.def("blake2b_fields", &blake2b_fields, py::arg("buffer"), py::arg("starts"), py::arg("lengths"), py::arg("key"),
         "Little-endian uint64 digest of blake2b(buffer[start:start+length], digest_size=8, key=key) per field.");
 }

@@ -67,7 +67,7 @@ def checkpoint_model(path: str | os.PathLike) -> tuple[Path, str, ModelConfig]:
 
 def checkpoint_tokenizer(directory: Path):
     """The subword tokenizer a checkpoint was trained with (``data.tokenizer``), or None for residues."""
-    from megatron_plm.data.subword import SubwordTokenizer
+    from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 
     path = (saved_run_config(directory) or {}).get("data", {}).get("tokenizer")
     if path is None:
@@ -87,7 +87,7 @@ def checkpoint_tokenizer(directory: Path):
 
 def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime: Runtime) -> dict[str, torch.Tensor]:
     """The model's tensors at TP=1, PP=1, however the checkpoint was sharded, on the host (they are written)."""
-    from megatron_plm.training.build import build_model_chunk
+    from megatron_plm.models.build import build_model_chunk
 
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
@@ -113,7 +113,7 @@ def export_hf(
     """Write ``output`` as a ``transformers`` model directory (with tokenizer) for the checkpoint."""
     from safetensors.torch import save_file
 
-    from megatron_plm.data.hf_tokenizer import save_hf_tokenizer
+    from megatron_plm.data.tokenizers.hf import save_hf_tokenizer
 
     from megatron_plm.outputs import follow_umask
     from megatron_plm.progress import Progress
@@ -138,7 +138,7 @@ def export_hf(
             config.torch_dtype = "float32" if dtype == "fp32" else "bfloat16"
             config.save_pretrained(str(staging))
             if objective == "clm":  # model.generate and pipeline() sample as `evaluate generate` does
-                from megatron_plm.evaluation.generate import SamplingConfig, generation_config
+                from megatron_plm.models.generation import SamplingConfig, generation_config
 
                 default = SamplingConfig(max_length=min(SamplingConfig.max_length, model.seq_length - 1))
                 generation_config(default, hf.hf_vocab_size(objective, model)).save_pretrained(str(staging))
@@ -178,7 +178,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from megatron_plm.config import _to_plain
-    from megatron_plm.training.build import build_model_chunk
+    from megatron_plm.models.build import build_model_chunk
 
     if runtime.world_size != 1:
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")

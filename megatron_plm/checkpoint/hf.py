@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from megatron_plm.data.tokenizer import ESM2_VOCAB, VOCAB
-from megatron_plm.models.config import ModelConfig
+from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, VOCAB
+from megatron_plm.models.config import ROTARY_BASE, ModelConfig
 
 Objective = Literal["clm", "mlm"]
 LAYER = "decoder.layers.{i}."
@@ -162,7 +162,7 @@ def hf_extra_tensors(objective: Objective, model: ModelConfig, written: set[str]
             continue
         if key.endswith("inv_freq"):
             exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim  # host: saved
-            extras[key] = 1.0 / (10000**exponents)
+            extras[key] = 1.0 / (ROTARY_BASE**exponents)
         elif key.startswith("esm.contact_head."):
             extras[key] = torch.zeros(tensor.shape, dtype=torch.float32)  # host: saved
         else:
@@ -176,7 +176,7 @@ def hf_extra_tensors(objective: Objective, model: ModelConfig, written: set[str]
 # ---- configs -----------------------------------------------------------------------------------------
 def hf_config(objective: Objective, model: ModelConfig):
     """The ``transformers`` config that expresses our model exactly."""
-    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
     tok = ProteinTokenizer()
     ffn = model.ffn_size
@@ -213,7 +213,7 @@ def hf_config(objective: Objective, model: ModelConfig):
         intermediate_size=ffn,
         hidden_act="gelu",
         rotary_pct=1.0,
-        rotary_emb_base=10000,
+        rotary_emb_base=ROTARY_BASE,
         max_position_embeddings=model.seq_length,
         layer_norm_eps=model.layernorm_epsilon,
         use_parallel_residual=False,
@@ -259,9 +259,11 @@ def model_config_from_hf(config, source: str) -> tuple[Objective, ModelConfig]:
         _require(not config.use_parallel_residual, "use_parallel_residual must be false", source)
         rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
         fraction = rope.get("partial_rotary_factor", getattr(config, "rotary_pct", 1.0))  # 5.x, 4.x
-        base = rope.get("rope_theta", getattr(config, "rotary_emb_base", 10000))
+        base = rope.get("rope_theta", getattr(config, "rotary_emb_base", ROTARY_BASE))
         _require(float(fraction) == 1.0, f"the rotary fraction (rotary_pct) must be 1.0, got {fraction}", source)
-        _require(float(base) == 10000, f"the rotary base (rotary_emb_base) must be 10000, got {base}", source)
+        _require(
+            float(base) == ROTARY_BASE, f"the rotary base (rotary_emb_base) must be {ROTARY_BASE}, got {base}", source
+        )
         _require(rope.get("rope_type", "default") == "default", "rotary scaling is not supported", source)
         _require(getattr(config, "hidden_act", "gelu") == "gelu", "hidden_act must be 'gelu'", source)
         _require(getattr(config, "attention_bias", True), "attention_bias must be true", source)

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_plm.data.fasta import InputFormatError, read_fasta
-from megatron_plm.data.subword import SubwordTokenizer
-from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
+from megatron_plm.data.tokenizers.subword import SubwordTokenizer
+from megatron_plm.data.tokenizers.protein import STANDARD_AMINO_ACIDS, ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
 from megatron_plm.evaluation.perplexity import clm_log_likelihood
 from megatron_plm.progress import Progress

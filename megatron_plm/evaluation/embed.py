@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
 from megatron_plm.progress import track
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from megatron_plm.data.tokenizer import ESM2_VOCAB, VOCAB, ProteinTokenizer
+from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, VOCAB, ProteinTokenizer
 
 Objective = Literal["clm", "mlm"]
 
@@ -31,7 +31,7 @@ class ScoringModel:
     """``(ids [b, s], real [b, s]) -> logits [b, s, >= vocab_size]``; ``real`` marks non-padding."""
     device: torch.device = torch.device("cpu")
     tokenizer: ProteinTokenizer = ProteinTokenizer()
-    """The residue tokenizer, or the :class:`~megatron_plm.data.subword.SubwordTokenizer` it was trained with."""
+    """The residue tokenizer, or the :class:`~megatron_plm.data.tokenizers.subword.SubwordTokenizer` it was trained with."""
     causal_lm: Callable[[], Any] | None = None
     """CLM: the same weights as a ``transformers`` causal LM (built on first use), which generation samples
     from with ``transformers``' own ``generate``."""
@@ -66,7 +66,7 @@ def _from_transformers(path: Path) -> ScoringModel:
     config = hf.load_config(path)
     tokenizer = ProteinTokenizer()
     if config.vocab_size > len(VOCAB) and (path / "tokenizer.json").exists():  # a subword export
-        from megatron_plm.data.subword import SubwordTokenizer
+        from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 
         tokenizer = SubwordTokenizer.load(path)
         if tokenizer.vocab_size != config.vocab_size:
@@ -112,9 +112,9 @@ def _from_transformers(path: Path) -> ScoringModel:
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     from megatron_plm.checkpoint.export import checkpoint_model, checkpoint_tokenizer
     from megatron_plm.checkpoint.distributed import load_model_tensors, saved_run_config
-    from megatron_plm.data.batch import Batch, cu_seqlens_from_segments
+    from megatron_plm.data.samples.batch import Batch, cu_seqlens_from_segments
     from megatron_plm.models.mcore import PACKED_BACKENDS
-    from megatron_plm.training.build import build_model_chunk, runnable_model_config
+    from megatron_plm.models.build import build_model_chunk, runnable_model_config
 
     if runtime is None or runtime.world_size != 1:
         raise ValueError(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.evaluation.model import ScoringModel, pad_batch
 from megatron_plm.progress import Progress
 
@@ -147,7 +147,7 @@ def perplexity(
     ``pseudo`` the exact pseudo-perplexity (every residue masked in turn)."""
     if model.objective == "mlm" and not pseudo and not 0 < mask_ratio <= 1:
         raise ValueError(f"--mask-ratio must be in (0, 1], got {mask_ratio} (for every position in turn, use --pseudo)")
-    from megatron_plm.data.subword import SubwordTokenizer, token_residues
+    from megatron_plm.data.tokenizers.subword import SubwordTokenizer, token_residues
 
     tok = model.tokenizer
     if isinstance(tok, SubwordTokenizer):  # residue ids -> the model's subword ids

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from megatron_plm.data.fasta import InputFormatError
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import InputFormatError
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.evaluation.embed import embed
 from megatron_plm.evaluation.model import ScoringModel
 from megatron_plm.progress import track

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_plm.data.homologs import AMINO_ACIDS, homolog_weights, one_hot
-from megatron_plm.data.msa import Alignment
+from megatron_plm.data.preprocess.homologs import AMINO_ACIDS, homolog_weights, one_hot
+from megatron_plm.data.preprocess.msa import Alignment
 
 _INDEX = {chr(letter): i for i, letter in enumerate(AMINO_ACIDS)}
 

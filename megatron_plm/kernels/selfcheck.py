@@ -9,7 +9,7 @@ and every later call on that device and dtype runs the reference instead.
 The comparison is the parity tests' (``tests/kernels/``): the error of the kernel against an fp32
 reference computed on the same rounded inputs may be at most twice that of PyTorch's own computation in
 the kernel's dtype, plus, in fp32 (where PyTorch's error against itself is 0), a floor for fp32 rounding.
-``megatron-plm env --check-kernels`` runs the same check for every kernel and dtype (:func:`check_all`).
+``megatron-plm env --check-kernels`` runs the same check for every kernel and dtype (:func:`megatron_plm.kernels.registry.check_all`).
 """
 
 from __future__ import annotations
@@ -154,13 +154,6 @@ def forget_verdicts() -> None:
         _verdicts.clear()
 
 
-def registered_kernels() -> list[FusedKernel]:
-    """Every fused kernel of ``csrc/`` (imported here, not at module import: they import this module)."""
-    from megatron_plm.kernels import bias_gelu, rotary
-
-    return [rotary.KERNEL, bias_gelu.KERNEL]
-
-
 def why_not_runnable(kernel: FusedKernel) -> str | None:
     """Why ``kernel`` cannot run on this machine, or None when it can."""
     if not torch.cuda.is_available():
@@ -170,19 +163,6 @@ def why_not_runnable(kernel: FusedKernel) -> str | None:
     if not kernel.built():
         return "extension not built (no nvcc at install time? see pip install --no-build-isolation -e . -v)"
     return None
-
-
-def check_all(kernels: Sequence[FusedKernel] | None = None) -> tuple[list[CheckResult], dict[str, str]]:
-    """Check every kernel in every dtype on every visible GPU: (results, {kernel: why it cannot run})."""
-    results, skipped = [], {}
-    for kernel in registered_kernels() if kernels is None else kernels:
-        reason = why_not_runnable(kernel)
-        if reason is not None:
-            skipped[kernel.name] = reason
-            continue
-        for index in range(torch.cuda.device_count()):
-            results += [check(kernel, torch.device("cuda", index), dtype) for dtype in kernel.dtypes]
-    return results, skipped
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

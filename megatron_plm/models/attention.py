@@ -22,6 +22,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_plm.models.config import ROTARY_BASE
 from megatron_plm.kernels.rotary import apply_rotary_thd, inv_frequencies
 
 
@@ -150,8 +151,6 @@ class VarlenAttention(_CoreAttention):
 
     def inv_freq(self, device: torch.device) -> torch.Tensor:
         if device not in self._inv_freq:
-            from megatron_plm.models.mcore import ROTARY_BASE
-
             self._inv_freq[device] = inv_frequencies(self.head_dim, ROTARY_BASE, device=device)
         return self._inv_freq[device]
 

@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+ROTARY_BASE = 10000
+"""RoPE's base: ESM-2's and megatron-core's default, and what the HF classes we export to must use."""
+
 if TYPE_CHECKING:
     from megatron.core.transformer import TransformerConfig
 

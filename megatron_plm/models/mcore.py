@@ -29,14 +29,13 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.enums import AttnMaskType
 
+from megatron_plm.models.config import ROTARY_BASE
+
 __all__ = ["GPTModel", "ProteinMaskedLM", "build_protein_model", "layer_spec", "BODY_PREFIXES", "PACKED_BACKENDS"]
 
 BODY_PREFIXES = ("embedding.", "decoder.")
 """State-dict prefixes of the shared body (embedding, layers, final LayerNorm): what CLM -> MLM transfers."""
 
-
-ROTARY_BASE = 10000
-"""RoPE's base (ESM-2's and megatron-core's default)."""
 
 ESM2_MASK_RATIO_TRAIN = 0.15 * 0.8
 """The masked share of tokens ESM-2's token dropout assumes at training time."""

@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from megatron_plm.data.batch import Batch
+from megatron_plm.data.samples.batch import Batch
 from megatron_plm.runtime import Runtime
 from megatron_plm.training.build import TrainingState
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from megatron_plm.config import TrainConfig, check_sizes
-from megatron_plm.data.builder import DataBuilder, epochs_per_source
-from megatron_plm.data.loader import BatchLoader
-from megatron_plm.data.splits import Split
+from megatron_plm.data.samples.builder import DataBuilder, epochs_per_source
+from megatron_plm.data.samples.loader import BatchLoader
+from megatron_plm.data.samples.splits import Split
 from megatron_plm.runtime import Runtime
 from megatron_plm.training.build import TrainingState, build_run
 from megatron_plm.training.ledger import ComputeLedger

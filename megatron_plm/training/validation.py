@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from megatron_plm.config import TrainConfig
-from megatron_plm.data.loader import BatchLoader
+from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.runtime import Runtime
 from megatron_plm.training.build import TrainingState
 from megatron_plm.training.step import evaluate
@@ -34,7 +34,7 @@ class Validator:
         loss, tokens = evaluate(self.state, [valid.next_step() for _ in range(t.eval_iters)], self.runtime)
         entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
         if self.config.data.tokenizer is not None:  # per residue too, so runs with different vocabularies compare
-            from megatron_plm.data.subword import load_tokenizer
+            from megatron_plm.data.tokenizers.subword import load_tokenizer
 
             if self.residues is None:
                 self.residues = supervised_residues(
@@ -50,7 +50,7 @@ class Validator:
 def supervised_residues(dataset, num_samples: int, tokenizer) -> int:
     """Residues under the supervised labels of the first ``num_samples`` samples (framing tokens count
     one): the denominator of per-residue loss. Every rank computes it over all the samples."""
-    from megatron_plm.data.subword import token_residues
+    from megatron_plm.data.tokenizers.subword import token_residues
 
     per_token = token_residues(tokenizer)
     total = 0

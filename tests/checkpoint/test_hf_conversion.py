@@ -10,10 +10,10 @@ from conftest import ESM2_8M
 
 from megatron_plm.checkpoint.export import checkpoint_model, export_hf, import_hf
 from megatron_plm.checkpoint.distributed import load_model_tensors
-from megatron_plm.data.batch import Batch
-from megatron_plm.data.fasta import read_fasta
-from megatron_plm.data.tokenizer import ProteinTokenizer
-from megatron_plm.training.build import build_model_chunk
+from megatron_plm.data.samples.batch import Batch
+from megatron_plm.data.preprocess.fasta import read_fasta
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
+from megatron_plm.models.build import build_model_chunk
 
 TOK = ProteinTokenizer()
 TOLERANCE = 1e-4

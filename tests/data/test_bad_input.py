@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from megatron_plm.data.encode import native_available
-from megatron_plm.data.fasta import InputFormatError
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.encode import native_available
+from megatron_plm.data.preprocess.fasta import InputFormatError
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
 IMPLEMENTATIONS = [
     "reference",

@@ -5,9 +5,9 @@ import gzip
 import numpy as np
 import pytest
 
-from megatron_plm.data import clusters as clusters_module
-from megatron_plm.data.clusters import ClusterMap, hash_fields, hash_lines
-from megatron_plm.data.fasta import InputFormatError
+from megatron_plm.data.preprocess import clusters as clusters_module
+from megatron_plm.data.preprocess.clusters import ClusterMap, hash_fields, hash_lines
+from megatron_plm.data.preprocess.fasta import InputFormatError
 
 
 def test_join_matches_a_dict_on_the_shipped_mapping(sample_fasta):

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import run_python
 from megatron_plm.data.corpus import Corpus, CorpusWriteError, CorpusWriter, corpus_paths, recover_interrupted
-from megatron_plm.data.fasta import InputFormatError
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.fasta import InputFormatError
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
 OLD = b">sp|P1|A\nMKTAYIAKQRQISFVK\n>sp|P2|B\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n"
 NEW = b">sp|Q1|C\nMAAAAAAAAK\n"
@@ -60,7 +60,7 @@ def _run_killed(tmp_path, prefix, patch):
     script = f"""
 import os, signal
 import megatron_plm.data.corpus as corpus
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 {patch}
 preprocess(PreprocessConfig(inputs=[{str(source)!r}], output_prefix={str(prefix)!r}, progress=False, overwrite=True))
 """

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_plm.data.batch import collate
-from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource, epochs_per_source
+from megatron_plm.data.samples.batch import collate
+from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource, epochs_per_source
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.datasets import ProteinDataset, SampleConfig
-from megatron_plm.data.loader import BatchLoader
-from megatron_plm.data.sampling import STREAM_SAMPLE, DocumentOrder, SamplingUnits, uniform_noise
-from megatron_plm.data.splits import Split, assign_splits
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.samples.datasets import ProteinDataset, SampleConfig
+from megatron_plm.data.samples.loader import BatchLoader
+from megatron_plm.data.samples.sampling import STREAM_SAMPLE, DocumentOrder, SamplingUnits, uniform_noise
+from megatron_plm.data.samples.splits import Split, assign_splits
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
 TOK = ProteinTokenizer()
 
@@ -206,7 +206,7 @@ def test_splits_are_deterministic_and_keep_clusters_together(sample_corpus, tmp_
     assert np.allclose(fractions, (0.8, 0.1, 0.1), atol=0.03)
     # Reproducible from the corpus alone: a corpus of the same sequences in another order, without
     # clusters, splits each sequence by its residues, identically.
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     shuffled = tmp_path / "shuffled.fasta"
     records = list(zip(corpus.record_ids(), (TOK.decode(corpus.indexed_dataset()[i]) for i in range(len(corpus)))))

@@ -9,14 +9,14 @@ statuses, ids and problem.
 import numpy as np
 import pytest
 
-from megatron_plm.data.encode import (
+from megatron_plm.data.preprocess.encode import (
     Unknown,
     _encode_fasta_chunk_native,
     encode_fasta_chunk_reference,
     native_available,
 )
-from megatron_plm.data.fasta import iter_chunks
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import iter_chunks
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
 pytestmark = pytest.mark.skipif(not native_available(), reason="C++ extension not built")
 

@@ -17,15 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.encode import (
+from megatron_plm.data.preprocess.encode import (
     Unknown,
     _encode_fasta_chunk_native,
     encode_fasta_chunk_reference,
     native_available,
 )
-from megatron_plm.data.fasta import InputFormatError
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
-from megatron_plm.data.tokenizer import STANDARD_AMINO_ACIDS, ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import InputFormatError
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
+from megatron_plm.data.tokenizers.protein import STANDARD_AMINO_ACIDS, ProteinTokenizer
 
 settings.register_profile("ci", max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(

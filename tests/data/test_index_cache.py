@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_plm.data import splits as splits_module
-from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
-from megatron_plm.data.index_cache import IndexCache, IndexCacheError, Role
-from megatron_plm.data.splits import Split
+from megatron_plm.data.samples import splits as splits_module
+from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.index_cache import IndexCache, IndexCacheError, Role
+from megatron_plm.data.samples.splits import Split
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,7 +89,7 @@ def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog)
 
 
 def test_a_different_corpus_at_the_same_path_gets_new_entries(tmp_path, sample_fasta):
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
 
     prefix = tmp_path / "corpus"
     cache_dir = tmp_path / "cache"
@@ -134,8 +134,8 @@ def test_four_ranks_read_one_cache_built_once(sample_corpus, tmp_path):
     script.write_text(f"""
 import json, os, sys
 import numpy as np
-from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
-from megatron_plm.data.splits import Split
+from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.splits import Split
 import torch.distributed as dist
 dist.init_process_group("gloo")
 builder = DataBuilder(DataConfig(sources=[DataSource(prefix={str(sample_corpus)!r})], objective="mlm", seq_length=64,

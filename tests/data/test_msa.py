@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.fasta import InputFormatError, read_fasta
-from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
-from megatron_plm.data.msa import read_msa
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
+from megatron_plm.data.preprocess.homologs import greedy_clusters, homolog_weights, write_weights
+from megatron_plm.data.preprocess.msa import read_msa
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
 FAMILY = "family/BLAT_ECOLX_ColabFold_2202.a3m"
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from megatron_plm.data.corpus import Corpus, corpus_paths
-from megatron_plm.data.encode import native_available
-from megatron_plm.data.preprocess import PreprocessConfig, preprocess
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.encode import native_available
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.shipped_data import SAMPLE_FASTA, UNIPROT_QUERY, data_path
 
 needs_native = pytest.mark.skipif(not native_available(), reason="C++ extension not built")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.splits import assign_splits
+from megatron_plm.data.samples.splits import assign_splits
 
 PINS = json.loads((Path(__file__).parent / "split_pins.json").read_text())
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.fasta import read_fasta
-from megatron_plm.data.subword import SubwordTokenizer, SubwordTrainConfig, train_subword_tokenizer
-from megatron_plm.data.tokenizer import VOCAB, ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import read_fasta
+from megatron_plm.data.tokenizers.subword import SubwordTokenizer, SubwordTrainConfig, train_subword_tokenizer
+from megatron_plm.data.tokenizers.protein import VOCAB, ProteinTokenizer
 
 
 @pytest.mark.parametrize("model_type", ["bpe", "unigram"])
@@ -75,7 +75,7 @@ def test_preprocessing_stores_subword_ids_in_the_smallest_dtype(subword_corpus, 
 
 
 def test_training_refuses_a_corpus_of_another_tokenizer(subword_corpus, subword_tokenizers, sample_corpus):
-    from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
+    from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
 
     prefix, _, _ = subword_corpus
     with pytest.raises(

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from megatron_plm.data.hf_tokenizer import save_hf_tokenizer
-from megatron_plm.data.tokenizer import InvalidSequenceError, ProteinTokenizer
+from megatron_plm.data.tokenizers.hf import save_hf_tokenizer
+from megatron_plm.data.tokenizers.protein import InvalidSequenceError, ProteinTokenizer
 
 # ESM-2's alphabet as published (fair-esm Alphabet "ESM-1b"; shared/notes/paper-facts.md).
 PUBLISHED_ESM2 = "<cls> <pad> <eos> <unk> L A G V S E R T I D P K Q N F Y M H W C X B U Z O . - <null_1> <mask>".split()
@@ -45,7 +45,7 @@ def test_framing_for_both_objectives():
 def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, real_fasta):
     from transformers import AutoTokenizer, EsmTokenizer
 
-    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.preprocess.fasta import read_fasta
 
     vocab = tmp_path / "esm2_vocab.txt"
     vocab.write_text("\n".join(PUBLISHED_ESM2) + "\n")
@@ -64,7 +64,7 @@ def test_hf_mlm_tokenizer_matches_esm_tokenizer_and_ours(tmp_path, real_fasta):
 def test_hf_clm_tokenizer_encodes_prompts_and_decodes_plain_residues(tmp_path, sample_fasta):
     from transformers import AutoTokenizer
 
-    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.preprocess.fasta import read_fasta
 
     save_hf_tokenizer(tmp_path / "clm", "clm")
     written = json.loads((tmp_path / "clm/tokenizer_config.json").read_text())

@@ -10,8 +10,8 @@ import torch
 from conftest import REPO
 
 from megatron_plm.checkpoint.export import export_hf
-from megatron_plm.data.fasta import InputFormatError, read_fasta
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.evaluation.embed import embed
 from megatron_plm.evaluation.model import load_scoring_model
 from megatron_plm.evaluation.probe import ProbeConfig, load_chains, run_probe, split_chains

@@ -11,10 +11,11 @@ import torch
 from conftest import ESM2_8M
 
 from megatron_plm.checkpoint.export import export_hf, import_hf
-from megatron_plm.data.fasta import InputFormatError, read_fasta
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.evaluation.dms import load_assays, masked_marginals
-from megatron_plm.evaluation.generate import SamplingConfig, generate, generation_perplexities
+from megatron_plm.evaluation.generate import generate, generation_perplexities
+from megatron_plm.models.generation import SamplingConfig
 from megatron_plm.evaluation.model import load_scoring_model, pad_batch
 from megatron_plm.evaluation.perplexity import clm_windows, perplexity
 
@@ -348,7 +349,7 @@ def test_perplexity_scores_the_held_out_split_of_a_training_corpus(runtime, trai
 
     from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
     from megatron_plm.data.corpus import Corpus
-    from megatron_plm.data.splits import Split, assign_splits
+    from megatron_plm.data.samples.splits import Split, assign_splits
 
     data = saved_run_config(latest_checkpoint(trained["clm"]))["data"]
     corpus = Corpus.open(sample_corpus)

@@ -37,7 +37,7 @@ on its own (the test checks what the issue asked for: a tiny family run beating 
 def blat(shared_data):
     """ColabFold's TEM-1 alignment and its profile, built once for the module (the profile's 80%-identity
     weights are seconds of matrix products)."""
-    from megatron_plm.data.msa import read_msa
+    from megatron_plm.data.preprocess.msa import read_msa
     from megatron_plm.evaluation.profile import build_profile
 
     alignment = read_msa(shared_data / "family/BLAT_ECOLX_ColabFold_2202.a3m", "a3m")
@@ -47,9 +47,9 @@ def blat(shared_data):
 @pytest.mark.slow
 def test_family_mlm_beats_the_unigram_floor(runtime, shared_data, blat, tmp_path):
     from megatron_plm.config import load_config
-    from megatron_plm.data.fasta import read_fasta
-    from megatron_plm.data.homologs import greedy_clusters, homolog_weights, write_weights
-    from megatron_plm.data.preprocess import PreprocessConfig, preprocess
+    from megatron_plm.data.preprocess.fasta import read_fasta
+    from megatron_plm.data.preprocess.homologs import greedy_clusters, homolog_weights, write_weights
+    from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
     from megatron_plm.evaluation.dms import evaluate_assays, load_assays, residue_frequencies
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.training.trainer import train

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_plm.data.batch import cu_seqlens_from_segments
+from megatron_plm.data.samples.batch import cu_seqlens_from_segments
 from megatron_plm.kernels import rotary, selfcheck
 from megatron_plm.kernels.rotary import apply_rotary_thd, inv_frequencies, rotary_reference
 
@@ -18,8 +18,8 @@ needs_gpu_kernel = pytest.mark.skipif(
 def real_boundaries(sample_corpus, rows: int, length: int) -> torch.Tensor:
     """cu_seqlens of packed CLM samples of the shipped corpus (proteins of real lengths)."""
     from megatron_plm.data.corpus import Corpus
-    from megatron_plm.data.datasets import ProteinDataset, SampleConfig
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.datasets import ProteinDataset, SampleConfig
+    from megatron_plm.data.samples.splits import Split
 
     corpus = Corpus.open(sample_corpus)
     dataset = ProteinDataset(
@@ -85,10 +85,13 @@ def test_kernel_is_a_dispatcher_op_with_shapes():
     """Registered with torch.library, so profilers and torch.compile see it; shapes via fake tensors."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    # A CPU-only torch cannot name a CUDA device even for fake tensors (unless the CPU shim is installed,
+    # which made this pass only after another test had installed it); the shapes do not depend on it.
+    FAKE_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     with FakeTensorMode():
-        q = torch.empty(10, 4, 96, device="cuda", dtype=torch.bfloat16)[..., :32]  # strided, as from fused QKV
+        q = torch.empty(10, 4, 96, device=FAKE_DEVICE, dtype=torch.bfloat16)[..., :32]  # strided, as from fused QKV
         out = torch.ops.megatron_plm.rotary_thd(
-            q, torch.empty(3, device="cuda", dtype=torch.int32), torch.empty(16, device="cuda"), 1.0
+            q, torch.empty(3, device=FAKE_DEVICE, dtype=torch.int32), torch.empty(16, device=FAKE_DEVICE), 1.0
         )
     assert out.shape == q.shape and out.is_contiguous() and out.dtype == q.dtype
 

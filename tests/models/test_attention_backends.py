@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from megatron_plm.data.batch import collate
+from megatron_plm.data.samples.batch import collate
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.datasets import ProteinDataset, SampleConfig
-from megatron_plm.data.splits import Split
+from megatron_plm.data.samples.datasets import ProteinDataset, SampleConfig
+from megatron_plm.data.samples.splits import Split
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.models.mcore import PACKED_BACKENDS
-from megatron_plm.training.build import build_model_chunk
+from megatron_plm.models.build import build_model_chunk
 
 CPU_BACKENDS = ["local", "sdpa", "varlen"]  # varlen runs its plain-PyTorch equivalent on CPU
 

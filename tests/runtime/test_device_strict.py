@@ -87,9 +87,9 @@ def test_strict_runtime_trains_and_validates_on_a_virtual_gpu(tmp_path, sample_c
     import math
 
     from megatron_plm.config import load_config
-    from megatron_plm.data.builder import DataBuilder
-    from megatron_plm.data.loader import BatchLoader
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.loader import BatchLoader
+    from megatron_plm.data.samples.splits import Split
     from megatron_plm.runtime import initialize
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import evaluate, train_step

@@ -10,9 +10,9 @@ from megatron_plm.training.step import _forward_backward, optimizer_step
 
 
 def test_one_reduction_matches_megatron_cores_step(sample_corpus):
-    from megatron_plm.data.builder import DataBuilder
-    from megatron_plm.data.loader import BatchLoader
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.loader import BatchLoader
+    from megatron_plm.data.samples.splits import Split
 
     config = load_config(
         REPO / "examples/configs/tiny_clm.yaml",

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REPO
 
-from megatron_plm.data.fasta import read_fasta
-from megatron_plm.data.subword import SubwordTokenizer
+from megatron_plm.data.preprocess.fasta import read_fasta
+from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,8 @@ def test_trains_exports_and_transformers_reproduces_the_logits(
 
 
 def test_mlm_masks_whole_subword_tokens(subword_corpus, subword_tokenizers):
-    from megatron_plm.data.builder import DataBuilder, DataConfig, DataSource
-    from megatron_plm.data.splits import Split
+    from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+    from megatron_plm.data.samples.splits import Split
 
     prefix, _, _ = subword_corpus
     tok = SubwordTokenizer.load(subword_tokenizers["bpe"])
@@ -107,7 +107,7 @@ def test_mlm_masks_whole_subword_tokens(subword_corpus, subword_tokenizers):
 
 
 def test_perplexity_per_residue_and_dms_for_a_subword_clm(runtime, subword_trained, sample_fasta, shared_data):
-    from megatron_plm.data.tokenizer import ProteinTokenizer
+    from megatron_plm.data.tokenizers.protein import ProteinTokenizer
     from megatron_plm.evaluation.dms import load_assays, score_assay
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity

@@ -2,7 +2,7 @@
 
 Both implementations take a chunk of whole FASTA records and return the same
 :class:`EncodedChunk` (tokens of every kept record, per-record lengths, status and
-ids), or the first :class:`~megatron_plm.data.fasta.ChunkProblem`. Tests require the
+ids), or the first :class:`~megatron_plm.data.preprocess.fasta.ChunkProblem`. Tests require the
 two to agree byte for byte. The C++ extension (``csrc/fasta/fasta_encode.cpp``) is
 imported lazily; without it the reference runs, with a warning.
 """
@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from megatron_plm.data.fasta import (
+from megatron_plm.data.preprocess.fasta import (
     BAD_RESIDUE,
     NO_SEQUENCE,
     ChunkError,
@@ -131,7 +131,7 @@ def encode_jsonl_chunk(
     id_key: str | None,
 ) -> EncodedChunk:
     """JSON lines -> the same result as the FASTA encoders. Malformed JSON raises
-    :class:`~megatron_plm.data.fasta.InputFormatError` (it needs no C++ counterpart)."""
+    :class:`~megatron_plm.data.preprocess.fasta.InputFormatError` (it needs no C++ counterpart)."""
     builder = _ChunkBuilder(lookup, unknown, unk_id)
     for offset, line in enumerate(chunk.split(b"\n")):
         if not line.strip():

@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from megatron_plm.data.fasta import InputFormatError, iter_chunks
-from megatron_plm.data.sampling import _GOLDEN, _mix64
+from megatron_plm.data.preprocess.fasta import InputFormatError, iter_chunks
+from megatron_plm.data.samples.sampling import _GOLDEN, _mix64
 
 _HEADERS = {(b"cluster_representative", b"member"), (b"representative", b"member")}
 _KEY_SEED = np.uint64(0x6A09E667F3BCC908)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from megatron_plm.data.tokenizer import ESM2_VOCAB, RESIDUES, VOCAB, ProteinTokenizer
+from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, RESIDUES, VOCAB, ProteinTokenizer
 
 Objective = Literal["mlm", "clm"]
 
@@ -68,7 +68,7 @@ def _fast_tokenizer(backend, *, bos_token: str | None, eos_token: str, model_max
 
 
 def _subword_tokenizer(subword, objective: Objective, model_max_length: int):
-    """A subword vocabulary (``megatron_plm.data.subword``) framed as the objective's datasets frame it
+    """A subword vocabulary (``megatron_plm.data.tokenizers.subword``) framed as the objective's datasets frame it
     (a CLM's text is a prompt, as for residues: ``1 ...`` with no closing ``2``)."""
     import copy
 
@@ -90,7 +90,7 @@ def save_hf_tokenizer(
     directory: str | os.PathLike, objective: Objective, *, model_max_length: int = 1024, subword=None
 ) -> Path:
     """Write tokenizer files for ``objective`` into ``directory`` (created if needed); ``subword``: a
-    :class:`~megatron_plm.data.subword.SubwordTokenizer` the model was trained with."""
+    :class:`~megatron_plm.data.tokenizers.subword.SubwordTokenizer` the model was trained with."""
     if objective not in ("mlm", "clm"):
         raise ValueError(f"objective must be 'mlm' or 'clm', got {objective!r}")
     if subword is not None:

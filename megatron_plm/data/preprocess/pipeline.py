@@ -26,19 +26,25 @@ from typing import Iterator, Literal
 import numpy as np
 
 from megatron_plm import __version__
-from megatron_plm.data.clusters import ClusterMap
+from megatron_plm.data.preprocess.clusters import ClusterMap
 from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
-from megatron_plm.data.encode import EncodedChunk, RecordStatus, Unknown, encode_jsonl_chunk, fasta_chunk_encoder
-from megatron_plm.data.fasta import (
+from megatron_plm.data.preprocess.encode import (
+    EncodedChunk,
+    RecordStatus,
+    Unknown,
+    encode_jsonl_chunk,
+    fasta_chunk_encoder,
+)
+from megatron_plm.data.preprocess.fasta import (
     DEFAULT_CHUNK_BYTES,
     InputFormatError,
     check_text,
     iter_chunks,
     problem_to_error,
 )
-from megatron_plm.data.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
-from megatron_plm.data.subword import SubwordTokenizer
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
+from megatron_plm.data.tokenizers.subword import SubwordTokenizer
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")

@@ -1,7 +1,7 @@
 """Samples from a corpus split: CLM packing, ESM-2 MLM (single protein or packed).
 
 Every sample is a pure function of (seed, index): the document order comes from
-:mod:`megatron_plm.data.sampling`, packing from megatron-core's ``build_sample_idx``
+:mod:`megatron_plm.data.samples.sampling`, packing from megatron-core's ``build_sample_idx``
 (greedy, so extending a run never changes earlier samples), and every random draw
 (crop, masks, reversal) from a generator keyed by the sample or document position.
 
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.masking import MaskingConfig, mask_tokens
-from megatron_plm.data.sampling import (
+from megatron_plm.data.samples.masking import MaskingConfig, mask_tokens
+from megatron_plm.data.samples.sampling import (
     STREAM_MASK,
     STREAM_REVERSE,
     STREAM_SAMPLE,
@@ -37,8 +37,8 @@ from megatron_plm.data.sampling import (
     uniform_fields,
     uniform_noise,
 )
-from megatron_plm.data.splits import Split
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.samples.splits import Split
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
 SHUFFLE_BLOCK = 1024
 """Packed samples are shuffled within blocks of this many, so pieces of one long protein do not
@@ -170,7 +170,7 @@ class ProteinDataset(torch.utils.data.Dataset):
     def read(self, indices) -> dict[str, np.ndarray]:
         """First half of :meth:`samples`: the proteins of samples ``indices`` read from the corpus and
         framed. Its cost grows with the corpus (each document is a random access into gigabytes), so
-        :class:`~megatron_plm.data.loader.BatchLoader` runs it for the next step on a helper thread."""
+        :class:`~megatron_plm.data.samples.loader.BatchLoader` runs it for the next step on a helper thread."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and not (0 <= indices.min() and indices.max() < self.num_samples):
             raise IndexError(f"samples {indices.tolist()} out of range for {self.name} ({self.num_samples} samples)")

@@ -34,7 +34,13 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 
 from megatron_plm.safe_io import check_owned_directory, publish_directory, read_json, reading, staging_directory
-from megatron_plm.data.tokenizer import RESIDUES, STANDARD_AMINO_ACIDS, VOCAB, InvalidSequenceError, ProteinTokenizer
+from megatron_plm.data.tokenizers.protein import (
+    RESIDUES,
+    STANDARD_AMINO_ACIDS,
+    VOCAB,
+    InvalidSequenceError,
+    ProteinTokenizer,
+)
 from megatron_plm.progress import Heartbeat
 
 ModelType = Literal["bpe", "unigram"]
@@ -96,7 +102,7 @@ def _sentences(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
 
 
 def _feed(paths: list[str], progress: bool, counts: dict) -> Iterator[str]:
-    from megatron_plm.data.fasta import read_fasta
+    from megatron_plm.data.preprocess.fasta import read_fasta
 
     residue = ProteinTokenizer()
     last = time.monotonic()

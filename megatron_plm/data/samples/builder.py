@@ -1,9 +1,9 @@
 """The data config and the one function the training loop calls to get its datasets.
 
-Per split: one :class:`~megatron_plm.data.datasets.ProteinDataset` per source (a corpus, or
+Per split: one :class:`~megatron_plm.data.samples.datasets.ProteinDataset` per source (a corpus, or
 one source label within a corpus), mixed by weight through megatron-core's
 ``BlendedDataset`` when there is more than one. Splits come from
-:func:`~megatron_plm.data.splits.assign_splits`, so they are the same for every run
+:func:`~megatron_plm.data.samples.splits.assign_splits`, so they are the same for every run
 over the same corpus. With ``cache`` on (the default), splits and each dataset's indices are
 built by one rank and memory-mapped by the others from ``cache_dir`` (see index_cache.py).
 """
@@ -20,11 +20,11 @@ from typing import Literal
 import numpy as np
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.datasets import Objective, ProteinDataset, SampleConfig, build_index
-from megatron_plm.data.index_cache import IndexCache, corpus_fingerprint
-from megatron_plm.data.splits import Split, assign_splits
-from megatron_plm.data.subword import load_tokenizer
-from megatron_plm.data.tokenizer import ProteinTokenizer
+from megatron_plm.data.samples.datasets import Objective, ProteinDataset, SampleConfig, build_index
+from megatron_plm.data.samples.index_cache import IndexCache, corpus_fingerprint
+from megatron_plm.data.samples.splits import Split, assign_splits
+from megatron_plm.data.tokenizers.subword import load_tokenizer
+from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 
 _BLEND_SURPLUS = 0.005
 """Each source is built a little larger than its share, as megatron-core's builder does, so the

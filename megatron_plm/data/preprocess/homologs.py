@@ -26,7 +26,7 @@ import numpy as np
 
 from megatron_plm.outputs import write_text_atomic
 
-from megatron_plm.data.msa import Alignment
+from megatron_plm.data.preprocess.msa import Alignment
 
 AMINO_ACIDS = b"ACDEFGHIKLMNPQRSTVWY"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from megatron_plm.data.fasta import InputFormatError, check_text, open_binary
-from megatron_plm.data.tokenizer import RESIDUES
+from megatron_plm.data.preprocess.fasta import InputFormatError, check_text, open_binary
+from megatron_plm.data.tokenizers.protein import RESIDUES
 
 MSA_FORMATS = ("a3m", "a2m", "afa")
 MSA_SUFFIXES = {".a3m": "a3m", ".a2m": "a2m", ".afa": "afa", ".aln.fasta": "afa", ".afasta": "afa"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from megatron_plm.data.batch import SAMPLE_KEYS, Batch, batch_from_arrays
+from megatron_plm.data.samples.batch import SAMPLE_KEYS, Batch, batch_from_arrays
 
 
 def read_samples(dataset, indices: np.ndarray) -> list[tuple[object, np.ndarray, dict]]:

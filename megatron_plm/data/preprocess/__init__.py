@@ -1,0 +1,1 @@
+"""Offline preprocessing: input files -> a tokenized corpus (``megatron-plm preprocess``)."""

@@ -1,0 +1,1 @@
+"""At training time: corpus splits -> sampling order -> CLM/MLM samples -> microbatches."""

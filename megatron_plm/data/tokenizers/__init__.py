@@ -1,0 +1,1 @@
+"""Tokenizers: the amino-acid vocabulary, learned subword vocabularies, and their ``transformers`` files."""
