@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_plm.evaluation.generate import generate
     from megatron_plm.models.generation import SamplingConfig
     from megatron_plm.evaluation.model import load_scoring_model
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     with initialize(ParallelConfig()) as runtime:
         model = load_scoring_model(args.model, runtime)

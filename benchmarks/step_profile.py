@@ -235,12 +235,12 @@ def profile(
     attention_efficiency: float,
     microbatches_per_step: int | None = None,
 ) -> tuple[list[OpRecord], dict]:
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split
     from megatron_plm.planning.planner import count_parameters
-    from megatron_plm.runtime import initialize
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training import step as step_module
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step

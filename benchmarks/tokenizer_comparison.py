@@ -37,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
     args = parser.parse_args(argv)
 
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.data.corpus import Corpus
     from megatron_plm.data.samples.splits import Split, assign_splits
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
     from megatron_plm.planning.planner import flops_per_token
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.training.trainer import train
 
     runs = []

@@ -24,9 +24,9 @@ import torch
 
 def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict | None:
     """Time ``steps`` training steps of a config (after ``warmup``); returns a row on the main rank."""
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.planning.planner import flops_per_token, peak_flops
-    from megatron_plm.runtime import initialize
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
 
@@ -105,8 +105,8 @@ def measure_optimizer_step(config_path, overrides, *, warmup: int = 3, steps: in
     of that step, alternating, and the medians are reported (robust to a busy machine)."""
     import statistics
 
-    from megatron_plm.config import load_config
-    from megatron_plm.runtime import initialize
+    from megatron_plm.training.config import load_config
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import optimizer_step, train_step
 

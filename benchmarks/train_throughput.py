@@ -27,7 +27,7 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from megatron_plm.checkpoint.hf import hf_config
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split

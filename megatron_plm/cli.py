@@ -94,13 +94,13 @@ def _cmd_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from megatron_plm.config import load_config
-    from megatron_plm.runtime import initialize
+    from megatron_plm.training.config import load_config
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.preemption import EXIT_PREEMPTED
     from megatron_plm.training.trainer import TrainingStopped, train
 
     if args.print_config:
-        from megatron_plm.config import describe_config
+        from megatron_plm.training.config import describe_config
 
         print(describe_config(load_config(args.config, args.overrides) if args.config else None), end="")
         return 0
@@ -125,7 +125,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _cmd_export_hf(args: argparse.Namespace) -> int:
     from megatron_plm.checkpoint.export import export_hf
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     with initialize(ParallelConfig()) as runtime:
         out = export_hf(args.checkpoint, args.output, runtime, dtype=args.dtype, show_progress=True)
@@ -135,7 +136,8 @@ def _cmd_export_hf(args: argparse.Namespace) -> int:
 
 def _cmd_import_hf(args: argparse.Namespace) -> int:
     from megatron_plm.checkpoint.export import import_hf
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     with initialize(ParallelConfig()) as runtime:
         out = import_hf(args.source, args.output, runtime)
@@ -160,7 +162,8 @@ def _check_evaluate_numbers(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.outputs import prepare_output, prepare_output_dir
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     if getattr(args, "format", None) == "fair-esm":  # embed into a directory of .pt files
         prepare_output_dir(args.output, what="--output")
@@ -430,7 +433,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                 interval = tuple(sorted(anchor * (args.budget_flops / centre) ** e for e in a_ci))
         print(format_budget_plan(plan, args.law, interval))
         if args.write_config:
-            from megatron_plm.config import load_config
+            from megatron_plm.training.config import load_config
 
             written, warnings, fit = write_config(
                 plan, args.write_config, args.template, gpus=args.gpus, accelerator=args.gpu, mfu=args.mfu
@@ -438,7 +441,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             load_config(written)  # what we write must load
             _report_fit(fit, written, warnings)
         return 0
-    from megatron_plm.config import load_config, read_config_data
+    from megatron_plm.config import read_config_data
+    from megatron_plm.training.config import load_config
     from megatron_plm.planning.planner import fit_layout, format_plan, make_plan, write_fitted_config
 
     if args.config is None:

@@ -1,9 +1,10 @@
-"""The run configuration: typed dataclasses, loaded from YAML with dotted command-line overrides.
+"""Typed configuration from the outside world: YAML files with dotted overrides, and command lines.
 
-Each part lives next to the code it configures (``ModelConfig`` in models, ``DataConfig`` in
-data, ``OptimizerConfig`` in training, ``ParallelConfig`` in runtime); :class:`TrainConfig`
-gathers them. Loading is strict: an unknown key, a wrong type or an invalid value is a
-``ValueError`` naming the dotted field and what to do.
+Every configurable thing is a dataclass whose fields carry a docstring (the string under the field).
+From that one definition this module reads a YAML mapping strictly (an unknown key, a wrong type or
+an invalid value is a ``ValueError`` naming the dotted field and what to do), describes every field
+(``train --print-config``), and builds a command's flags and help (:func:`add_arguments`): one place
+per default and per doc line. It imports no torch.
 """
 
 from __future__ import annotations
@@ -14,124 +15,10 @@ import math
 import re
 import types
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
-from megatron_plm.data.samples.builder import DataConfig
-from megatron_plm.models.config import ModelConfig
-from megatron_plm.models.precision import FP8Config
-from megatron_plm.runtime.distributed import ParallelConfig
-from megatron_plm.training.build import OptimizerConfig
-
-
-@dataclass(kw_only=True)
-class TrainingConfig:
-    train_iters: int
-    """Optimizer steps to run in total (a resumed run continues up to this)."""
-    global_batch_size: int = 8
-    """Samples per optimizer step, over all data-parallel ranks."""
-    micro_batch_size: int = 2
-    """Samples per forward/backward on one rank."""
-    eval_interval: int = 0
-    """Validate every this many steps (0: only at the end)."""
-    eval_iters: int = 2
-    """Global batches of the valid split per validation (the same ones each time)."""
-    seed: int = 1234
-    """Seeds model initialisation and dropout (the data order has its own, ``data.seed``)."""
-    precision: Literal["fp32", "bf16", "fp8"] = "fp32"
-    """bf16 needs a GPU; fp8 needs Transformer Engine and an FP8-capable GPU (see the ``fp8`` section)."""
-    max_skipped_steps: int = 5
-    """Stop (without saving) after this many consecutive steps with a non-finite loss."""
-    exit_interval: int = 0
-    """Save and stop when the step count reaches a multiple of this (fits a run into scheduler time
-    slots; the next launch resumes). 0: run to ``train_iters``."""
-    exit_signal: str | None = None
-    """A signal that, like SIGTERM and SIGINT, makes every rank finish its step, save and exit with
-    status 75 (e.g. ``SIGUSR1``, sent by ``sbatch --signal=USR1@120`` ahead of a time limit)."""
-
-
-@dataclass(kw_only=True)
-class CheckpointConfig:
-    save: str | None = None
-    """Directory for checkpoints (``iter_NNNNNNN/`` plus a ``latest`` pointer); None: do not save."""
-    save_interval: int = 0
-    """Save every this many steps (0: only at the end)."""
-    keep_last: int = 2
-    """Completed checkpoints to keep; older ones are deleted after a newer one is complete."""
-    load: str | None = None
-    """Resume from this directory's latest checkpoint (default: ``save``, if it has one)."""
-    init_from: str | None = None
-    """Start a new run from another run's weights: the body only when objectives differ (CLM -> MLM)."""
-    resume_schedule: Literal["config", "checkpoint"] = "config"
-    """On resume, where the LR schedule (``training.train_iters``, ``optimizer.lr``/``min_lr``/
-    ``warmup_iters``/``decay_style``/``weight_decay``) comes from: ``config`` rebuilds it from this
-    config at the resumed step (Megatron-LM's ``--override-opt_param-scheduler``); ``checkpoint``
-    continues the saved one (``--use-checkpoint-opt_param-scheduler``)."""
-
-
-@dataclass(kw_only=True)
-class LoggingConfig:
-    log_interval: int = 1
-    """Print (and log) the training metrics every this many steps."""
-    run_dir: str | None = None
-    """Where the run writes its resolved ``config.yaml`` and ``metrics.jsonl`` (default:
-    ``checkpoint.save``; nothing is written when both are unset)."""
-    metrics_file: str | None = None
-    """Every step and validation as a JSON line (rank 0; default: ``RUN_DIR/metrics.jsonl``). On
-    resume, entries after the resumed step are dropped, so each step appears once."""
-    tensorboard_dir: str | None = None
-    """Write TensorBoard events here (needs the ``tensorboard`` package)."""
-    wandb_project: str | None = None
-    """Log to Weights & Biases (needs ``wandb`` and a login)."""
-
-
-@dataclass(kw_only=True)
-class TrainConfig:
-    objective: Literal["clm", "mlm"]
-    """clm: next-token prediction (ProGen2-style); mlm: masked-token prediction (ESM-2-style)."""
-    model: ModelConfig
-    """The transformer body."""
-    data: DataConfig
-    """Corpora, sampling, splits, masking."""
-    training: TrainingConfig
-    """Steps, batch sizes, evaluation, precision."""
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    """Adam and the learning-rate schedule."""
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    """Tensor, pipeline, context and data parallelism."""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    """Saving, resuming, initialising from another run."""
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    """Progress lines, metrics files, TensorBoard, W&B."""
-    fp8: FP8Config = field(default_factory=FP8Config)
-    """Used when training.precision is fp8."""
-    name: str = "run"
-    """Shown in progress lines and the compute report."""
-
-    def __post_init__(self):
-        # Derived, not set twice: the data follows the objective, the model its data and tokenizer.
-        from megatron_plm.data.tokenizers.subword import load_tokenizer
-
-        if self.data.objective != self.objective:
-            self.data = dataclasses.replace(self.data, objective=self.objective)
-        self.model.seq_length = self.data.seq_length
-        self.model.vocab_size = load_tokenizer(self.data.tokenizer).vocab_size
-
-    def run_dir(self) -> Path | None:
-        directory = self.logging.run_dir or self.checkpoint.save
-        return Path(directory) if directory else None
-
-    def metrics_path(self) -> Path | None:
-        if self.logging.metrics_file:
-            return Path(self.logging.metrics_file)
-        return self.run_dir() / "metrics.jsonl" if self.run_dir() else None
-
-    def to_dict(self) -> dict:
-        return _to_plain(self)
-
 
 # ---- loading -------------------------------------------------------------------------------------------
 
@@ -156,11 +43,11 @@ def parse_yaml(text):
     return yaml.load(text, Loader=ConfigLoader)
 
 
-def _to_plain(value):
+def to_plain(value):
     if dataclasses.is_dataclass(value):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -264,6 +151,9 @@ def from_dict(cls, data: Any, where: str = ""):
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
+            refused = getattr(cls, "NOT_SUPPORTED", {}).get(key)
+            if refused:  # a setting people expect, named with why it is not there
+                raise ValueError(f"{path} is not supported ({refused}), got {value!r}; remove it")
             raise ValueError(f"unknown config field {path!r}{_unknown_field_hint(key, fields, hints, where)}")
         kwargs[key] = _convert(value, hints[key], path)
     missing = [
@@ -316,11 +206,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML run config, apply overrides, validate."""
-    return config_from_dict(read_config_data(path, overrides))
-
-
 def read_config_data(path: str | Path | None, overrides: list[str] = ()) -> dict:
     """The YAML mapping of a run config (``{}`` for None) with ``overrides`` applied, not yet validated."""
     data: dict = {}
@@ -338,110 +223,6 @@ def read_config_data(path: str | Path | None, overrides: list[str] = ()) -> dict
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a run config is a YAML mapping (key: value), got a {type(data).__name__}")
     return apply_overrides(data, list(overrides))
-
-
-def config_from_dict(data: dict) -> TrainConfig:
-    """A validated :class:`TrainConfig` from a parsed YAML mapping (what :func:`load_config` reads)."""
-    # The objective is stated once, at the top; the data section follows it.
-    data.setdefault("data", {})
-    if isinstance(data["data"], dict) and "objective" in data["data"]:
-        if data["data"]["objective"] != data.get("objective", data["data"]["objective"]):
-            raise ValueError("data.objective differs from objective; state the objective once, at the top")
-        data.setdefault("objective", data["data"].pop("objective"))
-    config = from_dict(TrainConfig, data)
-    _check_derived(data.get("model"), config)
-    validate(config)
-    return config
-
-
-def _check_derived(model: Any, config: TrainConfig) -> None:
-    """``model.seq_length`` and ``model.vocab_size`` follow the data and the tokenizer; a config may
-    repeat them (a saved one does) but not contradict them."""
-    derived = {
-        "seq_length": ("data.seq_length", config.model.seq_length),
-        "vocab_size": ("the tokenizer", config.model.vocab_size),
-    }
-    for name, (source, value) in derived.items():
-        given = model.get(name) if isinstance(model, dict) else None
-        if given is not None and given != value:
-            raise ValueError(f"model.{name} is {given} but is derived from {source} ({value}); remove model.{name}")
-
-
-def validate(config: TrainConfig) -> None:
-    config.model.validate()
-    config.data.validate()
-    config.optimizer.validate()
-    t = config.training
-    for name in ("train_iters", "global_batch_size", "micro_batch_size", "eval_iters"):
-        if getattr(t, name) < 1:
-            raise ValueError(f"training.{name} must be >= 1, got {getattr(t, name)}")
-    if t.global_batch_size % t.micro_batch_size:
-        raise ValueError(
-            f"training.global_batch_size ({t.global_batch_size}) must be a multiple of "
-            f"training.micro_batch_size ({t.micro_batch_size})"
-        )
-    if t.precision == "fp8":
-        config.fp8.validate(config.model.num_layers)
-    config.parallel.check_supported()
-    if t.exit_signal is not None:
-        import signal
-
-        if t.exit_signal not in signal.Signals.__members__ or t.exit_signal in ("SIGKILL", "SIGSTOP"):
-            raise ValueError(
-                f"training.exit_signal must be a catchable signal name such as SIGUSR1, got {t.exit_signal!r}"
-            )
-    if config.logging.log_interval < 1:  # (0 divided every step's number by zero, after building the model)
-        raise ValueError(f"logging.log_interval must be >= 1, got {config.logging.log_interval}")
-    intervals = {
-        "training.eval_interval": t.eval_interval,
-        "training.exit_interval": t.exit_interval,
-        "checkpoint.save_interval": config.checkpoint.save_interval,
-    }
-    for name, value in intervals.items():  # a negative one matched every step silently (step % -1 == 0)
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0 (0: never), got {value}")
-    if config.checkpoint.keep_last < 1:
-        raise ValueError(f"checkpoint.keep_last must be >= 1, got {config.checkpoint.keep_last}")
-    paths = {
-        "checkpoint.save": config.checkpoint.save,
-        "checkpoint.load": config.checkpoint.load,
-        "checkpoint.init_from": config.checkpoint.init_from,
-        "logging.run_dir": config.logging.run_dir,
-        "logging.metrics_file": config.logging.metrics_file,
-        "logging.tensorboard_dir": config.logging.tensorboard_dir,
-    }
-    for name, value in paths.items():  # "" would silently mean "not set": nothing saved, nothing logged
-        if value is not None and not str(value).strip():
-            raise ValueError(f"{name} is an empty path; give a path, or null (leave it out) for none")
-
-
-INDEX_BYTES_PER_SAMPLE = 24
-"""What the train split's sample index costs per sample: megatron-core's shuffle and sample indices
-(int64 each) plus the document order they are drawn from (about one more int64)."""
-
-
-def check_sizes(config: TrainConfig, available: int | None = None) -> None:
-    """At training start-up (not at config load: ``plan`` sizes recipes for bigger machines), refuse before
-    anything is built a run whose sample indices could not fit in memory (``train_iters``
-    x ``global_batch_size`` samples, at :data:`INDEX_BYTES_PER_SAMPLE` bytes each): ``train_iters=1e30``
-    once grew past 6 GB, silently, before an allocation error."""
-    import os
-
-    t = config.training
-    samples = t.train_iters * t.global_batch_size + t.eval_iters * t.global_batch_size
-    needed = samples * INDEX_BYTES_PER_SAMPLE
-    if available is None:
-        try:
-            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
-    if needed > available:
-        raise ValueError(
-            f"training.train_iters ({t.train_iters:,}) x training.global_batch_size ({t.global_batch_size:,}) = "
-            f"{t.train_iters * t.global_batch_size:,} samples (and {t.eval_iters * t.global_batch_size:,} for "
-            f"validation): their sample indices would need about {needed / 2**30:,.1f} GiB of memory, more than "
-            f"the {available / 2**30:,.1f} GiB of this machine; lower training.train_iters or global_batch_size"
-        )
 
 
 # ---- describing ----------------------------------------------------------------------------------------
@@ -494,9 +275,9 @@ def _describe(cls, instance, indent: str, lines: list) -> None:
         annotation = hints[f.name]
         value = getattr(instance, f.name) if instance is not None else None
         if f.default is not dataclasses.MISSING:
-            default = _yaml_scalar(_to_plain(f.default))
+            default = _yaml_scalar(to_plain(f.default))
         elif f.default_factory is not dataclasses.MISSING:
-            default = None if dataclasses.is_dataclass(annotation) else _yaml_scalar(_to_plain(f.default_factory()))
+            default = None if dataclasses.is_dataclass(annotation) else _yaml_scalar(to_plain(f.default_factory()))
         else:
             default = "required"
         note = f"{_type_name(annotation)}" + (f", default {default}" if default not in (None, "required") else "")
@@ -523,7 +304,7 @@ def _describe(cls, instance, indent: str, lines: list) -> None:
                 if instance is None and default == "required"
                 else " "
                 + _yaml_scalar(
-                    _to_plain(
+                    to_plain(
                         value
                         if instance is not None
                         else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
@@ -533,8 +314,9 @@ def _describe(cls, instance, indent: str, lines: list) -> None:
             lines.append(f"{indent}{f.name}:{shown}".ljust(40) + doc)
 
 
-def describe_config(config: TrainConfig | None = None) -> str:
-    """Every field as YAML: its value (the defaults when ``config`` is None), type, default and doc."""
+def describe(cls, instance=None) -> str:
+    """Every field of dataclass ``cls`` as YAML: its value (the defaults when ``instance`` is None), type,
+    default and doc."""
     lines: list[str] = []
-    _describe(TrainConfig, config, "", lines)
+    _describe(cls, instance, "", lines)
     return "\n".join(line.rstrip() for line in lines) + "\n"

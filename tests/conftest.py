@@ -185,7 +185,8 @@ def subword_corpus(tmp_path_factory, subword_tokenizers, sample_fasta):
 @pytest.fixture(scope="module")
 def runtime():
     """A single-process megatron-core runtime for the module (conversion and evaluation need one)."""
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     with initialize(ParallelConfig(), seed=5) as rt:
         yield rt
@@ -203,7 +204,7 @@ def trained(runtime, sample_corpus, tmp_path_factory, _trained_checkpoints):
 
     Trained once per session, in the runtime of the first module that asks, and shared: tests only read
     them (a test that damages or relabels a checkpoint copies it first)."""
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.training.trainer import train
 
     if not _trained_checkpoints:

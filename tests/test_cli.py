@@ -12,7 +12,8 @@ from conftest import REPO
 
 from megatron_plm import __version__
 from megatron_plm.cli import build_parser, main
-from megatron_plm.config import TrainConfig, apply_overrides, describe_config, field_docs, load_config, parse_yaml
+from megatron_plm.config import apply_overrides, field_docs, parse_yaml
+from megatron_plm.training.config import TrainConfig, describe_config, load_config
 
 TINY = REPO / "examples/configs/tiny_clm.yaml"
 

@@ -284,13 +284,13 @@ def _small_run(corpus, save) -> list[str]:
 
 
 def _small(corpus, save, *overrides):
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
 
     return load_config(REPO / "examples/configs/tiny_clm.yaml", [*_small_run(corpus, save), *overrides])
 
 
 def _train(config):
-    from megatron_plm.runtime import initialize
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.trainer import train
 
     with initialize(config.parallel, seed=config.training.seed) as runtime:
@@ -650,7 +650,7 @@ sys.exit(main(["train", "--config", {str(REPO / "examples/configs/tiny_clm.yaml"
             pass
     expected = "iter_0000002" if phase == "pruning" else "iter_0000001"
     assert latest_checkpoint(save).name == expected  # the newest complete checkpoint, loadable
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
 
     resumed = _train(load_config(REPO / "examples/configs/tiny_clm.yaml", overrides))
     assert [h["step"] for h in resumed.history] == list(range(int(expected[-1]) + 1, 4))  # the next run succeeds

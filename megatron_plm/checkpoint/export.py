@@ -25,7 +25,7 @@ from megatron_plm.checkpoint import hf
 from megatron_plm.checkpoint.manifest import write_manifest
 from megatron_plm.checkpoint.distributed import IMPORT_FILE, latest_checkpoint, load_model_tensors, saved_run_config
 from megatron_plm.models.config import ModelConfig
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -177,7 +177,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     from megatron.core import dist_checkpointing
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from megatron_plm.config import _to_plain
+    from megatron_plm.config import to_plain
     from megatron_plm.models.build import build_model_chunk
 
     if runtime.world_size != 1:
@@ -197,7 +197,7 @@ def import_hf(source: str | os.PathLike, output: str | os.PathLike, runtime: Run
     final = Path(output)
     with _staged_directory(final) as staging:
         dist_checkpointing.save(chunk.sharded_state_dict(), str(staging))
-        config = {"objective": objective, "model": _to_plain(model)}
+        config = {"objective": objective, "model": to_plain(model)}
         (staging / IMPORT_FILE).write_text(json.dumps({"config": config, "source": str(source)}, indent=2) + "\n")
         write_manifest(staging)
     return final

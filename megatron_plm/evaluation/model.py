@@ -118,7 +118,7 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
 
     if runtime is None or runtime.world_size != 1:
         raise ValueError(
-            "scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.initialize)"
+            "scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.distributed.initialize)"
         )
     directory, objective, model = checkpoint_model(path)
     model = runnable_model_config(model, runtime)

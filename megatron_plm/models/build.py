@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 from megatron_plm.models.config import ModelConfig
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 
 
 def build_model_chunk(

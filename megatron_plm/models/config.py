@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 ROTARY_BASE = 10000
 """RoPE's base: ESM-2's and megatron-core's default, and what the HF classes we export to must use."""
 
 if TYPE_CHECKING:
+    import torch
     from megatron.core.transformer import TransformerConfig
 
-    from megatron_plm.runtime import ParallelConfig
+    from megatron_plm.runtime.parallel import ParallelConfig
 
 
 def layer_parameters(hidden_size: int, ffn_hidden_size: int) -> int:
@@ -92,11 +91,13 @@ class ModelConfig:
         return -(-self.vocab_size // multiple) * multiple
 
     def to_transformer_config(
-        self, parallel: "ParallelConfig", *, params_dtype: torch.dtype = torch.float32, **extra
+        self, parallel: "ParallelConfig", *, params_dtype: "torch.dtype | None" = None, **extra
     ) -> "TransformerConfig":
         """megatron-core's config for this model; ``extra`` adds fields (e.g. FP8 settings)."""
+        import torch
         from megatron.core.transformer import TransformerConfig
 
+        params_dtype = params_dtype or torch.float32
         self.validate()
         if self.num_layers % parallel.pipeline_model_parallel_size != 0:
             raise ValueError(
@@ -124,8 +125,6 @@ class ModelConfig:
             init_method_std=self.init_method_std,
             tensor_model_parallel_size=parallel.tensor_model_parallel_size,
             pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-            virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-            context_parallel_size=parallel.context_parallel_size,
             sequence_parallel=parallel.sequence_parallel,
             params_dtype=params_dtype,
             pipeline_dtype=params_dtype,

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_plm.config import TrainConfig
+from megatron_plm.training.config import TrainConfig
 
 GiB = 2**30
 

@@ -16,70 +16,9 @@ from typing import Any, Literal
 import torch
 
 from megatron_plm.runtime import accelerators, cpu
+from megatron_plm.runtime.parallel import ParallelConfig
 
 Backend = Literal["auto", "gloo", "nccl"]
-
-
-@dataclass(kw_only=True)
-class ParallelConfig:
-    """How the model and data are split across processes."""
-
-    tensor_model_parallel_size: int = 1
-    """Shards each weight matrix across this many ranks (keep it within a node)."""
-    pipeline_model_parallel_size: int = 1
-    """Splits the layer stack into this many stages."""
-    virtual_pipeline_model_parallel_size: int | None = None
-    """Model chunks per pipeline stage for the interleaved schedule; None disables it."""
-    context_parallel_size: int = 1
-    """Splits each sequence across this many ranks (long-context runs only)."""
-    sequence_parallel: bool = False
-    """Shards LayerNorm/dropout activations along the sequence within the TP group (needs TP > 1 and TE or apex)."""
-    use_distributed_optimizer: bool = False
-    """Shards optimizer state across the data-parallel group (ZeRO-1)."""
-    activation_recompute: Literal["none", "selective", "full"] = "none"
-    """Recompute activations in the backward pass: the attention core only (selective), or every
-    layer from its input (full; least memory, ~1/3 more compute)."""
-
-    def model_parallel_size(self) -> int:
-        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size
-
-    def check_supported(self) -> None:
-        """The trainer builds one model chunk per rank and gives every rank whole sequences, so
-        interleaved pipeline stages and context parallelism are refused rather than ignored."""
-        if self.virtual_pipeline_model_parallel_size not in (None, 1):
-            raise ValueError(
-                "parallel.virtual_pipeline_model_parallel_size is not supported (the trainer builds one model "
-                f"chunk per pipeline stage), got {self.virtual_pipeline_model_parallel_size}; set it to null"
-            )
-        if self.context_parallel_size != 1:
-            raise ValueError(
-                "parallel.context_parallel_size is not supported (nothing splits sequences across ranks), "
-                f"got {self.context_parallel_size}; set it to 1"
-            )
-
-    def validate(self, world_size: int) -> None:
-        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"parallel.{name} must be a positive integer, got {value!r}")
-        if world_size % self.model_parallel_size() != 0:
-            raise ValueError(
-                f"world size {world_size} is not divisible by tensor ({self.tensor_model_parallel_size}) x "
-                f"pipeline ({self.pipeline_model_parallel_size}) x context ({self.context_parallel_size}) parallel "
-                f"sizes = {self.model_parallel_size()}; change parallel.* or the number of processes"
-            )
-        self.check_supported()
-        if self.virtual_pipeline_model_parallel_size is not None and self.pipeline_model_parallel_size < 2:
-            raise ValueError(
-                "parallel.virtual_pipeline_model_parallel_size needs parallel.pipeline_model_parallel_size >= 2; "
-                "set it to null or raise the pipeline size"
-            )
-        if self.activation_recompute not in ("none", "selective", "full"):
-            raise ValueError(
-                f"parallel.activation_recompute must be none, selective or full, got {self.activation_recompute!r}"
-            )
-        if self.sequence_parallel and self.tensor_model_parallel_size < 2:
-            raise ValueError("parallel.sequence_parallel needs parallel.tensor_model_parallel_size >= 2")
 
 
 @dataclass
@@ -191,8 +130,6 @@ def initialize(
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
-        context_parallel_size=parallel.context_parallel_size,
         distributed_timeout_minutes=timeout_minutes,
     )
     # The same seed on every rank: with use_cpu_initialization, weights then match the

@@ -80,7 +80,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "examples" / "configs" / "recipe
 
 def _recipes(objective: str) -> list[tuple[float, Path, dict]]:
     """(non-embedding parameters, path, config) of the shipped recipes for ``objective``, smallest first."""
-    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+    from megatron_plm.config import parse_yaml
 
     found = []
     for path in sorted(RECIPES.glob("*.yaml")):
@@ -152,7 +152,8 @@ def write_config(
     more than one epoch of it (the laws assume about one), or that there is no corpus to check."""
     import copy
 
-    from megatron_plm.config import config_from_dict, parse_yaml  # (imports torch: only when needed)
+    from megatron_plm.config import parse_yaml
+    from megatron_plm.training.config import config_from_dict
     from megatron_plm.outputs import write_text_atomic
     from megatron_plm.planning.planner import fit_layout, format_changes
 

@@ -56,7 +56,7 @@ def make_sweep(
     base_config: str | Path, budgets: list[float], shapes: list[Shape], out: str | Path, overrides: dict | None = None
 ) -> list[SweepRun]:
     """Write one config per (budget, shape) under ``out/configs`` and describe the grid."""
-    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+    from megatron_plm.config import parse_yaml
 
     base = parse_yaml(Path(base_config).read_text())
     for key, value in (overrides or {}).items():
@@ -99,7 +99,7 @@ def make_sweep(
 
 
 def run_locally(runs: list[SweepRun], *, log=print) -> None:
-    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+    from megatron_plm.config import parse_yaml
 
     for i, run in enumerate(runs, start=1):
         if Path(parse_yaml(run.config.read_text())["logging"]["metrics_file"]).exists():
@@ -130,7 +130,7 @@ python -m megatron_plm train --config "${{CONFIGS[$SLURM_ARRAY_TASK_ID]}}"
 
 def collect(out: str | Path, objective: str) -> Path:
     """``out/runs.csv`` (N, D, loss, objective, C, epochs, name) from the runs' final validation losses."""
-    from megatron_plm.config import parse_yaml  # (imports torch: only when needed)
+    from megatron_plm.config import parse_yaml
 
     out = Path(out)
     described = json.loads((out / "sweep.json").read_text())

@@ -3,52 +3,14 @@ megatron-core DDP, its optimizer and its LR schedule."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from megatron_plm.models.build import build_model_chunk, effective_backend, precision_settings
 from megatron_plm.models.config import ModelConfig
-from megatron_plm.runtime import Runtime
-
-
-@dataclass(kw_only=True)
-class OptimizerConfig:
-    """Adam with decoupled weight decay, as ESM-2 and the reference study train."""
-
-    lr: float = 4e-4
-    """Peak learning rate, reached at the end of warm-up."""
-    min_lr: float = 4e-5
-    """Learning rate at the last step."""
-    weight_decay: float = 0.01
-    """Decoupled (AdamW) weight decay."""
-    adam_beta1: float = 0.9
-    """Adam's first-moment decay."""
-    adam_beta2: float = 0.98
-    """Adam's second-moment decay."""
-    adam_eps: float = 1e-8
-    """Adam's denominator epsilon."""
-    clip_grad: float = 1.0
-    """Global gradient-norm clip; 0 disables clipping."""
-    warmup_iters: int = 0
-    """Linear warm-up from 0 to ``lr`` over this many steps."""
-    decay_style: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay from ``lr`` to ``min_lr`` between the end of warm-up and the last step."""
-
-    def validate(self) -> None:
-        for name in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
-            if not math.isfinite(getattr(self, name)):  # an infinite lr trains NaN weights
-                raise ValueError(f"optimizer.{name} must be a finite number, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"optimizer.min_lr must be in [0, optimizer.lr], got {self.min_lr}")
-        if self.clip_grad < 0:
-            raise ValueError(f"optimizer.clip_grad must be >= 0 (0 disables clipping), got {self.clip_grad}")
-        if self.warmup_iters < 0:
-            raise ValueError(f"optimizer.warmup_iters must be >= 0, got {self.warmup_iters}")
+from megatron_plm.runtime.distributed import Runtime
+from megatron_plm.training.config import OptimizerConfig
 
 
 @dataclass
@@ -87,7 +49,7 @@ def build_scheduler(optimizer, optim_cfg: OptimizerConfig, train_iters: int):
 
 
 def build_run(config, runtime: Runtime, *, allow_cpu_bf16: bool = False) -> TrainingState:
-    """The model, optimizer and LR schedule of a run config (a :class:`~megatron_plm.config.TrainConfig`),
+    """The model, optimizer and LR schedule of a run config (a :class:`~megatron_plm.training.config.TrainConfig`),
     as ``megatron-plm train`` builds them; benchmarks and tests call this too."""
     t = config.training
     return build_training_state(

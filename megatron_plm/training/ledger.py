@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_plm.config import TrainConfig
-from megatron_plm.runtime import Runtime
+from megatron_plm.training.config import TrainConfig
+from megatron_plm.runtime.distributed import Runtime
 
 
 class ComputeLedger:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from megatron_plm.config import TrainConfig
+from megatron_plm.training.config import TrainConfig
 from megatron_plm.outputs import write_text_atomic
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 
 
 def _parse_lines(path: Path) -> tuple[list[tuple[int, bytes, dict]], list[str]]:

@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 
 EXIT_PREEMPTED = 75
 """``megatron-plm train``'s exit status after a signal-triggered save (sysexits' EX_TEMPFAIL:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from megatron_plm.config import TrainConfig
+from megatron_plm.training.config import TrainConfig
 from megatron_plm.training.build import TrainingState
 
 IMMUTABLE = (

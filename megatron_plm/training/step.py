@@ -17,7 +17,7 @@ from typing import Iterable
 import torch
 
 from megatron_plm.data.samples.batch import Batch
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 from megatron_plm.training.build import TrainingState
 
 LOSS_KEY = "lm loss"

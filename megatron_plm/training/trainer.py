@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from megatron_plm.config import TrainConfig, check_sizes
+from megatron_plm.training.config import TrainConfig, check_sizes
 from megatron_plm.data.samples.builder import DataBuilder, epochs_per_source
 from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.data.samples.splits import Split
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 from megatron_plm.training.build import TrainingState, build_run
 from megatron_plm.training.ledger import ComputeLedger
 from megatron_plm.training.metrics import Progress, RunLog

@@ -7,9 +7,9 @@ import math
 
 import numpy as np
 
-from megatron_plm.config import TrainConfig
+from megatron_plm.training.config import TrainConfig
 from megatron_plm.data.samples.loader import BatchLoader
-from megatron_plm.runtime import Runtime
+from megatron_plm.runtime.distributed import Runtime
 from megatron_plm.training.build import TrainingState
 from megatron_plm.training.step import evaluate
 

@@ -18,7 +18,7 @@ def test_profile_counts_every_matrix_product_once(sample_corpus):
         roofline=step_profile.ROOFLINES["h100"],
         attention_efficiency=0.45,
     )
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
 
     model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
     h, f, layers = model.hidden_size, model.ffn_hidden_size or 4 * model.hidden_size, model.num_layers
@@ -49,7 +49,7 @@ def test_fused_kernels_replace_their_references_on_cpu(sample_corpus):
         roofline=step_profile.ROOFLINES["h100"],
         attention_efficiency=0.45,
     )
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
 
     model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
     ffn = model.ffn_hidden_size or 4 * model.hidden_size

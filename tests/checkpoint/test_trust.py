@@ -16,7 +16,7 @@ from conftest import REPO
 from megatron_plm.checkpoint.export import export_hf
 from megatron_plm.checkpoint.manifest import write_manifest
 from megatron_plm.checkpoint.trust import CheckpointError
-from megatron_plm.config import load_config
+from megatron_plm.training.config import load_config
 from megatron_plm.evaluation.model import load_scoring_model
 from megatron_plm.training.trainer import train
 

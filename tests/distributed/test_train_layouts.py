@@ -15,8 +15,8 @@ import torch
 
 from conftest import REPO, train_command
 from megatron_plm.checkpoint.distributed import latest_checkpoint
-from megatron_plm.config import load_config
-from megatron_plm.runtime import initialize
+from megatron_plm.training.config import load_config
+from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.trainer import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -159,7 +159,7 @@ def test_export_from_tp2_pp2_equals_export_at_tp1(reference, sample_corpus):
     from safetensors.torch import load_file
 
     from megatron_plm.checkpoint.export import export_hf
-    from megatron_plm.runtime import ParallelConfig
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     workdir, _ = reference
     resaved = workdir / "init_at_tp2pp2"

@@ -46,7 +46,7 @@ def blat(shared_data):
 
 @pytest.mark.slow
 def test_family_mlm_beats_the_unigram_floor(runtime, shared_data, blat, tmp_path):
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.data.preprocess.fasta import read_fasta
     from megatron_plm.data.preprocess.homologs import greedy_clusters, homolog_weights, write_weights
     from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess

@@ -24,7 +24,7 @@ def mlps(runtime, **overrides):
 
     from megatron_plm.models.config import ModelConfig
     from megatron_plm.models.mlp import BiasGeluMLP
-    from megatron_plm.runtime import ParallelConfig
+    from megatron_plm.runtime.parallel import ParallelConfig
 
     config = ModelConfig(num_layers=1, hidden_size=64, num_attention_heads=4, ffn_hidden_size=192)
     config = dataclasses.replace(config.to_transformer_config(ParallelConfig()), **overrides)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from megatron_plm.config import load_config
+from megatron_plm.training.config import load_config
 from megatron_plm.planning.planner import count_parameters, make_plan
 
 RECIPES = REPO / "examples/configs/recipes"
@@ -15,7 +15,8 @@ RECIPES = REPO / "examples/configs/recipes"
 
 @pytest.mark.parametrize("recipe, target", [("clm_7b", 7.2e9), ("mlm_10b", 10.7e9), ("clm_1b", 1.2089e9)])
 def test_flagship_recipes_have_the_papers_sizes_on_the_meta_device(recipe, target):
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.models.build import build_model_chunk
 
     config = load_config(RECIPES / f"{recipe}.yaml")
@@ -28,7 +29,8 @@ def test_flagship_recipes_have_the_papers_sizes_on_the_meta_device(recipe, targe
 
 @pytest.mark.parametrize("size", ["8m", "35m", "150m", "650m", "3b"])
 def test_esm2_size_configs_count_like_the_built_model(size):
-    from megatron_plm.runtime import ParallelConfig, initialize
+    from megatron_plm.runtime.distributed import initialize
+    from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.models.build import build_model_chunk
 
     config = load_config(RECIPES / f"esm2_{size}.yaml")
@@ -117,12 +119,12 @@ def test_plan_config_write_config_searches_the_layout_until_it_fits(tmp_path):
 
 MEASURE = r"""
 import resource, sys, psutil
-from megatron_plm.config import load_config
+from megatron_plm.training.config import load_config
 from megatron_plm.data.samples.builder import DataBuilder
 from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.data.samples.splits import Split
 from megatron_plm.planning.planner import make_plan
-from megatron_plm.runtime import initialize
+from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.build import build_run
 from megatron_plm.training.step import train_step
 if __name__ == "__main__":

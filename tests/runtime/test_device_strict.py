@@ -86,11 +86,11 @@ def test_strict_runtime_trains_and_validates_on_a_virtual_gpu(tmp_path, sample_c
     ``cuda:0``, every batch and loss report goes there, and the loss is still the real one."""
     import math
 
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split
-    from megatron_plm.runtime import initialize
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import evaluate, train_step
 

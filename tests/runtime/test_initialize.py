@@ -1,6 +1,8 @@
 import pytest
 
-from megatron_plm.runtime import ParallelConfig, initialize
+from megatron_plm.runtime.distributed import initialize
+
+from megatron_plm.runtime.parallel import ParallelConfig
 
 
 def test_single_process_runtime_and_clean_shutdown():
@@ -23,7 +25,6 @@ def test_single_process_runtime_and_clean_shutdown():
     [
         (ParallelConfig(tensor_model_parallel_size=2), "divisible"),
         (ParallelConfig(pipeline_model_parallel_size=0), "parallel.pipeline_model_parallel_size"),
-        (ParallelConfig(virtual_pipeline_model_parallel_size=2), "parallel.virtual_pipeline_model_parallel_size"),
         (ParallelConfig(sequence_parallel=True), "parallel.sequence_parallel"),
     ],
 )

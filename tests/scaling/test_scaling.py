@@ -169,7 +169,7 @@ def test_written_config_is_scaled_to_the_planned_model_and_warns_about_repeated_
 
     import yaml
 
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.scaling.allocation import recipe_hyperparameters, write_config
 
     template = tmp_path / "template.yaml"

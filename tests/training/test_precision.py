@@ -3,10 +3,10 @@
 import pytest
 
 from conftest import REPO
-from megatron_plm.config import load_config
+from megatron_plm.training.config import load_config
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.models.precision import FP8Config, check_fp8_supported
-from megatron_plm.runtime import ParallelConfig
+from megatron_plm.runtime.parallel import ParallelConfig
 
 
 def test_fp8_settings_map_onto_transformer_config():
@@ -53,7 +53,7 @@ def test_fp8_run_stops_at_start_up_on_this_machine(sample_corpus, tmp_path):
     """Never a silent fallback: on a machine without TE (or without a GPU) the run refuses to start."""
     import torch
 
-    from megatron_plm.runtime import initialize
+    from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.trainer import train
 
     config = load_config(

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import REPO
-from megatron_plm.config import load_config
-from megatron_plm.runtime import initialize
+from megatron_plm.training.config import load_config
+from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.curves import plot_runs, series
 from megatron_plm.training.metrics import read_metrics
 from megatron_plm.training.trainer import train

@@ -3,8 +3,8 @@
 import torch
 
 from conftest import REPO
-from megatron_plm.config import load_config
-from megatron_plm.runtime import initialize
+from megatron_plm.training.config import load_config
+from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.build import build_run
 from megatron_plm.training.step import _forward_backward, optimizer_step
 

@@ -14,7 +14,7 @@ from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 
 @pytest.fixture(scope="module")
 def subword_trained(runtime, subword_corpus, subword_tokenizers, tmp_path_factory):
-    from megatron_plm.config import load_config
+    from megatron_plm.training.config import load_config
     from megatron_plm.training.trainer import train
 
     prefix, _, _ = subword_corpus

@@ -5,8 +5,8 @@ import math
 import pytest
 
 from conftest import REPO
-from megatron_plm.config import load_config
-from megatron_plm.runtime import initialize
+from megatron_plm.training.config import load_config
+from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.trainer import TrainingStopped, train
 
 

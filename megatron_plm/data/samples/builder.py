@@ -13,14 +13,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.samples.datasets import Objective, ProteinDataset, SampleConfig, build_index
+from megatron_plm.data.samples.config import DataConfig, DataSource
+from megatron_plm.data.samples.datasets import ProteinDataset, build_index
 from megatron_plm.data.samples.index_cache import IndexCache, corpus_fingerprint
 from megatron_plm.data.samples.splits import Split, assign_splits
 from megatron_plm.data.tokenizers.subword import load_tokenizer
@@ -29,66 +29,6 @@ from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 _BLEND_SURPLUS = 0.005
 """Each source is built a little larger than its share, as megatron-core's builder does, so the
 blend never asks a source for a sample it does not have."""
-
-
-@dataclass(kw_only=True)
-class DataSource:
-    prefix: str
-    """A corpus written by ``megatron-plm preprocess`` (PREFIX.bin/.idx + metadata)."""
-    weight: float = 1.0
-    """Share of samples drawn from this source (normalised over sources)."""
-    source_label: str | None = None
-    """Use only this corpus's documents with this source label (None: all of them)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class DataConfig(SampleConfig):
-    """How samples are made (the fields of :class:`SampleConfig`, masking under ``masking``), plus
-    where they come from and how the corpora split."""
-
-    sources: list[DataSource]
-    """Corpora to mix; override one item as ``data.sources.0.prefix=...``."""
-    objective: Objective = "clm"
-    """Set from the run's top-level ``objective`` when loaded as part of a TrainConfig."""
-    split_weights: tuple[float, float, float] = (0.98, 0.01, 0.01)
-    """train / valid / test shares, assigned by hash (see splits.py)."""
-    split_by_cluster: bool = True
-    """Hash the cluster name when a document has one, so a cluster never straddles splits."""
-    seed: int = 1234
-    """Seeds the sample order and masking (independent of ``training.seed``)."""
-    cache: bool = True
-    """Build splits and sample indices once and memory-map them on every rank (false: every process
-    builds its own in memory, as before; same samples either way)."""
-    cache_dir: str | None = None
-    """Where the index cache lives; default: ``PREFIX.cache/`` beside each corpus."""
-    cache_builder: Literal["global", "local"] = "global"
-    """Who builds a missing entry: rank 0 (``global``, a directory all nodes share) or the first rank
-    of each node (``local``, node-local disks)."""
-    cache_timeout_s: float = 3600.0
-    """How long the other ranks wait for the builder before failing with an error naming the entry."""
-    tokenizer: str | None = None
-    """A subword tokenizer directory (``megatron-plm tokenizer train``); None: one token per residue.
-    Every corpus must have been preprocessed with the same tokenizer."""
-
-    def sample_config(self) -> SampleConfig:
-        return SampleConfig(**{f.name: getattr(self, f.name) for f in fields(SampleConfig)})
-
-    def validate(self) -> None:
-        if not self.sources:
-            raise ValueError("data.sources is empty: give at least one corpus prefix")
-        for i, source in enumerate(self.sources):
-            if not source.weight > 0:
-                raise ValueError(f"data.sources[{i}].weight must be > 0, got {source.weight}")
-        if self.cache_builder not in ("global", "local"):
-            raise ValueError(f"data.cache_builder must be 'global' or 'local', got {self.cache_builder!r}")
-        if not self.cache_timeout_s > 0:
-            raise ValueError(f"data.cache_timeout_s must be > 0, got {self.cache_timeout_s}")
-        self.sample_config().validate()
-        if self.tokenizer is not None and self.reverse_prob:
-            raise ValueError(
-                "data.reverse_prob must be 0 with a subword data.tokenizer: the corpus stores the "
-                "forward tokenization, and reversing its tokens would not tokenize the reversed protein"
-            )
 
 
 INDEX_VERSION = 1

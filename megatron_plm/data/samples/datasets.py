@@ -17,14 +17,13 @@ A sample is a dict of numpy arrays of length ``seq_length``:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.samples.masking import MaskingConfig, mask_tokens
+from megatron_plm.data.samples.config import SampleConfig
+from megatron_plm.data.samples.masking import mask_tokens
 from megatron_plm.data.samples.sampling import (
     STREAM_MASK,
     STREAM_REVERSE,
@@ -43,38 +42,6 @@ from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 SHUFFLE_BLOCK = 1024
 """Packed samples are shuffled within blocks of this many, so pieces of one long protein do not
 sit in the same global batch, while the order stays prefix-stable."""
-
-Objective = Literal["clm", "mlm"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SampleConfig:
-    objective: Objective
-    seq_length: int = 1024
-    """Tokens per sample, specials included."""
-    packed: bool = True
-    """Pack several proteins per sample (always for CLM). MLM unpacked: one protein per sample, cropped
-    at random to ``seq_length`` with its ``<cls>``/``<eos>`` and padded (ESM-2's recipe)."""
-    reverse_prob: float = 0.0
-    """CLM: probability that a protein is reversed and framed ``2 ... 1`` (ProGen2's augmentation)."""
-    masking: MaskingConfig = field(default_factory=MaskingConfig)
-    """MLM: which residues are selected for prediction and how they are corrupted (ESM-2: 15%, 80/10/10)."""
-    cluster_sampling: bool = True
-    """Uniform over clusters, then a uniform member, when the corpus has cluster ids."""
-
-    def validate(self) -> None:
-        if self.objective not in ("clm", "mlm"):
-            raise ValueError(f"data.objective must be 'clm' or 'mlm', got {self.objective!r}")
-        if self.seq_length < 8:
-            raise ValueError(f"data.seq_length must be at least 8, got {self.seq_length}")
-        if self.objective == "clm" and not self.packed:
-            raise ValueError("data.packed must be true for CLM (samples are packed end to end)")
-        if not 0 <= self.reverse_prob <= 1:
-            raise ValueError(f"data.reverse_prob must be in [0, 1], got {self.reverse_prob}")
-        if self.reverse_prob and self.objective != "clm":
-            raise ValueError("data.reverse_prob applies to CLM only; set it to 0 for MLM")
-        if self.objective == "mlm":
-            self.masking.validate()
 
 
 def segment_positions(segment_ids: np.ndarray) -> np.ndarray:
