@@ -46,7 +46,7 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
     import time
 
     from megatron_plm.data.preprocess.homologs import greedy_clusters, homolog_weights, write_weights
-    from megatron_plm.data.preprocess.msa import msa_format_of, read_msa
+    from megatron_plm.data.preprocess.msa import MSA_FORMATS, detect_format, read_msa
 
     from megatron_plm.outputs import prepare_output
     from megatron_plm.safe_io import check_output_prefix
@@ -54,7 +54,10 @@ def _cmd_msa_weights(args: argparse.Namespace) -> int:
     prefix = check_output_prefix(args.output_prefix)
     prepare_output(prefix + ".weights.tsv", what="--output-prefix")  # before the O(N^2 L) work, not after
     started = time.perf_counter()
-    alignment = read_msa(args.alignment, args.format or msa_format_of(str(args.alignment)) or "a3m")
+    fmt = detect_format(args.alignment, args.input_format or "auto")
+    if fmt not in MSA_FORMATS:
+        raise ValueError(f"{args.alignment}: not an alignment ({fmt}); name its kind with --input-format")
+    alignment = read_msa(args.alignment, fmt)
     result = homolog_weights(alignment, args.identity)
     clusters = greedy_clusters(result, alignment.ids)
     files = write_weights(args.output_prefix, alignment.ids, result, clusters)
@@ -153,7 +156,7 @@ def _check_evaluate_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    for name in ("mask_ratio", "test_fraction"):
+    for name in ("mask_ratio", "test_fraction", "min_coverage"):
         value = getattr(args, name, None)
         if value is not None and not 0 < value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
@@ -199,8 +202,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
     if args.task in ("perplexity", "embed") and args.fasta is not None:  # (perplexity may score --corpus instead)
         require_input(args.fasta, "--fasta")
     elif args.task == "dms":
-        require_input(args.assays, "--assays", directory=True)
-        require_input(args.assays / "wildtype.fasta", "--assays (its wildtype.fasta)")
+        if args.assays.is_file():  # one assay CSV; its wild type from --wildtype (or its mutated_sequence column)
+            require_input(args.assays, "--assays")
+        else:
+            require_input(args.assays, "--assays", directory=True)
+            require_input(args.assays / "wildtype.fasta", "--assays (its wildtype.fasta)")
         require_input(args.unigram_fasta, "--unigram-fasta")
         if args.msa is not None:
             require_input(args.msa, "--msa")
@@ -279,25 +285,50 @@ def _evaluate_dms(model, args) -> None:
     from megatron_plm.evaluation.dms import (
         evaluate_assays,
         format_table,
+        load_assay_file,
         load_assays,
         residue_frequencies,
         write_scores,
     )
 
-    assays = load_assays(args.assays, args.assay)
+    if args.assays.is_file():
+        assays = [load_assay_file(args.assays, args.wildtype)]
+    else:
+        if args.wildtype is not None:
+            raise ValueError("--wildtype goes with one assay CSV (--assays FILE.csv); a folder has its wildtype.fasta")
+        assays = load_assays(args.assays, args.assay)
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
-    profile = None
+    profiles = None
     if args.msa:
-        from megatron_plm.data.preprocess.msa import msa_format_of, read_msa
-        from megatron_plm.evaluation.profile import build_profile
-
-        profile = build_profile(read_msa(args.msa, args.msa_format or msa_format_of(str(args.msa)) or "a3m"))
-        if all(profile.scores(a.wild_type, []) is None for a in assays):
-            raise ValueError(f"--msa {args.msa}: its first sequence is not in any assay's wild type")
-    results = evaluate_assays(model, assays, frequencies, profile=profile, show_progress=not args.no_progress)
+        profiles = _assay_profiles(args.msa, args.msa_format, assays)
+    elif args.region == "covered":
+        raise ValueError("--region covered needs --msa: the region is the part of the protein the alignment covers")
+    results = evaluate_assays(
+        model,
+        assays,
+        frequencies,
+        profile=profiles,
+        show_progress=not args.no_progress,
+        region=args.region,
+        min_coverage=args.min_coverage,
+    )
     if args.output:
         write_scores(args.output, results)
     print(format_table(results, model.name))
+
+
+def _assay_profiles(msa: Path, msa_format: str | None, assays: list) -> dict:
+    """Each assay's profile of the alignment, its wild type put in (first record, a record, or HMMER)."""
+    from megatron_plm.data.preprocess.homologs import homolog_weights
+    from megatron_plm.data.preprocess.msa import MSA_FORMATS, detect_format, read_msa
+    from megatron_plm.evaluation.profile import build_profile
+
+    fmt = detect_format(msa, msa_format or "auto", flag="--msa-format")
+    if fmt not in MSA_FORMATS:
+        raise ValueError(f"--msa {msa}: not an alignment ({fmt}); name its kind with --msa-format")
+    alignment = read_msa(msa, fmt)
+    weights = homolog_weights(alignment).weights  # once: seconds of matrix products
+    return {a.dms_id: build_profile(alignment, target=a.wild_type, weights=weights) for a in assays}
 
 
 def _evaluate_embed(model, args) -> None:
@@ -550,10 +581,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="homolog weights 1/(neighbours at >= 80%% identity) of an "
         "alignment, and identity clusters that carry them into cluster-aware sampling",
     )
-    weights.add_argument("alignment", type=Path, help="a3m, a2m or aligned FASTA (optionally .gz)")
+    weights.add_argument("alignment", type=Path, help="a3m, a2m, aligned FASTA or Stockholm (optionally .gz)")
     weights.add_argument("--output-prefix", required=True, help="writes PREFIX.weights.tsv and PREFIX.clusters.tsv")
     weights.add_argument("--identity", type=float, default=0.8, help="neighbour threshold (0.8 as EVE)")
-    weights.add_argument("--format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    weights.add_argument(
+        "--input-format",
+        "--format",
+        dest="input_format",
+        choices=["a3m", "a2m", "afa", "sto"],
+        help="default: as preprocess detects it (by extension, '# STOCKHOLM'; a .fasta with gaps must be named)",
+    )
     weights.set_defaults(func=_cmd_msa_weights)
 
     tokenizer = commands.add_parser("tokenizer", help="train subword (SentencePiece BPE / unigram) protein tokenizers")
@@ -687,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--assays",
         type=Path,
         default=data_path(DMS_ASSAYS),
-        help="directory of <DMS_id>.csv + wildtype.fasta (default: the five shipped ProteinGym assays)",
+        help="directory of <DMS_id>.csv + wildtype.fasta (default: the five shipped ProteinGym assays), "
+        "or one assay CSV (with --wildtype)",
     )
     dms.add_argument("--assay", action="append", help="only this DMS_id (repeatable)")
     dms.add_argument("--output", type=Path, help="per-mutant CSV: DMS_id,mutant,score")
@@ -703,7 +741,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="alignment of the assay's protein (query first; a3m/a2m/afa): adds its "
         "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor",
     )
-    dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    dms.add_argument(
+        "--msa-format", choices=["a3m", "a2m", "afa", "sto"], help="default: detected as preprocess detects it"
+    )
+    dms.add_argument(
+        "--wildtype",
+        metavar="SEQ|FASTA",
+        help="with --assays FILE.csv: the wild type (a sequence, or a FASTA file: its one record or the one named "
+        "as the CSV); default: undone from the CSV's mutated_sequence column",
+    )
+    dms.add_argument(
+        "--region",
+        choices=["all", "covered"],
+        default="all",
+        help="with --msa: covered scores only the residues the alignment covers (mutants outside are counted "
+        "in the table's 'outside' column and left out); all scores every mutant and still counts them",
+    )
+    dms.add_argument(
+        "--min-coverage",
+        type=float,
+        default=0.7,
+        help="a residue is covered when its match column has residues in at least this share of the rows "
+        "(0.7: EVE's focus columns, at most 30%% gaps)",
+    )
     emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
     emb.add_argument("--fasta", type=Path, required=True, help="proteins to embed (plain or .gz)")
     emb.add_argument(

@@ -23,6 +23,7 @@ Proteins longer than the context are scored in a window around the mutations, as
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 import re
@@ -59,6 +60,12 @@ class Assay:
     binary: np.ndarray | None
     baselines: dict[str, float] = field(default_factory=dict)
     """Published ProteinGym Spearman values from assays.csv (model name -> value)."""
+    region: tuple[int, int] | None = None
+    """``[start, end)`` of the wild type the model sees (:func:`restrict_to_region`); None: all of it."""
+    covered: tuple[int, int] | None = None
+    """``[start, end)`` of the wild type the family's alignment covers (None: no alignment given)."""
+    outside: int = 0
+    """Mutants with a mutation outside ``covered`` (dropped when ``region`` is set to it)."""
 
 
 def parse_mutant(text: str, wild_type: str, path: Path, line: int) -> list[tuple[str, int, str]]:
@@ -111,60 +118,154 @@ def load_assays(directory: str | os.PathLike, only: list[str] | None = None) -> 
         path = directory / f"{dms_id}.csv"
         if not path.exists():
             raise FileNotFoundError(f"{directory}/wildtype.fasta names {dms_id} but {path} does not exist")
-        wild_type = wild_types[dms_id]
-        mutants, mutations, scores, binary = [], [], [], []
-        rows: dict[tuple, int] = {}
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            for column in ("mutant", "DMS_score"):
-                if column not in (reader.fieldnames or []):
-                    raise InputFormatError(path, 1, f"missing column {column!r}")
-            for line, row in enumerate(reader, start=2):
-                mutation = parse_mutant(row["mutant"], wild_type, path, line)
-                if row.get("mutated_sequence"):
-                    expected = list(wild_type)
-                    for _, position, mt in mutation:
-                        expected[position] = mt
-                    if row["mutated_sequence"] != "".join(expected):
-                        raise InputFormatError(path, line, f"mutated_sequence does not match mutant {row['mutant']!r}")
-                try:
-                    score = float(row["DMS_score"])
-                except ValueError:
-                    raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a number") from None
-                if not math.isfinite(score):  # a nan makes every Spearman of the assay nan
-                    raise InputFormatError(
-                        path,
-                        line,
-                        f"DMS_score {row['DMS_score']!r} is not a finite number; drop the row or fill the score",
-                    )
-                key = tuple(sorted(mutation))  # A1C:D4E and D4E:A1C are one variant
-                if key in rows:
-                    raise InputFormatError(
-                        path, line, f"mutant {row['mutant']!r} repeats row {rows[key]}; keep one row per variant"
-                    )
-                rows[key] = line
-                scores.append(score)
-                if row.get("DMS_score_bin") not in (None, ""):
-                    binary.append(int(float(row["DMS_score_bin"])))
-                mutants.append(row["mutant"])
-                mutations.append(mutation)
-        if not mutants:
-            raise InputFormatError(path, None, "no mutants")
-        assays.append(
-            Assay(
-                dms_id,
-                path,
-                wild_type,
-                mutants,
-                mutations,
-                np.asarray(scores),
-                np.asarray(binary) if len(binary) == len(mutants) else None,
-                baselines.get(dms_id, {}),
-            )
-        )
+        assays.append(load_assay_csv(path, wild_types[dms_id], dms_id, baselines.get(dms_id, {})))
     if not assays:
         raise ValueError(f"no assays found in {directory}" + (f" among {only}" if only else ""))
     return assays
+
+
+def _open_csv(path: Path):
+    """Plain or gzip (ProteinGym's files often travel as ``.csv.gz``)."""
+    import gzip
+
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
+
+
+def wild_type_from_csv(path: Path) -> str | None:
+    """The wild type a ProteinGym CSV implies: its first row's ``mutated_sequence`` with the mutations
+    undone (None without that column)."""
+    with _open_csv(path) as handle:
+        row = next(csv.DictReader(handle), None)
+    if not row or not row.get("mutated_sequence") or not row.get("mutant"):
+        return None
+    sequence = list(row["mutated_sequence"].strip().upper())
+    for part in row["mutant"].split(":"):
+        match = _MUTATION.match(part.strip())
+        if not match or not 1 <= int(match.group(2)) <= len(sequence):
+            raise InputFormatError(path, 2, f"malformed mutant {row['mutant']!r} (expected e.g. A12C or A12C:D40E)")
+        sequence[int(match.group(2)) - 1] = match.group(1)
+    return "".join(sequence)
+
+
+def load_assay_file(path: str | os.PathLike, wild_type: str | None = None) -> Assay:
+    """One assay CSV (``evaluate dms --assays FILE.csv``): its DMS_id is the file's stem; ``wild_type``
+    is a sequence, or a FASTA file (its one record, or the one named by the DMS_id); None: the wild type
+    its ``mutated_sequence`` column implies."""
+    path = Path(path)
+    dms_id = path.name.removesuffix(".gz").removesuffix(".csv")
+    if wild_type is not None and Path(wild_type).is_file():
+        records = {r.record_id: r.sequence.decode().upper() for r in read_fasta(wild_type)}
+        if len(records) == 1:
+            wild_type = next(iter(records.values()))
+        elif dms_id in records:
+            wild_type = records[dms_id]
+        else:
+            raise ValueError(f"--wildtype {wild_type}: {len(records)} records and none is named {dms_id}")
+    elif wild_type is not None:
+        wild_type = wild_type.strip().upper()
+        bad = sorted(set(wild_type) - set(STANDARD_AMINO_ACIDS + "XBUZO"))
+        if bad:
+            raise ValueError(f"--wildtype: neither an existing FASTA file nor a protein sequence ({bad[0]!r})")
+    else:
+        wild_type = wild_type_from_csv(path)
+        if wild_type is None:
+            raise ValueError(
+                f"--assays {path}: one CSV needs its wild type: --wildtype SEQUENCE or --wildtype FILE.fasta "
+                "(or a mutated_sequence column)"
+            )
+    return load_assay_csv(path, wild_type, dms_id)
+
+
+def load_assay_csv(path: Path, wild_type: str, dms_id: str, baselines: dict[str, float] | None = None) -> Assay:
+    """One ``mutant,DMS_score[,DMS_score_bin][,mutated_sequence]`` CSV of mutants of ``wild_type``."""
+    mutants, mutations, scores, binary = [], [], [], []
+    rows: dict[tuple, int] = {}
+    with _open_csv(path) as handle:
+        reader = csv.DictReader(handle)
+        for column in ("mutant", "DMS_score"):
+            if column not in (reader.fieldnames or []):
+                raise InputFormatError(path, 1, f"missing column {column!r}")
+        for line, row in enumerate(reader, start=2):
+            mutation = parse_mutant(row["mutant"], wild_type, path, line)
+            if row.get("mutated_sequence"):
+                expected = list(wild_type)
+                for _, position, mt in mutation:
+                    expected[position] = mt
+                if row["mutated_sequence"] != "".join(expected):
+                    raise InputFormatError(path, line, f"mutated_sequence does not match mutant {row['mutant']!r}")
+            try:
+                score = float(row["DMS_score"])
+            except ValueError:
+                raise InputFormatError(path, line, f"DMS_score {row['DMS_score']!r} is not a number") from None
+            if not math.isfinite(score):  # a nan makes every Spearman of the assay nan
+                raise InputFormatError(
+                    path,
+                    line,
+                    f"DMS_score {row['DMS_score']!r} is not a finite number; drop the row or fill the score",
+                )
+            key = tuple(sorted(mutation))  # A1C:D4E and D4E:A1C are one variant
+            if key in rows:
+                raise InputFormatError(
+                    path, line, f"mutant {row['mutant']!r} repeats row {rows[key]}; keep one row per variant"
+                )
+            rows[key] = line
+            scores.append(score)
+            if row.get("DMS_score_bin") not in (None, ""):
+                binary.append(int(float(row["DMS_score_bin"])))
+            mutants.append(row["mutant"])
+            mutations.append(mutation)
+    if not mutants:
+        raise InputFormatError(path, None, "no mutants")
+    return Assay(
+        dms_id,
+        path,
+        wild_type,
+        mutants,
+        mutations,
+        np.asarray(scores),
+        np.asarray(binary) if len(binary) == len(mutants) else None,
+        baselines or {},
+    )
+
+
+def restrict_to_region(assay: Assay, start: int, end: int) -> Assay:
+    """The assay scored on ``wild_type[start:end]`` only: the model's windows stay inside it, and mutants
+    with a mutation outside are dropped (counted in ``outside``)."""
+    keep = [i for i, m in enumerate(assay.mutations) if all(start <= p < end for _, p, _ in m)]
+    return dataclasses.replace(
+        assay,
+        mutants=[assay.mutants[i] for i in keep],
+        mutations=[assay.mutations[i] for i in keep],
+        scores=assay.scores[keep],
+        binary=None if assay.binary is None else assay.binary[keep],
+        region=(start, end),
+        covered=(start, end),
+        outside=len(assay.mutants) - len(keep),
+    )
+
+
+def subsample(assay: Assay, count: int, seed: int = 0) -> Assay:
+    """``count`` mutants drawn without replacement (fixed by ``seed``), in file order: a cheaper,
+    noisier Spearman (training-time tracking)."""
+    if count <= 0 or count >= len(assay.mutants):
+        return assay
+    keep = np.sort(np.random.default_rng(seed).choice(len(assay.mutants), count, replace=False))
+    return dataclasses.replace(
+        assay,
+        mutants=[assay.mutants[i] for i in keep],
+        mutations=[assay.mutations[i] for i in keep],
+        scores=assay.scores[keep],
+        binary=None if assay.binary is None else assay.binary[keep],
+    )
+
+
+def _window(assay: Assay, center: int, size: int) -> tuple[int, int]:
+    """:func:`window` inside the assay's region."""
+    start, end = assay.region or (0, len(assay.wild_type))
+    lo, hi = window(end - start, center - start, size)
+    return lo + start, hi + start
 
 
 def window(length: int, center: int, size: int) -> tuple[int, int]:
@@ -183,7 +284,7 @@ def _subword_masked_marginals(model: ScoringModel, assay: Assay, batch_size: int
     for mutation in assay.mutations:
         mutant_terms = []
         for wt, p, mt in mutation:
-            lo, hi = window(len(assay.wild_type), p, model.context - 2 - MAX_PIECE)  # room for a longer mutant span
+            lo, hi = _window(assay, p, model.context - 2 - MAX_PIECE)  # room for a longer mutant span
             ids = tok.encode(assay.wild_type[lo:hi]).astype(np.int64)
             ends = np.cumsum(tok.token_residues[ids]) + lo
             j = int(np.searchsorted(ends, p, side="right"))
@@ -226,7 +327,7 @@ def masked_marginals(
     for start in range(0, len(positions), batch_size):
         rows, places = [], []
         for p in positions[start : start + batch_size]:
-            lo, hi = window(len(wt_ids), p, model.context - 2)
+            lo, hi = _window(assay, p, model.context - 2)
             framed = TOK.frame_mlm(wt_ids[lo:hi])
             framed[p - lo + 1] = TOK.mask
             rows.append(framed)
@@ -259,7 +360,7 @@ def likelihood_ratios(
     for reverse in orientations:
         for mutation in assay.mutations:
             center = int(round(np.mean([p for _, p, _ in mutation])))
-            lo, hi = window(len(wt_ids), center, room)
+            lo, hi = _window(assay, center, room)
             mutated = wt_ids.copy()
             for _, p, mt in mutation:
                 mutated[p] = TOK.token_to_id(mt)
@@ -341,6 +442,8 @@ class AssayResult:
     floors: dict[str, float]
     """Spearman of the unigram-frequency and BLOSUM62 scores (and, given an alignment of the assay's
     protein, its profile) on the same assay."""
+    placed: str | None = None
+    """How the assay's wild type was put in the alignment (the profile's ``placed``)."""
 
 
 def evaluate_assays(
@@ -350,11 +453,21 @@ def evaluate_assays(
     batch_size: int = 32,
     show_progress: bool = False,
     profile=None,
+    region: str = "all",
+    min_coverage: float = 0.7,
 ) -> list[AssayResult]:
     """``profile``: a :class:`~megatron_plm.evaluation.profile.Profile` scored as a floor on the assays
-    whose wild type contains its query."""
+    whose wild type contains its query, or a dict of them by DMS_id. ``region``: ``covered`` scores only
+    the part of each wild type whose match columns have residues in at least ``min_coverage`` of the
+    alignment's rows (model, floors and Spearman on the mutants inside; the rest counted); ``all`` scores
+    everything and still counts the mutants outside that region."""
     results = []
     for i, assay in enumerate(assays, start=1):
+        assay_profile = profile.get(assay.dms_id) if isinstance(profile, dict) else profile
+        span = assay_profile.region(assay.wild_type, min_coverage) if assay_profile is not None else None
+        if span is not None:
+            inside = restrict_to_region(assay, *span)
+            assay = inside if region == "covered" else dataclasses.replace(assay, covered=span, outside=inside.outside)
         multiple = sum(len(m) > 1 for m in assay.mutations)
         if multiple and model.objective == "mlm":
             print(
@@ -368,10 +481,19 @@ def evaluate_assays(
             "unigram": spearman(unigram_scores(assay, frequencies), assay.scores),
             "BLOSUM62": spearman(blosum62_scores(assay), assay.scores),
         }
-        profile_scores = profile.scores(assay.wild_type, assay.mutations) if profile is not None else None
+        profile_scores = assay_profile.scores(assay.wild_type, assay.mutations) if assay_profile is not None else None
         if profile_scores is not None:
             floors["profile"] = spearman(profile_scores, assay.scores)
-        results.append(AssayResult(assay, scores, spearman(scores, assay.scores), auc(scores, assay.binary), floors))
+        results.append(
+            AssayResult(
+                assay,
+                scores,
+                spearman(scores, assay.scores),
+                auc(scores, assay.binary),
+                floors,
+                placed=assay_profile.placed if profile_scores is not None else None,
+            )
+        )
     return results
 
 
@@ -395,12 +517,17 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
         return f"{value:.3f}" if value is not None and not math.isnan(value) else "-"
 
     with_profile = any("profile" in r.floors for r in results)
-    header = ["DMS_id", "mutants", "Spearman", "AUC", "unigram", "BLOSUM62"] + ["profile"] * with_profile
+    with_region = any(r.assay.covered is not None for r in results)
+    header = ["DMS_id", "mutants"] + ["outside"] * with_region + ["Spearman", "AUC", "unigram", "BLOSUM62"]
+    header += ["profile"] * with_profile
     header += [f"PG {c}" for c in PROTEINGYM_COLUMNS]
     rows = [
         [
             r.assay.dms_id,
             str(len(r.assay.mutants)),
+        ]
+        + [str(r.assay.outside) if r.assay.covered is not None else "-"] * with_region
+        + [
             cell(r.spearman),
             cell(r.auc),
             cell(r.floors["unigram"]),
@@ -416,6 +543,9 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
             [
                 "mean",
                 str(sum(len(r.assay.mutants) for r in results)),
+            ]
+            + [str(sum(r.assay.outside for r in results))] * with_region
+            + [
                 cell(mean([r.spearman for r in results])),
                 cell(mean([r.auc for r in results if r.auc is not None])),
                 cell(mean([r.floors["unigram"] for r in results])),
@@ -431,4 +561,22 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
     floors = "unigram/BLOSUM62" + "/profile (the alignment's PSSM)" * with_profile
     lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors)"]
     lines += ["  ".join(value.rjust(width) for value, width in zip(row, widths)) for row in [header] + rows]
+    for r in results:
+        if r.placed is not None and r.placed != "the first record":
+            lines.append(f"{r.assay.dms_id}: the wild type in the alignment: {r.placed}")
+        if r.assay.covered is None:
+            continue
+        start, end = r.assay.covered
+        if r.assay.region is not None:
+            what = f"scored only residues {start + 1}-{end} (the region the alignment covers)"
+            lines.append(f"{r.assay.dms_id}: {what}; {r.assay.outside:,} mutants outside it not scored")
+        elif r.assay.outside:
+            lines.append(
+                f"{r.assay.dms_id}: the alignment covers residues {start + 1}-{end} of {len(r.assay.wild_type)}; "
+                f"{r.assay.outside:,} mutants lie outside it (scored anyway; --region covered leaves them out)"
+            )
+        else:
+            lines.append(
+                f"{r.assay.dms_id}: every mutant lies in residues {start + 1}-{end}, the region the alignment covers"
+            )
     return "\n".join(lines)

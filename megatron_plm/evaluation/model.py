@@ -112,7 +112,6 @@ def _from_transformers(path: Path) -> ScoringModel:
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     from megatron_plm.checkpoint.export import checkpoint_model, checkpoint_tokenizer
     from megatron_plm.checkpoint.distributed import load_model_tensors, saved_run_config
-    from megatron_plm.data.samples.batch import Batch, cu_seqlens_from_segments
     from megatron_plm.models.mcore import PACKED_BACKENDS
     from megatron_plm.models.build import build_model_chunk, runnable_model_config
 
@@ -128,21 +127,7 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
     chunk.eval()  # (on the runtime's device already)
     reverse = float(saved_run_config(directory).get("data", {}).get("reverse_prob", 0.0) or 0.0) > 0
 
-    def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        segments = torch.where(real.bool(), 0, -1).to(torch.int32)
-        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        batch = Batch(
-            tokens=ids,
-            labels=ids,
-            loss_mask=real.float(),
-            position_ids=positions,
-            causal=objective == "clm",
-            segment_ids=segments,
-        )
-        if packed:
-            cu, longest = cu_seqlens_from_segments(segments.cpu().numpy())
-            batch = replace(batch, cu_seqlens=torch.from_numpy(cu).to(ids.device), max_seqlen=longest).pack()
-        return chunk(**batch.model_inputs()).reshape(*ids.shape, -1)
+    forward = chunk_forward(chunk, objective, packed)
 
     def hidden(ids: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
         # Hooks catch the first layer's input (after ESM-2's token dropout), each layer's output and the
@@ -191,6 +176,29 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         hidden_states=hidden,
         tokenizer=subword or ProteinTokenizer(),
     )
+
+
+def chunk_forward(chunk, objective: str, packed: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(ids [b, s], real [b, s]) -> logits [b, s, v]`` of one megatron model chunk (unpadded rows)."""
+    from megatron_plm.data.samples.batch import Batch, cu_seqlens_from_segments
+
+    def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        segments = torch.where(real.bool(), 0, -1).to(torch.int32)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        batch = Batch(
+            tokens=ids,
+            labels=ids,
+            loss_mask=real.float(),
+            position_ids=positions,
+            causal=objective == "clm",
+            segment_ids=segments,
+        )
+        if packed:
+            cu, longest = cu_seqlens_from_segments(segments.cpu().numpy())
+            batch = replace(batch, cu_seqlens=torch.from_numpy(cu).to(ids.device), max_seqlen=longest).pack()
+        return chunk(**batch.model_inputs()).reshape(*ids.shape, -1)
+
+    return forward
 
 
 def _as_transformers(chunk, model):

@@ -1,4 +1,5 @@
-"""The alignment's own site-independent model (a PSSM) as a floor for family models.
+"""The alignment's own site-independent model (a PSSM) as a floor for family models, and where the
+alignment sits on the assay's protein.
 
 A family-trained language model has to beat the column frequencies of its own training alignment
 before it can claim to have learned anything beyond them (couplings between positions). The
@@ -6,6 +7,13 @@ profile: per match column, weighted residue counts (homolog weights, 80% identit
 pseudocount, normalised over the 20 standard residues; a mutant scores
 log f(mutant) - log f(wild type), summed over its mutations. Positions of the wild type outside
 the alignment's match columns score 0 (no information).
+
+The target (the assay's wild type) is put in the alignment one of three ways, said in ``placed``:
+the first record is it (ColabFold, jackhmmer: the query leads), a record is a piece of it (a Pfam
+domain row such as ``BLAT_ECOLX/26-286``), or it is aligned to the family's profile HMM with HMMER
+(``pyhmmer``: hmmbuild over the match columns, hmmalign of the target), the field's standard tool.
+The match columns' coverage (share of rows with a residue there) then says which region of the
+protein the family -- and a model trained on it -- knows.
 """
 
 from __future__ import annotations
@@ -18,37 +26,160 @@ from megatron_plm.data.preprocess.homologs import AMINO_ACIDS, homolog_weights, 
 from megatron_plm.data.preprocess.msa import Alignment
 
 _INDEX = {chr(letter): i for i, letter in enumerate(AMINO_ACIDS)}
+_GAP = ord("-")
+
+
+@dataclass
+class Placement:
+    """The target's residues in the alignment's match columns."""
+
+    columns: np.ndarray
+    """Indices of the match columns where the target has a residue, in order."""
+    positions: np.ndarray
+    """0-based position in the target of each of those residues."""
+    how: str
+    """How it was put in (printed under the table)."""
 
 
 @dataclass
 class Profile:
     query: str
-    """The alignment's first sequence (its residues in match columns)."""
+    """The target's residues in match columns (the first record's when no target was given)."""
     log_frequencies: np.ndarray
     """``[query length, 20]`` log residue frequencies, one row per query residue."""
     neff: float
+    coverage: np.ndarray | None = None
+    """Per query residue, the share of the alignment's rows with a residue in its match column."""
+    positions: np.ndarray | None = None
+    """0-based position in ``target`` of each query residue (None: found in a wild type by text search)."""
+    target: str | None = None
+    """The protein the profile was placed on."""
+    placed: str = "the first record"
+
+    def positions_in(self, wild_type: str) -> np.ndarray | None:
+        """Where the query residues sit in ``wild_type``, or None when the profile is not of this protein."""
+        if self.positions is not None and wild_type == self.target:
+            return self.positions
+        offset = wild_type.find(self.query)
+        return None if offset < 0 else offset + np.arange(len(self.query))
 
     def scores(self, wild_type: str, mutations: list[list[tuple[str, int, str]]]) -> np.ndarray | None:
         """Scores of mutants of ``wild_type`` (0-based positions), or None when the query is not in it."""
-        offset = wild_type.find(self.query)
-        if offset < 0:
+        positions = self.positions_in(wild_type)
+        if positions is None:
             return None
+        row_of = {int(p): i for i, p in enumerate(positions)}
         out = np.zeros(len(mutations))
         for k, mutation in enumerate(mutations):
             for wt, position, mt in mutation:
-                row = position - offset
-                if 0 <= row < len(self.query) and wt in _INDEX and mt in _INDEX:
+                row = row_of.get(position)
+                if row is not None and wt in _INDEX and mt in _INDEX:
                     out[k] += self.log_frequencies[row, _INDEX[mt]] - self.log_frequencies[row, _INDEX[wt]]
         return out
 
+    def region(self, wild_type: str, min_coverage: float) -> tuple[int, int] | None:
+        """``[start, end)`` of ``wild_type`` from the first to the last residue whose match column holds a
+        residue in at least ``min_coverage`` of the rows (EVE's focus columns: at most 30% gaps), or None."""
+        positions = self.positions_in(wild_type)
+        if positions is None or self.coverage is None:
+            return None
+        covered = positions[self.coverage >= min_coverage]
+        if not len(covered):
+            return None
+        return int(covered.min()), int(covered.max()) + 1
+
+
+def place_target(alignment: Alignment, target: str) -> Placement:
+    """The target in the alignment's match columns: the first record, a record that is a piece of it,
+    or (neither) aligned to the family's profile HMM with HMMER (:func:`hmmalign_target`)."""
+    first = alignment.columns[0]
+    residues = np.flatnonzero(first != _GAP)
+    offset = target.find(alignment.query)
+    if offset >= 0:
+        return Placement(residues, offset + np.arange(len(residues)), "the first record")
+    for i, row in enumerate(alignment.rows or []):
+        text = row.decode()
+        segment = text.replace("-", "").replace(".", "").upper()
+        start = target.find(segment) if len(segment) >= 10 else -1
+        if start < 0:
+            continue
+        columns, positions, column, position = [], [], 0, start
+        for letter in text:
+            insertion = letter.islower() or letter == "."
+            if letter.isalpha():
+                if not insertion:
+                    columns.append(column)
+                    positions.append(position)
+                position += 1
+            if not insertion:
+                column += 1
+        return Placement(np.array(columns), np.array(positions), f"found as record {alignment.ids[i]}")
+    return hmmalign_target(alignment, target)
+
+
+def hmmalign_target(alignment: Alignment, target: str) -> Placement:
+    """HMMER through ``pyhmmer``: a profile HMM built over exactly the alignment's match columns (hand
+    architecture), then the target aligned to it; its residues in match states give the placement."""
+    import pyhmmer
+    from pyhmmer.easel import Alphabet, TextMSA, TextSequence
+    from pyhmmer.plan7 import Background, Builder
+
+    amino = Alphabet.amino()
+    rows = [TextSequence(name=str(i).encode(), sequence=r.tobytes().decode()) for i, r in enumerate(alignment.columns)]
+    msa = TextMSA(name=b"family", sequences=rows)
+    msa.reference = "x" * alignment.columns.shape[1]
+    hmm, _, _ = Builder(amino, architecture="hand").build_msa(msa.digitize(amino), Background(amino))
+    aligned = pyhmmer.hmmer.hmmalign(hmm, [TextSequence(name=b"target", sequence=target).digitize(amino)], trim=False)
+    row, reference = aligned.alignment[0], aligned.reference
+    columns, positions, column, position = [], [], 0, 0
+    for letter, mark in zip(row, reference):
+        match = mark not in ".-"
+        if letter.isalpha():
+            if match:
+                columns.append(column)
+                positions.append(position)
+            position += 1
+        if match:
+            column += 1
+    if not columns:
+        raise ValueError("hmmalign put none of the target's residues in the family's match columns")
+    return Placement(
+        np.array(columns),
+        np.array(positions),
+        f"aligned with HMMER (pyhmmer {pyhmmer.__version__} hmmalign): {len(columns)} of its "
+        f"{len(target)} residues in {alignment.columns.shape[1]} match columns",
+    )
+
 
 def build_profile(
-    alignment: Alignment, identity: float = 0.8, pseudocount: float = 0.5, weighted: bool = True
+    alignment: Alignment,
+    identity: float = 0.8,
+    pseudocount: float = 0.5,
+    weighted: bool = True,
+    target: str | None = None,
+    weights: np.ndarray | None = None,
 ) -> Profile:
-    """PSSM over the query's residues (columns where the first sequence has a gap are dropped)."""
-    weights = homolog_weights(alignment, identity).weights if weighted else np.ones(len(alignment.ids))
+    """PSSM over the target's residues in match columns (``target`` None: the first record's; columns where
+    it has a gap are dropped). ``weights``: homolog weights already computed for this alignment."""
+    if weights is None:
+        weights = homolog_weights(alignment, identity).weights if weighted else np.ones(len(alignment.ids))
     x = one_hot(alignment.columns).reshape(len(alignment.ids), alignment.columns.shape[1], 20)
     counts = np.einsum("n,nla->la", weights, x)
-    counts = counts[alignment.columns[0] != ord("-")]
+    present = (alignment.columns != _GAP).mean(axis=0)
+    if target is None:
+        keep, positions, placed, query = alignment.columns[0] != _GAP, None, "the first record", alignment.query
+    else:
+        placement = place_target(alignment, target)
+        keep, positions, placed = placement.columns, placement.positions, placement.how
+        query = "".join(target[p] for p in positions)
+    counts = counts[keep]
     frequencies = (counts + pseudocount) / (counts.sum(axis=1, keepdims=True) + 20 * pseudocount)
-    return Profile(query=alignment.query, log_frequencies=np.log(frequencies), neff=float(weights.sum()))
+    return Profile(
+        query=query,
+        log_frequencies=np.log(frequencies),
+        neff=float(weights.sum()),
+        coverage=present[keep],
+        positions=positions,
+        target=target,
+        placed=placed,
+    )

@@ -60,6 +60,52 @@ class OptimizerConfig:
 
 
 @dataclass(kw_only=True)
+class EvalDmsConfig:
+    """Zero-shot DMS Spearman scored during validation (:mod:`megatron_plm.training.dms_tracking`), so a
+    family model's curve shows when it stops improving on the assay, not only on perplexity."""
+
+    assays: list[str] = field(default_factory=list)
+    """Assay CSVs (``mutant,DMS_score``) or folders of ``<DMS_id>.csv`` + ``wildtype.fasta``; empty: off."""
+    wildtype: str | None = None
+    """For assay CSVs: the wild type (a sequence or a FASTA file); default: from each CSV's
+    ``mutated_sequence`` column."""
+    interval: int = 0
+    """Score at validations whose step is a multiple of this (a multiple of ``training.eval_interval``);
+    0: at every validation. The final validation always scores."""
+    max_mutants: int = 1000
+    """Per assay, a fixed random subset of this many mutants (the same each time; 0: all). Cost is about
+    linear in it: each CLM mutant is one forward pass (the wild type's is shared)."""
+    msa: str | None = None
+    """The family's alignment (a3m/a2m/afa/Stockholm): with ``region: covered``, only the residues it
+    covers are scored."""
+    region: Literal["all", "covered"] = "all"
+    """``covered``: score only the wild type's residues whose match columns have residues in at least
+    ``min_coverage`` of the rows (needs ``msa``); ``all``: every mutant."""
+    min_coverage: float = 0.7
+    """Share of the alignment's rows a covered residue's column has residues in (EVE's: 0.7)."""
+    seed: int = 0
+    """Picks the ``max_mutants`` subset."""
+
+    def validate(self, eval_interval: int) -> None:
+        if self.interval < 0:
+            raise ValueError(f"training.eval_dms.interval must be >= 0 (0: every validation), got {self.interval}")
+        if self.interval and (not eval_interval or self.interval % eval_interval):
+            raise ValueError(
+                f"training.eval_dms.interval ({self.interval}) must be a multiple of training.eval_interval "
+                f"({eval_interval}): Spearman is scored at validations"
+            )
+        if self.max_mutants < 0:
+            raise ValueError(f"training.eval_dms.max_mutants must be >= 0 (0: all), got {self.max_mutants}")
+        if not 0 < self.min_coverage <= 1:
+            raise ValueError(f"training.eval_dms.min_coverage must be in (0, 1], got {self.min_coverage}")
+        if self.region == "covered" and not self.msa:
+            raise ValueError("training.eval_dms.region: covered needs training.eval_dms.msa (the family's alignment)")
+        for path in [*self.assays, *([self.msa] if self.msa else [])]:
+            if not Path(path).exists():
+                raise ValueError(f"training.eval_dms: {path} does not exist")
+
+
+@dataclass(kw_only=True)
 class TrainingConfig:
     train_iters: int
     """Optimizer steps to run in total (a resumed run continues up to this)."""
@@ -83,6 +129,8 @@ class TrainingConfig:
     exit_signal: str | None = None
     """A signal that, like SIGTERM and SIGINT, makes every rank finish its step, save and exit with
     status 75 (e.g. ``SIGUSR1``, sent by ``sbatch --signal=USR1@120`` ahead of a time limit)."""
+    eval_dms: EvalDmsConfig = field(default_factory=EvalDmsConfig)
+    """Zero-shot DMS Spearman at validation (``eval_dms.assays`` empty: off)."""
 
 
 @dataclass(kw_only=True)
@@ -212,6 +260,12 @@ def validate(config: TrainConfig) -> None:
         )
     if t.precision == "fp8":
         config.fp8.validate(config.model.num_layers)
+    if t.eval_dms.assays:
+        t.eval_dms.validate(t.eval_interval)
+        if config.parallel.pipeline_model_parallel_size > 1 or config.parallel.tensor_model_parallel_size > 1:
+            raise ValueError(
+                "training.eval_dms scores with one whole model chunk: not with tensor or pipeline parallelism"
+            )
     if t.exit_signal is not None:
         import signal
 

@@ -36,6 +36,10 @@ def series(entries: list[dict]) -> dict[str, dict[str, list]]:
         for key, value in values.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 kind.setdefault(key, []).append(value)
+        if isinstance(entry.get("dms"), dict) and isinstance(values["tokens_seen"], (int, float)):
+            dms = out.setdefault("dms", {})  # training.eval_dms: {DMS_id: [(tokens seen, Spearman)]}
+            for name, scored in entry["dms"].items():
+                dms.setdefault(name, []).append((values["tokens_seen"], scored["spearman"]))
     return out
 
 
@@ -111,6 +115,8 @@ def draw(runs: list[dict]):
 
     objectives = list(dict.fromkeys(run["objective"] for run in runs))
     panels = [("loss", objective) for objective in objectives] + [("lr", ""), ("tokens_per_s", "")]
+    if any(run["series"].get("dms") for run in runs):
+        panels.append(("dms", ""))
     columns = 2 if len(panels) <= 4 else 3
     rows = math.ceil(len(panels) / columns)
     fig, grid = plt.subplots(rows, columns, figsize=(6.2 * columns, 3.9 * rows), squeeze=False)
@@ -132,6 +138,9 @@ def draw(runs: list[dict]):
         elif metric == "lr":
             ax.set_title("learning rate")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}".replace("e-0", "e-")))
+        elif metric == "dms":
+            ax.set_title("zero-shot DMS Spearman (training.eval_dms)")
+            ax.set_ylabel("Spearman")
         else:
             ax.set_title("training throughput")
             ax.set_ylabel("tokens / s")
@@ -166,6 +175,8 @@ def draw(runs: list[dict]):
             speed.plot(
                 train["tokens_seen"], smooth, lw=1.6, color=colour, label=f"{run['name']} (median of {SMOOTHING})"
             )
+        for name, points in run["series"].get("dms", {}).items():
+            axes["dms", ""].plot(*zip(*points), marker="o", ms=5, lw=1.2, color=colour, label=f"{run['name']} {name}")
         for step, changed in run["resumes"]:
             x = _tokens_at(train, step)
             if x is None:

@@ -191,8 +191,17 @@ class RunLog:
                 f"; per residue: loss {entry['loss_per_residue']:.4f}, perplexity "
                 f"{entry['perplexity_per_residue']:.2f} ({entry['residues']:,} residues)"
             )
+        dms = entry.get("dms", {})  # training.eval_dms
+        line += "".join(
+            f"; {name} Spearman {d['spearman']:.3f} ({d['mutants']:,} mutants, {d['seconds']:.1f} s)"
+            for name, d in dms.items()
+        )
         self.say(line)
-        self.scalars(entry["step"], {"valid/loss": entry["loss"], "valid/perplexity": entry["perplexity"]})
+        self.scalars(
+            entry["step"],
+            {"valid/loss": entry["loss"], "valid/perplexity": entry["perplexity"]}
+            | {f"valid/dms_spearman/{name}": d["spearman"] for name, d in dms.items()},
+        )
 
     def scalars(self, step: int, values: dict) -> None:
         if self.writer is not None:

@@ -11,6 +11,7 @@ from megatron_plm.training.config import TrainConfig
 from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.runtime.distributed import Runtime
 from megatron_plm.training.build import TrainingState
+from megatron_plm.training.dms_tracking import DmsTracker
 from megatron_plm.training.step import evaluate
 
 
@@ -19,6 +20,8 @@ class Validator:
         self.config, self.state, self.data, self.runtime = config, state, valid_data, runtime
         self.residues: int | None = None
         """Supervised residues of the validation samples, for per-residue figures of subword runs."""
+        self.dms = DmsTracker.build(config)
+        """``training.eval_dms``: zero-shot Spearman scored with the validation (None: off)."""
 
     def __call__(self, step: int) -> dict:
         """Collective: the validation entry at ``step`` (loss per supervised token, perplexity)."""
@@ -33,6 +36,8 @@ class Validator:
         )
         loss, tokens = evaluate(self.state, [valid.next_step() for _ in range(t.eval_iters)], self.runtime)
         entry = {"step": step, "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+        if self.dms is not None and self.dms.due(step, final=step == t.train_iters):
+            entry["dms"] = self.dms(self.state.unwrapped()[0], self.state.packed_sequences, self.runtime.device)
         if self.config.data.tokenizer is not None:  # per residue too, so runs with different vocabularies compare
             from megatron_plm.data.tokenizers.subword import load_tokenizer
 

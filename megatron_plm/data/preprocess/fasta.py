@@ -69,7 +69,13 @@ def problem_to_error(problem: ChunkProblem, path: str | os.PathLike, first_line:
     if problem.kind == BAD_RESIDUE:
         char = chr(problem.character) if 32 < problem.character < 127 else f"byte 0x{problem.character:02x}"
         text = f"invalid residue {char!r} at position {problem.position}"
-        text += " (use --unknown unk to map it to <unk>, or --unknown skip to drop such records)"
+        if char in ("-", "."):  # a gap: the file is an alignment, and --unknown would be the wrong fix
+            text += (
+                " (a gap: this is an alignment; read it with --input-format a2m (lower case insertions) or "
+                "--input-format afa (aligned FASTA), which drop the gaps)"
+            )
+        else:
+            text += " (use --unknown unk to map it to <unk>, or --unknown skip to drop such records)"
     else:
         text = _PROBLEM_TEXT[problem.kind]
     return InputFormatError(path, first_line + problem.line_in_chunk, text, problem.record)

@@ -42,7 +42,8 @@ from megatron_plm.data.preprocess.fasta import (
     iter_chunks,
     problem_to_error,
 )
-from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
+from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta
+from megatron_plm.data.preprocess.msa import detect_format as detect_input_format
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
@@ -59,9 +60,11 @@ class PreprocessConfig:
     """Writes PREFIX.bin, PREFIX.idx, PREFIX.ids.txt, PREFIX.source.npy, PREFIX.meta.json (+ cluster files)."""
     source_labels: list[str] = field(default_factory=list)
     """One label for all inputs, or one per input pattern; default: each file's name without suffixes."""
-    input_format: Literal["auto", "fasta", "jsonl", "a3m", "a2m", "afa"] = "auto"
-    """``auto``: ``.jsonl``/``.json`` are JSONL, ``.a3m``/``.a2m``/``.afa`` alignments (each optionally
-    ``.gz``), everything else FASTA. Alignments become their homologs: gaps dropped, insertions upper-cased."""
+    input_format: Literal["auto", "fasta", "jsonl", "a3m", "a2m", "afa", "sto"] = "auto"
+    """``auto``: ``.jsonl``/``.json`` are JSONL, ``.a3m``/``.a2m``/``.afa``/``.sto`` alignments (each optionally
+    ``.gz``), a file starting ``# STOCKHOLM`` Stockholm, everything else FASTA -- and a FASTA whose rows hold
+    gaps is refused, naming ``--input-format a2m|afa``. Alignments become their homologs: gaps dropped,
+    insertions upper-cased."""
     json_keys: list[str] = field(default_factory=lambda: ["sequence"])
     """JSONL: the field holding the sequence (Megatron's ``--json-keys``; one key)."""
     json_id_key: str | None = "id"
@@ -134,12 +137,8 @@ def resolve_inputs(patterns: list[str], labels: list[str]) -> list[tuple[str, st
 
 
 def detect_format(path: str, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    name = path[:-3] if path.endswith(".gz") else path
-    if msa_format_of(path):
-        return msa_format_of(path)
-    return "jsonl" if name.endswith((".jsonl", ".json")) else "fasta"
+    """By name, then content (one detection with ``msa-weights``: :func:`~megatron_plm.data.preprocess.msa.detect_format`)."""
+    return detect_input_format(path, configured)
 
 
 @dataclass
@@ -480,7 +479,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--input-format",
         choices=["auto", "fasta", "jsonl", *MSA_FORMATS],
         default="auto",
-        help="auto: by extension (.jsonl/.json, .a3m/.a2m/.afa alignments, else FASTA)",
+        help="auto: by extension (.jsonl/.json, .a3m/.a2m/.afa/.sto alignments), '# STOCKHOLM' content, else FASTA "
+        "(refused with a hint when its rows hold gaps)",
     )
     io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
     io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
