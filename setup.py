@@ -182,6 +182,9 @@ setup(
         "matplotlib>=3.7",
         # Scaling-law fits run their small optimisations with one BLAS thread (see scaling/fit.py).
         "threadpoolctl>=3",
+        # Family alignments: HMMER (hmmbuild/hmmalign) puts an assay's wild type into an alignment that
+        # lacks it (Pfam domain alignments), the field's standard tool; tested with 0.12.3.
+        "pyhmmer>=0.12.3,<0.13",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff==0.17.5"],

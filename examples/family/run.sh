@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The family workflow on TEM-1 beta-lactamase (see README.md here). Usage:
 #   examples/family/run.sh prepare                 # corpora: plain, and with 80%-identity clusters
+#   examples/family/run.sh prepare-domain          # a Pfam-style domain alignment (Stockholm) and its corpus
 #   examples/family/run.sh VARIANT [overrides...]  # train one variant, then score it on the assay
-# VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-finetune
+# VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-finetune | clm-domain
 # (the fine-tuned ones start from the quickstart's pretrained tiny CLM, outputs/tiny_clm: run `make quickstart`
 # first; the MLM takes its body, as in the CLM -> MLM transfer).
 # Each run's log, wall time and scores land in outputs/family/<variant>/.
@@ -23,6 +24,14 @@ if [ "$variant" = prepare ]; then  # rebuilds the corpora each time it runs (the
         --clusters $OUT/blat80.clusters.tsv --overwrite
     exit 0
 fi
+if [ "$variant" = prepare-domain ]; then  # a Pfam-style domain alignment (Stockholm, TEM-1 left out) and its corpus
+    $PY examples/family/domain_alignment.py $A3M $OUT/blat_domain.sto
+    $PY -m megatron_plm msa-weights $OUT/blat_domain.sto --output-prefix $OUT/dom80
+    $PY -m megatron_plm preprocess --input $OUT/blat_domain.sto --output-prefix $OUT/dom_w --source-label blat_domain \
+        --no-progress --clusters $OUT/dom80.clusters.tsv --overwrite
+    exit 0
+fi
+MSA=$A3M
 case $variant in
     mlm)            args=(--config examples/family/mlm.yaml) ;;
     mlm-unweighted) args=(--config examples/family/mlm.yaml "data.sources=[{prefix: $OUT/blat}]") ;;
@@ -30,6 +39,7 @@ case $variant in
     clm)            args=(--config examples/family/clm.yaml) ;;
     clm-unweighted) args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/blat}]") ;;
     clm-finetune)   args=(--config examples/family/clm.yaml checkpoint.init_from=outputs/tiny_clm) ;;
+    clm-domain)     args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/dom_w}]"); MSA=$OUT/blat_domain.sto ;;
     *) echo "unknown variant $variant" >&2; exit 2 ;;
 esac
 dir=$OUT/$variant
@@ -38,4 +48,7 @@ start=$(date +%s)
 $PY -m megatron_plm train "${args[@]}" checkpoint.save=$dir/checkpoint name=family-$variant "$@" | tee $dir/train.log
 echo "train wall time: $(( $(date +%s) - start )) s" | tee -a $dir/train.log
 $PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --assay BLAT_ECOLX_Stiffler_2015 \
-    --msa $A3M --output $dir/scores.csv | tee $dir/dms.txt
+    --msa $MSA --output $dir/scores.csv | tee $dir/dms.txt
+# the same, scoring only the residues the alignment covers (the table counts the mutants left out)
+$PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --assay BLAT_ECOLX_Stiffler_2015 \
+    --msa $MSA --region covered --no-progress | tee -a $dir/dms.txt

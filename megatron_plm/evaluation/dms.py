@@ -155,7 +155,7 @@ def load_assay_file(path: str | os.PathLike, wild_type: str | None = None) -> As
     its ``mutated_sequence`` column implies."""
     path = Path(path)
     dms_id = path.name.removesuffix(".gz").removesuffix(".csv")
-    if wild_type is not None and Path(wild_type).is_file():
+    if wild_type is not None and os.path.isfile(wild_type):  # (a long sequence is no file name)
         records = {r.record_id: r.sequence.decode().upper() for r in read_fasta(wild_type)}
         if len(records) == 1:
             wild_type = next(iter(records.values()))

@@ -89,18 +89,23 @@ class Profile:
         return int(covered.min()), int(covered.max()) + 1
 
 
-def place_target(alignment: Alignment, target: str) -> Placement:
-    """The target in the alignment's match columns: the first record, a record that is a piece of it,
-    or (neither) aligned to the family's profile HMM with HMMER (:func:`hmmalign_target`)."""
+def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> Placement:
+    """The target in the alignment's match columns: the first record, a record that is a piece of it
+    with residues in at least ``min_filled`` of the match columns (a short fragment would place only
+    part of it), or (neither) aligned to the family's profile HMM with HMMER (:func:`hmmalign_target`)."""
     first = alignment.columns[0]
     residues = np.flatnonzero(first != _GAP)
     offset = target.find(alignment.query)
     if offset >= 0:
         return Placement(residues, offset + np.arange(len(residues)), "the first record")
-    for i, row in enumerate(alignment.rows or []):
-        text = row.decode()
+    width = alignment.columns.shape[1]
+    filled = (alignment.columns != _GAP).sum(axis=1)
+    for i in np.argsort(-filled, kind="stable"):  # the fullest rows first: a short fragment may match too
+        if filled[i] < min_filled * width:
+            break
+        text = (alignment.rows or [])[i].decode()
         segment = text.replace("-", "").replace(".", "").upper()
-        start = target.find(segment) if len(segment) >= 10 else -1
+        start = target.find(segment)
         if start < 0:
             continue
         columns, positions, column, position = [], [], 0, start

@@ -375,3 +375,47 @@ def test_perplexity_scores_the_held_out_split_of_a_training_corpus(runtime, trai
     expected = perplexity(model, [(i, TOK.encode(sequences[i]).astype(np.int64)) for i in held_out[:3]])
     assert [float(r["perplexity"]) for r in rows[:3]] == pytest.approx([s.perplexity for s in expected], rel=1e-5)
     assert f"test split (weights {data['split_weights']})" in done.stdout
+
+
+def test_dms_cli_scores_one_csv_in_the_covered_region(trained, shared_data, tmp_path):
+    """Issue 33: one assay CSV with --wildtype SEQ (no folder), and --region covered: the mutants outside
+    the residues the alignment covers are left out and counted in the table."""
+    import subprocess
+    import sys
+
+    from megatron_plm.evaluation.dms import load_assays
+
+    (assay,) = load_assays(shared_data / "dms", ["BLAT_ECOLX_Stiffler_2015"])
+    lines = (shared_data / "dms/BLAT_ECOLX_Stiffler_2015.csv").read_text().splitlines()
+    (tmp_path / "blat_tail.csv").write_text("\n".join(lines[:1] + lines[-120:]) + "\n")  # the last 120 mutants
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "megatron_plm",
+            "evaluate",
+            "dms",
+            "--model",
+            str(trained["clm"]),
+            "--assays",
+            str(tmp_path / "blat_tail.csv"),
+            "--wildtype",
+            assay.wild_type,
+            "--msa",
+            str(shared_data / "family/BLAT_ECOLX_ColabFold_2202.a3m"),
+            "--region",
+            "covered",
+            "--output",
+            str(tmp_path / "scores.csv"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    outside = sum(int(line.split(",")[0][1:-1]) > 282 for line in lines[-120:])  # residues 283-286
+    assert outside > 0
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    assert len(rows) == 120 - outside and {r["DMS_id"] for r in rows} == {"blat_tail"}
+    assert "outside" in out.stdout and f"{outside:,} mutants outside it not scored" in out.stdout
+    assert "scored only residues 17-282" in out.stdout
