@@ -156,7 +156,7 @@ def _check_evaluate_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    for name in ("mask_ratio", "test_fraction", "min_coverage"):
+    for name in ("mask_ratio", "test_fraction"):
         value = getattr(args, name, None)
         if value is not None and not 0 < value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
@@ -283,6 +283,7 @@ def _corpus_split(model, args) -> tuple[list, str]:
 def _evaluate_dms(model, args) -> None:
     from megatron_plm.data.preprocess.fasta import read_fasta
     from megatron_plm.evaluation.dms import (
+        FamilyScoringConfig,
         evaluate_assays,
         format_table,
         load_assay_file,
@@ -291,26 +292,26 @@ def _evaluate_dms(model, args) -> None:
         write_scores,
     )
 
-    if args.assays.is_file():
-        assays = [load_assay_file(args.assays, args.wildtype)]
-    else:
-        if args.wildtype is not None:
-            raise ValueError("--wildtype goes with one assay CSV (--assays FILE.csv); a folder has its wildtype.fasta")
-        assays = load_assays(args.assays, args.assay)
+    family = FamilyScoringConfig(
+        wildtype=args.wildtype, region=args.region, min_coverage=args.min_coverage, profile_prior=args.profile_prior
+    )
+    family.validate(msa=args.msa is not None, one_csv=args.assays.is_file())
+    assays = (
+        [load_assay_file(args.assays, family.wildtype)]
+        if args.assays.is_file()
+        else load_assays(args.assays, args.assay)
+    )
     frequencies = residue_frequencies(r.sequence.decode() for r in read_fasta(args.unigram_fasta))
-    profiles = None
-    if args.msa:
-        profiles = _assay_profiles(args.msa, args.msa_format, assays)
-    elif args.region == "covered":
-        raise ValueError("--region covered needs --msa: the region is the part of the protein the alignment covers")
+    profiles = _assay_profiles(args.msa, args.msa_format, assays) if args.msa else None
     results = evaluate_assays(
         model,
         assays,
         frequencies,
         profile=profiles,
         show_progress=not args.no_progress,
-        region=args.region,
-        min_coverage=args.min_coverage,
+        region=family.region,
+        min_coverage=family.min_coverage,
+        profile_prior=family.profile_prior,
     )
     if args.output:
         write_scores(args.output, results)
@@ -756,6 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         help="with --msa: covered scores only the residues the alignment covers (mutants outside are counted "
         "in the table's 'outside' column and left out); all scores every mutant and still counts them",
+    )
+    dms.add_argument(
+        "--profile-prior",
+        action="store_true",
+        help="with --msa: also score model + profile (the sum of their log-ratios: a product of experts, "
+        "no weight fitted), in a 'model+profile' column",
     )
     dms.add_argument(
         "--min-coverage",

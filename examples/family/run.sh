@@ -48,7 +48,7 @@ start=$(date +%s)
 $PY -m megatron_plm train "${args[@]}" checkpoint.save=$dir/checkpoint name=family-$variant "$@" | tee $dir/train.log
 echo "train wall time: $(( $(date +%s) - start )) s" | tee -a $dir/train.log
 $PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --assay BLAT_ECOLX_Stiffler_2015 \
-    --msa $MSA --output $dir/scores.csv | tee $dir/dms.txt
+    --msa $MSA --profile-prior --output $dir/scores.csv | tee $dir/dms.txt
 # the same, scoring only the residues the alignment covers (the table counts the mutants left out)
 $PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --assay BLAT_ECOLX_Stiffler_2015 \
     --msa $MSA --region covered --no-progress | tee -a $dir/dms.txt

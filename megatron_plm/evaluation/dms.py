@@ -30,6 +30,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,33 @@ MAX_PIECE = 16
 """Longest subword piece (``tokenizer train --max-piece-length`` allows at most this): the room a
 mutant span's extra masks may need in a window."""
 _MUTATION = re.compile(r"^([A-Z])(\d+)([A-Z])$")
+
+
+@dataclass(kw_only=True)
+class FamilyScoringConfig:
+    """``evaluate dms`` options for family models and single assays (issue 33)."""
+
+    wildtype: str | None = None
+    """With one assay CSV (``--assays FILE.csv``): the wild type, a sequence or a FASTA file (its one record
+    or the one named as the CSV); None: undone from the CSV's ``mutated_sequence`` column."""
+    region: Literal["all", "covered"] = "all"
+    """With ``--msa``: ``covered`` scores only the residues the alignment covers (the rest counted in the
+    table's ``outside`` column); ``all`` scores every mutant and still counts them."""
+    min_coverage: float = 0.7
+    """A residue is covered when its match column has residues in at least this share of the alignment's
+    rows (0.7: EVE's focus columns, at most 30% gaps)."""
+    profile_prior: bool = False
+    """With ``--msa``: also score model + profile (the sum of their log-ratios), a ``model+profile`` column."""
+
+    def validate(self, *, msa: bool, one_csv: bool) -> None:
+        if not 0 < self.min_coverage <= 1:
+            raise ValueError(f"--min-coverage must be in (0, 1], got {self.min_coverage}")
+        if self.wildtype is not None and not one_csv:
+            raise ValueError("--wildtype goes with one assay CSV (--assays FILE.csv); a folder has its wildtype.fasta")
+        if not msa and self.region == "covered":
+            raise ValueError("--region covered needs --msa: the region is the part of the protein the alignment covers")
+        if not msa and self.profile_prior:
+            raise ValueError("--profile-prior needs --msa: the profile is the alignment's")
 
 
 @dataclass
@@ -444,6 +472,9 @@ class AssayResult:
     protein, its profile) on the same assay."""
     placed: str | None = None
     """How the assay's wild type was put in the alignment (the profile's ``placed``)."""
+    with_profile: float | None = None
+    """Spearman of the model's score plus the profile's (a product of the two models' probabilities,
+    no weight fitted), when asked for (``profile_prior``)."""
 
 
 def evaluate_assays(
@@ -455,6 +486,7 @@ def evaluate_assays(
     profile=None,
     region: str = "all",
     min_coverage: float = 0.7,
+    profile_prior: bool = False,
 ) -> list[AssayResult]:
     """``profile``: a :class:`~megatron_plm.evaluation.profile.Profile` scored as a floor on the assays
     whose wild type contains its query, or a dict of them by DMS_id. ``region``: ``covered`` scores only
@@ -492,6 +524,9 @@ def evaluate_assays(
                 auc(scores, assay.binary),
                 floors,
                 placed=assay_profile.placed if profile_scores is not None else None,
+                with_profile=spearman(scores + profile_scores, assay.scores)
+                if profile_prior and profile_scores is not None
+                else None,
             )
         )
     return results
@@ -520,6 +555,8 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
     with_region = any(r.assay.covered is not None for r in results)
     header = ["DMS_id", "mutants"] + ["outside"] * with_region + ["Spearman", "AUC", "unigram", "BLOSUM62"]
     header += ["profile"] * with_profile
+    with_prior = any(r.with_profile is not None for r in results)
+    header += ["model+profile"] * with_prior
     header += [f"PG {c}" for c in PROTEINGYM_COLUMNS]
     rows = [
         [
@@ -534,6 +571,7 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
             cell(r.floors["BLOSUM62"]),
         ]
         + [cell(r.floors.get("profile"))] * with_profile
+        + [cell(r.with_profile)] * with_prior
         + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
         for r in results
     ]
@@ -552,6 +590,7 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
                 cell(mean([r.floors["BLOSUM62"] for r in results])),
             ]
             + [cell(mean([r.floors["profile"] for r in results if "profile" in r.floors]))] * with_profile
+            + [cell(mean([r.with_profile for r in results if r.with_profile is not None]))] * with_prior
             + [
                 cell(mean([r.assay.baselines[c] for r in results if c in r.assay.baselines]))
                 for c in PROTEINGYM_COLUMNS
@@ -559,6 +598,7 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
         )
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     floors = "unigram/BLOSUM62" + "/profile (the alignment's PSSM)" * with_profile
+    floors += "; model+profile = the sum of both log-ratios" * with_prior
     lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors)"]
     lines += ["  ".join(value.rjust(width) for value, width in zip(row, widths)) for row in [header] + rows]
     for r in results:

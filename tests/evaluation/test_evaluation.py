@@ -405,6 +405,7 @@ def test_dms_cli_scores_one_csv_in_the_covered_region(trained, shared_data, tmp_
             str(shared_data / "family/BLAT_ECOLX_ColabFold_2202.a3m"),
             "--region",
             "covered",
+            "--profile-prior",
             "--output",
             str(tmp_path / "scores.csv"),
             "--no-progress",
@@ -419,3 +420,5 @@ def test_dms_cli_scores_one_csv_in_the_covered_region(trained, shared_data, tmp_
     assert len(rows) == 120 - outside and {r["DMS_id"] for r in rows} == {"blat_tail"}
     assert "outside" in out.stdout and f"{outside:,} mutants outside it not scored" in out.stdout
     assert "scored only residues 17-282" in out.stdout
+    header = next(line for line in out.stdout.splitlines() if line.strip().startswith("DMS_id")).split()
+    assert header[:4] == ["DMS_id", "mutants", "outside", "Spearman"] and "model+profile" in header

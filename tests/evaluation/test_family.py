@@ -228,3 +228,18 @@ def test_proteingym_csv_implies_its_wild_type(shared_data):
     implied = load_assay_file(original)
     assert implied.dms_id == "BLAT_ECOLX_Stiffler_2015.proteingym_v1_original"
     assert implied.wild_type == folder.wild_type and (implied.scores == folder.scores).all()
+
+
+def test_family_scoring_options_are_checked_naming_the_flag():
+    from megatron_plm.evaluation.dms import FamilyScoringConfig
+
+    FamilyScoringConfig(region="covered", profile_prior=True).validate(msa=True, one_csv=False)
+    cases = {
+        "--region covered needs --msa": (FamilyScoringConfig(region="covered"), False, False),
+        "--profile-prior needs --msa": (FamilyScoringConfig(profile_prior=True), False, False),
+        "--wildtype goes with one assay CSV": (FamilyScoringConfig(wildtype="MKT"), True, False),
+        r"--min-coverage must be in \(0, 1\]": (FamilyScoringConfig(min_coverage=0), True, True),
+    }
+    for message, (config, msa, one_csv) in cases.items():
+        with pytest.raises(ValueError, match=message):
+            config.validate(msa=msa, one_csv=one_csv)
