@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from megatron_plm.data.samples.config import SAMPLES_DEPEND_ON
 from megatron_plm.training.config import TrainConfig
 from megatron_plm.training.build import TrainingState
 
-IMMUTABLE = (
-    "objective",
+MODEL_SHAPE = (
     "model.num_layers",
     "model.hidden_size",
     "model.num_attention_heads",
@@ -31,18 +31,12 @@ IMMUTABLE = (
     "model.vocab_size",
     "model.make_vocab_size_divisible_by",
     "model.token_dropout",
-    "data.sources",
-    "data.seq_length",
-    "data.packed",
-    "data.reverse_prob",
-    "data.masking.mask_ratio",
-    "data.masking.mask_token_prob",
-    "data.masking.random_token_prob",
-    "data.cluster_sampling",
-    "data.split_weights",
-    "data.split_by_cluster",
-    "data.seed",
 )
+"""What the saved weights' shapes and meaning depend on."""
+IMMUTABLE = ("objective", *MODEL_SHAPE, *(f"data.{name}" for name in SAMPLES_DEPEND_ON))
+"""Fields a resumed run may not change. The data ones are the index cache key's
+(:data:`~megatron_plm.data.samples.config.SAMPLES_DEPEND_ON`): a new sampling field is immutable the
+moment it exists. A section (``data.masking``) covers each of its fields."""
 SCHEDULE = (
     "training.train_iters",
     "optimizer.lr",
@@ -74,7 +68,7 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
 def check_resumable(changes: list[tuple[str, Any, Any]], directory: Path) -> None:
     """Raise naming the first immutable field that changed."""
     for name, old, new in changes:
-        if name in IMMUTABLE:
+        if any(name == field or name.startswith(field + ".") for field in IMMUTABLE):
             raise ValueError(
                 f"{name} changed since {directory} ({old!r} -> {new!r}): a run cannot resume with a different "
                 f"{name}. Restore it, or start a new run from these weights with checkpoint.init_from={directory} "
