@@ -265,12 +265,11 @@ def _corpus_split(model, args) -> tuple[list, str]:
     ``data.split_weights`` / ``split_by_cluster``; a ``transformers`` model: the defaults)."""
     import dataclasses
 
-    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
-    from megatron_plm.data.samples.builder import DataConfig
+    from megatron_plm.data.samples.config import DataConfig
     from megatron_plm.data.samples.splits import Split, split_documents
 
     defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
-    saved = (saved_run_config(latest_checkpoint(args.model) or args.model) or {}).get("data", {})
+    saved = model.saved_run.data if model.saved_run is not None else {}
     weights = tuple(saved.get("split_weights", defaults["split_weights"]))
     by_cluster = bool(saved.get("split_by_cluster", defaults["split_by_cluster"]))
     records = split_documents(args.corpus, Split[args.split.upper()], weights, by_cluster=by_cluster)

@@ -103,7 +103,7 @@ class ParameterCount:
 
 
 def count_parameters(config: TrainConfig) -> ParameterCount:
-    m = config.model
+    m = config.resolve().model
     h, vocab = m.hidden_size, m.padded_vocab_size()
     per_layer = m.layer_parameters()
     head = vocab * h if config.objective == "clm" else h * h + h + 2 * h + vocab  # MLM: dense, LN, bias (tied)
@@ -170,6 +170,7 @@ def make_plan(config: TrainConfig, *, gpus: int, accelerator: str = "h100-80gb",
     if accelerator not in ACCELERATORS:
         raise ValueError(f"--gpu must be one of {sorted(ACCELERATORS)}, got {accelerator!r}")
     device = ACCELERATORS[accelerator]
+    config = config.resolve()  # the vocabulary is the tokenizer's
     p, t, m = config.parallel, config.training, config.model
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if gpus % (tp * pp):

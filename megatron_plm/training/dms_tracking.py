@@ -50,24 +50,23 @@ class DmsTracker:
     vocab_size: int
 
     @classmethod
-    def build(cls, config: TrainConfig) -> DmsTracker | None:
-        """None when ``training.eval_dms.assays`` is empty."""
+    def build(cls, config: TrainConfig, tokenizer=None) -> DmsTracker | None:
+        """None when ``training.eval_dms.assays`` is empty. ``tokenizer``: the run's (loaded when None)."""
         cfg = config.training.eval_dms
         if not cfg.assays:
             return None
-        from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, VOCAB, ProteinTokenizer
+        from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, VOCAB
+        from megatron_plm.data.tokenizers.subword import SubwordTokenizer, load_tokenizer
 
-        tokenizer = ProteinTokenizer()
-        vocab = len(ESM2_VOCAB) if config.objective == "mlm" else len(VOCAB)
-        if config.data.tokenizer is not None:
-            from megatron_plm.data.tokenizers.subword import load_tokenizer
-
-            tokenizer = load_tokenizer(config.data.tokenizer)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.data.tokenizer)
+        if isinstance(tokenizer, SubwordTokenizer):
             vocab = tokenizer.vocab_size
+        else:
+            vocab = len(ESM2_VOCAB) if config.objective == "mlm" else len(VOCAB)
         return cls(
             cfg,
             load_tracked_assays(cfg),
-            config.model.seq_length,
+            config.data.seq_length,
             config.objective,
             (config.data.reverse_prob or 0) > 0,
             tokenizer,

@@ -101,7 +101,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-class Progress:
+class EtaClock:
     """Elapsed time of this launch and the ETA to ``train_iters`` from its mean step time."""
 
     def __init__(self, first_step: int, last_step: int):
