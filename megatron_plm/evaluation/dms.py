@@ -598,8 +598,8 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
         )
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     floors = "unigram/BLOSUM62" + "/profile (the alignment's PSSM)" * with_profile
-    floors += "; model+profile = the sum of both log-ratios" * with_prior
-    lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors)"]
+    prior = "; model+profile = the sum of the model's and the profile's log-ratios" * with_prior
+    lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors{prior})"]
     lines += ["  ".join(value.rjust(width) for value, width in zip(row, widths)) for row in [header] + rows]
     for r in results:
         if r.placed is not None and r.placed != "the first record":
