@@ -328,7 +328,10 @@ def _assay_profiles(msa: Path, msa_format: str | None, assays: list) -> dict:
         raise ValueError(f"--msa {msa}: not an alignment ({fmt}); name its kind with --msa-format")
     alignment = read_msa(msa, fmt)
     weights = homolog_weights(alignment).weights  # once: seconds of matrix products
-    return {a.dms_id: build_profile(alignment, target=a.wild_type, weights=weights) for a in assays}
+    profiles = {a.dms_id: build_profile(alignment, target=a.wild_type, weights=weights) for a in assays}
+    if all(p is None for p in profiles.values()):
+        raise ValueError(f"--msa {msa}: no assay's wild type is in it, nor a homolog by HMMER (hmmsearch E <= 1e-5)")
+    return {k: p for k, p in profiles.items() if p is not None}
 
 
 def _evaluate_embed(model, args) -> None:

@@ -89,10 +89,11 @@ class Profile:
         return int(covered.min()), int(covered.max()) + 1
 
 
-def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> Placement:
+def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> Placement | None:
     """The target in the alignment's match columns: the first record, a record that is a piece of it
     with residues in at least ``min_filled`` of the match columns (a short fragment would place only
-    part of it), or (neither) aligned to the family's profile HMM with HMMER (:func:`hmmalign_target`)."""
+    part of it), or (neither) aligned to the family's profile HMM with HMMER (:func:`hmmalign_target`).
+    None when it is none of these (not this family's protein)."""
     first = alignment.columns[0]
     residues = np.flatnonzero(first != _GAP)
     offset = target.find(alignment.query)
@@ -122,9 +123,10 @@ def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> 
     return hmmalign_target(alignment, target)
 
 
-def hmmalign_target(alignment: Alignment, target: str) -> Placement:
+def hmmalign_target(alignment: Alignment, target: str, max_evalue: float = 1e-5) -> Placement | None:
     """HMMER through ``pyhmmer``: a profile HMM built over exactly the alignment's match columns (hand
-    architecture), then the target aligned to it; its residues in match states give the placement."""
+    architecture), then the target aligned to it; its residues in match states give the placement.
+    None when ``hmmsearch`` does not find the target a homolog (E-value above ``max_evalue``)."""
     import pyhmmer
     from pyhmmer.easel import Alphabet, TextMSA, TextSequence
     from pyhmmer.plan7 import Background, Builder
@@ -134,7 +136,12 @@ def hmmalign_target(alignment: Alignment, target: str) -> Placement:
     msa = TextMSA(name=b"family", sequences=rows)
     msa.reference = "x" * alignment.columns.shape[1]
     hmm, _, _ = Builder(amino, architecture="hand").build_msa(msa.digitize(amino), Background(amino))
-    aligned = pyhmmer.hmmer.hmmalign(hmm, [TextSequence(name=b"target", sequence=target).digitize(amino)], trim=False)
+    sequence = TextSequence(name=b"target", sequence=target).digitize(amino)
+    hits = next(iter(pyhmmer.hmmer.hmmsearch([hmm], [sequence], E=max_evalue)))
+    if not len(hits):  # hmmalign aligns anything; only a homolog is placed
+        return None
+    evalue = hits[0].evalue
+    aligned = pyhmmer.hmmer.hmmalign(hmm, [sequence], trim=False)
     row, reference = aligned.alignment[0], aligned.reference
     columns, positions, column, position = [], [], 0, 0
     for letter, mark in zip(row, reference):
@@ -151,8 +158,8 @@ def hmmalign_target(alignment: Alignment, target: str) -> Placement:
     return Placement(
         np.array(columns),
         np.array(positions),
-        f"aligned with HMMER (pyhmmer {pyhmmer.__version__} hmmalign): {len(columns)} of its "
-        f"{len(target)} residues in {alignment.columns.shape[1]} match columns",
+        f"aligned with HMMER (pyhmmer {pyhmmer.__version__} hmmalign; hmmsearch E-value {evalue:.1e}): "
+        f"{len(columns)} of its {len(target)} residues in {alignment.columns.shape[1]} match columns",
     )
 
 
@@ -163,9 +170,13 @@ def build_profile(
     weighted: bool = True,
     target: str | None = None,
     weights: np.ndarray | None = None,
-) -> Profile:
+) -> Profile | None:
     """PSSM over the target's residues in match columns (``target`` None: the first record's; columns where
-    it has a gap are dropped). ``weights``: homolog weights already computed for this alignment."""
+    it has a gap are dropped). ``weights``: homolog weights already computed for this alignment. None when
+    ``target`` is not this family's (:func:`place_target`)."""
+    placement = place_target(alignment, target) if target is not None else None
+    if target is not None and placement is None:
+        return None
     if weights is None:
         weights = homolog_weights(alignment, identity).weights if weighted else np.ones(len(alignment.ids))
     x = one_hot(alignment.columns).reshape(len(alignment.ids), alignment.columns.shape[1], 20)
@@ -174,7 +185,6 @@ def build_profile(
     if target is None:
         keep, positions, placed, query = alignment.columns[0] != _GAP, None, "the first record", alignment.query
     else:
-        placement = place_target(alignment, target)
         keep, positions, placed = placement.columns, placement.positions, placement.how
         query = "".join(target[p] for p in positions)
     counts = counts[keep]

@@ -31,9 +31,10 @@ def load_tracked_assays(cfg: EvalDmsConfig) -> list:
         alignment = read_msa(cfg.msa, detect_format(cfg.msa, flag="training.eval_dms.msa (its suffix)"))
         weights = homolog_weights(alignment).weights
         for i, assay in enumerate(assays):
-            span = build_profile(alignment, target=assay.wild_type, weights=weights).region(
-                assay.wild_type, cfg.min_coverage
-            )
+            profile = build_profile(alignment, target=assay.wild_type, weights=weights)
+            if profile is None:
+                raise ValueError(f"training.eval_dms.msa {cfg.msa}: {assay.dms_id}'s wild type is not of this family")
+            span = profile.region(assay.wild_type, cfg.min_coverage)
             if span is not None and cfg.region == "covered":
                 assays[i] = restrict_to_region(assay, *span)
     return [subsample(assay, cfg.max_mutants, cfg.seed) for assay in assays]

@@ -243,3 +243,16 @@ def test_family_scoring_options_are_checked_naming_the_flag():
     for message, (config, msa, one_csv) in cases.items():
         with pytest.raises(ValueError, match=message):
             config.validate(msa=msa, one_csv=one_csv)
+
+
+def test_an_unrelated_protein_is_not_placed(shared_data, blat):
+    """hmmalign aligns anything; only a homolog found by hmmsearch is placed (RAS is no beta-lactamase)."""
+    from megatron_plm.evaluation.dms import load_assays
+    from megatron_plm.evaluation.profile import build_profile, place_target
+
+    alignment, _ = blat
+    (ras,) = load_assays(shared_data / "dms", ["RASH_HUMAN_Bandaru_2017"])
+    small = type(alignment)(ids=alignment.ids[1:300], columns=alignment.columns[1:300], rows=alignment.rows[1:300])
+    assert place_target(small, ras.wild_type) is None
+    assert build_profile(small, target=ras.wild_type) is None
+    assert place_target(small, alignment.query) is not None  # TEM-1 itself is (its first record left out)
