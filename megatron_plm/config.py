@@ -355,7 +355,9 @@ def add_arguments(parser, cls, *, exclude: tuple[str, ...] = ()) -> None:
     title) and any ``argparse`` keyword (``metavar``, ``action="extend"``, ``type``)."""
     hints, docs = typing.get_type_hints(cls), field_docstrings(cls)
     groups: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    # A positional that takes any number of values goes last (a base class's overrides after CONFIG).
+    ordered = sorted(dataclasses.fields(cls), key=lambda f: f.metadata.get("cli", {}).get("nargs") == "*")
+    for f in ordered:
         cli = dict(f.metadata.get("cli", {}))
         if not f.init or f.name in exclude or cli.pop("skip", False):
             continue
