@@ -37,7 +37,7 @@ def _cmd_env(args) -> int:
 
 
 def _cmd_tokenizer(args) -> int:
-    from megatron_plm.data.tokenizers.subword import train_subword_tokenizer
+    from megatron_plm.data.preprocess.tokenizer_training import train_subword_tokenizer
 
     meta = train_subword_tokenizer(args)
     fed = meta["trained_on"]
@@ -383,7 +383,7 @@ def _cmd_plan(args) -> int:
         return 0
     from megatron_plm.config import read_config_data
     from megatron_plm.training.config import load_config
-    from megatron_plm.planning.planner import fit_layout, format_plan, make_plan, write_fitted_config
+    from megatron_plm.training.planner import fit_layout, format_plan, make_plan, write_fitted_config
 
     if args.config is None:
         raise ValueError("give a CONFIG to size, or --budget-flops C --objective clm|mlm")
@@ -399,7 +399,7 @@ def _cmd_plan(args) -> int:
 
 
 def _report_fit(fit, written: Path, warnings: list[str]) -> None:
-    from megatron_plm.planning.planner import format_changes, format_plan
+    from megatron_plm.training.planner import format_changes, format_plan
 
     print(format_plan(fit.plan))
     print(f"layout: {format_changes(fit) if fit.changes else 'as configured (it fits)'}")
@@ -487,7 +487,7 @@ COMMANDS = (
     ),
     (
         ("tokenizer", "train"),
-        "megatron_plm.data.tokenizers.subword:SubwordTrainConfig",
+        "megatron_plm.data.preprocess.tokenizer_training:SubwordTrainConfig",
         _cmd_tokenizer,
         "learn a subword vocabulary from FASTA files",
     ),
@@ -512,7 +512,7 @@ COMMANDS = (
     ),
     (
         ("plan",),
-        "megatron_plm.planning.planner:PlanConfig",
+        "megatron_plm.training.planner:PlanConfig",
         _cmd_plan,
         "size a config (memory, fit, days), or a compute budget (N_opt, D_opt)",
     ),
