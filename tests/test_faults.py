@@ -39,7 +39,7 @@ def snapshot(directory):
 
 
 def _train_tokenizer(tmp_path, output):
-    from megatron_plm.data.tokenizers.subword import SubwordTrainConfig, train_subword_tokenizer
+    from megatron_plm.data.preprocess.tokenizer_training import SubwordTrainConfig, train_subword_tokenizer
 
     fasta = tmp_path / "train.fasta"
     fasta.write_bytes(OLD * 4)

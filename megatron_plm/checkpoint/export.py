@@ -11,6 +11,7 @@ complete: a failure leaves no partial output directory.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 import json
 import os
@@ -71,6 +72,24 @@ def full_state_dict(run: SavedRun, runtime: Runtime) -> dict[str, torch.Tensor]:
         for k, v in chunk.state_dict().items()
         if isinstance(v, torch.Tensor) and "_extra_state" not in k
     }
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    checkpoint: str = field(metadata={"cli": {"positional": True}})
+    """A checkpoint directory (or a run's save directory: its latest checkpoint)."""
+    output: str = field(metadata={"cli": {"positional": True}})
+    """Directory to write (config.json, model.safetensors, tokenizer files)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """The dtype of the written weights."""
+
+
+@dataclass(kw_only=True)
+class ImportConfig:
+    source: str = field(metadata={"cli": {"positional": True}})
+    """A transformers model directory, or a Hugging Face Hub id (owner/name)."""
+    output: str = field(metadata={"cli": {"positional": True}})
+    """Checkpoint directory to write."""
 
 
 def export_hf(

@@ -18,6 +18,18 @@ from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, VOCAB, ProteinToken
 Objective = Literal["clm", "mlm"]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelTask:
+    """What every ``megatron-plm evaluate`` task takes: the model, a seed, and whether to show progress."""
+
+    model: str
+    """Our checkpoint, a transformers directory or a Hugging Face Hub id (owner/name)."""
+    seed: int = 0
+    """Random seed (masking, sampling)."""
+    progress: bool = True
+    """Progress bars (transformers' included) and periodic lines."""
+
+
 @dataclass
 class ScoringModel:
     name: str

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from megatron_plm.config import describe, from_dict, read_config_data, to_plain
+from megatron_plm.config import ConfigOverrides, describe, from_dict, read_config_data, to_plain
 from megatron_plm.data.samples.config import DataConfig
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.models.precision import FP8Config
@@ -223,6 +223,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return to_plain(self)
+
+
+@dataclass(kw_only=True)
+class TrainCommand(ConfigOverrides):
+    """``megatron-plm train``."""
+
+    config: str | None = None
+    """YAML run config (see examples/configs/); required to train."""
+    print_config: bool = False
+    """Print every config field with its value, type, default and doc, then exit."""
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

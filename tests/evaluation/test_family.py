@@ -3,6 +3,7 @@
 must beat the unigram floor and stand beside the alignment's own profile."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,18 +232,20 @@ def test_proteingym_csv_implies_its_wild_type(shared_data):
 
 
 def test_family_scoring_options_are_checked_naming_the_flag():
-    from megatron_plm.evaluation.dms import FamilyScoringConfig
+    from megatron_plm.evaluation.dms import DmsTask
 
-    FamilyScoringConfig(region="covered", profile_prior=True).validate(msa=True, one_csv=False)
+    one_csv = str(REPO / f"data/dms/{ASSAY}.csv")
+    DmsTask(model="m", region="covered", profile_prior=True, msa=Path("x.a3m")).validate()
+    DmsTask(model="m", assays=Path(one_csv), wildtype="MKT").validate()
     cases = {
-        "--region covered needs --msa": (FamilyScoringConfig(region="covered"), False, False),
-        "--profile-prior needs --msa": (FamilyScoringConfig(profile_prior=True), False, False),
-        "--wildtype goes with one assay CSV": (FamilyScoringConfig(wildtype="MKT"), True, False),
-        r"--min-coverage must be in \(0, 1\]": (FamilyScoringConfig(min_coverage=0), True, True),
+        "--region covered needs --msa": DmsTask(model="m", region="covered"),
+        "--profile-prior needs --msa": DmsTask(model="m", profile_prior=True),
+        "--wildtype goes with one assay CSV": DmsTask(model="m", wildtype="MKT"),
+        r"--min-coverage must be in \(0, 1\]": DmsTask(model="m", min_coverage=0),
     }
-    for message, (config, msa, one_csv) in cases.items():
+    for message, task in cases.items():
         with pytest.raises(ValueError, match=message):
-            config.validate(msa=msa, one_csv=one_csv)
+            task.validate()
 
 
 def test_an_unrelated_protein_is_not_placed(shared_data, blat):
