@@ -68,6 +68,11 @@ class PreprocessConfig:
     """JSONL: the field holding the record id (missing: ``line<N>``)."""
     clusters: str | None = None
     """UniRef-style ``representative<TAB>member`` TSV joined on record id."""
+    cluster_memory_gb: float = 4.0
+    """Memory bound of the cluster join (GB): a mapping that could need more is joined out of core, through
+    temporary files (~72 bytes per member of disk), with the same result."""
+    cluster_temp_dir: str | None = None
+    """Folder for the out-of-core cluster join's temporary files (default: the output prefix's folder)."""
     min_length: int = 1
     """Drop sequences with fewer residues."""
     max_length: int | None = None
@@ -107,6 +112,8 @@ class PreprocessConfig:
             raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
+        if not self.cluster_memory_gb > 0:
+            raise ValueError(f"--cluster-memory-gb must be > 0, got {self.cluster_memory_gb}")
 
 
 def default_label(path: str) -> str:
@@ -267,12 +274,29 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     tokenizer = ProteinTokenizer()
     subword = SubwordTokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     stored = subword or tokenizer
-    unknown = Unknown[cfg.unknown.upper()]
     formats = {path: detect_format(path, cfg.input_format) for path, _ in inputs}
     implementation, fasta_encoder = fasta_chunk_encoder(cfg.implementation)
     if "jsonl" in formats.values() and len(set(formats.values())) == 1:
         implementation = "reference"  # JSONL parsing is Python either way
-    clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
+    clusters = (
+        ClusterMap.load(
+            cfg.clusters,
+            memory_bytes=int(cfg.cluster_memory_gb * 1e9),
+            temp_dir=cfg.cluster_temp_dir or os.path.dirname(os.path.abspath(cfg.output_prefix)),
+        )
+        if cfg.clusters
+        else None
+    )
+    try:
+        return _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, formats, stored, subword)
+    finally:
+        if clusters is not None:
+            clusters.close()  # the out-of-core join's temporary files
+
+
+def _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, formats, stored, subword):
+    tokenizer = ProteinTokenizer()
+    unknown = Unknown[cfg.unknown.upper()]
     labels = list(dict.fromkeys(label for _, label in inputs))
     summary = PreprocessSummary(
         implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None
@@ -509,6 +533,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CHUNK_BYTES / 2**20,
         help="input read per encoding job (MiB of whole records)",
     )
+    run.add_argument(
+        "--cluster-memory-gb",
+        type=float,
+        default=4.0,
+        help="memory bound of the --clusters join; a larger mapping is joined through temporary files",
+    )
+    run.add_argument("--cluster-temp-dir", help="folder for the out-of-core join's files (default: the output's)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
     io.add_argument("--tokenizer", help="subword tokenizer directory (megatron-plm tokenizer train); default: residues")
@@ -523,6 +554,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         json_keys=args.json_keys,
         json_id_key=args.json_id_key,
         clusters=args.clusters,
+        cluster_memory_gb=args.cluster_memory_gb,
+        cluster_temp_dir=args.cluster_temp_dir,
         min_length=args.min_length,
         max_length=args.max_length,
         dedup=args.dedup,
