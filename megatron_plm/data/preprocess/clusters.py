@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from megatron_plm.data.preprocess.fasta import InputFormatError, iter_chunks, open_binary
 from megatron_plm.data.samples.sampling import _GOLDEN, _mix64
-from megatron_plm.safe_io import TMP, leftovers, pid_alive
+from megatron_plm.safe_io import TMP, check_free_space, leftovers, pid_alive
 
 _HEADERS = {(b"cluster_representative", b"member"), (b"representative", b"member")}
 _KEY_SEED = np.uint64(0x6A09E667F3BCC908)
@@ -382,6 +382,13 @@ def remove_abandoned_joins(temp_dir: str | os.PathLike) -> None:
 def _load_out_of_core(cls, path: str, lines_bound: int, memory_bytes: int, temp_dir) -> ClusterMap:
     """The join of :meth:`ClusterMap.load`, bit for bit, in ``memory_bytes`` plus memory-mapped temporary files."""
     remove_abandoned_joins(temp_dir)
+    check_free_space(
+        temp_dir,
+        lines_bound * JOIN_DISK_BYTES_PER_LINE,
+        what=f"the out-of-core join of {path}",
+        fix="free space, or give a folder with room as --cluster-temp-dir (or more memory: --cluster-memory-gb)",
+        detail=f"{JOIN_DISK_BYTES_PER_LINE} bytes for each of up to {lines_bound:,} lines",
+    )
     work = Path(temp_dir) / f"{_WORKDIR}.tmp-{os.getpid()}"
     work.mkdir(parents=True)
     try:

@@ -45,7 +45,7 @@ from megatron_plm.data.preprocess.fasta import (
 from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta, msa_format_of
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
-from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
+from megatron_plm.safe_io import check_free_space, check_output_prefix, die_with_parent, terminate_as_interrupt
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
@@ -90,6 +90,9 @@ class PreprocessConfig:
     progress: bool = True
     overwrite: bool = False
     """Replace a corpus already at the output prefix (without it, that is an error)."""
+    check_disk_space: bool = True
+    """Before writing, estimate the corpus's size and refuse when its filesystem has less free
+    (``--no-space-check``: write anyway; a full disk then stops the run, leaving the prefix as it was)."""
 
     def validate(self) -> None:
         if not self.inputs:
@@ -288,6 +291,15 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
         else None
     )
     try:
+        if cfg.check_disk_space:  # after the join: its temporary files already count as used
+            needed, how = estimate_output_bytes([path for path, _ in inputs], 2 if subword else 1, clusters is not None)
+            check_free_space(
+                os.path.dirname(os.path.abspath(cfg.output_prefix)),
+                needed,
+                what=f"the corpus at {cfg.output_prefix}",
+                fix="free space, choose another --output-prefix, or pass --no-space-check to try anyway",
+                detail=how,
+            )
         return _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, formats, stored, subword)
     finally:
         if clusters is not None:
@@ -367,6 +379,42 @@ def _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, forma
     finally:
         progress.close()
     return summary, files
+
+
+GZIP_RATIO = 2.5
+"""Assumed uncompressed/compressed size of a gzip input too large for its size field (protein FASTA: ~1.8-2.5)."""
+BYTES_PER_DOCUMENT = 44
+"""Corpus bytes per document besides its tokens: index entry 20, source 2 + 2 staged, cluster 8 + 8 staged, length 4."""
+MIN_RECORD_BYTES = 64
+"""Input bytes per record assumed when counting documents for the estimate (a header and a short protein)."""
+
+
+def uncompressed_size(path: str) -> tuple[int, bool]:
+    """The input's uncompressed size and whether it is exact: a gzip's size field (its last 4 bytes, the size mod
+    2^32) when the file is small enough for it, else the compressed size times :data:`GZIP_RATIO`."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            return size, True
+        handle.seek(max(size - 4, 0))
+        field = int.from_bytes(handle.read(4), "little")
+    if size < (1 << 32) // 8 and field >= size:  # under 512 MB compressed: < 4 GiB unless it compresses > 8x
+        return field, True
+    return int(size * GZIP_RATIO), False
+
+
+def estimate_output_bytes(paths: list[str], token_bytes: int, with_clusters: bool) -> tuple[int, str]:
+    """An upper estimate of what preprocessing writes (tokens at most one per input byte, ids within the
+    headers), and how it was made, for the message."""
+    sizes = [uncompressed_size(path) for path in paths]
+    text = sum(size for size, _ in sizes)
+    documents = text // MIN_RECORD_BYTES
+    per_document = BYTES_PER_DOCUMENT - (0 if with_clusters else 16)
+    guessed = "" if all(exact for _, exact in sizes) else f", gzip inputs assumed {GZIP_RATIO}x compressed"
+    return text * token_bytes + documents * per_document, (
+        f"{text / 1e6:,.1f} MB of input text x {token_bytes} byte(s) per token + {per_document} bytes for each of "
+        f"up to {documents:,} documents{guessed}"
+    )
 
 
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
@@ -542,6 +590,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cluster-temp-dir", help="folder for the out-of-core join's files (default: the output's)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
+    run.add_argument(
+        "--no-space-check",
+        action="store_true",
+        help="write even when the estimated corpus size exceeds the free disk space",
+    )
     io.add_argument("--tokenizer", help="subword tokenizer directory (megatron-plm tokenizer train); default: residues")
 
 
@@ -566,6 +619,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         tokenizer=args.tokenizer,
         progress=not args.no_progress,
         overwrite=args.overwrite,
+        check_disk_space=not args.no_space_check,
     )
 
 
