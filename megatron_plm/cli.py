@@ -42,6 +42,12 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def _cmd_merge_corpora(args: argparse.Namespace) -> int:
+    from megatron_plm.data.preprocess.merge import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_msa_weights(args: argparse.Namespace) -> int:
     import time
 
@@ -545,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
+    from megatron_plm.data.preprocess.merge import add_arguments as add_merge_arguments
+
+    merge = commands.add_parser(
+        "merge-corpora", help="join the shards of preprocess --shard I/N into one corpus (no re-encoding)"
+    )
+    add_merge_arguments(merge)
+    merge.set_defaults(func=_cmd_merge_corpora)
+
     weights = commands.add_parser(
         "msa-weights",
         help="homolog weights 1/(neighbours at >= 80%% identity) of an "
@@ -795,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*(args.overrides or []), *extra]
-    if args.command != "preprocess":  # (imports torch, which preprocessing never needs)
+    if args.command not in ("preprocess", "merge-corpora"):  # (imports torch, which preprocessing never needs)
         from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
         silence_fallback_warnings()
@@ -821,7 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = "; its temporary files were removed and the corpus at the prefix is as it was"
         print(
             f"megatron-plm {args.command}: interrupted by {signal.Signals(number).name}"
-            + (kept if args.command == "preprocess" else ""),
+            + (kept if args.command in ("preprocess", "merge-corpora") else ""),
             file=sys.stderr,
         )
         return 128 + number

@@ -90,6 +90,9 @@ class PreprocessConfig:
     progress: bool = True
     overwrite: bool = False
     """Replace a corpus already at the output prefix (without it, that is an error)."""
+    shard: str | None = None
+    """``I/N``: preprocess only shard I (0-based) of N of the input files, split in order into N contiguous
+    groups of about equal size, for ``merge-corpora`` to join into the corpus one run would write."""
     check_disk_space: bool = True
     """Before writing, estimate the corpus's size and refuse when its filesystem has less free
     (``--no-space-check``: write anyway; a full disk then stops the run, leaving the prefix as it was)."""
@@ -115,8 +118,45 @@ class PreprocessConfig:
             raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
+        if self.shard is not None:
+            self.shard_position()
+            if self.dedup:
+                raise ValueError("--dedup cannot be combined with --shard: a shard cannot see the others' sequences")
         if not self.cluster_memory_gb > 0:
             raise ValueError(f"--cluster-memory-gb must be > 0, got {self.cluster_memory_gb}")
+
+    def shard_position(self) -> tuple[int, int]:
+        """``(I, N)`` of ``--shard I/N``."""
+        try:
+            index, count = (int(part) for part in str(self.shard).split("/"))
+        except ValueError:
+            raise ValueError(f"--shard takes I/N (e.g. 3/16), got {self.shard!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {self.shard}: I must be in 0..N-1 (shards are numbered from 0)")
+        return index, count
+
+
+def shard_inputs(inputs: list[tuple[str, str]], index: int, count: int) -> list[tuple[str, str]]:
+    """Shard ``index`` of ``count``: contiguous runs of the inputs in order (so that shards merged in order are the
+    inputs in order), cut where the running size reaches each k/count of the total, with at least one file each."""
+    if count > len(inputs):
+        raise ValueError(
+            f"--shard {index}/{count}: only {len(inputs)} input files; use at most {len(inputs)} shards "
+            "(shards split the inputs by file: split a large file into several first)"
+        )
+    sizes = np.array([max(os.path.getsize(path), 1) for path, _ in inputs], dtype=np.float64)
+    before = np.cumsum(sizes) - sizes / 2  # each file's middle
+    cut = np.searchsorted(before, sizes.sum() * np.arange(1, count) / count)
+    for k in range(len(cut)):  # at least one file per shard, on both sides of each cut
+        cut[k] = min(max(cut[k], (cut[k - 1] if k else 0) + 1), len(inputs) - (count - 1 - k))
+    bounds = [0, *cut.tolist(), len(inputs)]
+    return inputs[bounds[index] : bounds[index + 1]]
+
+
+def inputs_digest(inputs: list[tuple[str, str]]) -> str:
+    """Identifies the full list of inputs (paths, sizes, labels), which every shard of one run records."""
+    text = "\n".join(f"{os.path.abspath(path)}\t{os.path.getsize(path)}\t{label}" for path, label in inputs)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def default_label(path: str) -> str:
@@ -273,7 +313,14 @@ def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path
 
 
 def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
-    inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
+    all_inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
+    shard = None
+    inputs = all_inputs
+    if cfg.shard is not None:
+        index, count = cfg.shard_position()
+        inputs = shard_inputs(all_inputs, index, count)
+        shard = {"index": index, "count": count, "inputs_sha256": inputs_digest(all_inputs)}
+    labels = list(dict.fromkeys(label for _, label in all_inputs))  # all of them: source indices agree across shards
     tokenizer = ProteinTokenizer()
     subword = SubwordTokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     stored = subword or tokenizer
@@ -300,16 +347,17 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 fix="free space, choose another --output-prefix, or pass --no-space-check to try anyway",
                 detail=how,
             )
-        return _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, formats, stored, subword)
+        return _preprocess_with(
+            cfg, inputs, labels, shard, clusters, implementation, fasta_encoder, formats, stored, subword
+        )
     finally:
         if clusters is not None:
             clusters.close()  # the out-of-core join's temporary files
 
 
-def _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, formats, stored, subword):
+def _preprocess_with(cfg, inputs, labels, shard, clusters, implementation, fasta_encoder, formats, stored, subword):
     tokenizer = ProteinTokenizer()
     unknown = Unknown[cfg.unknown.upper()]
-    labels = list(dict.fromkeys(label for _, label in inputs))
     summary = PreprocessSummary(
         implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None
     )
@@ -372,6 +420,8 @@ def _preprocess_with(cfg, inputs, clusters, implementation, fasta_encoder, forma
             },
             "created_by": f"megatron_plm {__version__}",
         }
+        if shard is not None:  # merge-corpora checks the shards are one run's, and drops this
+            meta["shard"] = shard
         files = writer.finalize(meta, clusters.names() if clusters else None)
     except BaseException:
         writer.abort()
@@ -591,6 +641,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
     run.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="only shard I of N of the input files (contiguous, balanced by size); join them with merge-corpora",
+    )
+    run.add_argument(
         "--no-space-check",
         action="store_true",
         help="write even when the estimated corpus size exceeds the free disk space",
@@ -620,6 +675,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         progress=not args.no_progress,
         overwrite=args.overwrite,
         check_disk_space=not args.no_space_check,
+        shard=args.shard,
     )
 
 
