@@ -109,18 +109,24 @@ def make_corpus(directory: Path, n: int) -> tuple[Path, Path]:
 
 
 def make_mapping(directory: Path, n: int) -> Path:
-    """Only the cluster map of :func:`make_corpus` (the same lines), for the join rows at sizes whose FASTA
-    would not fit the time or the disk."""
+    """A cluster map like :func:`make_corpus`'s (n/5 clusters, the same assignment), with fixed-width ids
+    (``C000000042<TAB>P000000007``) written by NumPy, for the join rows at sizes whose FASTA would not fit
+    the time or the disk (1e8: 2.2 GB, seconds to write)."""
     directory.mkdir(parents=True, exist_ok=True)
     tsv = directory / "clusters.tsv"
     if tsv.exists():
         return tsv
     clusters = max(n // 5, 1)
+    powers = 10 ** np.arange(8, -1, -1, dtype=np.int64)
     with open(str(tsv) + ".tmp", "wb") as t:
         for start in range(0, n, 1_000_000):
-            ids = np.arange(start, min(start + 1_000_000, n))
+            ids = np.arange(start, min(start + 1_000_000, n), dtype=np.int64)
             cluster = (ids * 2654435761) % clusters
-            t.write(b"".join(b"C%d\tP%d\n" % (c, i) for c, i in zip(cluster, ids)))
+            line = np.empty((len(ids), 22), dtype=np.uint8)
+            line[:, 0], line[:, 10], line[:, 11], line[:, 21] = ord("C"), ord("\t"), ord("P"), ord("\n")
+            line[:, 1:10] = (cluster[:, None] // powers) % 10 + ord("0")
+            line[:, 12:21] = (ids[:, None] // powers) % 10 + ord("0")
+            t.write(line.tobytes())
     os.replace(str(tsv) + ".tmp", tsv)
     return tsv
 
