@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if tokenizer:
                 overrides.append(f"data.tokenizer={tokenizer}")
-            config = load_config(REPO / "examples/configs/tiny_clm.yaml", overrides)
+            config = load_config(REPO / "examples/configs/tiny_clm.yaml", overrides).resolve()
             result = train(config, runtime)
             timed = result.history[
                 min(5, len(result.history) - 1) :

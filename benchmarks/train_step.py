@@ -31,7 +31,7 @@ def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict
     from megatron_plm.training.step import train_step
 
     total = warmup + steps
-    config = load_config(config_path, [*overrides, f"training.train_iters={total}"])
+    config = load_config(config_path, [*overrides, f"training.train_iters={total}"]).resolve()
     t = config.training
     with initialize(config.parallel, seed=t.seed) as runtime:
         state = build_run(config, runtime)
@@ -74,7 +74,7 @@ def _batches(config, runtime, steps: int) -> list:
     from megatron_plm.data.samples.splits import Split
 
     t = config.training
-    data = DataBuilder(config.data).build(Split.TRAIN, steps * t.global_batch_size)
+    data = DataBuilder(config.data, config.objective).build(Split.TRAIN, steps * t.global_batch_size)
     loader = BatchLoader(
         data,
         t.global_batch_size,
@@ -110,7 +110,7 @@ def measure_optimizer_step(config_path, overrides, *, warmup: int = 3, steps: in
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import optimizer_step, train_step
 
-    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + 1 + 2 * steps}"])
+    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + 1 + 2 * steps}"]).resolve()
     variants = {"one reduction (optimizer_step)": optimizer_step, "two reductions (before)": _reducing_twice}
     with initialize(config.parallel, seed=config.training.seed) as runtime:
         state = build_run(config, runtime)

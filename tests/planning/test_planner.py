@@ -19,7 +19,7 @@ def test_flagship_recipes_have_the_papers_sizes_on_the_meta_device(recipe, targe
     from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.models.build import build_model_chunk
 
-    config = load_config(RECIPES / f"{recipe}.yaml")
+    config = load_config(RECIPES / f"{recipe}.yaml").resolve()
     with initialize(ParallelConfig()) as runtime, torch.device("meta"):
         chunk = build_model_chunk(config.model, runtime, objective=config.objective)
     built = sum(p.numel() for p in chunk.parameters())
@@ -33,7 +33,7 @@ def test_esm2_size_configs_count_like_the_built_model(size):
     from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.models.build import build_model_chunk
 
-    config = load_config(RECIPES / f"esm2_{size}.yaml")
+    config = load_config(RECIPES / f"esm2_{size}.yaml").resolve()
     with initialize(ParallelConfig()) as runtime, torch.device("meta"):
         chunk = build_model_chunk(config.model, runtime, objective="mlm")
     assert sum(p.numel() for p in chunk.parameters()) == count_parameters(config).total
@@ -130,7 +130,7 @@ from megatron_plm.training.step import train_step
 if __name__ == "__main__":
     config = load_config(sys.argv[1], sys.argv[2:] + ["training.train_iters=3"])
     with initialize(config.parallel) as runtime:
-        data = DataBuilder(config.data).build(Split.TRAIN, 64)
+        data = DataBuilder(config.data, config.objective).build(Split.TRAIN, 64)
         loader = BatchLoader(data, 8, 8, 0, 1, causal=True)
         batches = [loader.next_step() for _ in range(3)]
         base = psutil.Process().memory_info().rss

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +31,15 @@ _WRITTEN_BY_THE_WRITER = ("format_version", "num_documents", "num_tokens", "fing
 
 @dataclass(kw_only=True)
 class MergeConfig:
-    inputs: list[str]
-    """Prefixes of the shards (``preprocess --shard I/N`` outputs), in any order: they are merged by I."""
+    inputs: list[str] = field(metadata={"cli": {"flags": ["--input"], "action": "extend"}})
+    """The shards' output prefixes (``preprocess --shard I/N``), in any order: they are merged by I."""
     output_prefix: str
     """Writes the merged corpus's PREFIX.bin, PREFIX.idx, ... (as preprocess does)."""
     overwrite: bool = False
     """Replace a corpus already at the output prefix (without it, that is an error)."""
-    check_disk_space: bool = True
-    """Refuse before writing when the output's filesystem has less free space than the shards take."""
+    space_check: bool = True
+    """Refuse before writing when the output's filesystem has less free space than the shards take
+    (``--no-space-check``: write anyway)."""
 
     def validate(self) -> None:
         if not self.inputs:
@@ -170,7 +171,7 @@ def merge_corpora(cfg: MergeConfig) -> dict[str, Path]:
             "to replace it, or choose another --output-prefix"
         )
     corpora = check_shards(cfg.inputs)
-    if cfg.check_disk_space:
+    if cfg.space_check:
         needed = sum(p.stat().st_size for c in corpora for p in corpus_paths(c.prefix).values() if p.exists())
         check_free_space(
             os.path.dirname(os.path.abspath(cfg.output_prefix)),
@@ -228,30 +229,8 @@ def _merge(cfg: MergeConfig, corpora: list[Corpus]) -> dict[str, Path]:
         raise
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--input",
-        action="extend",
-        nargs="+",
-        required=True,
-        dest="inputs",
-        help="the shards' output prefixes (preprocess --shard I/N), any order; globs are the shell's",
-    )
-    parser.add_argument("--output-prefix", required=True, help="writes PREFIX.bin/.idx and metadata beside them")
-    parser.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
-    parser.add_argument(
-        "--no-space-check", action="store_true", help="write even when the shards' size exceeds the free disk space"
-    )
-
-
-def run_from_args(args) -> int:
-    files = merge_corpora(
-        MergeConfig(
-            inputs=args.inputs,
-            output_prefix=args.output_prefix,
-            overwrite=args.overwrite,
-            check_disk_space=not args.no_space_check,
-        )
-    )
+def run_merge(config: MergeConfig) -> int:
+    """``megatron-plm merge-corpora``: the merged corpus, and the files written."""
+    files = merge_corpora(config)
     print("wrote " + ", ".join(str(files[name]) for name in sorted(files)))
     return 0

@@ -59,20 +59,24 @@ vocabulary, so the subword tokenizer maps it to ``<unk>`` too."""
 
 @dataclass(kw_only=True)
 class SubwordTrainConfig:
-    inputs: list[str]
+    inputs: list[str] = field(metadata={"cli": {"flags": ["--input"], "action": "extend"}})
     """FASTA files (plain or gzip)."""
     output: str
-    """Directory to write (``tokenizer.json``, ``sentencepiece.model``, ``tokenizer_meta.json``)."""
+    """Tokenizer directory to write (``tokenizer.json``, ``sentencepiece.model``, ``tokenizer_meta.json``)."""
     model_type: ModelType = "bpe"
-    vocab_size: int = 1024
+    """SentencePiece's algorithm: byte-pair merges (as ProtGPT2) or a unigram LM."""
+    vocab_size: int = field(default=1024, metadata={"cli": {"required": True}})
     """Total vocabulary, the 35 fixed tokens included."""
     sample_sequences: int = 1_000_000
     """SentencePiece's ``input_sentence_size``: a uniform sample of this many sentences is kept in memory."""
     max_piece_length: int = 16
     """Longest piece in residues."""
     seed: int = 0
+    """Seed of the input sample."""
     threads: int = 1
+    """SentencePiece training threads."""
     progress: bool = True
+    """Progress lines while reading and training."""
 
     def validate(self) -> None:
         if not self.inputs:
