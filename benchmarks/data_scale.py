@@ -278,7 +278,7 @@ MAPPING_ONLY = ("cluster join", "cache open")
 
 def run_size(n: int, scratch: Path, samples: int, loader_steps: int, only: list[str]) -> dict[str, dict]:
     where = scratch / f"n{n}"
-    if only and all(any(part in row for row in MAPPING_ONLY) for part in only):
+    if only and all(any(part.startswith(row) for row in MAPPING_ONLY) for part in only):
         fasta, tsv = where / "corpus.fasta", make_mapping(where, n)
     else:
         fasta, tsv = make_corpus(where, n)
