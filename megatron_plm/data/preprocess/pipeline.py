@@ -27,6 +27,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.preprocess.clusters import ClusterMap
+from megatron_plm.data.preprocess.decontaminate import ExclusionList
 from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.preprocess.encode import (
     EncodedChunk,
@@ -47,7 +48,7 @@ from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
 
-SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
+SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate", "excluded")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
 
 
@@ -68,6 +69,8 @@ class PreprocessConfig:
     """JSONL: the field holding the record id (missing: ``line<N>``)."""
     clusters: str | None = None
     """UniRef-style ``representative<TAB>member`` TSV joined on record id."""
+    exclude: str | None = None
+    """Exclusion list (``megatron-plm decontaminate`` output, or one record id per line): drop these records."""
     min_length: int = 1
     """Drop sequences with fewer residues."""
     max_length: int | None = None
@@ -273,6 +276,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     if "jsonl" in formats.values() and len(set(formats.values())) == 1:
         implementation = "reference"  # JSONL parsing is Python either way
     clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
+    exclusions = ExclusionList.load(cfg.exclude) if cfg.exclude else None
     labels = list(dict.fromkeys(label for _, label in inputs))
     summary = PreprocessSummary(
         implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None
@@ -302,7 +306,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
                     if encoded.problem is not None:
                         raise problem_to_error(encoded.problem, path, first_line)
-                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword)
+                    _write_chunk(
+                        encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword, exclusions
+                    )
                     summary.input_bytes += size
                     progress.update(size)
                 if summary.records_read == records_before:
@@ -328,6 +334,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 "dedup": cfg.dedup,
                 "unknown": cfg.unknown,
                 "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
+                "exclude": _exclusion_meta(exclusions, summary),
             },
             "summary": {
                 k: v
@@ -343,6 +350,18 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     finally:
         progress.close()
     return summary, files
+
+
+def _exclusion_meta(exclusions: ExclusionList | None, summary: PreprocessSummary) -> dict | None:
+    """What ``--exclude`` dropped, and against which targets and thresholds (the list's own header)."""
+    if exclusions is None:
+        return None
+    return {
+        "path": os.path.abspath(exclusions.path),
+        "records_listed": len(exclusions.record_ids),
+        "records_dropped": summary.skipped["excluded"],
+        **{key: value for key, value in exclusions.settings.items() if key != "records_listed"},
+    }
 
 
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
@@ -395,6 +414,7 @@ def _write_chunk(
     clusters: ClusterMap | None,
     seen: set[bytes],
     subword: SubwordTokenizer | None = None,
+    exclusions: ExclusionList | None = None,
 ) -> None:
     lengths, status = encoded.lengths, encoded.status
     n = len(lengths)
@@ -408,7 +428,13 @@ def _write_chunk(
         if dropped is not None and dropped.any():
             summary.skipped[reason] += int(dropped.sum())
             keep &= ~dropped
-    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or not keep.all()) else None
+    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or exclusions or not keep.all()) else None
+    if exclusions:  # before dedup: an excluded record must not make a later copy count as its duplicate
+        listed = exclusions.record_ids
+        for i in np.flatnonzero(keep):
+            if ids[i].decode("utf-8") in listed:
+                keep[i] = False
+                summary.skipped["excluded"] += 1
     if cfg.dedup:
         ends = np.cumsum(lengths)
         for i in np.flatnonzero(keep):
@@ -485,6 +511,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
     io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
     io.add_argument("--clusters", help="cluster mapping TSV (representative<TAB>member), joined on record id")
+    filters_exclude = parser.add_argument_group("decontamination")
+    filters_exclude.add_argument(
+        "--exclude", help="exclusion list (megatron-plm decontaminate; or one record id per line): drop these records"
+    )
     filters = parser.add_argument_group("filters")
     filters.add_argument("--min-length", type=int, default=1, help="drop shorter sequences (residues)")
     filters.add_argument("--max-length", type=int, default=None, help="drop longer sequences (residues)")
@@ -523,6 +553,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         json_keys=args.json_keys,
         json_id_key=args.json_id_key,
         clusters=args.clusters,
+        exclude=args.exclude,
         min_length=args.min_length,
         max_length=args.max_length,
         dedup=args.dedup,
