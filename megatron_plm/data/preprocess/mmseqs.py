@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from megatron_plm.data.preprocess.fasta import (
+    ChunkError,
     InputFormatError,
     check_text,
     iter_chunks,
     parse_jsonl_line,
+    problem_to_error,
     read_fasta,
     split_fasta_records,
 )
@@ -128,8 +130,10 @@ def run_mmseqs(binary: str, arguments: list[str], *, log: IO[str] | None = sys.s
         raise
     if code != 0:
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        quoted = "\n".join(f"  {line}" for line in tail)
-        raise MMseqsError(f"mmseqs {arguments[0]} failed ({how}); its last output:\n{quoted}")
+        said = [line for line in tail if line.strip()]
+        quoted = "\n".join(f"  {line}" for line in said[-12:])
+        last = said[-1].strip() if said else "no output"
+        raise MMseqsError(f"mmseqs {arguments[0]} failed ({how}): {last}; its last output:\n{quoted}")
     # ru_maxrss of children is the largest single child's peak (KiB on Linux), not a sum.
     peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) * 1024
     return ToolRun(seconds=time.perf_counter() - started, peak_rss_bytes=peak)
@@ -141,11 +145,11 @@ def iter_records(path: str, fmt: str, *, json_key: str = "sequence", json_id_key
         for record in read_fasta(path):
             yield record.record_id, record.sequence
     elif fmt in MSA_FORMATS:
-        try:
+        try:  # msa_as_fasta keeps the alignment's line numbers
             for _, record_id, residues in split_fasta_records(msa_as_fasta(path, fmt)):
                 yield record_id, residues
-        except Exception as error:  # ChunkError: msa_as_fasta checked the shape; name the file anyway
-            raise InputFormatError(path, None, f"cannot read the alignment ({error})") from None
+        except ChunkError as error:
+            raise problem_to_error(error.problem, path, 1) from None
     elif fmt == "jsonl":
         saw_any = False
         for first_line, chunk in iter_chunks(path, boundary=b"\n"):
@@ -166,24 +170,33 @@ class FastaCopy:
     """The single FASTA handed to MMseqs2, its records named by ordinal (``>0``, ``>1``, ...).
 
     MMseqs2 rewrites some ids (release 18 reports ``sp|P12345|NAME`` as ``P12345``), so it never
-    sees ours: :meth:`record_id` maps its ordinals back to the ids ``preprocess`` stores."""
+    sees ours: :meth:`record_id` maps its ordinals back to the ids ``preprocess`` stores, read from
+    two files beside the copy (the ids, and each id's end offset as int64), memory-mapped, so
+    Python holds no per-record state whatever the corpus size."""
 
     path: Path
-    ids_path: Path
     records: int = 0
     residues: int = 0
     _ids: object = None
     _ends: object = None
 
+    @property
+    def ids_path(self) -> Path:
+        return self.path.with_suffix(".ids")
+
+    @property
+    def ends_path(self) -> Path:
+        return self.path.with_suffix(".ends")
+
     def record_id(self, ordinal: bytes | str | int) -> str:
-        """The record id of MMseqs2's name ``ordinal`` (8 bytes of offsets per record held in memory)."""
+        """The record id of MMseqs2's name ``ordinal``."""
         import numpy as np
 
         if self._ids is None:
-            self._ids = np.memmap(self.ids_path, dtype=np.uint8, mode="r") if self.records else np.zeros(0, np.uint8)
-            self._ends = np.flatnonzero(np.asarray(self._ids) == 10)
+            self._ids = np.memmap(self.ids_path, dtype=np.uint8, mode="r")
+            self._ends = np.memmap(self.ends_path, dtype=np.int64, mode="r")
         i = int(ordinal)
-        start = int(self._ends[i - 1]) + 1 if i else 0
+        start = int(self._ends[i - 1]) if i else 0
         return bytes(self._ids[start : self._ends[i]]).decode("utf-8")
 
 
@@ -191,18 +204,33 @@ def write_fasta_for_mmseqs(
     inputs: list[tuple[str, str]], output: Path, *, json_key: str = "sequence", json_id_key: str | None = "id"
 ) -> FastaCopy:
     """Stream ``(path, format)`` inputs into one FASTA (``>ordinal`` + residues upper-cased, a stop
-    ``*`` dropped) and the record ids, one per line, beside it (``.ids``)."""
-    copy = FastaCopy(output, output.with_suffix(".ids"))
-    with open(output, "wb", buffering=1 << 20) as handle, open(copy.ids_path, "wb", buffering=1 << 20) as ids:
+    ``*`` dropped) and the record ids beside it (see :class:`FastaCopy`)."""
+    import numpy as np
+
+    copy = FastaCopy(output)
+    ends: list[int] = []
+    position = 0
+    with (
+        open(output, "wb", buffering=1 << 20) as handle,
+        open(copy.ids_path, "wb", buffering=1 << 20) as ids,
+        open(copy.ends_path, "wb") as ends_file,
+    ):
         for path, fmt in inputs:
             for record_id, residues in iter_records(path, fmt, json_key=json_key, json_id_key=json_id_key):
                 residues = residues.upper().rstrip(b"*")
                 if not residues:
                     continue  # preprocess writes no document for it either (too_short)
+                name = record_id.encode("utf-8")
                 handle.write(b">%d\n" % copy.records + residues + b"\n")
-                ids.write(record_id.encode("utf-8") + b"\n")
+                ids.write(name)
+                position += len(name)
+                ends.append(position)
+                if len(ends) == 1 << 16:
+                    ends_file.write(np.asarray(ends, dtype=np.int64).tobytes())
+                    ends.clear()
                 copy.records += 1
                 copy.residues += len(residues)
+        ends_file.write(np.asarray(ends, dtype=np.int64).tobytes())
     return copy
 
 
