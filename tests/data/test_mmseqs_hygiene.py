@@ -193,3 +193,19 @@ def test_plain_id_list_and_bad_header(tmp_path):
     bad.write_text("#megatron-plm-exclude {not json\n")
     with pytest.raises(InputFormatError, match=r"bad.tsv:1: malformed header JSON"):
         ExclusionList.load(bad)
+
+
+def test_ids_map_back_across_flushes_of_the_offset_file(sample_fasta, tmp_path):
+    """The ordinal -> id map spans several 65,536-record flushes (the shipped sample, read 7 times)."""
+    from itertools import islice
+
+    from megatron_plm.data.preprocess.mmseqs import write_records_for_mmseqs
+
+    records = [(f"{copy}:{r.record_id}", r.sequence) for copy in range(7) for r in read_fasta(sample_fasta)]
+    fasta = write_records_for_mmseqs(iter(records), tmp_path / "copy.fasta")
+    assert fasta.records == 70_000 and fasta.ends_path.stat().st_size == 70_000 * 8
+    for ordinal in (0, 1, 65_535, 65_536, 65_537, 69_999):
+        assert fasta.record_id(ordinal) == records[ordinal][0]
+    with open(fasta.path, "rb") as handle:  # MMseqs2 sees '>ordinal' and the residues upper-cased
+        head = list(islice(handle, 4))
+    assert head[0] == b">0\n" and head[1].rstrip() == records[0][1].upper() and head[2] == b">1\n"
