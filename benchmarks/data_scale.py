@@ -136,23 +136,25 @@ mapping = module.ClusterMap.load({tsv!r})
 """
 
 IMPORTS = """
-from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.builder import DataBuilder
+from megatron_plm.data.samples.config import DataConfig, DataSource
 from megatron_plm.data.samples.loader import BatchLoader
 import torch
 import megatron.core.datasets.indexed_dataset  # imported by the corpus reader on first use: ~2/3 of the floor
 """
 
 STARTUP = """
-from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.builder import DataBuilder
+from megatron_plm.data.samples.config import DataConfig, DataSource
 from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.data.samples.splits import Split
 import torch
 if os.environ.get("WORLD_SIZE"):
     import torch.distributed as dist
     dist.init_process_group("gloo")
-config = DataConfig(sources=[DataSource(prefix={prefix!r})], objective="mlm", seq_length=1024, cache={cache},
+config = DataConfig(sources=[DataSource(prefix={prefix!r})], seq_length=1024, cache={cache},
                     cache_dir={cache_dir!r})
-data = DataBuilder(config).build(Split.TRAIN, {samples})
+data = DataBuilder(config, "mlm").build(Split.TRAIN, {samples})
 loader = BatchLoader(data, 64, 64, 0, 1, causal=False)
 loader.next_step()
 extra = dict(rank=int(os.environ.get("RANK", 0)), seconds=time.perf_counter() - started)  # to the first batch

@@ -239,7 +239,7 @@ def profile(
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split
-    from megatron_plm.planning.planner import count_parameters
+    from megatron_plm.training.planner import count_parameters
     from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training import step as step_module
     from megatron_plm.training.build import build_run
@@ -247,7 +247,7 @@ def profile(
 
     config = load_config(
         config_path, [*overrides, "training.train_iters=2", "parallel.use_distributed_optimizer=false"]
-    )
+    ).resolve()
     # One microbatch is recorded; the optimizer's work is shared by all microbatches of a step on one GPU.
     microbatches = microbatches_per_step or max(
         1, config.training.global_batch_size // config.training.micro_batch_size
@@ -262,7 +262,7 @@ def profile(
     with initialize(config.parallel, seed=t.seed) as runtime:
         on_gpu = runtime.on_gpu
         state = build_run(config, runtime, allow_cpu_bf16=True)
-        data = DataBuilder(config.data).build(Split.TRAIN, 2 * t.global_batch_size)
+        data = DataBuilder(config.data, config.objective).build(Split.TRAIN, 2 * t.global_batch_size)
         loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, 0, 1, causal=config.objective == "clm")
         warmup, measured = ([b.to(runtime.device) for b in loader.next_step()] for _ in range(2))
         train_step(state, warmup, runtime)  # allocates optimizer state; not recorded

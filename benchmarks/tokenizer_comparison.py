@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_plm.data.samples.splits import Split, assign_splits
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
-    from megatron_plm.planning.planner import flops_per_token
+    from megatron_plm.training.planner import flops_per_token
     from megatron_plm.runtime.distributed import initialize
     from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.training.trainer import train
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             if tokenizer:
                 overrides.append(f"data.tokenizer={tokenizer}")
-            config = load_config(REPO / "examples/configs/tiny_clm.yaml", overrides)
+            config = load_config(REPO / "examples/configs/tiny_clm.yaml", overrides).resolve()
             result = train(config, runtime)
             timed = result.history[
                 min(5, len(result.history) - 1) :

@@ -25,13 +25,13 @@ import torch
 def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict | None:
     """Time ``steps`` training steps of a config (after ``warmup``); returns a row on the main rank."""
     from megatron_plm.training.config import load_config
-    from megatron_plm.planning.planner import flops_per_token, peak_flops
+    from megatron_plm.training.planner import flops_per_token, peak_flops
     from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
 
     total = warmup + steps
-    config = load_config(config_path, [*overrides, f"training.train_iters={total}"])
+    config = load_config(config_path, [*overrides, f"training.train_iters={total}"]).resolve()
     t = config.training
     with initialize(config.parallel, seed=t.seed) as runtime:
         state = build_run(config, runtime)
@@ -74,7 +74,7 @@ def _batches(config, runtime, steps: int) -> list:
     from megatron_plm.data.samples.splits import Split
 
     t = config.training
-    data = DataBuilder(config.data).build(Split.TRAIN, steps * t.global_batch_size)
+    data = DataBuilder(config.data, config.objective).build(Split.TRAIN, steps * t.global_batch_size)
     loader = BatchLoader(
         data,
         t.global_batch_size,
@@ -110,7 +110,7 @@ def measure_optimizer_step(config_path, overrides, *, warmup: int = 3, steps: in
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import optimizer_step, train_step
 
-    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + 1 + 2 * steps}"])
+    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + 1 + 2 * steps}"]).resolve()
     variants = {"one reduction (optimizer_step)": optimizer_step, "two reductions (before)": _reducing_twice}
     with initialize(config.parallel, seed=config.training.seed) as runtime:
         state = build_run(config, runtime)
@@ -200,14 +200,14 @@ def free_device_memory() -> None:
 
 def mfu_basis() -> str:
     """What the MFU column is measured against (the GPU's dense bf16 peak, and where that figure comes from)."""
-    from megatron_plm.planning.planner import accelerator_of
+    from megatron_plm.training.planner import accelerator_of
 
     if not torch.cuda.is_available():
         return "MFU: - (no GPU)"
     name = torch.cuda.get_device_name(0)
     accelerator = accelerator_of(name)
     if accelerator is None:
-        return f"MFU: - ({name} is not in megatron_plm.planning.planner.ACCELERATORS)"
+        return f"MFU: - ({name} is not in megatron_plm.training.planner.ACCELERATORS)"
     return f"MFU against {accelerator.bf16_tflops:g} TFLOP/s, the dense bf16 peak of the {accelerator.name} ({accelerator.source})"
 
 

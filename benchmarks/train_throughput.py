@@ -31,9 +31,9 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split
-    from megatron_plm.planning.planner import flops_per_token, peak_flops
+    from megatron_plm.training.planner import flops_per_token, peak_flops
 
-    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + steps}"])
+    config = load_config(config_path, [*overrides, f"training.train_iters={warmup + steps}"]).resolve()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     auto = AutoModelForMaskedLM if config.objective == "mlm" else AutoModelForCausalLM
     hf = hf_config(config.objective, config.model)
@@ -47,7 +47,7 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     # padded per batch to its longest; for CLM, the same packed samples as ours.
     if config.objective == "mlm":
         config.data = dataclasses.replace(config.data, packed=False)
-    data = DataBuilder(config.data).build(Split.TRAIN, (warmup + steps) * t.global_batch_size)
+    data = DataBuilder(config.data, config.objective).build(Split.TRAIN, (warmup + steps) * t.global_batch_size)
     loader = BatchLoader(data, t.global_batch_size, t.global_batch_size, 0, 1, causal=config.objective == "clm")
     batches = []
     for _ in range(warmup + steps):

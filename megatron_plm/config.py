@@ -15,10 +15,23 @@ import math
 import re
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+
+@dataclass(kw_only=True)
+class ConfigOverrides:
+    """A command that takes a YAML config also takes dotted overrides of it."""
+
+    overrides: list[str] = field(
+        default_factory=list, metadata={"cli": {"positional": True, "nargs": "*", "metavar": "dotted.key=VALUE"}}
+    )
+    """dotted.key=VALUE overrides of the config, before or after the options; VALUE is YAML (1e-3, null, [a, b],
+    {prefix: p}); a number addresses a list item: data.sources.0.prefix=PATH."""
+
 
 # ---- loading -------------------------------------------------------------------------------------------
 
@@ -228,8 +241,8 @@ def read_config_data(path: str | Path | None, overrides: list[str] = ()) -> dict
 # ---- describing ----------------------------------------------------------------------------------------
 
 
-def field_docs(cls) -> dict[str, str]:
-    """The first sentence of each field's docstring (the string literal under it), by field name."""
+def field_docstrings(cls) -> dict[str, str]:
+    """Each field's docstring (the string literal under it), whitespace collapsed, by field name."""
     import ast
     import inspect
     import textwrap
@@ -248,9 +261,16 @@ def field_docs(cls) -> dict[str, str]:
                 and isinstance(following.value, ast.Constant)
                 and isinstance(following.value.value, str)
             ):
-                text = " ".join(following.value.value.split())
-                docs[node.target.id] = re.split(r"(?<=\.)\s(?=[A-Z(`])", text, maxsplit=1)[0].rstrip(".")
+                docs[node.target.id] = " ".join(following.value.value.split())
     return docs
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The first sentence of each field's docstring, by field name."""
+    return {
+        name: re.split(r"(?<=\.)\s(?=[A-Z(`])", text, maxsplit=1)[0].rstrip(".")
+        for name, text in field_docstrings(cls).items()
+    }
 
 
 def _type_name(annotation) -> str:
@@ -320,3 +340,87 @@ def describe(cls, instance=None) -> str:
     lines: list[str] = []
     _describe(cls, instance, "", lines)
     return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+# ---- command lines -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser, cls, *, exclude: tuple[str, ...] = ()) -> None:
+    """A flag per field of dataclass ``cls``: ``--field-name``, its type or choices and default from the
+    annotation and default, required when it has none, its help the field's docstring.
+
+    A bool that defaults to False is a switch; one that defaults to True is turned off by ``--no-NAME``.
+    A list takes several values. ``field(metadata={"cli": {...}})`` adjusts one field: ``positional``,
+    ``flags`` (the names, e.g. ``["--num-sequences", "--num"]``), ``skip``, ``group`` (an argument group's
+    title) and any ``argparse`` keyword (``metavar``, ``action="extend"``, ``type``)."""
+    hints, docs = typing.get_type_hints(cls), field_docstrings(cls)
+    groups: dict[str, Any] = {}
+    # A positional that takes any number of values goes last (a base class's overrides after CONFIG).
+    ordered = sorted(dataclasses.fields(cls), key=lambda f: f.metadata.get("cli", {}).get("nargs") == "*")
+    for f in ordered:
+        cli = dict(f.metadata.get("cli", {}))
+        if not f.init or f.name in exclude or cli.pop("skip", False):
+            continue
+        target = parser
+        if "group" in cli:
+            title = cli.pop("group")
+            target = groups.setdefault(title, parser.add_argument_group(title))
+        positional = cli.pop("positional", False)
+        flags = cli.pop("flags", None)
+        annotation = hints[f.name]
+        options = typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # X | None: the X
+            annotation = next(a for a in options if a is not type(None))
+        default = _default(f)
+        kwargs: dict[str, Any] = {"help": docs.get(f.name, "").replace("%", "%%") or None}
+        name = f.name.replace("_", "-")
+        if annotation is bool:
+            kwargs["action"] = "store_false" if default is True else "store_true"
+            flags = flags or [f"--no-{name}" if default is True else f"--{name}"]
+            if default is True and kwargs["help"]:  # the docstring says what the field turns on
+                kwargs["help"] = f"Turn off: {kwargs['help'][0].lower()}{kwargs['help'][1:]}"
+        elif typing.get_origin(annotation) is Literal:
+            kwargs["choices"] = list(typing.get_args(annotation))
+            kwargs["type"] = type(kwargs["choices"][0])
+        elif typing.get_origin(annotation) in (list, tuple):
+            kwargs["nargs"] = "+"
+            item = (typing.get_args(annotation) or (str,))[0]
+            if typing.get_origin(item) is Literal:
+                kwargs["choices"] = list(typing.get_args(item))
+            kwargs["type"] = item if item in (int, float, str, Path) else str
+        elif annotation in (int, float, str, Path):
+            kwargs["type"] = annotation
+        kwargs.update(cli)
+        if positional:
+            if default is not dataclasses.MISSING:
+                kwargs.setdefault("nargs", "?")
+                kwargs["default"] = default
+            target.add_argument(f.name, **kwargs)
+            continue
+        if default is dataclasses.MISSING:
+            kwargs["required"] = True
+        elif "action" not in kwargs or kwargs["action"] in ("extend", "append"):
+            kwargs["default"] = default
+        target.add_argument(*(flags or [f"--{name}"]), dest=f.name, **kwargs)
+
+
+def _default(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def from_args(cls, namespace, **given):
+    """``cls`` from the fields :func:`add_arguments` put on ``namespace`` (``given`` adds or replaces some)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if not f.init or not hasattr(namespace, f.name):
+            continue
+        value = getattr(namespace, f.name)
+        if isinstance(value, list) and typing.get_origin(hints[f.name]) is tuple:
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**{**values, **given})

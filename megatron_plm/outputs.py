@@ -8,6 +8,7 @@ A command that computes for minutes and then cannot write its result wastes thos
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import secrets
 import tempfile
 from pathlib import Path
@@ -67,16 +68,24 @@ def _umask() -> int:
     return current
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+@contextmanager
+def replacing(path: str | os.PathLike, *, suffix: str = ""):
+    """Yield a fresh name beside ``path`` to write the file under; when the block succeeds it is renamed onto
+    ``path``, when it fails it is removed: ``path`` is never half-written, and an old one survives a failure.
+    ``suffix`` ends the staging name for writers that add one (``np.savez``: ``.npz``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = staging_path(path)
+    temporary = staging_path(path).with_name(staging_path(path).name + suffix)
     try:
-        with open(temporary, "x") as handle:
-            handle.write(text)
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    with replacing(path) as temporary, open(temporary, "x") as handle:
+        handle.write(text)
+    return Path(path)

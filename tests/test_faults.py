@@ -39,7 +39,7 @@ def snapshot(directory):
 
 
 def _train_tokenizer(tmp_path, output):
-    from megatron_plm.data.tokenizers.subword import SubwordTrainConfig, train_subword_tokenizer
+    from megatron_plm.data.preprocess.tokenizer_training import SubwordTrainConfig, train_subword_tokenizer
 
     fasta = tmp_path / "train.fasta"
     fasta.write_bytes(OLD * 4)
@@ -335,14 +335,14 @@ def test_sigterm_during_the_final_validation_or_save(sample_corpus, tmp_path, mo
     from megatron_plm.checkpoint.distributed import latest_checkpoint
     from megatron_plm.training import trainer
 
-    target = trainer.save_run if where == "save" else trainer.Validator.__call__
+    target = trainer.Checkpointer.save if where == "save" else trainer.Validator.__call__
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # arrives while the final validation / save runs
         return target(*args, **kwargs)
 
     if where == "save":
-        monkeypatch.setattr(trainer, "save_run", signalled)
+        monkeypatch.setattr(trainer.Checkpointer, "save", signalled)
     else:
         monkeypatch.setattr(trainer.Validator, "__call__", signalled)
     save = tmp_path / "run"

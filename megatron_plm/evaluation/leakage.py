@@ -117,12 +117,13 @@ def leakage_report(
     }
 
 
-def recorded_train_corpus(model_path: str | os.PathLike) -> str | None:
-    """The (first) corpus prefix a model's training run recorded, if it still exists here."""
-    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
-
-    saved = saved_run_config(latest_checkpoint(model_path) or model_path) or {}
-    sources = (saved.get("data") or {}).get("sources") or []
+def recorded_train_corpus(saved_run) -> str | None:
+    """The (first) corpus prefix a model's training run recorded (its
+    :class:`~megatron_plm.checkpoint.saved_run.SavedRun`; None for a ``transformers`` model), if it
+    still exists here."""
+    if saved_run is None:
+        return None
+    sources = (saved_run.data or {}).get("sources") or []
     for source in sources:
         prefix = source.get("prefix") if isinstance(source, dict) else None
         if prefix and os.path.exists(f"{prefix}.idx"):

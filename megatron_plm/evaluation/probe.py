@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +23,9 @@ import torch
 from megatron_plm.data.preprocess.fasta import InputFormatError
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.evaluation.embed import embed
-from megatron_plm.evaluation.model import ScoringModel
+from megatron_plm.evaluation.model import ModelTask, ScoringModel
 from megatron_plm.progress import track
+from megatron_plm.shipped_data import SECONDARY_STRUCTURE, data_path
 
 SS8 = "HGIEBTS~"
 SS3_OF_SS8 = {"H": "H", "G": "H", "I": "H", "E": "E", "B": "E", "T": "C", "S": "C", "~": "C"}
@@ -31,7 +33,7 @@ SS3 = "HEC"
 _LETTERS = "ACDEFGHIKLMNPQRSTVWY"
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ProbeConfig:
     data: str
     """TSV (optionally gzip) with columns index, sequence, ss8."""
@@ -44,8 +46,19 @@ class ProbeConfig:
     window: int = 7
     """Baseline: residues on either side whose identities it sees."""
     test_fraction: float = 0.2
+    """Share of chains held out for Q3/Q8."""
     l2: float = 1e-3
+    """L2 penalty of the logistic-regression probes."""
     seed: int = 0
+    """Seed of the train/test split of chains."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeTask(ProbeConfig, ModelTask):
+    """``megatron-plm evaluate probe``: a linear secondary-structure probe on frozen embeddings."""
+
+    data: Path = field(default_factory=lambda: data_path(SECONDARY_STRUCTURE))
+    """TSV: index, sequence, ss8 (DSSP 8-state; default: the shipped Porter6 sample)."""
 
 
 @dataclass

@@ -25,6 +25,11 @@ def build_model_chunk(
     from megatron_plm.data.tokenizers.protein import ProteinTokenizer
     from megatron_plm.models.mcore import build_protein_model
 
+    if model_cfg.seq_length is None or model_cfg.vocab_size is None:
+        raise ValueError(
+            "model.seq_length and model.vocab_size are unset: build from a resolved run config "
+            "(TrainConfig.resolve: data.seq_length and the tokenizer's size) or a saved run's model"
+        )
     config = config or model_cfg.to_transformer_config(runtime.parallel, params_dtype=params_dtype)
     backend = effective_backend(model_cfg, backend)
     if backend == "te" and not runtime.accelerators.transformer_engine:

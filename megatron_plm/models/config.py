@@ -34,10 +34,12 @@ class ModelConfig:
     """Attention heads per layer (must divide hidden_size)."""
     ffn_hidden_size: int | None = None
     """MLP inner width; None means 4 x hidden_size (ESM-2's ratio)."""
-    seq_length: int = 1024
-    """Maximum tokens per sample, specials included (in a run config: set from ``data.seq_length``)."""
-    vocab_size: int = 33
-    """Tokenizer vocabulary size before padding for tensor parallelism."""
+    seq_length: int | None = None
+    """Maximum tokens per sample, specials included. In a run config leave it unset: it is
+    ``data.seq_length`` (:meth:`~megatron_plm.training.config.TrainConfig.resolve`)."""
+    vocab_size: int | None = None
+    """Tokenizer vocabulary size before padding for tensor parallelism. In a run config leave it unset:
+    it is the tokenizer's."""
     make_vocab_size_divisible_by: int = 64
     """The embedding is padded to a multiple of this, independent of the parallel layout, so a
     checkpoint saved at one TP size loads at another (it must be divisible by the TP size)."""
@@ -73,6 +75,8 @@ class ModelConfig:
     def validate(self) -> None:
         for name in ("num_layers", "hidden_size", "num_attention_heads", "seq_length", "vocab_size"):
             value = getattr(self, name)
+            if value is None and name in ("seq_length", "vocab_size"):  # derived by the run config
+                continue
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         if self.hidden_size % self.num_attention_heads != 0:

@@ -5,26 +5,29 @@ writes it beside the weights, so both sample the same proteins at the same seed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from megatron_plm.data.tokenizers.protein import RESIDUES, STANDARD_AMINO_ACIDS, ProteinTokenizer
-
-TOK = ProteinTokenizer()
+from megatron_plm.data.tokenizers.protein import RESIDUES_TOKENIZER, RESIDUES, STANDARD_AMINO_ACIDS
 
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
-    num_sequences: int = 8
+    num_sequences: int = field(default=8, metadata={"cli": {"flags": ["--num", "--num-sequences"]}})
+    """Sequences to sample (per prompt)."""
     max_length: int = 256
     """Residues at most, a prompt's included (the terminus tokens not counted); must fit the model's context."""
     temperature: float = 1.0
+    """Softmax temperature."""
     top_k: int = 0
     """Keep the k most likely tokens (0: all)."""
     top_p: float = 1.0
     """Keep the smallest set of tokens whose probability reaches p (1.0: all)."""
     reverse: bool = False
+    """Sample C->N (framed 2...1); written N->C."""
     allow_nonstandard: bool = False
+    """Also sample the non-standard residues of the vocabulary (X, B, U, Z, O)."""
     seed: int = 0
+    """Seed of the sampling."""
     use_cache: bool = True
     """Decode with the model's key/value cache where it has one (False: re-run the whole prefix each step)."""
 
@@ -37,7 +40,7 @@ class SamplingConfig:
             raise ValueError("top_k must be >= 0, max_length and num_sequences >= 1")
 
 
-def generation_config(config: SamplingConfig, vocab_size: int = TOK.vocab_size):
+def generation_config(config: SamplingConfig, vocab_size: int = RESIDUES_TOKENIZER.vocab_size):
     """``transformers``' :class:`~transformers.GenerationConfig` that samples as :func:`generate` does.
 
     Tokens that are not allowed residues (nor the closing terminus) are suppressed, the closing terminus
@@ -47,8 +50,14 @@ def generation_config(config: SamplingConfig, vocab_size: int = TOK.vocab_size):
     and ``pipeline("text-generation")`` sample proteins as ``evaluate generate`` does."""
     from transformers import GenerationConfig
 
-    start, stop = (TOK.c_terminus, TOK.n_terminus) if config.reverse else (TOK.n_terminus, TOK.c_terminus)
-    allowed = {TOK.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)}
+    start, stop = (
+        (RESIDUES_TOKENIZER.c_terminus, RESIDUES_TOKENIZER.n_terminus)
+        if config.reverse
+        else (RESIDUES_TOKENIZER.n_terminus, RESIDUES_TOKENIZER.c_terminus)
+    )
+    allowed = {
+        RESIDUES_TOKENIZER.token_to_id(c) for c in (RESIDUES if config.allow_nonstandard else STANDARD_AMINO_ACIDS)
+    }
     return GenerationConfig(
         do_sample=True,
         temperature=config.temperature,
@@ -59,6 +68,6 @@ def generation_config(config: SamplingConfig, vocab_size: int = TOK.vocab_size):
         suppress_tokens=[i for i in range(vocab_size) if i not in allowed and i != stop],
         bos_token_id=start,
         eos_token_id=stop,
-        pad_token_id=TOK.pad,
+        pad_token_id=RESIDUES_TOKENIZER.pad,
         use_cache=config.use_cache,
     )

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+from dataclasses import dataclass
 
 import torch
 
 from megatron_plm.runtime import accelerators
+
+
+@dataclass(kw_only=True)
+class EnvConfig:
+    check_kernels: bool = False
+    """Also run every fused kernel's self-check in every dtype on each GPU and print a table."""
 
 
 def describe_environment() -> str:

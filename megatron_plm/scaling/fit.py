@@ -14,11 +14,32 @@ import itertools
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from megatron_plm.scaling.laws import AllocationLaw, ParametricLaw
+
+
+@dataclass(kw_only=True)
+class FitConfig:
+    """``megatron-plm scaling fit``."""
+
+    runs: str = field(metadata={"cli": {"positional": True}})
+    """Runs table, CSV with N, D, loss ('scaling collect' writes one)."""
+    json: bool = False
+    """Print the fit as JSON instead of a table."""
+    output: str | None = None
+    """Write the fit as JSON (usable as plan --law)."""
+    plot: str | None = None
+    """Write IsoFLOP curves and the frontier as PNG."""
+    bootstrap: int = 100
+    """Bootstrap resamples for the intervals."""
+    objective: Literal["clm", "mlm"] | None = None
+    """The runs' objective: compare with the paper's law for it."""
+    seed: int = 0
+    """Seed of the bootstrap resamples."""
 
 
 @dataclass

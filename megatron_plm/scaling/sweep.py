@@ -8,12 +8,45 @@ import json
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import yaml
 
 from megatron_plm.scaling.allocation import Shape
+
+
+@dataclass(kw_only=True)
+class SweepConfig:
+    """``megatron-plm scaling sweep``: an IsoFLOP grid of configs (tokens = C / 6N)."""
+
+    base: str
+    """Base run config (data, optimizer, batch)."""
+    budgets: list[float]
+    """Compute budgets C in FLOPs."""
+    sizes: list[str]
+    """Model shapes LAYERSxHIDDEN[xHEADS] ..."""
+    out: str
+    """Sweep directory (configs, runs, runs.csv)."""
+    set: list[str] | None = field(default=None, metadata={"cli": {"nargs": "*"}})
+    """dotted.key=value overrides of the base config."""
+    run: bool = False
+    """Train every run here, one after another."""
+    slurm: bool = False
+    """Write a SLURM array script."""
+    objective: Literal["clm", "mlm"] = "clm"
+    """The runs' objective."""
+
+
+@dataclass(kw_only=True)
+class CollectConfig:
+    """``megatron-plm scaling collect``: the sweep's final validation losses -> runs.csv."""
+
+    out: str
+    """The sweep directory."""
+    objective: Literal["clm", "mlm"] = "clm"
+    """The runs' objective."""
 
 
 @dataclass

@@ -51,7 +51,7 @@ def build_scheduler(optimizer, optim_cfg: OptimizerConfig, train_iters: int):
 def build_run(config, runtime: Runtime, *, allow_cpu_bf16: bool = False) -> TrainingState:
     """The model, optimizer and LR schedule of a run config (a :class:`~megatron_plm.training.config.TrainConfig`),
     as ``megatron-plm train`` builds them; benchmarks and tests call this too."""
-    t = config.training
+    config, t = config.resolve(), config.training
     return build_training_state(
         config.model,
         config.optimizer,

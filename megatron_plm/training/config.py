@@ -13,9 +13,9 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from megatron_plm.config import describe, from_dict, read_config_data, to_plain
+from megatron_plm.config import ConfigOverrides, describe, from_dict, read_config_data, to_plain
 from megatron_plm.data.samples.config import DataConfig
 from megatron_plm.models.config import ModelConfig
 from megatron_plm.models.precision import FP8Config
@@ -143,14 +143,26 @@ class TrainConfig:
     name: str = "run"
     """Shown in progress lines and the compute report."""
 
-    def __post_init__(self):
-        # Derived, not set twice: the data follows the objective, the model its data and tokenizer.
-        from megatron_plm.data.tokenizers.subword import load_tokenizer
+    def resolve(self, tokenizer=None) -> TrainConfig:
+        """This config with the model's derived sizes filled in: its context from ``data.seq_length``,
+        its vocabulary from the tokenizer (``data.tokenizer``, loaded when not given). What a run builds,
+        saves and compares on resume; the config as written leaves both unset (a value it repeats must agree)."""
+        if tokenizer is None and self.model.vocab_size is not None and self.model.seq_length == self.data.seq_length:
+            return self  # resolved already
+        if tokenizer is None:
+            from megatron_plm.data.tokenizers.subword import load_tokenizer
 
-        if self.data.objective != self.objective:
-            self.data = dataclasses.replace(self.data, objective=self.objective)
-        self.model.seq_length = self.data.seq_length
-        self.model.vocab_size = load_tokenizer(self.data.tokenizer).vocab_size
+            tokenizer = load_tokenizer(self.data.tokenizer)
+        derived = {
+            "seq_length": ("data.seq_length", self.data.seq_length),
+            "vocab_size": ("the tokenizer", tokenizer.vocab_size),
+        }
+        for name, (source, value) in derived.items():
+            given = getattr(self.model, name)
+            if given is not None and given != value:
+                raise ValueError(f"model.{name} is {given} but is derived from {source} ({value}); remove model.{name}")
+        model = dataclasses.replace(self.model, seq_length=self.data.seq_length, vocab_size=tokenizer.vocab_size)
+        return dataclasses.replace(self, model=model)
 
     def run_dir(self) -> Path | None:
         directory = self.logging.run_dir or self.checkpoint.save
@@ -163,6 +175,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return to_plain(self)
+
+
+@dataclass(kw_only=True)
+class TrainCommand(ConfigOverrides):
+    """``megatron-plm train``."""
+
+    config: str | None = None
+    """YAML run config (see examples/configs/); required to train."""
+    print_config: bool = False
+    """Print every config field with its value, type, default and doc, then exit."""
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
@@ -179,27 +201,18 @@ def config_from_dict(data: dict) -> TrainConfig:
             raise ValueError("data.objective differs from objective; state the objective once, at the top")
         data.setdefault("objective", data["data"].pop("objective"))
     config = from_dict(TrainConfig, data)
-    _check_derived(data.get("model"), config)
     validate(config)
     return config
 
 
-def _check_derived(model: Any, config: TrainConfig) -> None:
-    """``model.seq_length`` and ``model.vocab_size`` follow the data and the tokenizer; a config may
-    repeat them (a saved one does) but not contradict them."""
-    derived = {
-        "seq_length": ("data.seq_length", config.model.seq_length),
-        "vocab_size": ("the tokenizer", config.model.vocab_size),
-    }
-    for name, (source, value) in derived.items():
-        given = model.get(name) if isinstance(model, dict) else None
-        if given is not None and given != value:
-            raise ValueError(f"model.{name} is {given} but is derived from {source} ({value}); remove model.{name}")
-
-
 def validate(config: TrainConfig) -> None:
     config.model.validate()
-    config.data.validate()
+    config.data.validate(config.objective)
+    if config.model.seq_length not in (None, config.data.seq_length):  # (vocab_size is checked by resolve)
+        raise ValueError(
+            f"model.seq_length is {config.model.seq_length} but is derived from data.seq_length "
+            f"({config.data.seq_length}); remove model.seq_length"
+        )
     config.optimizer.validate()
     t = config.training
     for name in ("train_iters", "global_batch_size", "micro_batch_size", "eval_iters"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatron_plm.training.metrics import read_metrics
@@ -200,6 +201,14 @@ def _log(x):
     import numpy as np
 
     return np.log(np.clip(x, 1e-12, None))
+
+
+@dataclass(kw_only=True)
+class PlotConfig:
+    run_dirs: list[str] = field(metadata={"cli": {"positional": True, "metavar": "RUN_DIR"}})
+    """Run directories (or metrics.jsonl files)."""
+    output: str | None = None
+    """PNG to write (default: RUN_DIR/curves.png of the first run)."""
 
 
 def plot_runs(run_dirs: list[str | os.PathLike], output: str | os.PathLike | None = None) -> Path:

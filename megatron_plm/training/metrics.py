@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from megatron_plm.training.config import TrainConfig
-from megatron_plm.outputs import write_text_atomic
+from megatron_plm.outputs import replacing, write_text_atomic
 from megatron_plm.runtime.distributed import Runtime
 
 
@@ -89,9 +89,8 @@ def keep_through(path: Path, step: int) -> int:
     kept = [raw for _, raw, entry in good if entry.get("step", 0) <= step]
     text = b"".join(raw + b"\n" for raw in kept)
     if text != data:  # rewritten whole, so the next append starts on a line of its own
-        staging = path.with_name(path.name + f".tmp-{os.getpid()}")
-        staging.write_bytes(text)
-        os.replace(staging, path)
+        with replacing(path) as staging:
+            staging.write_bytes(text)
     return len(good) + len(bad) - len(kept)
 
 
@@ -101,7 +100,7 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-class Progress:
+class EtaClock:
     """Elapsed time of this launch and the ETA to ``train_iters`` from its mean step time."""
 
     def __init__(self, first_step: int, last_step: int):

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from megatron_plm.data.samples.config import SAMPLES_DEPEND_ON
 from megatron_plm.training.config import TrainConfig
 from megatron_plm.training.build import TrainingState
 
-IMMUTABLE = (
-    "objective",
+MODEL_SHAPE = (
     "model.num_layers",
     "model.hidden_size",
     "model.num_attention_heads",
@@ -31,18 +31,12 @@ IMMUTABLE = (
     "model.vocab_size",
     "model.make_vocab_size_divisible_by",
     "model.token_dropout",
-    "data.sources",
-    "data.seq_length",
-    "data.packed",
-    "data.reverse_prob",
-    "data.masking.mask_ratio",
-    "data.masking.mask_token_prob",
-    "data.masking.random_token_prob",
-    "data.cluster_sampling",
-    "data.split_weights",
-    "data.split_by_cluster",
-    "data.seed",
 )
+"""What the saved weights' shapes and meaning depend on."""
+IMMUTABLE = ("objective", *MODEL_SHAPE, *(f"data.{name}" for name in SAMPLES_DEPEND_ON))
+"""Fields a resumed run may not change. The data ones are the index cache key's
+(:data:`~megatron_plm.data.samples.config.SAMPLES_DEPEND_ON`): a new sampling field is immutable the
+moment it exists. A section (``data.masking``) covers each of its fields."""
 SCHEDULE = (
     "training.train_iters",
     "optimizer.lr",
@@ -74,7 +68,7 @@ def config_changes(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
 def check_resumable(changes: list[tuple[str, Any, Any]], directory: Path) -> None:
     """Raise naming the first immutable field that changed."""
     for name, old, new in changes:
-        if name in IMMUTABLE:
+        if any(name == field or name.startswith(field + ".") for field in IMMUTABLE):
             raise ValueError(
                 f"{name} changed since {directory} ({old!r} -> {new!r}): a run cannot resume with a different "
                 f"{name}. Restore it, or start a new run from these weights with checkpoint.init_from={directory} "
@@ -129,11 +123,11 @@ def resume(
     """Continue from ``directory``. A relaunch of a finished run loads nothing; a finished checkpoint of
     another run (``checkpoint.load`` outside ``checkpoint.save``) is loaded, validated and saved to
     ``checkpoint.save`` at this run's layout: how a checkpoint is resharded."""
-    import json
+    from megatron_plm.checkpoint.distributed import load_checkpoint
+    from megatron_plm.checkpoint.saved_run import SavedRun
 
-    from megatron_plm.checkpoint.distributed import STATE_FILE, load_checkpoint, saved_run_config
-
-    changes = config_changes(saved_run_config(directory), config.to_dict())
+    run = SavedRun.open(directory)
+    changes = config_changes(run.config, config.to_dict())
     check_resumable(changes, directory)
     rule = config.checkpoint.resume_schedule
     for name, old, new in changes:
@@ -145,18 +139,17 @@ def resume(
                 else " (ignored: checkpoint.resume_schedule=checkpoint)"
             )
         say(f"changed since {directory.name}: {name} {old!r} -> {new!r}{note}")
-    saved = json.loads((directory / STATE_FILE).read_text())
-    if saved["iteration"] >= config.training.train_iters and not from_another_run:  # nothing to do: load nothing
+    if run.iteration >= config.training.train_iters and not from_another_run:  # nothing to do: load nothing
         return Start(
-            iteration=saved["iteration"],
-            consumed_samples=saved["consumed_samples"],
-            compute=saved.get("compute", []),
+            iteration=run.iteration,
+            consumed_samples=run.state["consumed_samples"],
+            compute=run.compute,
             directory=directory,
             finished=True,
         )
     # megatron-core keeps each param group's max_lr/min_lr in the optimizer state, which the load restores.
     bounds = [{k: g[k] for k in ("max_lr", "min_lr") if k in g} for g in state.optimizer.param_groups]
-    resumed = load_checkpoint(directory, state, restore_scheduler=rule == "checkpoint")
+    resumed = load_checkpoint(directory, state, restore_scheduler=rule == "checkpoint", verify=False)
     if rule == "config" and state.scheduler is not None:
         # The freshly built schedule, advanced by the updates applied so far (skipped steps excluded).
         for group, saved_bounds in zip(state.optimizer.param_groups, bounds):
@@ -177,19 +170,13 @@ def resume(
 
 def init_from(config: TrainConfig, state: TrainingState, source: str, say: Callable[[str], None]) -> Start:
     """A new run from another run's weights; only the body when the objectives differ (CLM -> MLM)."""
-    from megatron_plm.checkpoint.distributed import (
-        compute_phases,
-        latest_checkpoint,
-        load_model_tensors,
-        saved_run_config,
-    )
+    from megatron_plm.checkpoint.saved_run import SavedRun
 
-    directory = latest_checkpoint(source) or Path(source)
-    saved = saved_run_config(directory)
-    body_only = saved is not None and saved["objective"] != config.objective
-    transferred = load_model_tensors(directory, state.unwrapped()[0], body_only=body_only)
+    run = SavedRun.open(source)
+    body_only = run.objective != config.objective
+    transferred = run.load_weights(state.unwrapped()[0], body_only=body_only)
     say(
-        f"initialised {'the body ' if body_only else ''}from {directory}: {len(transferred)} tensors "
+        f"initialised {'the body ' if body_only else ''}from {run.directory}: {len(transferred)} tensors "
         f"({', '.join(transferred[:4])}{', ...' if len(transferred) > 4 else ''})"
     )
-    return Start(compute=compute_phases(directory), transferred=transferred, directory=directory)
+    return Start(compute=run.compute, transferred=transferred, directory=run.directory)

@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 from megatron_plm.training.config import TrainConfig, check_sizes
-from megatron_plm.data.samples.builder import DataBuilder, epochs_per_source
-from megatron_plm.data.samples.loader import BatchLoader
-from megatron_plm.data.samples.splits import Split
+from megatron_plm.data.samples.builder import epochs_per_source
 from megatron_plm.runtime.distributed import Runtime
 from megatron_plm.training.build import TrainingState, build_run
+from megatron_plm.training.checkpointer import Checkpointer
+from megatron_plm.training.data import batch_loader, build_datasets
 from megatron_plm.training.ledger import ComputeLedger
-from megatron_plm.training.metrics import Progress, RunLog
+from megatron_plm.training.metrics import EtaClock, RunLog
 from megatron_plm.training.preemption import StopSignals
 from megatron_plm.training.restore import restore
 from megatron_plm.training.step import train_step
@@ -34,14 +34,18 @@ class TrainingStopped(RuntimeError):
     """The run cannot continue (e.g. repeated non-finite losses); no checkpoint was written for it."""
 
 
+HISTORY_LIMIT = 10_000
+"""Entries :class:`TrainResult` keeps in memory of each kind (the newest); ``metrics.jsonl`` has them all."""
+
+
 @dataclass
 class TrainResult:
     iterations: int
     consumed_samples: int
     history: list[dict] = field(default_factory=list)
-    """One entry per step: step, loss, lr, grad_norm, tokens, skipped."""
+    """The newest :data:`HISTORY_LIMIT` steps of this launch: step, loss, lr, grad_norm, tokens, skipped."""
     validation: list[dict] = field(default_factory=list)
-    """One entry per validation: step, loss, perplexity."""
+    """The newest :data:`HISTORY_LIMIT` validations: step, loss, perplexity."""
     checkpoint: Path | None = None
     transferred: list[str] = field(default_factory=list)
     """Tensors loaded by ``checkpoint.init_from``."""
@@ -51,6 +55,19 @@ class TrainResult:
     """The signal that stopped this launch after a save (the run continues on relaunch)."""
     already_done: bool = False
     """The checkpoint was already at ``training.train_iters``: nothing was trained or saved."""
+
+    def record(self, entry: dict) -> None:
+        _append_bounded(self.history, entry)
+
+    def record_validation(self, entry: dict) -> None:
+        _append_bounded(self.validation, entry)
+
+
+def _append_bounded(entries: list, entry) -> None:
+    """Append, dropping the oldest beyond :data:`HISTORY_LIMIT` (in batches, so appending stays O(1))."""
+    entries.append(entry)
+    if len(entries) >= 2 * HISTORY_LIMIT:
+        del entries[:-HISTORY_LIMIT]
 
 
 def _check_outputs(config: TrainConfig) -> None:
@@ -74,7 +91,7 @@ def _check_outputs(config: TrainConfig) -> None:
 
 def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
     """Refuse a run whose first step could not fit (seq_length=1000000 once tried to allocate 1 TB)."""
-    from megatron_plm.planning.planner import make_plan
+    from megatron_plm.training.planner import make_plan
 
     if runtime.on_gpu:
         available, where = torch.cuda.mem_get_info(runtime.device)[1], torch.cuda.get_device_name(runtime.device)
@@ -96,109 +113,120 @@ def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
         )
 
 
-def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
-    t, ckpt = config.training, config.checkpoint
-    check_sizes(config)
-    if runtime.is_main_process:
-        _check_outputs(config)
-    _check_memory(config, runtime)
-    log = RunLog(config, runtime)
-    state = build_run(config, runtime)
-    start = restore(config, state, log.say)
-    result = TrainResult(
-        iterations=start.iteration, consumed_samples=start.consumed_samples, transferred=start.transferred
-    )
-    if start.finished:
-        log.say(
-            f"{config.name} is already at step {start.iteration} (training.train_iters={t.train_iters}): "
-            "nothing to train; raise training.train_iters to continue"
+class Trainer:
+    """One launch of a run, built top to bottom in :meth:`__init__` (tokenizer, model and optimizer, restore,
+    data, validator, checkpointer), then :meth:`train`: step, validate when due, save when due, stop."""
+
+    def __init__(self, config: TrainConfig, runtime: Runtime):
+        from megatron_plm.data.tokenizers.subword import load_tokenizer
+
+        self.tokenizer = load_tokenizer(config.data.tokenizer)  # once: the model's vocabulary, the data, validation
+        self.config, self.runtime = config.resolve(self.tokenizer), runtime
+        config, t = self.config, self.config.training
+        check_sizes(config)
+        if runtime.is_main_process:
+            _check_outputs(config)
+        _check_memory(config, runtime)
+        self.log = RunLog(config, runtime)
+        self.state = build_run(config, runtime)
+        self.start = restore(config, self.state, self.log.say)
+        self.result = TrainResult(
+            iterations=self.start.iteration,
+            consumed_samples=self.start.consumed_samples,
+            transferred=self.start.transferred,
         )
-        result.already_done = True
-        log.close()
-        return result
-    log.start_at(start.iteration)
-    ledger = ComputeLedger(config, runtime, start.compute)
-    result.compute = ledger.phases
+        if self.start.finished:
+            return
+        self.log.start_at(self.start.iteration)
+        self.ledger = ComputeLedger(config, runtime, self.start.compute)
+        self.result.compute = self.ledger.phases
+        self.train_data, valid_data = build_datasets(config, self.tokenizer)
+        self.validator = Validator(config, self.state, valid_data, runtime, self.tokenizer)
+        self.loader = batch_loader(config, runtime, self.train_data, self.start.consumed_samples)
+        self.checkpointer = Checkpointer(config, self.state)
+        self.clock = EtaClock(self.start.iteration + 1, t.train_iters)
+        self.skipped_in_a_row = 0
 
-    train_data, valid_data = build_datasets(config)
-    validator = Validator(config, state, valid_data, runtime)
-    loader = BatchLoader(
-        train_data,
-        t.global_batch_size,
-        t.micro_batch_size,
-        runtime.dp_rank,
-        runtime.data_parallel_size,
-        causal=config.objective == "clm",
-        consumed_samples=start.consumed_samples,
-    )
-
-    def validate(step: int) -> None:
-        result.validation.append(validator(step))
-        log.validation({**result.validation[-1], "tokens_seen": loader.consumed_samples * config.data.seq_length})
-
-    def save(step: int) -> None:
-        result.checkpoint = save_run(config, state, step, loader.consumed_samples, ledger.phases)
-        log.say(f"saved checkpoint {result.checkpoint}")
-
-    log.say(describe_run(config, runtime, start.iteration + 1))
-    progress, skipped_in_a_row = Progress(start.iteration + 1, t.train_iters), 0
-    # The signal window covers the final validation and save too: a SIGTERM there lets them finish
-    # (the handler only records it), and the launch then exits 75 like any signal-triggered save.
-    with StopSignals(runtime, t.exit_signal) as signals:
-        for step in range(start.iteration + 1, t.train_iters + 1):
-            started = time.perf_counter()
-            outcome = train_step(state, [b.to(runtime.device) for b in loader.next_step()], runtime)
-            skipped_in_a_row = check_skipped(outcome, step, skipped_in_a_row + 1 if outcome.skipped else 0, t, log)
-            if not outcome.skipped:
-                state.scheduler.step(increment=1)
-            entry = step_entry(config, state, step, outcome, time.perf_counter() - started, loader.consumed_samples)
-            ledger.add(t.global_batch_size * config.data.seq_length)
-            result.history.append(entry)
-            result.iterations, result.consumed_samples = step, loader.consumed_samples
-            show = step % config.logging.log_interval == 0 or step == t.train_iters
-            log.train(entry, step_line(entry, ledger, train_data) + " | " + progress.describe(step) if show else None)
-            if step == t.train_iters:
-                break
-            if t.eval_interval and step % t.eval_interval == 0:
-                validate(step)
-            stop = stop_reason(step, t, signals)
-            if ckpt.save and (stop or (ckpt.save_interval and step % ckpt.save_interval == 0)):
-                save(step)
-            if stop:
-                result.stopped_by = signals.name() if stop.startswith("on ") else None
-                log.say(
-                    f"stopping after step {step} {stop}; "
-                    + ("relaunch to resume" if ckpt.save else "no checkpoint.save, so these steps are not kept")
-                )
-                break
-        if result.iterations < t.train_iters:
+    def train(self) -> TrainResult:
+        config, t, log, result = self.config, self.config.training, self.log, self.result
+        if self.start.finished:
+            log.say(
+                f"{config.name} is already at step {self.start.iteration} (training.train_iters={t.train_iters}): "
+                "nothing to train; raise training.train_iters to continue"
+            )
+            result.already_done = True
             log.close()
             return result
+        log.say(describe_run(config, self.runtime, self.start.iteration + 1))
+        # The signal window covers the final validation and save too: a SIGTERM there lets them finish
+        # (the handler only records it), and the launch then exits 75 like any signal-triggered save.
+        with StopSignals(self.runtime, t.exit_signal) as signals:
+            for step in range(self.start.iteration + 1, t.train_iters + 1):
+                self.step(step)
+                if step == t.train_iters:
+                    break
+                if self.validator.due(step):
+                    self.validate(step)
+                stop = stop_reason(step, t, signals)
+                if self.checkpointer.due(step, stopping=stop is not None):
+                    self.save(step)
+                if stop:
+                    result.stopped_by = signals.name() if stop.startswith("on ") else None
+                    kept = (
+                        "relaunch to resume"
+                        if self.checkpointer.enabled
+                        else "no checkpoint.save, so these steps are not kept"
+                    )
+                    log.say(f"stopping after step {step} {stop}; {kept}")
+                    log.close()
+                    return result
+            self.validate(result.iterations)
+            if self.checkpointer.due(result.iterations, last=True):
+                self.save(result.iterations)
+            if signals.agreed():  # received during the final validation or save, which both completed
+                result.stopped_by = signals.name()
+                log.say(f"{signals.name()} received during the final save; the run is complete")
+        log.say(self.ledger.summary())
+        log.say(
+            f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
+            f"validation perplexity {result.validation[-1]['perplexity']:.2f}"
+            + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
+        )
+        log.close()
+        return result
 
-        validate(result.iterations)
-        if ckpt.save:
-            save(result.iterations)
-        if signals.agreed():  # received during the final validation or save, which both completed
-            result.stopped_by = signals.name()
-            log.say(f"{signals.name()} received during the final save; the run is complete")
-    log.say(ledger.summary())
-    log.say(
-        f"done: {config.name} trained to step {result.iterations} ({result.consumed_samples:,} samples); "
-        f"validation perplexity {result.validation[-1]['perplexity']:.2f}"
-        + (f"; checkpoint {result.checkpoint}" if result.checkpoint else "")
-    )
-    log.close()
-    return result
+    def step(self, step: int) -> dict:
+        """One optimizer step, its bookkeeping and its log line."""
+        config, t, runtime = self.config, self.config.training, self.runtime
+        started = time.perf_counter()
+        outcome = train_step(self.state, [b.to(runtime.device) for b in self.loader.next_step()], runtime)
+        in_a_row = self.skipped_in_a_row + 1 if outcome.skipped else 0
+        self.skipped_in_a_row = check_skipped(outcome, step, in_a_row, t, self.log)
+        if not outcome.skipped:
+            self.state.scheduler.step(increment=1)
+        consumed = self.loader.consumed_samples
+        entry = step_entry(config, self.state, step, outcome, time.perf_counter() - started, consumed)
+        self.ledger.add(t.global_batch_size * config.data.seq_length)
+        self.result.record(entry)
+        self.result.iterations, self.result.consumed_samples = step, consumed
+        show = step % config.logging.log_interval == 0 or step == t.train_iters
+        line = step_line(entry, self.ledger, self.train_data) + " | " + self.clock.describe(step) if show else None
+        self.log.train(entry, line)
+        return entry
+
+    def validate(self, step: int) -> None:
+        entry = self.validator(step)
+        self.result.record_validation(entry)
+        self.log.validation({**entry, "tokens_seen": self.loader.consumed_samples * self.config.data.seq_length})
+
+    def save(self, step: int) -> None:
+        self.result.checkpoint = self.checkpointer.save(step, self.loader.consumed_samples, self.ledger.phases)
+        self.log.say(f"saved checkpoint {self.result.checkpoint}")
 
 
-def build_datasets(config: TrainConfig):
-    """The train split sized for ``train_iters`` global batches, and the valid split for one validation."""
-    t = config.training
-    builder = DataBuilder(config.data)
-    return (
-        builder.build(Split.TRAIN, t.train_iters * t.global_batch_size),
-        builder.build(Split.VALID, t.eval_iters * t.global_batch_size),
-    )
+def train(config: TrainConfig, runtime: Runtime) -> TrainResult:
+    """``megatron-plm train``: one launch of the run ``config`` describes (resuming where it stopped)."""
+    return Trainer(config, runtime).train()
 
 
 def check_skipped(outcome, step: int, in_a_row: int, t, log: RunLog) -> int:
@@ -220,21 +248,6 @@ def stop_reason(step: int, t, signals: StopSignals) -> str | None:
     if t.exit_interval and step % t.exit_interval == 0:
         return "(training.exit_interval)"
     return None
-
-
-def save_run(config: TrainConfig, state: TrainingState, step: int, consumed_samples: int, phases: list[dict]) -> Path:
-    """Collective: a checkpoint of this run at ``step`` under ``checkpoint.save``."""
-    from megatron_plm.checkpoint.distributed import save_checkpoint
-
-    return save_checkpoint(
-        config.checkpoint.save,
-        iteration=step,
-        consumed_samples=consumed_samples,
-        state=state,
-        config=config.to_dict(),
-        keep_last=config.checkpoint.keep_last,
-        compute=phases,
-    )
 
 
 def describe_run(config: TrainConfig, runtime: Runtime, first_step: int) -> str:

@@ -20,7 +20,7 @@ def test_profile_counts_every_matrix_product_once(sample_corpus):
     )
     from megatron_plm.training.config import load_config
 
-    model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
+    model = load_config(REPO / "examples/configs/tiny_clm.yaml").resolve().model
     h, f, layers = model.hidden_size, model.ffn_hidden_size or 4 * model.hidden_size, model.num_layers
     weights = layers * (4 * h * h + 2 * h * f) + model.padded_vocab_size() * h  # qkv, proj, fc1, fc2; output layer
     gemm = sum(r.flops for r in records if step_profile.category(r) == "GEMM")
@@ -51,7 +51,7 @@ def test_fused_kernels_replace_their_references_on_cpu(sample_corpus):
     )
     from megatron_plm.training.config import load_config
 
-    model = load_config(REPO / "examples/configs/tiny_clm.yaml").model
+    model = load_config(REPO / "examples/configs/tiny_clm.yaml").resolve().model
     ffn = model.ffn_hidden_size or 4 * model.hidden_size
     priced = [r for r in records if ".mlp.bias_gelu" in r.module]
     assert [r.op for r in priced] == ["fused bias+GELU (priced)"]

@@ -8,8 +8,8 @@ import torch
 
 from conftest import ESM2_8M
 
-from megatron_plm.checkpoint.export import checkpoint_model, export_hf, import_hf
-from megatron_plm.checkpoint.distributed import load_model_tensors
+from megatron_plm.checkpoint.export import export_hf, import_hf
+from megatron_plm.checkpoint.saved_run import SavedRun
 from megatron_plm.data.samples.batch import Batch
 from megatron_plm.data.preprocess.fasta import read_fasta
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
@@ -65,10 +65,10 @@ def hf_logits(directory, ids, real, objective):
 
 
 def load_ours(checkpoint, runtime):
-    directory, objective, model = checkpoint_model(checkpoint)
-    chunk = build_model_chunk(model, runtime, objective=objective)
-    load_model_tensors(directory, chunk)
-    return chunk, objective
+    run = SavedRun.open(checkpoint)
+    chunk = build_model_chunk(run.model, runtime, objective=run.objective)
+    run.load_weights(chunk)
+    return chunk, run.objective
 
 
 @pytest.mark.parametrize("objective", ["mlm", "clm"])
@@ -203,7 +203,7 @@ def test_checkpoints_of_te_runs_convert_and_score_without_te(runtime, trained, r
         saved["config"]["model"]["attention_backend"] = "te"
         state.write_text(json.dumps(saved))
         write_manifest(state.parent)  # the checksums a TE run would have saved
-    assert checkpoint_model(relabelled)[2].attention_backend == "te"
+    assert SavedRun.open(relabelled).model.attention_backend == "te"
     original = load_file(export_hf(trained[objective], tmp_path / "hf", runtime) / "model.safetensors")
     converted = load_file(export_hf(relabelled, tmp_path / "hf_te", runtime) / "model.safetensors")
     assert original.keys() == converted.keys() and all(torch.equal(original[k], converted[k]) for k in original)

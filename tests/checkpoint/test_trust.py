@@ -192,7 +192,7 @@ def test_non_finite_parameters_never_become_latest(runtime, sample_corpus, run_c
     from megatron_plm.checkpoint.distributed import save_checkpoint
     from megatron_plm.training.build import build_training_state
 
-    config = tiny(sample_corpus, run_copy)
+    config = tiny(sample_corpus, run_copy).resolve()
     config.model.vocab_size = 33
     state = build_training_state(
         config.model, config.optimizer, runtime, objective="clm", precision="fp32", train_iters=4

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from megatron_plm.data.samples.batch import collate
-from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource, epochs_per_source
+from megatron_plm.data.samples.builder import DataBuilder, epochs_per_source
+from megatron_plm.data.samples.config import DataConfig, DataSource
 from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.samples.datasets import ProteinDataset, SampleConfig
 from megatron_plm.data.samples.loader import BatchLoader
@@ -228,8 +229,8 @@ def _global_batch(loaders):
 @pytest.mark.parametrize("objective", ["clm", "mlm"])
 def test_resume_from_consumed_samples_at_any_dp_size(sample_corpus, objective):
     def build():
-        config = DataConfig(sources=[DataSource(prefix=str(sample_corpus))], objective=objective, seq_length=64)
-        return DataBuilder(config).build(Split.TRAIN, num_samples=256)
+        config = DataConfig(sources=[DataSource(prefix=str(sample_corpus))], seq_length=64)
+        return DataBuilder(config, objective).build(Split.TRAIN, num_samples=256)
 
     G, steps, k = 16, 6, 3
     straight = [BatchLoader(build(), G, 2, 0, 1, causal=objective == "clm")]
@@ -247,18 +248,17 @@ def test_resume_from_consumed_samples_at_any_dp_size(sample_corpus, objective):
 def test_blend_of_two_sources(sample_corpus, uniprot_corpus):
     config = DataConfig(
         sources=[DataSource(prefix=str(sample_corpus), weight=0.7), DataSource(prefix=str(uniprot_corpus), weight=0.3)],
-        objective="mlm",
         packed=False,
         seq_length=128,
     )
-    blend = DataBuilder(config).build(Split.TRAIN, num_samples=2000)
+    blend = DataBuilder(config, "mlm").build(Split.TRAIN, num_samples=2000)
     ids = np.array([blend[i]["dataset_id"] for i in range(2000)])
     assert abs(np.mean(ids == 0) - 0.7) < 0.01
     epochs = epochs_per_source(blend, 2000)
     assert set(epochs) == {str(sample_corpus), str(uniprot_corpus)}
     units = [part.order.units.num_units for part in blend.datasets]
     assert epochs[str(sample_corpus)] == pytest.approx(np.sum(ids == 0) / units[0])
-    valid = DataBuilder(config).build(Split.VALID, num_samples=100)
+    valid = DataBuilder(config, "mlm").build(Split.VALID, num_samples=100)
     train_docs = {(k, int(d)) for k, part in enumerate(blend.datasets) for d in part.order.units.documents}
     valid_docs = {(k, int(d)) for k, part in enumerate(valid.datasets) for d in part.order.units.documents}
     assert train_docs.isdisjoint(valid_docs)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from megatron_plm.data.samples import splits as splits_module
-from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.builder import DataBuilder
+from megatron_plm.data.samples.config import DataConfig, DataSource
 from megatron_plm.data.samples.index_cache import IndexCache, IndexCacheError, Role
 from megatron_plm.data.samples.splits import Split
 
@@ -18,9 +19,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def config(prefix, cache_dir, **overrides):
-    fields = dict(objective="clm", seq_length=64, reverse_prob=0.3, cache_dir=str(cache_dir))
+    fields = dict(seq_length=64, reverse_prob=0.3, cache_dir=str(cache_dir))
     fields.update(overrides)
     return DataConfig(sources=[DataSource(prefix=str(prefix))], **fields)
+
+
+def make_builder(prefix, cache_dir, objective="clm", **overrides):
+    return DataBuilder(config(prefix, cache_dir, **overrides), objective)
 
 
 def batches(dataset, count=64):
@@ -46,11 +51,11 @@ def test_native_split_hash_equals_hashlib():
 @pytest.mark.parametrize("objective, packed", [("clm", True), ("mlm", False)])
 def test_cached_run_yields_the_batches_of_an_uncached_one(sample_corpus, tmp_path, objective, packed):
     overrides = dict(objective=objective, packed=packed, reverse_prob=0.3 if objective == "clm" else 0.0)
-    plain = DataBuilder(config(sample_corpus, tmp_path, cache=False, **overrides)).build(Split.TRAIN, 256)
-    first = DataBuilder(config(sample_corpus, tmp_path, **overrides))
+    plain = make_builder(sample_corpus, tmp_path, cache=False, **overrides).build(Split.TRAIN, 256)
+    first = make_builder(sample_corpus, tmp_path, **overrides)
     cold = first.build(Split.TRAIN, 256)
     assert len(first.cache(str(sample_corpus)).built) == 2  # splits + the dataset
-    second = DataBuilder(config(sample_corpus, tmp_path, **overrides))
+    second = make_builder(sample_corpus, tmp_path, **overrides)
     warm = second.build(Split.TRAIN, 256)
     assert second.cache(str(sample_corpus)).built == []  # a second launch builds nothing
     assert isinstance(warm.doc_order, np.memmap) or isinstance(warm.doc_order.base, np.memmap)
@@ -58,14 +63,14 @@ def test_cached_run_yields_the_batches_of_an_uncached_one(sample_corpus, tmp_pat
         assert_same(batches(plain), batches(dataset))
         assert np.array_equal(plain.order.units.documents, dataset.order.units.documents)
     # A field that shapes the samples gets its own entry; the old one stays valid.
-    third = DataBuilder(config(sample_corpus, tmp_path, seed=99, **overrides))
+    third = make_builder(sample_corpus, tmp_path, seed=99, **overrides)
     third.build(Split.TRAIN, 256)
     assert len(third.cache(str(sample_corpus)).built) == 1  # same splits, new sample index
 
 
 def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog):
-    reference = batches(DataBuilder(config(sample_corpus, tmp_path, cache=False)).build(Split.TRAIN, 128))
-    builder = DataBuilder(config(sample_corpus, tmp_path))
+    reference = batches(make_builder(sample_corpus, tmp_path, cache=False).build(Split.TRAIN, 128))
+    builder = make_builder(sample_corpus, tmp_path)
     builder.build(Split.TRAIN, 128)
     entry = next(p for p in builder.cache(str(sample_corpus)).built if ".all.train-" in p.name)
     shuffle = entry / "shuffle.npy"
@@ -74,7 +79,7 @@ def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog)
         byte = handle.read(1)
         handle.seek(-3, os.SEEK_END)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    rebuilt = DataBuilder(config(sample_corpus, tmp_path))
+    rebuilt = make_builder(sample_corpus, tmp_path)
     assert_same(reference, batches(rebuilt.build(Split.TRAIN, 128)))
     assert [p.name for p in rebuilt.cache(str(sample_corpus)).built] == [entry.name]
     assert "fails its CRC-32 check" in caplog.text
@@ -83,7 +88,7 @@ def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog)
     # A staging directory left by a killed builder is never read, and is cleared by the next builder.
     abandoned = entry.with_name(entry.name + ".tmp-" + os.uname().nodename + "-999999999")
     shutil.copytree(entry, abandoned)
-    again = DataBuilder(config(sample_corpus, tmp_path))
+    again = make_builder(sample_corpus, tmp_path)
     assert_same(reference, batches(again.build(Split.TRAIN, 128)))
     assert "truncated" in caplog.text and not abandoned.exists()
 
@@ -94,16 +99,16 @@ def test_a_different_corpus_at_the_same_path_gets_new_entries(tmp_path, sample_f
     prefix = tmp_path / "corpus"
     cache_dir = tmp_path / "cache"
     preprocess(PreprocessConfig(inputs=[str(sample_fasta)], output_prefix=str(prefix), max_length=300, progress=False))
-    DataBuilder(config(prefix, cache_dir)).build(Split.TRAIN, 128)
+    make_builder(prefix, cache_dir).build(Split.TRAIN, 128)
     preprocess(
         PreprocessConfig(
             inputs=[str(sample_fasta)], output_prefix=str(prefix), min_length=301, progress=False, overwrite=True
         )
     )
-    builder = DataBuilder(config(prefix, cache_dir))
+    builder = make_builder(prefix, cache_dir)
     dataset = builder.build(Split.TRAIN, 128)
     assert len(builder.cache(str(prefix)).built) == 2
-    assert_same(batches(DataBuilder(config(prefix, cache_dir, cache=False)).build(Split.TRAIN, 128)), batches(dataset))
+    assert_same(batches(make_builder(prefix, cache_dir, cache=False).build(Split.TRAIN, 128)), batches(dataset))
 
 
 def test_unwritable_cache_dir_names_the_path_and_the_fix(sample_corpus, tmp_path):
@@ -115,7 +120,7 @@ def test_unwritable_cache_dir_names_the_path_and_the_fix(sample_corpus, tmp_path
         cache_dir = tmp_path / "read-only"
         cache_dir.mkdir(mode=0o500)
     with pytest.raises(IndexCacheError, match=rf"cannot write the index cache in {cache_dir}.*data.cache_dir"):
-        DataBuilder(config(sample_corpus, cache_dir)).build(Split.TRAIN, 64)
+        make_builder(sample_corpus, cache_dir).build(Split.TRAIN, 64)
 
 
 def test_a_rank_that_waits_too_long_names_the_entry(tmp_path):
@@ -134,12 +139,13 @@ def test_four_ranks_read_one_cache_built_once(sample_corpus, tmp_path):
     script.write_text(f"""
 import json, os, sys
 import numpy as np
-from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+from megatron_plm.data.samples.builder import DataBuilder
+from megatron_plm.data.samples.config import DataConfig, DataSource
 from megatron_plm.data.samples.splits import Split
 import torch.distributed as dist
 dist.init_process_group("gloo")
-builder = DataBuilder(DataConfig(sources=[DataSource(prefix={str(sample_corpus)!r})], objective="mlm", seq_length=64,
-                                 cache_dir={str(tmp_path / "cache")!r}))
+builder = DataBuilder(DataConfig(sources=[DataSource(prefix={str(sample_corpus)!r})], seq_length=64,
+                                 cache_dir={str(tmp_path / "cache")!r}), "mlm")
 data = builder.build(Split.TRAIN, 512)
 tokens = data.samples(np.arange(32))["tokens"]
 out = dict(rank=dist.get_rank(), built=[p.name for p in builder.cache({str(sample_corpus)!r}).built],

@@ -7,7 +7,8 @@ import pytest
 
 from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.preprocess.fasta import read_fasta
-from megatron_plm.data.tokenizers.subword import SubwordTokenizer, SubwordTrainConfig, train_subword_tokenizer
+from megatron_plm.data.preprocess.tokenizer_training import SubwordTrainConfig, train_subword_tokenizer
+from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import VOCAB, ProteinTokenizer
 
 
@@ -75,22 +76,23 @@ def test_preprocessing_stores_subword_ids_in_the_smallest_dtype(subword_corpus, 
 
 
 def test_training_refuses_a_corpus_of_another_tokenizer(subword_corpus, subword_tokenizers, sample_corpus):
-    from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.config import DataConfig, DataSource
 
     prefix, _, _ = subword_corpus
     with pytest.raises(
         ValueError, match=r"preprocessed with tokenizer .*SubwordTokenizer.* but the run uses .*Protein"
     ):
-        DataBuilder(DataConfig(sources=[DataSource(prefix=str(prefix))])).corpus(str(prefix))
+        DataBuilder(DataConfig(sources=[DataSource(prefix=str(prefix))]), "clm").corpus(str(prefix))
     other = DataConfig(sources=[DataSource(prefix=str(sample_corpus))], tokenizer=str(subword_tokenizers["unigram"]))
     with pytest.raises(
         ValueError, match=r"preprocessed with tokenizer .*ProteinTokenizer.* but the run uses .*unigram"
     ):
-        DataBuilder(other).corpus(str(sample_corpus))
+        DataBuilder(other, "clm").corpus(str(sample_corpus))
     same = DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer=str(subword_tokenizers["bpe"]))
-    assert len(DataBuilder(same).corpus(str(prefix))) == 1500
+    assert len(DataBuilder(same, "clm").corpus(str(prefix))) == 1500
     with pytest.raises(ValueError, match="reverse_prob must be 0 with a subword"):
-        DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer="x", reverse_prob=0.5).validate()
+        DataConfig(sources=[DataSource(prefix=str(prefix))], tokenizer="x", reverse_prob=0.5).validate("clm")
 
 
 def test_unigram_training_reports_progress_while_sentencepiece_is_silent(real_fasta, tmp_path, monkeypatch, capfd):

@@ -348,11 +348,11 @@ def test_perplexity_scores_the_held_out_split_of_a_training_corpus(runtime, trai
 
     from conftest import REPO
 
-    from megatron_plm.checkpoint.distributed import latest_checkpoint, saved_run_config
+    from megatron_plm.checkpoint.saved_run import SavedRun
     from megatron_plm.data.corpus import Corpus
     from megatron_plm.data.samples.splits import Split, assign_splits
 
-    data = saved_run_config(latest_checkpoint(trained["clm"]))["data"]
+    data = SavedRun.open(trained["clm"]).data
     corpus = Corpus.open(sample_corpus)
     splits = assign_splits(corpus, tuple(data["split_weights"]), by_cluster=data["split_by_cluster"])
     ids = corpus.record_ids()

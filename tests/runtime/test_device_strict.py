@@ -103,7 +103,7 @@ def test_strict_runtime_trains_and_validates_on_a_virtual_gpu(tmp_path, sample_c
         assert runtime.device == torch.device("cuda", 0) and not runtime.on_gpu and cpu.strict()
         state = build_run(config, runtime)
         t = config.training
-        data = DataBuilder(config.data).build(Split.TRAIN, 2 * t.global_batch_size)
+        data = DataBuilder(config.data, config.objective).build(Split.TRAIN, 2 * t.global_batch_size)
         loader = BatchLoader(data, t.global_batch_size, t.micro_batch_size, 0, 1, causal=True)
         result = train_step(state, [b.to(runtime.device) for b in loader.next_step()], runtime)
         assert math.isfinite(result.loss) and result.tokens > 0 and not result.skipped

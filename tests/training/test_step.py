@@ -24,7 +24,7 @@ def test_one_reduction_matches_megatron_cores_step(sample_corpus):
             "optimizer.clip_grad=0.05",  # small enough that clipping acts
         ],
     )
-    data = DataBuilder(config.data).build(Split.TRAIN, 4)
+    data = DataBuilder(config.data, config.objective).build(Split.TRAIN, 4)
     batch = BatchLoader(data, 4, 4, 0, 1, causal=True).next_step()
     params, norms, calls = [], [], []
     for ours in (True, False):

@@ -82,19 +82,19 @@ def test_trains_exports_and_transformers_reproduces_the_logits(
 
 
 def test_mlm_masks_whole_subword_tokens(subword_corpus, subword_tokenizers):
-    from megatron_plm.data.samples.builder import DataBuilder, DataConfig, DataSource
+    from megatron_plm.data.samples.builder import DataBuilder
+    from megatron_plm.data.samples.config import DataConfig, DataSource
     from megatron_plm.data.samples.splits import Split
 
     prefix, _, _ = subword_corpus
     tok = SubwordTokenizer.load(subword_tokenizers["bpe"])
     config = DataConfig(
         sources=[DataSource(prefix=str(prefix))],
-        objective="mlm",
         packed=False,
         seq_length=64,
         tokenizer=str(subword_tokenizers["bpe"]),
     )
-    data = DataBuilder(config).build(Split.TRAIN, 64)
+    data = DataBuilder(config, "mlm").build(Split.TRAIN, 64)
     batch = data.samples(np.arange(64))
     selected = batch["loss_mask"] > 0
     labels, tokens = batch["labels"][selected], batch["tokens"][selected]

@@ -104,4 +104,6 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ValueError, match=r"global_batch_size \(10\) must be a multiple"):
         load_config(base, ["training.global_batch_size=10", "training.micro_batch_size=4"])
     config = load_config(base, ["model.num_layers=3", "data.seq_length=64"])
-    assert config.model.num_layers == 3 and config.model.seq_length == 64 and config.data.objective == "clm"
+    assert config.model.num_layers == 3 and config.objective == "clm"
+    assert config.model.seq_length is None and not hasattr(config.data, "objective")  # derived, not stored
+    assert config.resolve().model.seq_length == 64

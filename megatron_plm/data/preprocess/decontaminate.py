@@ -41,7 +41,7 @@ EXCLUDE_COLUMNS = ("record_id", "best_target", "identity", "target_coverage", "r
 
 @dataclass(kw_only=True)
 class DecontaminateConfig:
-    corpus_inputs: list[str]
+    corpus_inputs: list[str] = field(metadata={"cli": {"flags": ["--corpus-input"], "action": "extend"}})
     """The pretraining corpus: files or globs as given to ``preprocess --input`` (FASTA, JSONL, alignments)."""
     output: str
     """The exclusion list to write (TSV: record id, best target, identity, coverages, E-value)."""
@@ -49,16 +49,16 @@ class DecontaminateConfig:
     """FASTA of the benchmark proteins (default: the wild types of the shipped ProteinGym assays)."""
     min_seq_id: float = 0.3
     """List corpus records at least this identical to a target (fraction of aligned columns)."""
-    coverage: float = 0.5
+    coverage: float = field(default=0.5, metadata={"cli": {"flags": ["-c", "--coverage"]}})
     """Minimum aligned fraction, of the sequences named by ``cov_mode`` (MMseqs2 ``-c``)."""
     cov_mode: int = 2
     """MMseqs2 ``--cov-mode``: 2 (default) the target protein's coverage, so a long multi-domain corpus
     record holding the target is caught; 0 both; 1 the corpus record's."""
-    sensitivity: float = 7.5
+    sensitivity: float = field(default=7.5, metadata={"cli": {"flags": ["-s", "--sensitivity"]}})
     """MMseqs2 ``-s`` (1 fast .. 7.5 sensitive): few targets, so the sensitive end is affordable."""
     max_seqs: int = 100_000
     """Corpus hits kept per target before alignment (MMseqs2 ``--max-seqs``; its default 300 would miss homologs)."""
-    evalue: float = 1e-3
+    evalue: float = field(default=1e-3, metadata={"cli": {"flags": ["-e", "--evalue"]}})
     """MMseqs2 ``-e``: hits with a larger E-value are not listed."""
     threads: int | None = None
     """Threads for MMseqs2 (None: all cores)."""
@@ -211,6 +211,14 @@ def _sha256(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def run_decontaminate(cfg: DecontaminateConfig) -> int:
+    """``megatron-plm decontaminate``: search, write the list, print the per-target summary."""
+    summary = decontaminate(cfg)
+    print(summary.format())
+    print(f"wrote {cfg.output}: pass it to preprocess --exclude")
+    return 0
 
 
 def decontaminate(cfg: DecontaminateConfig) -> DecontaminateSummary:

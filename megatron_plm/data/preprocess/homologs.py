@@ -20,7 +20,8 @@ tracks 1 / neighbours without any change to the datasets.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
@@ -112,3 +113,39 @@ def write_weights(prefix: str | os.PathLike, ids: list[str], result: HomologWeig
     for name, path in files.items():  # each under a temporary name of its own, then renamed
         write_text_atomic(path, "\n".join(rows[name]) + "\n")
     return files
+
+
+@dataclass(kw_only=True)
+class MsaWeightsConfig:
+    alignment: str = field(metadata={"cli": {"positional": True}})
+    """The alignment: a3m, a2m or aligned FASTA (optionally .gz)."""
+    output_prefix: str
+    """Writes PREFIX.weights.tsv and PREFIX.clusters.tsv."""
+    identity: float = 0.8
+    """Neighbour threshold: sequences at least this identical count as one (0.8, as EVE)."""
+    format: Literal["a3m", "a2m", "afa"] | None = None
+    """The alignment's format; default: by extension, else a3m."""
+
+
+def run_msa_weights(config: MsaWeightsConfig) -> int:
+    """``megatron-plm msa-weights``: weights and identity clusters of an alignment, written atomically."""
+    import time
+
+    from megatron_plm.data.preprocess.msa import msa_format_of, read_msa
+    from megatron_plm.outputs import prepare_output
+    from megatron_plm.safe_io import check_output_prefix
+
+    prefix = check_output_prefix(config.output_prefix)
+    prepare_output(prefix + ".weights.tsv", what="--output-prefix")  # before the O(N^2 L) work, not after
+    started = time.perf_counter()
+    alignment = read_msa(config.alignment, config.format or msa_format_of(str(config.alignment)) or "a3m")
+    result = homolog_weights(alignment, config.identity)
+    clusters = greedy_clusters(result, alignment.ids)
+    files = write_weights(config.output_prefix, alignment.ids, result, clusters)
+    n, columns = alignment.columns.shape
+    print(
+        f"{n:,} sequences x {columns} match columns: Neff {result.neff:,.1f} at {config.identity:.0%} identity, "
+        f"{clusters.max() + 1:,} clusters ({time.perf_counter() - started:.1f} s)"
+    )
+    print(f"wrote {files['weights']}, {files['clusters']} (train on the clusters: preprocess --clusters)")
+    return 0

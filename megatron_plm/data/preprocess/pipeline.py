@@ -10,7 +10,6 @@ per unique sequence and, with a cluster mapping, 16 bytes per member: see cluste
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import functools
@@ -54,39 +53,47 @@ _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", 
 
 @dataclass(kw_only=True)
 class PreprocessConfig:
-    inputs: list[str]
-    """Input files or glob patterns (FASTA plain/gzip, or JSONL)."""
-    output_prefix: str
+    inputs: list[str] = field(metadata={"cli": {"flags": ["--input"], "action": "extend", "group": "input/output"}})
+    """FASTA (plain or .gz), JSONL or alignment files; globs allowed; repeatable."""
+    output_prefix: str = field(metadata={"cli": {"group": "input/output"}})
     """Writes PREFIX.bin, PREFIX.idx, PREFIX.ids.txt, PREFIX.source.npy, PREFIX.meta.json (+ cluster files)."""
-    source_labels: list[str] = field(default_factory=list)
-    """One label for all inputs, or one per input pattern; default: each file's name without suffixes."""
-    input_format: Literal["auto", "fasta", "jsonl", "a3m", "a2m", "afa"] = "auto"
+    source_labels: list[str] = field(
+        default_factory=list,
+        metadata={"cli": {"flags": ["--source-label"], "action": "append", "nargs": None, "group": "input/output"}},
+    )
+    """The label stored per sequence: one label for all inputs, or one per input pattern; default: each file's name without suffixes."""
+    input_format: Literal["auto", "fasta", "jsonl", "a3m", "a2m", "afa"] = field(
+        default="auto", metadata={"cli": {"group": "input/output"}}
+    )
     """``auto``: ``.jsonl``/``.json`` are JSONL, ``.a3m``/``.a2m``/``.afa`` alignments (each optionally
     ``.gz``), everything else FASTA. Alignments become their homologs: gaps dropped, insertions upper-cased."""
-    json_keys: list[str] = field(default_factory=lambda: ["sequence"])
+    json_keys: list[str] = field(default_factory=lambda: ["sequence"], metadata={"cli": {"group": "input/output"}})
     """JSONL: the field holding the sequence (Megatron's ``--json-keys``; one key)."""
-    json_id_key: str | None = "id"
+    json_id_key: str | None = field(default="id", metadata={"cli": {"group": "input/output"}})
     """JSONL: the field holding the record id (missing: ``line<N>``)."""
-    clusters: str | None = None
+    clusters: str | None = field(default=None, metadata={"cli": {"group": "input/output"}})
     """UniRef-style ``representative<TAB>member`` TSV joined on record id."""
-    exclude: str | None = None
+    exclude: str | None = field(default=None, metadata={"cli": {"group": "filters"}})
     """Exclusion list (``megatron-plm decontaminate`` output, or one record id per line): drop these records."""
-    min_length: int = 1
+    min_length: int = field(default=1, metadata={"cli": {"group": "filters"}})
     """Drop sequences with fewer residues."""
-    max_length: int | None = None
+    max_length: int | None = field(default=None, metadata={"cli": {"group": "filters"}})
     """Drop sequences with more residues (None: keep all; datasets crop long ones)."""
-    dedup: bool = False
+    dedup: bool = field(default=False, metadata={"cli": {"group": "filters"}})
     """Drop exact duplicate sequences (after normalisation), keeping the first."""
-    unknown: Literal["error", "unk", "skip"] = "error"
+    unknown: Literal["error", "unk", "skip"] = field(default="error", metadata={"cli": {"group": "filters"}})
     """A character outside the alphabet: stop with an error, map it to ``<unk>``, or skip the record."""
-    workers: int = 1
-    implementation: Literal["auto", "native", "reference"] = "auto"
+    workers: int = field(default=1, metadata={"cli": {"group": "run"}})
+    """Encoding threads."""
+    implementation: Literal["auto", "native", "reference"] = field(default="auto", metadata={"cli": {"group": "run"}})
     """``auto`` uses the C++ encoder when built, else the Python reference (with a warning)."""
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    tokenizer: str | None = None
+    chunk_mb: float = field(default=DEFAULT_CHUNK_BYTES / 2**20, metadata={"cli": {"group": "run"}})
+    """Input read per encoding job, in MiB of whole records."""
+    tokenizer: str | None = field(default=None, metadata={"cli": {"group": "input/output"}})
     """A ``megatron-plm tokenizer train`` directory: store subword ids (default: one id per residue)."""
-    progress: bool = True
-    overwrite: bool = False
+    progress: bool = field(default=True, metadata={"cli": {"group": "run"}})
+    """Show a progress bar (a terminal) or progress lines (a log)."""
+    overwrite: bool = field(default=False, metadata={"cli": {"group": "run"}})
     """Replace a corpus already at the output prefix (without it, that is an error)."""
 
     def validate(self) -> None:
@@ -109,7 +116,11 @@ class PreprocessConfig:
         if self.unknown not in ("error", "unk", "skip"):
             raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
         if self.chunk_bytes < 1024:
-            raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
+            raise ValueError(f"--chunk-mb must be at least 1 KiB (0.001), got {self.chunk_mb}")
+
+    @property
+    def chunk_bytes(self) -> int:
+        return int(self.chunk_mb * 2**20)
 
 
 def default_label(path: str) -> str:
@@ -483,92 +494,9 @@ def _progress_bar(cfg: PreprocessConfig, inputs):
 # ---- command line ----------------------------------------------------------------------------------
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags follow Megatron-LM's tools/preprocess_data.py where they apply."""
-    io = parser.add_argument_group("input/output")
-    io.add_argument(
-        "--input",
-        action="extend",
-        nargs="+",
-        required=True,
-        dest="inputs",
-        help="FASTA (plain or .gz) or JSONL files; globs allowed; repeatable",
-    )
-    io.add_argument("--output-prefix", required=True, help="writes PREFIX.bin/.idx and metadata beside them")
-    io.add_argument(
-        "--source-label",
-        action="append",
-        default=[],
-        dest="source_labels",
-        help="label stored per sequence: once for all inputs, or once per --input",
-    )
-    io.add_argument(
-        "--input-format",
-        choices=["auto", "fasta", "jsonl", *MSA_FORMATS],
-        default="auto",
-        help="auto: by extension (.jsonl/.json, .a3m/.a2m/.afa alignments, else FASTA)",
-    )
-    io.add_argument("--json-keys", nargs="+", default=["sequence"], help="JSONL field with the sequence")
-    io.add_argument("--json-id-key", default="id", help="JSONL field with the record id")
-    io.add_argument("--clusters", help="cluster mapping TSV (representative<TAB>member), joined on record id")
-    filters_exclude = parser.add_argument_group("decontamination")
-    filters_exclude.add_argument(
-        "--exclude", help="exclusion list (megatron-plm decontaminate; or one record id per line): drop these records"
-    )
-    filters = parser.add_argument_group("filters")
-    filters.add_argument("--min-length", type=int, default=1, help="drop shorter sequences (residues)")
-    filters.add_argument("--max-length", type=int, default=None, help="drop longer sequences (residues)")
-    filters.add_argument("--dedup", action="store_true", help="drop exact duplicate sequences, keeping the first")
-    filters.add_argument(
-        "--unknown",
-        choices=["error", "unk", "skip"],
-        default="error",
-        help="characters outside the alphabet: stop, map to <unk>, or skip the record",
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument("--workers", type=int, default=1, help="encoding threads")
-    run.add_argument(
-        "--implementation",
-        choices=["auto", "native", "reference"],
-        default="auto",
-        help="encoder: the C++ extension (native), pure Python (reference), or native if built",
-    )
-    run.add_argument(
-        "--chunk-mb",
-        type=float,
-        default=DEFAULT_CHUNK_BYTES / 2**20,
-        help="input read per encoding job (MiB of whole records)",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    run.add_argument("--overwrite", action="store_true", help="replace a corpus already at --output-prefix")
-    io.add_argument("--tokenizer", help="subword tokenizer directory (megatron-plm tokenizer train); default: residues")
-
-
-def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    return PreprocessConfig(
-        inputs=args.inputs,
-        output_prefix=args.output_prefix,
-        source_labels=args.source_labels,
-        input_format=args.input_format,
-        json_keys=args.json_keys,
-        json_id_key=args.json_id_key,
-        clusters=args.clusters,
-        exclude=args.exclude,
-        min_length=args.min_length,
-        max_length=args.max_length,
-        dedup=args.dedup,
-        unknown=args.unknown,
-        workers=args.workers,
-        implementation=args.implementation,
-        chunk_bytes=int(args.chunk_mb * 2**20),
-        tokenizer=args.tokenizer,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    summary, files = preprocess(config_from_args(args))
+def run_preprocess(config: PreprocessConfig) -> int:
+    """``megatron-plm preprocess``: the corpus, its summary, and the files written."""
+    summary, files = preprocess(config)
     print(summary.format())
     if summary.repeated_ids:
         print(

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from megatron_plm.data.corpus import Corpus
-from megatron_plm.data.samples.config import DataConfig, DataSource
+from megatron_plm.config import to_plain
+from megatron_plm.data.samples.config import SPLIT_FIELDS, DataConfig, DataSource, Objective
 from megatron_plm.data.samples.datasets import ProteinDataset, build_index
 from megatron_plm.data.samples.index_cache import IndexCache, corpus_fingerprint
 from megatron_plm.data.samples.splits import Split, assign_splits
@@ -43,9 +44,9 @@ def _derived_seed(seed: int, split: Split, source: int) -> int:
 class DataBuilder:
     """Opens corpora and assigns splits once; builds datasets for any number of samples."""
 
-    def __init__(self, config: DataConfig, tokenizer: ProteinTokenizer | None = None):
-        config.validate()
-        self.config = config
+    def __init__(self, config: DataConfig, objective: Objective, tokenizer: ProteinTokenizer | None = None):
+        config.validate(objective)
+        self.config, self.objective = config, objective
         self.tokenizer = tokenizer or load_tokenizer(config.tokenizer)
         self._corpora: dict[str, Corpus] = {}
         self._splits: dict[str, np.ndarray] = {}
@@ -83,8 +84,7 @@ class DataBuilder:
         return {
             "index_version": INDEX_VERSION,
             "corpus": self._fingerprints[prefix],
-            "split_weights": list(self.config.split_weights),
-            "split_by_cluster": self.config.split_by_cluster,
+            **{name: to_plain(getattr(self.config, name)) for name in SPLIT_FIELDS},
             **fields,
         }
 
@@ -123,7 +123,7 @@ class DataBuilder:
 
     def dataset(self, source: DataSource, split: Split, num_samples: int, seed: int) -> ProteinDataset:
         """One source's dataset for ``split``; its indices come from the cache when it is on."""
-        corpus, sample_config = self.corpus(source.prefix), self.config.sample_config()
+        corpus, sample_config = self.corpus(source.prefix), self.config.sample_config(self.objective)
         name = source.prefix + (f"[{source.source_label}]" if source.source_label else "")
         common = dict(
             config=sample_config, num_samples=num_samples, seed=seed, split=split, name=name, tokenizer=self.tokenizer

@@ -13,8 +13,10 @@ Objective = Literal["clm", "mlm"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class SampleConfig:
-    objective: Objective
+class SampleRecipe:
+    """How a sample is cut, framed and masked, whatever the objective: the part of the ``data`` section
+    that the run's objective completes into a :class:`SampleConfig`."""
+
     seq_length: int = 1024
     """Tokens per sample, specials included."""
     packed: bool = True
@@ -26,6 +28,13 @@ class SampleConfig:
     """MLM: which residues are selected for prediction and how they are corrupted (ESM-2: 15%, 80/10/10)."""
     cluster_sampling: bool = True
     """Uniform over clusters, then a uniform member, when the corpus has cluster ids."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleConfig(SampleRecipe):
+    """Everything a dataset needs to make its samples: the recipe and the objective."""
+
+    objective: Objective
 
     def validate(self) -> None:
         if self.objective not in ("clm", "mlm"):
@@ -53,14 +62,12 @@ class DataSource:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataConfig(SampleConfig):
-    """How samples are made (the fields of :class:`SampleConfig`, masking under ``masking``), plus
-    where they come from and how the corpora split."""
+class DataConfig(SampleRecipe):
+    """How samples are made (the fields of :class:`SampleRecipe`, masking under ``masking``), plus
+    where they come from and how the corpora split. The objective is the run's (passed, not stored)."""
 
     sources: list[DataSource]
     """Corpora to mix; override one item as ``data.sources.0.prefix=...``."""
-    objective: Objective = "clm"
-    """Set from the run's top-level ``objective`` when loaded as part of a TrainConfig."""
     split_weights: tuple[float, float, float] = (0.98, 0.01, 0.01)
     """train / valid / test shares, assigned by hash (see splits.py)."""
     split_by_cluster: bool = True
@@ -81,10 +88,10 @@ class DataConfig(SampleConfig):
     """A subword tokenizer directory (``megatron-plm tokenizer train``); None: one token per residue.
     Every corpus must have been preprocessed with the same tokenizer."""
 
-    def sample_config(self) -> SampleConfig:
-        return SampleConfig(**{f.name: getattr(self, f.name) for f in fields(SampleConfig)})
+    def sample_config(self, objective: Objective) -> SampleConfig:
+        return SampleConfig(objective=objective, **{f.name: getattr(self, f.name) for f in fields(SampleRecipe)})
 
-    def validate(self) -> None:
+    def validate(self, objective: Objective) -> None:
         if not self.sources:
             raise ValueError("data.sources is empty: give at least one corpus prefix")
         for i, source in enumerate(self.sources):
@@ -94,9 +101,19 @@ class DataConfig(SampleConfig):
             raise ValueError(f"data.cache_builder must be 'global' or 'local', got {self.cache_builder!r}")
         if not self.cache_timeout_s > 0:
             raise ValueError(f"data.cache_timeout_s must be > 0, got {self.cache_timeout_s}")
-        self.sample_config().validate()
+        self.sample_config(objective).validate()
         if self.tokenizer is not None and self.reverse_prob:
             raise ValueError(
                 "data.reverse_prob must be 0 with a subword data.tokenizer: the corpus stores the "
                 "forward tokenization, and reversing its tokens would not tokenize the reversed protein"
             )
+
+
+SPLIT_FIELDS = ("split_weights", "split_by_cluster")
+"""``data`` fields that decide each document's split."""
+ORDER_FIELDS = ("sources", "seed")
+"""``data`` fields that decide how many samples each source gives and in which order."""
+SAMPLES_DEPEND_ON = SPLIT_FIELDS + ORDER_FIELDS + tuple(f.name for f in fields(SampleRecipe))
+"""Every ``data`` field that decides which samples a run sees, in which order: what the index cache's key
+is made of (:meth:`~megatron_plm.data.samples.builder.DataBuilder.dataset`), and so what a resumed run
+may not change. A field added to :class:`SampleRecipe` joins both."""

@@ -210,3 +210,8 @@ class ProteinTokenizer:
         if reverse:
             return np.concatenate([[self.c_terminus], body[::-1], [self.n_terminus]]).astype(np.int64)
         return np.concatenate([[self.n_terminus], body, [self.c_terminus]]).astype(np.int64)
+
+
+RESIDUES_TOKENIZER = ProteinTokenizer()
+"""The residue vocabulary as one shared, immutable value: what evaluation and generation frame and encode
+residues with, whatever tokenizer the model itself uses."""

@@ -11,9 +11,11 @@ attention scores. Time assumes a model-FLOPs utilisation (MFU) you state.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
+from megatron_plm.config import ConfigOverrides
 from megatron_plm.training.config import TrainConfig
 
 GiB = 2**30
@@ -57,6 +59,32 @@ ACCELERATORS = {
     ),
     "cpu": Accelerator("CPU (fp32, for checking the estimate)", 24, 1, source="a nominal figure, not a peak"),
 }
+
+
+@dataclass(kw_only=True)
+class PlanConfig(ConfigOverrides):
+    """``megatron-plm plan``: size a run config, or plan a model for a compute budget."""
+
+    config: str | None = field(default=None, metadata={"cli": {"positional": True}})
+    """Run config to size (or give --budget-flops)."""
+    budget_flops: float | None = None
+    """Plan a model for this compute budget instead."""
+    objective: Literal["clm", "mlm"] = "clm"
+    """The objective of --budget-flops."""
+    law: str = "paper"
+    """'paper' (the study's fits) or a JSON written by 'scaling fit --output'."""
+    write_config: str | None = None
+    """Write a run config (the planned model's, or CONFIG's) with a layout that fits --gpus x --gpu."""
+    template: str | None = None
+    """Take --write-config's data section from this config (default: the nearest recipe's)."""
+    gpus: int = 8
+    """GPUs in the job."""
+    gpu: str = "h100-80gb"
+    """h100-80gb, h200-141gb, a100-80gb or cpu."""
+    mfu: float = 0.4
+    """Assumed model-FLOPs utilisation."""
+
+
 USABLE_MEMORY = 0.9
 """Share of device memory the plan may fill (allocator fragmentation, workspaces, NCCL buffers)."""
 
@@ -103,7 +131,7 @@ class ParameterCount:
 
 
 def count_parameters(config: TrainConfig) -> ParameterCount:
-    m = config.model
+    m = config.resolve().model
     h, vocab = m.hidden_size, m.padded_vocab_size()
     per_layer = m.layer_parameters()
     head = vocab * h if config.objective == "clm" else h * h + h + 2 * h + vocab  # MLM: dense, LN, bias (tied)
@@ -170,6 +198,7 @@ def make_plan(config: TrainConfig, *, gpus: int, accelerator: str = "h100-80gb",
     if accelerator not in ACCELERATORS:
         raise ValueError(f"--gpu must be one of {sorted(ACCELERATORS)}, got {accelerator!r}")
     device = ACCELERATORS[accelerator]
+    config = config.resolve()  # the vocabulary is the tokenizer's
     p, t, m = config.parallel, config.training, config.model
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     if gpus % (tp * pp):

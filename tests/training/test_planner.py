@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO
 from megatron_plm.training.config import load_config
-from megatron_plm.planning.planner import count_parameters, make_plan
+from megatron_plm.training.planner import count_parameters, make_plan
 
 RECIPES = REPO / "examples/configs/recipes"
 
@@ -19,7 +19,7 @@ def test_flagship_recipes_have_the_papers_sizes_on_the_meta_device(recipe, targe
     from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.models.build import build_model_chunk
 
-    config = load_config(RECIPES / f"{recipe}.yaml")
+    config = load_config(RECIPES / f"{recipe}.yaml").resolve()
     with initialize(ParallelConfig()) as runtime, torch.device("meta"):
         chunk = build_model_chunk(config.model, runtime, objective=config.objective)
     built = sum(p.numel() for p in chunk.parameters())
@@ -33,7 +33,7 @@ def test_esm2_size_configs_count_like_the_built_model(size):
     from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.models.build import build_model_chunk
 
-    config = load_config(RECIPES / f"esm2_{size}.yaml")
+    config = load_config(RECIPES / f"esm2_{size}.yaml").resolve()
     with initialize(ParallelConfig()) as runtime, torch.device("meta"):
         chunk = build_model_chunk(config.model, runtime, objective="mlm")
     assert sum(p.numel() for p in chunk.parameters()) == count_parameters(config).total
@@ -89,7 +89,7 @@ def test_budget_write_config_writes_a_layout_its_own_plan_says_fits(tmp_path):
 
 def test_plan_config_write_config_searches_the_layout_until_it_fits(tmp_path):
     from megatron_plm.config import parse_yaml
-    from megatron_plm.planning.planner import fit_layout, fits
+    from megatron_plm.training.planner import fit_layout, fits
 
     unsharded = [
         "parallel.tensor_model_parallel_size=1",
@@ -123,14 +123,14 @@ from megatron_plm.training.config import load_config
 from megatron_plm.data.samples.builder import DataBuilder
 from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.data.samples.splits import Split
-from megatron_plm.planning.planner import make_plan
+from megatron_plm.training.planner import make_plan
 from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.build import build_run
 from megatron_plm.training.step import train_step
 if __name__ == "__main__":
     config = load_config(sys.argv[1], sys.argv[2:] + ["training.train_iters=3"])
     with initialize(config.parallel) as runtime:
-        data = DataBuilder(config.data).build(Split.TRAIN, 64)
+        data = DataBuilder(config.data, config.objective).build(Split.TRAIN, 64)
         loader = BatchLoader(data, 8, 8, 0, 1, causal=True)
         batches = [loader.next_step() for _ in range(3)]
         base = psutil.Process().memory_info().rss
@@ -174,7 +174,7 @@ def test_memory_estimate_is_within_20_percent_of_a_measured_cpu_run(sample_corpu
 def test_h200_is_planned_and_named_with_its_datasheet_peaks():
     """The lent H200: an H100's dense bf16 peak (MFU's denominator), 4.8 TB/s, 141 GB, each sourced, and
     the plan of the 1B CLM recipe on one of them says which figures it used."""
-    from megatron_plm.planning.planner import ACCELERATORS, accelerator_of, format_plan, peak_flops
+    from megatron_plm.training.planner import ACCELERATORS, accelerator_of, format_plan, peak_flops
 
     h200 = accelerator_of("NVIDIA H200")
     assert h200 is ACCELERATORS["h200-141gb"] and peak_flops("NVIDIA H200") == 989e12 == peak_flops(
