@@ -51,6 +51,11 @@ SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate", "excl
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
 
 
+def mebibytes(text: str) -> int:
+    """``--chunk-mb 0.5`` -> bytes."""
+    return int(float(text) * 2**20)
+
+
 @dataclass(kw_only=True)
 class PreprocessConfig:
     inputs: list[str] = field(metadata={"cli": {"flags": ["--input"], "action": "extend", "group": "input/output"}})
@@ -87,8 +92,11 @@ class PreprocessConfig:
     """Encoding threads."""
     implementation: Literal["auto", "native", "reference"] = field(default="auto", metadata={"cli": {"group": "run"}})
     """``auto`` uses the C++ encoder when built, else the Python reference (with a warning)."""
-    chunk_mb: float = field(default=DEFAULT_CHUNK_BYTES / 2**20, metadata={"cli": {"group": "run"}})
-    """Input read per encoding job, in MiB of whole records."""
+    chunk_bytes: int = field(
+        default=DEFAULT_CHUNK_BYTES,
+        metadata={"cli": {"group": "run", "flags": ["--chunk-mb"], "type": mebibytes, "metavar": "MIB"}},
+    )
+    """Input read per encoding job, in bytes of whole records (on the command line: --chunk-mb, in MiB)."""
     tokenizer: str | None = field(default=None, metadata={"cli": {"group": "input/output"}})
     """A ``megatron-plm tokenizer train`` directory: store subword ids (default: one id per residue)."""
     progress: bool = field(default=True, metadata={"cli": {"group": "run"}})
@@ -116,11 +124,7 @@ class PreprocessConfig:
         if self.unknown not in ("error", "unk", "skip"):
             raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
         if self.chunk_bytes < 1024:
-            raise ValueError(f"--chunk-mb must be at least 1 KiB (0.001), got {self.chunk_mb}")
-
-    @property
-    def chunk_bytes(self) -> int:
-        return int(self.chunk_mb * 2**20)
+            raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
 
 
 def default_label(path: str) -> str:
