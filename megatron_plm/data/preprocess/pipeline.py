@@ -26,6 +26,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.preprocess.clusters import ClusterMap
+from megatron_plm.data.preprocess.decontaminate import ExclusionList
 from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.preprocess.encode import (
     EncodedChunk,
@@ -46,7 +47,7 @@ from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
 
-SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
+SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate", "excluded")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
 
 
@@ -77,6 +78,8 @@ class PreprocessConfig:
     """JSONL: the field holding the record id (missing: ``line<N>``)."""
     clusters: str | None = field(default=None, metadata={"cli": {"group": "input/output"}})
     """UniRef-style ``representative<TAB>member`` TSV joined on record id."""
+    exclude: str | None = field(default=None, metadata={"cli": {"group": "filters"}})
+    """Exclusion list (``megatron-plm decontaminate`` output, or one record id per line): drop these records."""
     min_length: int = field(default=1, metadata={"cli": {"group": "filters"}})
     """Drop sequences with fewer residues."""
     max_length: int | None = field(default=None, metadata={"cli": {"group": "filters"}})
@@ -288,6 +291,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     if "jsonl" in formats.values() and len(set(formats.values())) == 1:
         implementation = "reference"  # JSONL parsing is Python either way
     clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
+    exclusions = ExclusionList.load(cfg.exclude) if cfg.exclude else None
     labels = list(dict.fromkeys(label for _, label in inputs))
     summary = PreprocessSummary(
         implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None
@@ -317,7 +321,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
                     if encoded.problem is not None:
                         raise problem_to_error(encoded.problem, path, first_line)
-                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword)
+                    _write_chunk(
+                        encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword, exclusions
+                    )
                     summary.input_bytes += size
                     progress.update(size)
                 if summary.records_read == records_before:
@@ -343,6 +349,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 "dedup": cfg.dedup,
                 "unknown": cfg.unknown,
                 "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
+                "exclude": _exclusion_meta(exclusions, summary),
             },
             "summary": {
                 k: v
@@ -358,6 +365,18 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     finally:
         progress.close()
     return summary, files
+
+
+def _exclusion_meta(exclusions: ExclusionList | None, summary: PreprocessSummary) -> dict | None:
+    """What ``--exclude`` dropped, and against which targets and thresholds (the list's own header)."""
+    if exclusions is None:
+        return None
+    return {
+        "path": os.path.abspath(exclusions.path),
+        "records_listed": len(exclusions.record_ids),
+        "records_dropped": summary.skipped["excluded"],
+        **{key: value for key, value in exclusions.settings.items() if key != "records_listed"},
+    }
 
 
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
@@ -410,6 +429,7 @@ def _write_chunk(
     clusters: ClusterMap | None,
     seen: set[bytes],
     subword: SubwordTokenizer | None = None,
+    exclusions: ExclusionList | None = None,
 ) -> None:
     lengths, status = encoded.lengths, encoded.status
     n = len(lengths)
@@ -423,7 +443,13 @@ def _write_chunk(
         if dropped is not None and dropped.any():
             summary.skipped[reason] += int(dropped.sum())
             keep &= ~dropped
-    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or not keep.all()) else None
+    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or exclusions or not keep.all()) else None
+    if exclusions:  # before dedup: an excluded record must not make a later copy count as its duplicate
+        listed = exclusions.record_ids
+        for i in np.flatnonzero(keep):
+            if ids[i].decode("utf-8") in listed:
+                keep[i] = False
+                summary.skipped["excluded"] += 1
     if cfg.dedup:
         ends = np.cumsum(lengths)
         for i in np.flatnonzero(keep):
