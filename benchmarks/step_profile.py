@@ -239,7 +239,7 @@ def profile(
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split
-    from megatron_plm.planning.planner import count_parameters
+    from megatron_plm.training.planner import count_parameters
     from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training import step as step_module
     from megatron_plm.training.build import build_run

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_plm.data.samples.splits import Split, assign_splits
     from megatron_plm.evaluation.model import load_scoring_model
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
-    from megatron_plm.planning.planner import flops_per_token
+    from megatron_plm.training.planner import flops_per_token
     from megatron_plm.runtime.distributed import initialize
     from megatron_plm.runtime.parallel import ParallelConfig
     from megatron_plm.training.trainer import train

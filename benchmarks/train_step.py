@@ -25,7 +25,7 @@ import torch
 def measure(config_path, overrides, *, warmup: int = 3, steps: int = 10) -> dict | None:
     """Time ``steps`` training steps of a config (after ``warmup``); returns a row on the main rank."""
     from megatron_plm.training.config import load_config
-    from megatron_plm.planning.planner import flops_per_token, peak_flops
+    from megatron_plm.training.planner import flops_per_token, peak_flops
     from megatron_plm.runtime.distributed import initialize
     from megatron_plm.training.build import build_run
     from megatron_plm.training.step import train_step
@@ -200,14 +200,14 @@ def free_device_memory() -> None:
 
 def mfu_basis() -> str:
     """What the MFU column is measured against (the GPU's dense bf16 peak, and where that figure comes from)."""
-    from megatron_plm.planning.planner import accelerator_of
+    from megatron_plm.training.planner import accelerator_of
 
     if not torch.cuda.is_available():
         return "MFU: - (no GPU)"
     name = torch.cuda.get_device_name(0)
     accelerator = accelerator_of(name)
     if accelerator is None:
-        return f"MFU: - ({name} is not in megatron_plm.planning.planner.ACCELERATORS)"
+        return f"MFU: - ({name} is not in megatron_plm.training.planner.ACCELERATORS)"
     return f"MFU against {accelerator.bf16_tflops:g} TFLOP/s, the dense bf16 peak of the {accelerator.name} ({accelerator.source})"
 
 

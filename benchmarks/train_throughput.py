@@ -31,7 +31,7 @@ def measure_transformers(config_path, overrides, *, warmup: int, steps: int) -> 
     from megatron_plm.data.samples.builder import DataBuilder
     from megatron_plm.data.samples.loader import BatchLoader
     from megatron_plm.data.samples.splits import Split
-    from megatron_plm.planning.planner import flops_per_token, peak_flops
+    from megatron_plm.training.planner import flops_per_token, peak_flops
 
     config = load_config(config_path, [*overrides, f"training.train_iters={warmup + steps}"]).resolve()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

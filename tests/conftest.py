@@ -139,7 +139,7 @@ def uniprot_corpus(tmp_path_factory, shared_data):
 def subword_tokenizers(tmp_path_factory, sample_fasta):
     """A BPE vocabulary of 300 tokens (uint16 ids) from a 2,000-sequence sample of the shipped corpus, and a
     unigram one of 128 (uint8) from 300 sequences (its trainer is slow)."""
-    from megatron_plm.data.tokenizers.subword import SubwordTrainConfig, train_subword_tokenizer
+    from megatron_plm.data.preprocess.tokenizer_training import SubwordTrainConfig, train_subword_tokenizer
 
     root = tmp_path_factory.mktemp("tokenizers")
     out = {}

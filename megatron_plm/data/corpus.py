@@ -249,7 +249,7 @@ class CorpusWriter:
     def repeated_ids(self) -> tuple[int, str | None]:
         """How many documents so far repeat an earlier document's record id, and the first such id. Reads
         the staged ids back in blocks; memory: 8 bytes per document (a 64-bit hash each), while it runs."""
-        from megatron_plm.data.preprocess.clusters import hash_lines
+        from megatron_plm.data.hashing import hash_lines
 
         self._ids.flush()
         keys, rest = [], b""

@@ -141,12 +141,12 @@ def write_config(
     mfu: float = 0.4,
 ):
     """Write a run config for the planned model and token budget; return its path, warnings to show and the
-    :class:`~megatron_plm.planning.planner.LayoutFit` of its layout.
+    :class:`~megatron_plm.training.planner.LayoutFit` of its layout.
 
     Hyperparameters come from the recipes (see :func:`recipe_hyperparameters`): peak learning rate, warm-up
     (at most a tenth of the run), 1M-token steps, save/eval intervals (at most a tenth of the run), precision
     and layout of the nearest recipe. The layout is then fitted by the planner to ``gpus`` x ``accelerator``
-    (:func:`~megatron_plm.planning.planner.fit_layout`: TP, PP, sequence parallelism, recompute, micro batch),
+    (:func:`~megatron_plm.training.planner.fit_layout`: TP, PP, sequence parallelism, recompute, micro batch),
     so that ``plan`` of the written config says it fits; a ``ValueError`` says why when nothing does. The data
     section comes from ``template`` when given (else the recipe's); a warning says when the token budget is
     more than one epoch of it (the laws assume about one), or that there is no corpus to check."""
@@ -155,7 +155,7 @@ def write_config(
     from megatron_plm.config import parse_yaml
     from megatron_plm.training.config import config_from_dict
     from megatron_plm.outputs import write_text_atomic
-    from megatron_plm.planning.planner import fit_layout, format_changes
+    from megatron_plm.training.planner import fit_layout, format_changes
 
     picked = recipe_hyperparameters(plan.objective, plan.shape.non_embedding_parameters)
     recipe = picked["config"]

@@ -12,7 +12,7 @@ from megatron_plm.runtime.distributed import Runtime
 
 class ComputeLedger:
     def __init__(self, config: TrainConfig, runtime: Runtime, phases: list[dict]):
-        from megatron_plm.planning.planner import flops_per_token, peak_flops
+        from megatron_plm.training.planner import flops_per_token, peak_flops
 
         self.phases = [dict(p) for p in phases]
         if not self.phases or self.phases[-1]["name"] != config.name:

@@ -91,7 +91,7 @@ def _check_outputs(config: TrainConfig) -> None:
 
 def _check_memory(config: TrainConfig, runtime: Runtime) -> None:
     """Refuse a run whose first step could not fit (seq_length=1000000 once tried to allocate 1 TB)."""
-    from megatron_plm.planning.planner import make_plan
+    from megatron_plm.training.planner import make_plan
 
     if runtime.on_gpu:
         available, where = torch.cuda.mem_get_info(runtime.device)[1], torch.cuda.get_device_name(runtime.device)

@@ -71,7 +71,7 @@ def test_bad_input_names_file_line_and_record(tmp_path, case, implementation):
     path.write_bytes(content)
     prefix = tmp_path / "out" / "corpus"
     cfg = PreprocessConfig(
-        inputs=[str(path)], output_prefix=str(prefix), implementation=implementation, progress=False, chunk_mb=1 / 1024
+        inputs=[str(path)], output_prefix=str(prefix), implementation=implementation, progress=False, chunk_bytes=1024
     )
     with pytest.raises(InputFormatError) as caught:
         preprocess(cfg)

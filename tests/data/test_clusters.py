@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from megatron_plm.data.preprocess import clusters as clusters_module
-from megatron_plm.data.preprocess.clusters import ClusterMap, hash_fields, hash_lines
+from megatron_plm.data.hashing import hash_fields, hash_lines
+from megatron_plm.data.preprocess.clusters import ClusterMap
 from megatron_plm.data.preprocess.fasta import InputFormatError
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from megatron_plm.data.corpus import Corpus
 from megatron_plm.data.preprocess.fasta import read_fasta
-from megatron_plm.data.tokenizers.subword import SubwordTokenizer, SubwordTrainConfig, train_subword_tokenizer
+from megatron_plm.data.preprocess.tokenizer_training import SubwordTrainConfig, train_subword_tokenizer
+from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import VOCAB, ProteinTokenizer
 
 

@@ -31,16 +31,12 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
+from megatron_plm.data.hashing import hash_fields, hash_lines
 from megatron_plm.data.preprocess.fasta import InputFormatError, iter_chunks, open_binary
-from megatron_plm.data.samples.sampling import _GOLDEN, _mix64
 from megatron_plm.safe_io import TMP, check_free_space, leftovers, pid_alive
 
 _HEADERS = {(b"cluster_representative", b"member"), (b"representative", b"member")}
-_KEY_SEED = np.uint64(0x6A09E667F3BCC908)
-_CHECK_SEED = np.uint64(0xBB67AE8584CAA73B)
-_CHECK_MULTIPLIER = np.uint64(0xFF51AFD7ED558CCD)
 _CHUNK_BYTES = 1 << 20  # ~60k lines: the parser's per-line temporaries (~150 bytes each) stay ~10 MB
 IN_MEMORY_BYTES_PER_LINE = 48
 """What the in-memory join may need per line at its peak (~30 measured, with margin): above the bound, out of core."""
@@ -52,41 +48,6 @@ _RECORD = np.dtype([("key", "<u8"), ("check", "<u4"), ("line", "<i8")])
 JOIN_DISK_BYTES_PER_LINE = 72
 """Temporary disk of the out-of-core join at its peak, per line (partitions 2 x 20, per-line maps 12, result 16)."""
 _WORKDIR = ".cluster-join"
-
-
-def hash_fields(buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A 64-bit key and a 32-bit check word for each byte field ``buffer[start : start + length]``.
-
-    Depends only on the field's bytes (not on its neighbours or the batch): the length seeds the
-    state, then each little-endian 8-byte word (zero-filled past the end) is folded in."""
-    buffer = np.asarray(buffer, dtype=np.uint8)
-    starts = np.asarray(starts, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    padded = np.concatenate([buffer, np.zeros(8, dtype=np.uint8)])
-    windows = as_strided(padded, shape=(len(buffer) + 1, 8), strides=(1, 1), writeable=False)
-    size = lengths.astype(np.uint64) * _GOLDEN
-    key = _mix64(size + _KEY_SEED)
-    check = _mix64(size ^ _CHECK_SEED)
-    active = np.flatnonzero(lengths > 0)
-    offset = 0
-    while active.size:
-        words = np.ascontiguousarray(windows[starts[active] + offset]).view("<u8").reshape(-1)
-        remaining = np.minimum(lengths[active] - offset, 8).astype(np.uint64)
-        low_bytes = (np.uint64(1) << (remaining * np.uint64(8))) - np.uint64(1)
-        words &= np.where(remaining == 8, np.uint64(~np.uint64(0)), low_bytes)
-        key[active] = _mix64(key[active] ^ words)
-        check[active] = _mix64((check[active] + words) * _CHECK_MULTIPLIER)
-        offset += 8
-        active = active[lengths[active] > offset]
-    return key, (check >> np.uint64(32)).astype(np.uint32)
-
-
-def hash_lines(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`hash_fields` of each ``\\n``-terminated line of ``data`` (record ids as the encoder joins them)."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == ord("\n"))
-    starts = np.r_[0, ends[:-1] + 1] if len(ends) else ends
-    return hash_fields(buffer, starts, ends - starts)
 
 
 @dataclass

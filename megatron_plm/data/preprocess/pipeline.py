@@ -26,6 +26,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.preprocess.clusters import ClusterMap
+from megatron_plm.data.preprocess.decontaminate import ExclusionList
 from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.preprocess.encode import (
     EncodedChunk,
@@ -46,8 +47,13 @@ from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.safe_io import check_free_space, check_output_prefix, die_with_parent, terminate_as_interrupt
 
-SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
+SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate", "excluded")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
+
+
+def mebibytes(text: str) -> int:
+    """``--chunk-mb 0.5`` -> bytes."""
+    return int(float(text) * 2**20)
 
 
 @dataclass(kw_only=True)
@@ -77,6 +83,8 @@ class PreprocessConfig:
     temporary files (~72 bytes per member of disk), with the same result."""
     cluster_temp_dir: str | None = field(default=None, metadata={"cli": {"group": "run"}})
     """Folder for the out-of-core cluster join's temporary files (default: the output prefix's folder)."""
+    exclude: str | None = field(default=None, metadata={"cli": {"group": "filters"}})
+    """Exclusion list (``megatron-plm decontaminate`` output, or one record id per line): drop these records."""
     min_length: int = field(default=1, metadata={"cli": {"group": "filters"}})
     """Drop sequences with fewer residues."""
     max_length: int | None = field(default=None, metadata={"cli": {"group": "filters"}})
@@ -89,8 +97,11 @@ class PreprocessConfig:
     """Encoding threads."""
     implementation: Literal["auto", "native", "reference"] = field(default="auto", metadata={"cli": {"group": "run"}})
     """``auto`` uses the C++ encoder when built, else the Python reference (with a warning)."""
-    chunk_mb: float = field(default=DEFAULT_CHUNK_BYTES / 2**20, metadata={"cli": {"group": "run"}})
-    """Input read per encoding job, in MiB of whole records."""
+    chunk_bytes: int = field(
+        default=DEFAULT_CHUNK_BYTES,
+        metadata={"cli": {"group": "run", "flags": ["--chunk-mb"], "type": mebibytes, "metavar": "MIB"}},
+    )
+    """Input read per encoding job, in bytes of whole records (on the command line: --chunk-mb, in MiB)."""
     tokenizer: str | None = field(default=None, metadata={"cli": {"group": "input/output"}})
     """A ``megatron-plm tokenizer train`` directory: store subword ids (default: one id per residue)."""
     progress: bool = field(default=True, metadata={"cli": {"group": "run"}})
@@ -124,7 +135,7 @@ class PreprocessConfig:
         if self.unknown not in ("error", "unk", "skip"):
             raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
         if self.chunk_bytes < 1024:
-            raise ValueError(f"--chunk-mb must be at least 1 KiB (0.001), got {self.chunk_mb}")
+            raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
         if self.shard is not None:
             self.shard_position()
             if self.dedup:
@@ -141,10 +152,6 @@ class PreprocessConfig:
         if not 0 <= index < count:
             raise ValueError(f"--shard {self.shard}: I must be in 0..N-1 (shards are numbered from 0)")
         return index, count
-
-    @property
-    def chunk_bytes(self) -> int:
-        return int(self.chunk_mb * 2**20)
 
 
 def shard_inputs(inputs: list[tuple[str, str]], index: int, count: int) -> list[tuple[str, str]]:
@@ -348,6 +355,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
         if cfg.clusters
         else None
     )
+    exclusions = ExclusionList.load(cfg.exclude) if cfg.exclude else None
     try:
         if cfg.space_check:  # after the join: its temporary files already count as used
             needed, how = estimate_output_bytes([path for path, _ in inputs], 2 if subword else 1, clusters is not None)
@@ -359,14 +367,16 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 detail=how,
             )
         return _preprocess_with(
-            cfg, inputs, labels, shard, clusters, implementation, fasta_encoder, formats, stored, subword
+            cfg, inputs, labels, shard, clusters, exclusions, implementation, fasta_encoder, formats, stored, subword
         )
     finally:
         if clusters is not None:
             clusters.close()  # the out-of-core join's temporary files
 
 
-def _preprocess_with(cfg, inputs, labels, shard, clusters, implementation, fasta_encoder, formats, stored, subword):
+def _preprocess_with(
+    cfg, inputs, labels, shard, clusters, exclusions, implementation, fasta_encoder, formats, stored, subword
+):
     tokenizer = ProteinTokenizer()
     unknown = Unknown[cfg.unknown.upper()]
     summary = PreprocessSummary(
@@ -397,7 +407,9 @@ def _preprocess_with(cfg, inputs, labels, shard, clusters, implementation, fasta
                 for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
                     if encoded.problem is not None:
                         raise problem_to_error(encoded.problem, path, first_line)
-                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword)
+                    _write_chunk(
+                        encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword, exclusions
+                    )
                     summary.input_bytes += size
                     progress.update(size)
                 if summary.records_read == records_before:
@@ -423,6 +435,7 @@ def _preprocess_with(cfg, inputs, labels, shard, clusters, implementation, fasta
                 "dedup": cfg.dedup,
                 "unknown": cfg.unknown,
                 "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
+                "exclude": _exclusion_meta(exclusions, summary),
             },
             "summary": {
                 k: v
@@ -440,6 +453,18 @@ def _preprocess_with(cfg, inputs, labels, shard, clusters, implementation, fasta
     finally:
         progress.close()
     return summary, files
+
+
+def _exclusion_meta(exclusions: ExclusionList | None, summary: PreprocessSummary) -> dict | None:
+    """What ``--exclude`` dropped, and against which targets and thresholds (the list's own header)."""
+    if exclusions is None:
+        return None
+    return {
+        "path": os.path.abspath(exclusions.path),
+        "records_listed": len(exclusions.record_ids),
+        "records_dropped": summary.skipped["excluded"],
+        **{key: value for key, value in exclusions.settings.items() if key != "records_listed"},
+    }
 
 
 GZIP_RATIO = 2.5
@@ -528,6 +553,7 @@ def _write_chunk(
     clusters: ClusterMap | None,
     seen: set[bytes],
     subword: SubwordTokenizer | None = None,
+    exclusions: ExclusionList | None = None,
 ) -> None:
     lengths, status = encoded.lengths, encoded.status
     n = len(lengths)
@@ -541,7 +567,13 @@ def _write_chunk(
         if dropped is not None and dropped.any():
             summary.skipped[reason] += int(dropped.sum())
             keep &= ~dropped
-    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or not keep.all()) else None
+    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or exclusions or not keep.all()) else None
+    if exclusions:  # before dedup: an excluded record must not make a later copy count as its duplicate
+        listed = exclusions.record_ids
+        for i in np.flatnonzero(keep):
+            if ids[i].decode("utf-8") in listed:
+                keep[i] = False
+                summary.skipped["excluded"] += 1
     if cfg.dedup:
         ends = np.cumsum(lengths)
         for i in np.flatnonzero(keep):

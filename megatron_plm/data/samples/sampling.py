@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_plm.data.hashing import GOLDEN, mix64
+
 # Random streams: every random decision draws from rng(seed, stream, counter).
 STREAM_EPOCH_ORDER = 1
 STREAM_CLUSTER_MEMBER = 2
@@ -27,25 +29,15 @@ def rng(seed: int, stream: int, counter: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, counter])
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijective mix of uint64 values (wrapping arithmetic)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
 def random_bits(seed: int, stream: int, index: np.ndarray, position: np.ndarray) -> np.ndarray:
     """A random uint64 word for each (index, position) pair (arrays broadcast together) that depends
     only on (seed, stream, index, position): the per-sample randomness of the datasets.
 
     Counter-based (splitmix64): a sample's draws are the same whether it is built alone or in a
     batch, and cost a few vectorised integer operations instead of a generator per sample."""
-    key = _mix64(np.array([seed], dtype=np.uint64) * _GOLDEN + np.uint64(stream))
-    key = _mix64(key ^ (np.asarray(index, dtype=np.uint64) * _GOLDEN))
-    return _mix64(key + (np.asarray(position, dtype=np.uint64) + np.uint64(1)) * _GOLDEN)
+    key = mix64(np.array([seed], dtype=np.uint64) * GOLDEN + np.uint64(stream))
+    key = mix64(key ^ (np.asarray(index, dtype=np.uint64) * GOLDEN))
+    return mix64(key + (np.asarray(position, dtype=np.uint64) + np.uint64(1)) * GOLDEN)
 
 
 def uniform_noise(seed: int, stream: int, index: np.ndarray, position: np.ndarray | int = 0) -> np.ndarray:

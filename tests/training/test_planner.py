@@ -8,7 +8,7 @@ import torch
 
 from conftest import REPO
 from megatron_plm.training.config import load_config
-from megatron_plm.planning.planner import count_parameters, make_plan
+from megatron_plm.training.planner import count_parameters, make_plan
 
 RECIPES = REPO / "examples/configs/recipes"
 
@@ -89,7 +89,7 @@ def test_budget_write_config_writes_a_layout_its_own_plan_says_fits(tmp_path):
 
 def test_plan_config_write_config_searches_the_layout_until_it_fits(tmp_path):
     from megatron_plm.config import parse_yaml
-    from megatron_plm.planning.planner import fit_layout, fits
+    from megatron_plm.training.planner import fit_layout, fits
 
     unsharded = [
         "parallel.tensor_model_parallel_size=1",
@@ -123,7 +123,7 @@ from megatron_plm.training.config import load_config
 from megatron_plm.data.samples.builder import DataBuilder
 from megatron_plm.data.samples.loader import BatchLoader
 from megatron_plm.data.samples.splits import Split
-from megatron_plm.planning.planner import make_plan
+from megatron_plm.training.planner import make_plan
 from megatron_plm.runtime.distributed import initialize
 from megatron_plm.training.build import build_run
 from megatron_plm.training.step import train_step
@@ -174,7 +174,7 @@ def test_memory_estimate_is_within_20_percent_of_a_measured_cpu_run(sample_corpu
 def test_h200_is_planned_and_named_with_its_datasheet_peaks():
     """The lent H200: an H100's dense bf16 peak (MFU's denominator), 4.8 TB/s, 141 GB, each sourced, and
     the plan of the 1B CLM recipe on one of them says which figures it used."""
-    from megatron_plm.planning.planner import ACCELERATORS, accelerator_of, format_plan, peak_flops
+    from megatron_plm.training.planner import ACCELERATORS, accelerator_of, format_plan, peak_flops
 
     h200 = accelerator_of("NVIDIA H200")
     assert h200 is ACCELERATORS["h200-141gb"] and peak_flops("NVIDIA H200") == 989e12 == peak_flops(

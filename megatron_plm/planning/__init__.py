@@ -1,1 +1,0 @@
-"""Sizing: parameter counts, memory per GPU, throughput and time to a token budget."""
