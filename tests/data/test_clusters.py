@@ -80,3 +80,76 @@ def test_hash_collisions_are_errors_not_merges(tmp_path, monkeypatch):
         ClusterMap.load(write(tmp_path, "A\tx\nB\ty\n"))
     with pytest.raises(InputFormatError, match=r"tsv:2: members 'x' \(line 1\) and 'y' have the same 64-bit hash"):
         ClusterMap.load(write(tmp_path, "A\tx\nA\ty\n"))
+
+
+def _same_map(a: ClusterMap, b: ClusterMap) -> None:
+    for name in ("keys", "checks", "clusters", "first_lines"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert list(a.names()) == list(b.names())
+
+
+@pytest.mark.parametrize("per_line", [None, 1 << 20])
+def test_out_of_core_join_equals_the_in_memory_one_on_the_shipped_mapping(
+    sample_fasta, tmp_path, monkeypatch, per_line
+):
+    """Bit for bit: one partition, or ~1000 (each partition's records cost 1 MiB: forced)."""
+    path = str(sample_fasta).replace(".fasta.gz", ".clusters50.tsv.gz")
+    in_memory = ClusterMap.load(path)
+    assert in_memory.workdir is None and ClusterMap.load(path, memory_bytes=1 << 30).workdir is None
+    if per_line:
+        monkeypatch.setattr(clusters_module, "_PARTITION_BYTES_PER_LINE", per_line)
+    made = []
+    real_init = clusters_module._Partitions.__init__
+    monkeypatch.setattr(
+        clusters_module._Partitions, "__init__", lambda self, *a: made.append(a[1]) or real_init(self, *a)
+    )
+    with ClusterMap.load(path, memory_bytes=100_000, temp_dir=tmp_path) as joined:
+        assert joined.workdir and isinstance(joined.keys, np.memmap)
+        assert made == ([10, 10] if per_line else [0, 0])  # bits of the partition number
+        _same_map(in_memory, joined)
+        queries = b"".join(line.split(b"\t")[1] for line in gzip.open(path).read().splitlines(True)[1::5])
+        queries += b"not_a_member\n\n"
+        assert np.array_equal(joined.lookup(queries), in_memory.lookup(queries))
+    assert list(tmp_path.iterdir()) == []  # its temporary files are gone
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("A\tx\nA\ty\nB\tz\nC\tw\nB\ty\nC\tx\n", r"clusters\.tsv:5: member 'y' is in two clusters \(also line 2\)"),
+        ("A\tx\n\nB\ty\n", None),
+    ],
+)
+def test_out_of_core_join_reports_the_same_errors(tmp_path, monkeypatch, text, message):
+    path = write(tmp_path, text)
+    monkeypatch.setattr(clusters_module, "_PARTITION_BYTES_PER_LINE", 1 << 26)  # 2-4 partitions
+    work = tmp_path / "work"
+    work.mkdir()
+    if message:
+        with pytest.raises(InputFormatError, match=message):
+            ClusterMap.load(path)
+        with pytest.raises(InputFormatError, match=message):
+            ClusterMap.load(path, memory_bytes=10, temp_dir=work)
+        assert list(work.iterdir()) == []  # removed on the error
+    else:
+        with ClusterMap.load(path, memory_bytes=10, temp_dir=work) as joined:
+            _same_map(ClusterMap.load(path), joined)
+
+
+def test_out_of_core_join_of_a_representative_hash_collision(tmp_path, monkeypatch):
+    monkeypatch.setattr(clusters_module, "_PARTITION_BYTES_PER_LINE", 1 << 26)
+    real = clusters_module.hash_fields
+
+    def colliding(buffer, starts, lengths):  # every field hashes to one key, with distinct check words
+        key, check = real(buffer, starts, lengths)
+        return np.zeros_like(key), check
+
+    monkeypatch.setattr(clusters_module, "hash_fields", colliding)
+    path = write(tmp_path, "A\tx\nB\ty\n")
+    message = r"clusters\.tsv:2: representatives 'A' \(line 1\) and 'B' have the same 64-bit hash"
+    with pytest.raises(InputFormatError, match=message):
+        ClusterMap.load(path)
+    with pytest.raises(InputFormatError, match=message):
+        ClusterMap.load(path, memory_bytes=10, temp_dir=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["clusters.tsv"]

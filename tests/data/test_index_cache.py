@@ -74,7 +74,7 @@ def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog)
     builder.build(Split.TRAIN, 128)
     entry = next(p for p in builder.cache(str(sample_corpus)).built if ".all.train-" in p.name)
     shuffle = entry / "shuffle.npy"
-    with open(shuffle, "r+b") as handle:  # same size, one byte changed: only the checksum sees it
+    with open(shuffle, "r+b") as handle:  # same size, one byte changed: only the hash sees it (small: all sampled)
         handle.seek(-3, os.SEEK_END)
         byte = handle.read(1)
         handle.seek(-3, os.SEEK_END)
@@ -82,7 +82,7 @@ def test_damaged_entries_are_rebuilt_never_used(sample_corpus, tmp_path, caplog)
     rebuilt = make_builder(sample_corpus, tmp_path)
     assert_same(reference, batches(rebuilt.build(Split.TRAIN, 128)))
     assert [p.name for p in rebuilt.cache(str(sample_corpus)).built] == [entry.name]
-    assert "fails its CRC-32 check" in caplog.text
+    assert "fails its sampled SHA-256 check" in caplog.text
     with open(entry / "doc_order.npy", "r+b") as handle:  # truncated
         handle.truncate(100)
     # A staging directory left by a killed builder is never read, and is cleared by the next builder.
@@ -170,3 +170,79 @@ dist.destroy_process_group()
     assert all(r["mapped"] for r in results[1:])
     assert all(r["tokens"] == results[0]["tokens"] for r in results)
     assert len(list((tmp_path / "cache").iterdir())) == 2  # one splits entry, one dataset entry; nothing staged
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_open_reads_samples_not_the_whole_entry_and_verifies_in_full_on_request(tmp_path, monkeypatch, caplog):
+    """8 MB of doc_order: an open reads ~4 MiB of it (sizes + 64 sampled blocks); a byte flipped between the
+    sampled blocks is seen only by the full CRC-32 (data.cache_verify / MEGATRON_PLM_CACHE_VERIFY=1)."""
+    from megatron_plm.data.samples import index_cache
+
+    order = np.random.default_rng(0).permutation(1_000_000)
+    builds = []
+
+    def build():
+        builds.append(1)
+        return {"doc_order": order}
+
+    cache = IndexCache(tmp_path, role=Role())
+    assert np.array_equal(cache.get("o", {"n": 1}, build)["doc_order"], order) and len(builds) == 1
+    entry = cache.built[0]
+    path = entry / "doc_order.npy"
+    read = []
+    real_crc32 = index_cache._crc32
+    monkeypatch.setattr(index_cache, "_crc32", lambda p: read.append(p) or real_crc32(p))
+    assert np.array_equal(IndexCache(tmp_path, role=Role()).get("o", {"n": 1}, build)["doc_order"], order)
+    assert read == [] and len(builds) == 1  # no full read at open
+    _flip(path, (1 << 16) + 1000)  # past the first sampled block, before the second (~127 KB in)
+    assert np.array_equal(
+        IndexCache(tmp_path, role=Role(rank=1)).get("o", {"n": 1}, build)["doc_order"][:10], order[:10]
+    )
+    assert len(builds) == 1  # the sampled check does not see this byte: the documented trade-off
+    monkeypatch.setenv(index_cache.VERIFY_ENV, "1")
+    verified = IndexCache(tmp_path, role=Role())
+    assert np.array_equal(verified.get("o", {"n": 1}, build)["doc_order"], order)
+    assert len(builds) == 2 and "fails its CRC-32 check" in caplog.text and read
+    monkeypatch.delenv(index_cache.VERIFY_ENV)
+    # torn writes at the start or the end, a changed size, or a changed description: caught by every open
+    for damage in ("head", "tail", "size"):
+        if damage == "size":
+            with open(path, "ab") as handle:
+                handle.write(b"\0")
+        else:
+            _flip(path, 200 if damage == "head" else path.stat().st_size - 5)
+        before = len(builds)
+        assert np.array_equal(IndexCache(tmp_path, role=Role()).get("o", {"n": 1}, build)["doc_order"], order)
+        assert len(builds) == before + 1, damage
+    manifest = entry / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"n": 1', '"n": 2'))
+    assert IndexCache(tmp_path, role=Role())._load(entry, {"n": 1}).startswith("manifest describes different")
+
+
+def test_a_cache_entry_the_disk_cannot_hold_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil as shutil_module
+
+    from megatron_plm.safe_io import InsufficientSpaceError
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage._replace(free=1_000_000))
+    cache = IndexCache(tmp_path / "cache", role=Role())
+    with pytest.raises(
+        InsufficientSpaceError,
+        match=r"index cache entry o-[0-9a-f]{16} needs about 8\.00 MB .* has 1\.00 MB free.*data\.cache_dir",
+    ):
+        cache.get("o", {"n": 1}, lambda: {"doc_order": np.arange(1_000_000)})
+    assert list((tmp_path / "cache").iterdir()) == []  # no staging left behind
+    assert (
+        IndexCache(tmp_path / "cache", role=Role(), check_space=False).get(
+            "o", {"n": 1}, lambda: {"doc_order": np.arange(1_000_000)}
+        )["doc_order"][-1]
+        == 999_999
+    )

@@ -174,6 +174,7 @@ def test_sources_filters_dedup_and_clusters(tmp_path, shared_data, sample_fasta)
         "too_short": too_short,
         "too_long": too_long,
         "duplicate": duplicate,
+        "excluded": 0,
     }
     assert duplicate > 400  # the query set repeats 2 of its sequences, and its copy all that the filters keep
     opened = Corpus.open(prefix)

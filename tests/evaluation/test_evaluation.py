@@ -217,6 +217,7 @@ def test_dms_cli_writes_one_row_per_mutant(trained, shared_data, tmp_path):
             "IF1_ECOLI_Kelsic_2016",
             "--output",
             "scores.csv",
+            "--no-leakage",  # (the leakage report has its own tests: test_leakage.py)
         ],
         cwd=tmp_path,
         capture_output=True,

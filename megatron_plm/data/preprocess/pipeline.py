@@ -26,6 +26,7 @@ import numpy as np
 
 from megatron_plm import __version__
 from megatron_plm.data.preprocess.clusters import ClusterMap
+from megatron_plm.data.preprocess.decontaminate import ExclusionList
 from megatron_plm.data.corpus import CorpusWriter, corpus_paths, recover_interrupted
 from megatron_plm.data.preprocess.encode import (
     EncodedChunk,
@@ -45,9 +46,9 @@ from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta
 from megatron_plm.data.preprocess.msa import detect_format as detect_input_format
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
-from megatron_plm.safe_io import check_output_prefix, die_with_parent, terminate_as_interrupt
+from megatron_plm.safe_io import check_free_space, check_output_prefix, die_with_parent, terminate_as_interrupt
 
-SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate")
+SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate", "excluded")
 _SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
 
 
@@ -80,6 +81,13 @@ class PreprocessConfig:
     """JSONL: the field holding the record id (missing: ``line<N>``)."""
     clusters: str | None = field(default=None, metadata={"cli": {"group": "input/output"}})
     """UniRef-style ``representative<TAB>member`` TSV joined on record id."""
+    cluster_memory_gb: float = field(default=4.0, metadata={"cli": {"group": "run"}})
+    """Memory bound of the cluster join (GB): a mapping that could need more is joined out of core, through
+    temporary files (~72 bytes per member of disk), with the same result."""
+    cluster_temp_dir: str | None = field(default=None, metadata={"cli": {"group": "run"}})
+    """Folder for the out-of-core cluster join's temporary files (default: the output prefix's folder)."""
+    exclude: str | None = field(default=None, metadata={"cli": {"group": "filters"}})
+    """Exclusion list (``megatron-plm decontaminate`` output, or one record id per line): drop these records."""
     min_length: int = field(default=1, metadata={"cli": {"group": "filters"}})
     """Drop sequences with fewer residues."""
     max_length: int | None = field(default=None, metadata={"cli": {"group": "filters"}})
@@ -103,6 +111,12 @@ class PreprocessConfig:
     """Show a progress bar (a terminal) or progress lines (a log)."""
     overwrite: bool = field(default=False, metadata={"cli": {"group": "run"}})
     """Replace a corpus already at the output prefix (without it, that is an error)."""
+    shard: str | None = field(default=None, metadata={"cli": {"group": "run", "metavar": "I/N"}})
+    """``I/N``: preprocess only shard I (0-based) of N of the input files, split in order into N contiguous
+    groups of about equal size, for ``merge-corpora`` to join into the corpus one run would write."""
+    space_check: bool = field(default=True, metadata={"cli": {"group": "run"}})
+    """Before writing, estimate the corpus's size and refuse when its filesystem has less free
+    (``--no-space-check``: write anyway; a full disk then stops the run, leaving the prefix as it was)."""
 
     def validate(self) -> None:
         if not self.inputs:
@@ -125,6 +139,45 @@ class PreprocessConfig:
             raise ValueError(f"--unknown must be error, unk or skip, got {self.unknown!r}")
         if self.chunk_bytes < 1024:
             raise ValueError(f"chunk size must be at least 1 KiB, got {self.chunk_bytes} bytes")
+        if self.shard is not None:
+            self.shard_position()
+            if self.dedup:
+                raise ValueError("--dedup cannot be combined with --shard: a shard cannot see the others' sequences")
+        if not self.cluster_memory_gb > 0:
+            raise ValueError(f"--cluster-memory-gb must be > 0, got {self.cluster_memory_gb}")
+
+    def shard_position(self) -> tuple[int, int]:
+        """``(I, N)`` of ``--shard I/N``."""
+        try:
+            index, count = (int(part) for part in str(self.shard).split("/"))
+        except ValueError:
+            raise ValueError(f"--shard takes I/N (e.g. 3/16), got {self.shard!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {self.shard}: I must be in 0..N-1 (shards are numbered from 0)")
+        return index, count
+
+
+def shard_inputs(inputs: list[tuple[str, str]], index: int, count: int) -> list[tuple[str, str]]:
+    """Shard ``index`` of ``count``: contiguous runs of the inputs in order (so that shards merged in order are the
+    inputs in order), cut where the running size reaches each k/count of the total, with at least one file each."""
+    if count > len(inputs):
+        raise ValueError(
+            f"--shard {index}/{count}: only {len(inputs)} input files; use at most {len(inputs)} shards "
+            "(shards split the inputs by file: split a large file into several first)"
+        )
+    sizes = np.array([max(os.path.getsize(path), 1) for path, _ in inputs], dtype=np.float64)
+    before = np.cumsum(sizes) - sizes / 2  # each file's middle
+    cut = np.searchsorted(before, sizes.sum() * np.arange(1, count) / count)
+    for k in range(len(cut)):  # at least one file per shard, on both sides of each cut
+        cut[k] = min(max(cut[k], (cut[k - 1] if k else 0) + 1), len(inputs) - (count - 1 - k))
+    bounds = [0, *cut.tolist(), len(inputs)]
+    return inputs[bounds[index] : bounds[index + 1]]
+
+
+def inputs_digest(inputs: list[tuple[str, str]]) -> str:
+    """Identifies the full list of inputs (paths, sizes, labels), which every shard of one run records."""
+    text = "\n".join(f"{os.path.abspath(path)}\t{os.path.getsize(path)}\t{label}" for path, label in inputs)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def default_label(path: str) -> str:
@@ -277,17 +330,54 @@ def preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path
 
 
 def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Path]]:
-    inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
+    all_inputs = resolve_inputs(cfg.inputs, cfg.source_labels)
+    shard = None
+    inputs = all_inputs
+    if cfg.shard is not None:
+        index, count = cfg.shard_position()
+        inputs = shard_inputs(all_inputs, index, count)
+        shard = {"index": index, "count": count, "inputs_sha256": inputs_digest(all_inputs)}
+    labels = list(dict.fromkeys(label for _, label in all_inputs))  # all of them: source indices agree across shards
     tokenizer = ProteinTokenizer()
     subword = SubwordTokenizer.load(cfg.tokenizer) if cfg.tokenizer else None
     stored = subword or tokenizer
-    unknown = Unknown[cfg.unknown.upper()]
     formats = {path: detect_format(path, cfg.input_format) for path, _ in inputs}
     implementation, fasta_encoder = fasta_chunk_encoder(cfg.implementation)
     if "jsonl" in formats.values() and len(set(formats.values())) == 1:
         implementation = "reference"  # JSONL parsing is Python either way
-    clusters = ClusterMap.load(cfg.clusters) if cfg.clusters else None
-    labels = list(dict.fromkeys(label for _, label in inputs))
+    clusters = (
+        ClusterMap.load(
+            cfg.clusters,
+            memory_bytes=int(cfg.cluster_memory_gb * 1e9),
+            temp_dir=cfg.cluster_temp_dir or os.path.dirname(os.path.abspath(cfg.output_prefix)),
+        )
+        if cfg.clusters
+        else None
+    )
+    exclusions = ExclusionList.load(cfg.exclude) if cfg.exclude else None
+    try:
+        if cfg.space_check:  # after the join: its temporary files already count as used
+            needed, how = estimate_output_bytes([path for path, _ in inputs], 2 if subword else 1, clusters is not None)
+            check_free_space(
+                os.path.dirname(os.path.abspath(cfg.output_prefix)),
+                needed,
+                what=f"the corpus at {cfg.output_prefix}",
+                fix="free space, choose another --output-prefix, or pass --no-space-check to try anyway",
+                detail=how,
+            )
+        return _preprocess_with(
+            cfg, inputs, labels, shard, clusters, exclusions, implementation, fasta_encoder, formats, stored, subword
+        )
+    finally:
+        if clusters is not None:
+            clusters.close()  # the out-of-core join's temporary files
+
+
+def _preprocess_with(
+    cfg, inputs, labels, shard, clusters, exclusions, implementation, fasta_encoder, formats, stored, subword
+):
+    tokenizer = ProteinTokenizer()
+    unknown = Unknown[cfg.unknown.upper()]
     summary = PreprocessSummary(
         implementation=implementation, workers=cfg.workers, tokens_written=0 if subword else None
     )
@@ -316,7 +406,9 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
                     if encoded.problem is not None:
                         raise problem_to_error(encoded.problem, path, first_line)
-                    _write_chunk(encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword)
+                    _write_chunk(
+                        encoded, writer, summary, label, labels.index(label), cfg, clusters, seen, subword, exclusions
+                    )
                     summary.input_bytes += size
                     progress.update(size)
                 if summary.records_read == records_before:
@@ -342,6 +434,7 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
                 "dedup": cfg.dedup,
                 "unknown": cfg.unknown,
                 "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
+                "exclude": _exclusion_meta(exclusions, summary),
             },
             "summary": {
                 k: v
@@ -350,6 +443,8 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
             },
             "created_by": f"megatron_plm {__version__}",
         }
+        if shard is not None:  # merge-corpora checks the shards are one run's, and drops this
+            meta["shard"] = shard
         files = writer.finalize(meta, clusters.names() if clusters else None)
     except BaseException:
         writer.abort()
@@ -357,6 +452,54 @@ def _preprocess(cfg: PreprocessConfig) -> tuple[PreprocessSummary, dict[str, Pat
     finally:
         progress.close()
     return summary, files
+
+
+def _exclusion_meta(exclusions: ExclusionList | None, summary: PreprocessSummary) -> dict | None:
+    """What ``--exclude`` dropped, and against which targets and thresholds (the list's own header)."""
+    if exclusions is None:
+        return None
+    return {
+        "path": os.path.abspath(exclusions.path),
+        "records_listed": len(exclusions.record_ids),
+        "records_dropped": summary.skipped["excluded"],
+        **{key: value for key, value in exclusions.settings.items() if key != "records_listed"},
+    }
+
+
+GZIP_RATIO = 2.5
+"""Assumed uncompressed/compressed size of a gzip input too large for its size field (protein FASTA: ~1.8-2.5)."""
+BYTES_PER_DOCUMENT = 44
+"""Corpus bytes per document besides its tokens: index entry 20, source 2 + 2 staged, cluster 8 + 8 staged, length 4."""
+MIN_RECORD_BYTES = 64
+"""Input bytes per record assumed when counting documents for the estimate (a header and a short protein)."""
+
+
+def uncompressed_size(path: str) -> tuple[int, bool]:
+    """The input's uncompressed size and whether it is exact: a gzip's size field (its last 4 bytes, the size mod
+    2^32) when the file is small enough for it, else the compressed size times :data:`GZIP_RATIO`."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b":
+            return size, True
+        handle.seek(max(size - 4, 0))
+        field = int.from_bytes(handle.read(4), "little")
+    if size < (1 << 32) // 8 and field >= size:  # under 512 MB compressed: < 4 GiB unless it compresses > 8x
+        return field, True
+    return int(size * GZIP_RATIO), False
+
+
+def estimate_output_bytes(paths: list[str], token_bytes: int, with_clusters: bool) -> tuple[int, str]:
+    """An upper estimate of what preprocessing writes (tokens at most one per input byte, ids within the
+    headers), and how it was made, for the message."""
+    sizes = [uncompressed_size(path) for path in paths]
+    text = sum(size for size, _ in sizes)
+    documents = text // MIN_RECORD_BYTES
+    per_document = BYTES_PER_DOCUMENT - (0 if with_clusters else 16)
+    guessed = "" if all(exact for _, exact in sizes) else f", gzip inputs assumed {GZIP_RATIO}x compressed"
+    return text * token_bytes + documents * per_document, (
+        f"{text / 1e6:,.1f} MB of input text x {token_bytes} byte(s) per token + {per_document} bytes for each of "
+        f"up to {documents:,} documents{guessed}"
+    )
 
 
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
@@ -409,6 +552,7 @@ def _write_chunk(
     clusters: ClusterMap | None,
     seen: set[bytes],
     subword: SubwordTokenizer | None = None,
+    exclusions: ExclusionList | None = None,
 ) -> None:
     lengths, status = encoded.lengths, encoded.status
     n = len(lengths)
@@ -422,7 +566,13 @@ def _write_chunk(
         if dropped is not None and dropped.any():
             summary.skipped[reason] += int(dropped.sum())
             keep &= ~dropped
-    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or not keep.all()) else None
+    ids = encoded.ids.split(b"\n")[:-1] if (cfg.dedup or exclusions or not keep.all()) else None
+    if exclusions:  # before dedup: an excluded record must not make a later copy count as its duplicate
+        listed = exclusions.record_ids
+        for i in np.flatnonzero(keep):
+            if ids[i].decode("utf-8") in listed:
+                keep[i] = False
+                summary.skipped["excluded"] += 1
     if cfg.dedup:
         ends = np.cumsum(lengths)
         for i in np.flatnonzero(keep):

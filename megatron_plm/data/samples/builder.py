@@ -73,7 +73,10 @@ class DataBuilder:
         directory = self.config.cache_dir or os.fspath(prefix) + ".cache"
         if directory not in self._caches:
             self._caches[directory] = IndexCache(
-                directory, builder=self.config.cache_builder, timeout_s=self.config.cache_timeout_s
+                directory,
+                builder=self.config.cache_builder,
+                timeout_s=self.config.cache_timeout_s,
+                verify=self.config.cache_verify,
             )
         return self._caches[directory]
 

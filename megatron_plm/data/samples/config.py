@@ -84,6 +84,10 @@ class DataConfig(SampleRecipe):
     of each node (``local``, node-local disks)."""
     cache_timeout_s: float = 3600.0
     """How long the other ranks wait for the builder before failing with an error naming the entry."""
+    cache_verify: bool = False
+    """CRC-32 every cache file at every open (slow at scale: every rank reads the whole entry). Off: the
+    builder verifies what it wrote in full once, and each open checks sizes, the build's description
+    and a sampled SHA-256 (4 MiB per file). ``MEGATRON_PLM_CACHE_VERIFY=1`` turns it on too."""
     tokenizer: str | None = None
     """A subword tokenizer directory (``megatron-plm tokenizer train``); None: one token per residue.
     Every corpus must have been preprocessed with the same tokenizer."""

@@ -6,8 +6,17 @@ under a name derived from a hash of everything that shapes them (the corpus's id
 included); every other rank waits for the entry and maps it with ``np.load(mmap_mode="r")``,
 so its private memory stays small whatever the corpus size. Unlike megatron-core's
 ``path_to_cache`` (files written in place, found by name), an entry is a directory staged under
-a temporary name and renamed into place whole, with a manifest giving every file's size and
-CRC-32: a half-written or corrupt entry is never used; the builder rebuilds it.
+a temporary name and renamed into place whole, with a manifest giving every file's size, CRC-32
+and sampled SHA-256: a half-written or corrupt entry is never used; the builder rebuilds it.
+
+Verification costs what it must, once: the builder checks the files it wrote in full (CRC-32 of
+the bytes on disk against the arrays in memory). Every open after that checks the manifest (the
+description, so a changed build hash is a different entry), each file's size and its sampled
+SHA-256 (64 blocks of 64 KiB, as the corpus fingerprint: 4 MiB read whatever the size), so a torn,
+truncated or rewritten file is caught without every rank of every relaunch reading gigabytes of
+``doc_order``. The full CRC-32 of every file at open is there on request
+(``data.cache_verify: true`` or ``MEGATRON_PLM_CACHE_VERIFY=1``); entries written before the
+sampled hash existed are checked in full.
 
 Who builds: ``global`` — rank 0 of the job (a cache directory every node sees); ``local`` — the
 first rank of each node (node-local disks; nodes that build the same entry at once are
@@ -31,11 +40,16 @@ from typing import Callable, Literal
 
 import numpy as np
 
+from megatron_plm.data.corpus import fingerprint as sampled_sha256
+from megatron_plm.safe_io import check_free_space
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 _MANIFEST = "manifest.json"
 _CRC_BLOCK = 1 << 26
+VERIFY_ENV = "MEGATRON_PLM_CACHE_VERIFY"
+"""Set to 1 to CRC-32 every file of every entry at open (as ``data.cache_verify: true``)."""
 
 
 class IndexCacheError(RuntimeError):
@@ -76,6 +90,23 @@ def _crc32(path: Path) -> int:
     return crc
 
 
+def _array_crc32(path: Path, array: np.ndarray) -> int:
+    """CRC-32 of the ``.npy`` file ``path`` would be if it holds ``array``: its header read from disk,
+    its data taken from memory (compared with the file's own CRC-32, a write that did not land shows)."""
+    data = memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
+    with open(path, "rb") as handle:
+        header = handle.read(path.stat().st_size - data.nbytes)
+    crc = zlib.crc32(header)
+    for start in range(0, data.nbytes, _CRC_BLOCK):
+        crc = zlib.crc32(data[start : start + _CRC_BLOCK], crc)
+    return crc
+
+
+def verify_requested(configured: bool = False) -> bool:
+    """Full verification at open: the config asks for it or ``MEGATRON_PLM_CACHE_VERIFY`` is set (not 0)."""
+    return configured or os.environ.get(VERIFY_ENV, "0").strip().lower() not in ("", "0", "false", "no")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Role:
     rank: int = 0
@@ -99,11 +130,17 @@ class IndexCache:
         builder: Literal["global", "local"] = "global",
         timeout_s: float = 3600.0,
         role: Role | None = None,
+        verify: bool = False,
+        check_space: bool = True,
     ):
         self.directory = Path(directory)
         self.builder = builder
         self.timeout_s = timeout_s
         self.role = role or Role.from_environment()
+        self.verify = verify_requested(verify)
+        """CRC-32 every file at open (else sizes + sampled SHA-256; the builder always checks in full)."""
+        self.check_space = check_space
+        """Refuse to write an entry the filesystem cannot hold (before writing any of it)."""
         self.built: list[Path] = []
         """Entries this process built (the rest it loaded): for logs and tests."""
 
@@ -123,8 +160,10 @@ class IndexCache:
         return self._wait(entry, description)
 
     # ---- reading ------------------------------------------------------------------------------------
-    def _load(self, entry: Path, description: dict):
-        """The entry's contents, None when absent, or a string saying why it cannot be used."""
+    def _load(self, entry: Path, description: dict, *, full: bool | None = None):
+        """The entry's contents, None when absent, or a string saying why it cannot be used. ``full``:
+        CRC-32 every file (default: when verification was requested), else check the sampled SHA-256."""
+        full = self.verify if full is None else full
         manifest_path = entry / _MANIFEST
         if not manifest_path.exists():
             return None
@@ -147,6 +186,7 @@ class IndexCache:
                 or not all(isinstance(info.get(k), int) for k in ("bytes", "crc32"))
                 or not isinstance(info.get("shape"), list)
                 or not isinstance(info.get("dtype"), str)
+                or not isinstance(info.get("sha256_sampled", ""), str)
                 or not isinstance(key, str)
                 or "/" in key
             ):
@@ -160,8 +200,11 @@ class IndexCache:
                 return f"{path.name} missing"
             if size != info["bytes"]:
                 return f"{path.name} has {size} bytes, the manifest says {info['bytes']} (truncated?)"
-            if _crc32(path) != info["crc32"]:
-                return f"{path.name} fails its CRC-32 check"
+            if full or "sha256_sampled" not in info:  # on request, or an entry older than the sampled hash
+                if _crc32(path) != info["crc32"]:
+                    return f"{path.name} fails its CRC-32 check"
+            elif sampled_sha256(path) != info["sha256_sampled"]:
+                return f"{path.name} fails its sampled SHA-256 check (rewritten or torn)"
             try:
                 array = np.load(path, mmap_mode="r" if 0 not in info["shape"] else None)
             except (OSError, ValueError) as error:
@@ -209,13 +252,25 @@ class IndexCache:
             ) from error
         try:
             arrays = build()
+            if self.check_space:
+                check_free_space(
+                    self.directory,
+                    sum(np.asarray(a).nbytes + 256 for a in arrays.values()),
+                    what=f"the index cache entry {entry.name}",
+                    fix="set data.cache_dir to a filesystem with room, or data.cache: false",
+                )
             files = {}
             for key, array in arrays.items():
                 path = staging / f"{key}.npy"
-                np.save(path, np.ascontiguousarray(array))
+                array = np.ascontiguousarray(array)
+                np.save(path, array)
+                crc = _crc32(path)
+                if crc != _array_crc32(path, array):  # verified once, here, where it is built
+                    raise IndexCacheError(f"{path} does not read back as written: is the disk failing?")
                 files[key] = {
                     "bytes": path.stat().st_size,
-                    "crc32": _crc32(path),
+                    "crc32": crc,
+                    "sha256_sampled": sampled_sha256(path),
                     "dtype": str(array.dtype),
                     "shape": list(array.shape),
                 }
@@ -228,7 +283,7 @@ class IndexCache:
             (staging / _MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str) + "\n")
             del arrays
             if entry.exists():  # unusable (checked by the caller) or just written by another node
-                if isinstance(self._load(entry, description), dict):
+                if isinstance(self._load(entry, description, full=True), dict):
                     shutil.rmtree(staging)
                     return self._load(entry, description)
                 aside = entry.with_name(f"{entry.name}.bad-{socket.gethostname()}-{os.getpid()}")
@@ -242,7 +297,7 @@ class IndexCache:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self.built.append(entry)
-        loaded = self._load(entry, description)
+        loaded = self._load(entry, description, full=False)
         if not isinstance(loaded, dict):
             raise IndexCacheError(
                 f"the index cache {entry} just written does not read back ({loaded}): is the disk full?"
