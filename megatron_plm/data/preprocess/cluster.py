@@ -123,7 +123,7 @@ def run_cluster(cfg: ClusterConfig) -> int:
 
 def cluster(cfg: ClusterConfig) -> ClusterSummary:
     """Cluster the inputs; the TSV appears whole at ``cfg.output`` or not at all."""
-    from megatron_plm.data.preprocess.pipeline import detect_format, resolve_inputs
+    from megatron_plm.data.preprocess.inputs import detect_format, resolve_inputs
 
     cfg.validate()
     binary = find_mmseqs(cfg.mmseqs)

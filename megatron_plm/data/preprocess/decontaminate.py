@@ -223,7 +223,7 @@ def run_decontaminate(cfg: DecontaminateConfig) -> int:
 
 def decontaminate(cfg: DecontaminateConfig) -> DecontaminateSummary:
     """Search, then write the exclusion list whole (temporary name, then rename)."""
-    from megatron_plm.data.preprocess.pipeline import detect_format, resolve_inputs
+    from megatron_plm.data.preprocess.inputs import detect_format, resolve_inputs
 
     cfg.validate()
     binary = find_mmseqs(cfg.mmseqs)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
-import glob
 import hashlib
 import os
 import sys
@@ -43,13 +42,12 @@ from megatron_plm.data.preprocess.fasta import (
     problem_to_error,
 )
 from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta
-from megatron_plm.data.preprocess.msa import detect_format as detect_input_format
+from megatron_plm.data.preprocess.inputs import detect_format, resolve_inputs
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
 from megatron_plm.safe_io import check_free_space, check_output_prefix, die_with_parent, terminate_as_interrupt
 
 SKIP_REASONS = ("invalid_character", "too_short", "too_long", "duplicate", "excluded")
-_SUFFIXES = (".gz", ".fasta", ".fa", ".faa", ".fas", ".fna", ".jsonl", ".json", ".txt", ".a3m", ".a2m", ".afa")
 
 
 def mebibytes(text: str) -> int:
@@ -178,35 +176,6 @@ def inputs_digest(inputs: list[tuple[str, str]]) -> str:
     """Identifies the full list of inputs (paths, sizes, labels), which every shard of one run records."""
     text = "\n".join(f"{os.path.abspath(path)}\t{os.path.getsize(path)}\t{label}" for path, label in inputs)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def default_label(path: str) -> str:
-    name = os.path.basename(path)
-    while name.endswith(_SUFFIXES):
-        name = name[: name.rindex(".")]
-    return name
-
-
-def resolve_inputs(patterns: list[str], labels: list[str]) -> list[tuple[str, str]]:
-    """``(path, source label)`` per file, patterns expanded in sorted order, in the given order."""
-    resolved = []
-    for position, pattern in enumerate(patterns):
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise FileNotFoundError(f"--input {pattern!r} matched no file")
-        for path in matches:
-            if os.path.isdir(path):
-                raise InputFormatError(path, None, "is a directory; give its files, e.g. --input 'DIR/*.fasta.gz'")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"input file {path} does not exist")
-            label = labels[position] if len(labels) > 1 else labels[0] if labels else default_label(path)
-            resolved.append((path, label))
-    return resolved
-
-
-def detect_format(path: str, configured: str) -> str:
-    """By name, then content (one detection with ``msa-weights``: :func:`~megatron_plm.data.preprocess.msa.detect_format`)."""
-    return detect_input_format(path, configured)
 
 
 @dataclass
