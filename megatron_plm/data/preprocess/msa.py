@@ -20,7 +20,9 @@ Whole alignments are read into memory: they are megabytes, not the gigabytes of 
 
 from __future__ import annotations
 
+import gzip
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,12 +72,17 @@ def detect_format(path: str | os.PathLike, configured: str = "auto", flag: str =
         return msa_format_of(path)
     if name.endswith((".jsonl", ".json")):
         return "jsonl"
-    with open_binary(path) as handle:
-        head = handle.read(_SNIFF_BYTES)
+    head, cut = b"", False
+    try:
+        with open_binary(path) as handle:
+            while len(head) < _SNIFF_BYTES and (block := handle.read(min(1 << 16, _SNIFF_BYTES - len(head)))):
+                head += block
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        cut = True  # a damaged gzip stream: judge what decompressed; the reader names the line where it breaks
     if head.lstrip()[:11].upper() == b"# STOCKHOLM":
         return "sto"
     lines = head.split(b"\n")
-    if len(head) == _SNIFF_BYTES:
+    if cut or len(head) == _SNIFF_BYTES:
         lines = lines[:-1]  # the last line may be cut
     for number, line in enumerate(lines, start=1):
         line = line.strip()
