@@ -118,6 +118,17 @@ class Assay:
     outside: int = 0
     """Mutants with a mutation outside ``covered`` (dropped when ``region`` is set to it)."""
 
+    def select(self, keep, **changes) -> "Assay":
+        """This assay with only the mutants at indices ``keep`` (in that order), and ``changes`` applied."""
+        return dataclasses.replace(
+            self,
+            mutants=[self.mutants[i] for i in keep],
+            mutations=[self.mutations[i] for i in keep],
+            scores=self.scores[keep],
+            binary=None if self.binary is None else self.binary[keep],
+            **changes,
+        )
+
 
 def parse_mutant(text: str, wild_type: str, path: Path, line: int) -> list[tuple[str, int, str]]:
     """``A12C`` or ``A12C:D40E`` -> [(wild-type residue, 0-based position, mutant residue)], checked
@@ -285,16 +296,7 @@ def restrict_to_region(assay: Assay, start: int, end: int) -> Assay:
     """The assay scored on ``wild_type[start:end]`` only: the model's windows stay inside it, and mutants
     with a mutation outside are dropped (counted in ``outside``)."""
     keep = [i for i, m in enumerate(assay.mutations) if all(start <= p < end for _, p, _ in m)]
-    return dataclasses.replace(
-        assay,
-        mutants=[assay.mutants[i] for i in keep],
-        mutations=[assay.mutations[i] for i in keep],
-        scores=assay.scores[keep],
-        binary=None if assay.binary is None else assay.binary[keep],
-        region=(start, end),
-        covered=(start, end),
-        outside=len(assay.mutants) - len(keep),
-    )
+    return assay.select(keep, region=(start, end), covered=(start, end), outside=len(assay.mutants) - len(keep))
 
 
 def subsample(assay: Assay, count: int, seed: int = 0) -> Assay:
@@ -303,13 +305,7 @@ def subsample(assay: Assay, count: int, seed: int = 0) -> Assay:
     if count <= 0 or count >= len(assay.mutants):
         return assay
     keep = np.sort(np.random.default_rng(seed).choice(len(assay.mutants), count, replace=False))
-    return dataclasses.replace(
-        assay,
-        mutants=[assay.mutants[i] for i in keep],
-        mutations=[assay.mutations[i] for i in keep],
-        scores=assay.scores[keep],
-        binary=None if assay.binary is None else assay.binary[keep],
-    )
+    return assay.select(keep)
 
 
 def _window(assay: Assay, center: int, size: int) -> tuple[int, int]:
