@@ -31,7 +31,7 @@ PYTEST = status=0; $(PY) -m pytest $(1) || status=$$?; \
 PYTEST_WORKERS ?= 2
 
 test: setup
-	@$(call PYTEST,-n $(PYTEST_WORKERS))
+	@$(call PYTEST,-n $(PYTEST_WORKERS) --durations=15)
 
 test-fast: setup
 	@$(call PYTEST,-n $(PYTEST_WORKERS) -m "not slow")

@@ -3,10 +3,10 @@
 #   examples/family/run.sh prepare                 # corpora: plain, and with 80%-identity clusters
 #   examples/family/run.sh prepare-domain          # a Pfam-style domain alignment (Stockholm) and its corpus
 #   examples/family/run.sh VARIANT [overrides...]  # train one variant, then score it on the assay
-# VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-finetune | clm-domain
+# VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-cropped | clm-finetune | clm-domain
 # (the fine-tuned ones start from the quickstart's pretrained tiny CLM, outputs/tiny_clm: run `make quickstart`
 # first; the MLM takes its body, as in the CLM -> MLM transfer).
-# Each run's log, wall time and scores land in outputs/family/<variant>/.
+# Each run's log, wall time and scores land in outputs/family/<variant>/ (or outputs/family/$RUN_NAME/).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
@@ -22,6 +22,10 @@ if [ "$variant" = prepare ]; then  # rebuilds the corpora each time it runs (the
     $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat --source-label blat --no-progress --overwrite
     $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat_w --source-label blat --no-progress \
         --clusters $OUT/blat80.clusters.tsv --overwrite
+    # each homolog cut to what aligns to TEM-1's covered region (the residues the assay is scored on)
+    awk '/^>/ {keep = /^>BLAT_ECOLX_Stiffler_2015/} keep' $DATA/dms/wildtype.fasta > $OUT/tem1.fasta
+    $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat_crop_w --source-label blat --no-progress \
+        --clusters $OUT/blat80.clusters.tsv --crop-to-target $OUT/tem1.fasta --overwrite
     exit 0
 fi
 if [ "$variant" = prepare-domain ]; then  # a Pfam-style domain alignment (Stockholm, TEM-1 left out) and its corpus
@@ -38,11 +42,12 @@ case $variant in
     mlm-finetune)   args=(--config examples/family/mlm.yaml checkpoint.init_from=outputs/tiny_clm) ;;  # its body
     clm)            args=(--config examples/family/clm.yaml) ;;
     clm-unweighted) args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/blat}]") ;;
-    clm-finetune)   args=(--config examples/family/clm.yaml checkpoint.init_from=outputs/tiny_clm) ;;
+    clm-cropped)    args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/blat_crop_w}]") ;;
+    clm-finetune)   args=(--config examples/family/clm.yaml checkpoint.init_from=outputs/tiny_clm model.hidden_size=64) ;;
     clm-domain)     args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/dom_w}]"); MSA=$OUT/blat_domain.sto ;;
     *) echo "unknown variant $variant" >&2; exit 2 ;;
 esac
-dir=$OUT/$variant
+dir=$OUT/${RUN_NAME:-$variant}  # RUN_NAME=... keeps variants of one recipe (overrides) apart
 rm -rf $dir && mkdir -p $dir
 start=$(date +%s)
 $PY -m megatron_plm train "${args[@]}" checkpoint.save=$dir/checkpoint name=family-$variant "$@" | tee $dir/train.log

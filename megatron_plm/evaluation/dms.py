@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from megatron_plm.data.preprocess.fasta import InputFormatError, read_fasta
+from megatron_plm.data.preprocess.msa_target import read_target
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import RESIDUES_TOKENIZER, STANDARD_AMINO_ACIDS
 from megatron_plm.evaluation.model import ModelTask, ScoringModel, pad_batch
@@ -217,19 +218,8 @@ def load_assay_file(path: str | os.PathLike, wild_type: str | None = None) -> As
     its ``mutated_sequence`` column implies."""
     path = Path(path)
     dms_id = path.name.removesuffix(".gz").removesuffix(".csv")
-    if wild_type is not None and os.path.isfile(wild_type):  # (a long sequence is no file name)
-        records = {r.record_id: r.sequence.decode().upper() for r in read_fasta(wild_type)}
-        if len(records) == 1:
-            wild_type = next(iter(records.values()))
-        elif dms_id in records:
-            wild_type = records[dms_id]
-        else:
-            raise ValueError(f"--wildtype {wild_type}: {len(records)} records and none is named {dms_id}")
-    elif wild_type is not None:
-        wild_type = wild_type.strip().upper()
-        bad = sorted(set(wild_type) - set(STANDARD_AMINO_ACIDS + "XBUZO"))
-        if bad:
-            raise ValueError(f"--wildtype: neither an existing FASTA file nor a protein sequence ({bad[0]!r})")
+    if wild_type is not None:
+        wild_type = read_target(wild_type, dms_id, flag="--wildtype")
     else:
         wild_type = wild_type_from_csv(path)
         if wild_type is None:

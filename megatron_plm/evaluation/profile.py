@@ -8,12 +8,10 @@ pseudocount, normalised over the 20 standard residues; a mutant scores
 log f(mutant) - log f(wild type), summed over its mutations. Positions of the wild type outside
 the alignment's match columns score 0 (no information).
 
-The target (the assay's wild type) is put in the alignment one of three ways, said in ``placed``:
-the first record is it (ColabFold, jackhmmer: the query leads), a record is a piece of it (a Pfam
-domain row such as ``BLAT_ECOLX/26-286``), or it is aligned to the family's profile HMM with HMMER
-(``pyhmmer``: hmmbuild over the match columns, hmmalign of the target), the field's standard tool.
-The match columns' coverage (share of rows with a residue there) then says which region of the
-protein the family -- and a model trained on it -- knows.
+The target (the assay's wild type) is put in the alignment by
+:func:`~megatron_plm.data.preprocess.msa_target.place_target` (the first record, a record that is a piece
+of it, or HMMER), said in ``placed``; the match columns' coverage then says which region of the protein
+the family -- and a model trained on it -- knows.
 """
 
 from __future__ import annotations
@@ -24,21 +22,10 @@ import numpy as np
 
 from megatron_plm.data.preprocess.homologs import AMINO_ACIDS, homolog_weights, one_hot
 from megatron_plm.data.preprocess.msa import Alignment
+from megatron_plm.data.preprocess.msa_target import place_target
 
 _INDEX = {chr(letter): i for i, letter in enumerate(AMINO_ACIDS)}
 _GAP = ord("-")
-
-
-@dataclass
-class Placement:
-    """The target's residues in the alignment's match columns."""
-
-    columns: np.ndarray
-    """Indices of the match columns where the target has a residue, in order."""
-    positions: np.ndarray
-    """0-based position in the target of each of those residues."""
-    how: str
-    """How it was put in (printed under the table)."""
 
 
 @dataclass
@@ -87,80 +74,6 @@ class Profile:
         if not len(covered):
             return None
         return int(covered.min()), int(covered.max()) + 1
-
-
-def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> Placement | None:
-    """The target in the alignment's match columns: the first record, a record that is a piece of it
-    with residues in at least ``min_filled`` of the match columns (a short fragment would place only
-    part of it), or (neither) aligned to the family's profile HMM with HMMER (:func:`hmmalign_target`).
-    None when it is none of these (not this family's protein)."""
-    first = alignment.columns[0]
-    residues = np.flatnonzero(first != _GAP)
-    offset = target.find(alignment.query)
-    if offset >= 0:
-        return Placement(residues, offset + np.arange(len(residues)), "the first record")
-    width = alignment.columns.shape[1]
-    filled = (alignment.columns != _GAP).sum(axis=1)
-    for i in np.argsort(-filled, kind="stable"):  # the fullest rows first: a short fragment may match too
-        if filled[i] < min_filled * width:
-            break
-        text = (alignment.rows or [])[i].decode()
-        segment = text.replace("-", "").replace(".", "").upper()
-        start = target.find(segment)
-        if start < 0:
-            continue
-        columns, positions, column, position = [], [], 0, start
-        for letter in text:
-            insertion = letter.islower() or letter == "."
-            if letter.isalpha():
-                if not insertion:
-                    columns.append(column)
-                    positions.append(position)
-                position += 1
-            if not insertion:
-                column += 1
-        return Placement(np.array(columns), np.array(positions), f"found as record {alignment.ids[i]}")
-    return hmmalign_target(alignment, target)
-
-
-def hmmalign_target(alignment: Alignment, target: str, max_evalue: float = 1e-5) -> Placement | None:
-    """HMMER through ``pyhmmer``: a profile HMM built over exactly the alignment's match columns (hand
-    architecture), then the target aligned to it; its residues in match states give the placement.
-    None when ``hmmsearch`` does not find the target a homolog (E-value above ``max_evalue``)."""
-    import pyhmmer
-    from pyhmmer.easel import Alphabet, TextMSA, TextSequence
-    from pyhmmer.plan7 import Background, Builder
-
-    amino = Alphabet.amino()
-    rows = [TextSequence(name=str(i).encode(), sequence=r.tobytes().decode()) for i, r in enumerate(alignment.columns)]
-    msa = TextMSA(name=b"family", sequences=rows)
-    msa.reference = "x" * alignment.columns.shape[1]
-    hmm, _, _ = Builder(amino, architecture="hand").build_msa(msa.digitize(amino), Background(amino))
-    sequence = TextSequence(name=b"target", sequence=target).digitize(amino)
-    hits = next(iter(pyhmmer.hmmer.hmmsearch([hmm], [sequence], E=max_evalue)))
-    if not len(hits):  # hmmalign aligns anything; only a homolog is placed
-        return None
-    evalue = hits[0].evalue
-    aligned = pyhmmer.hmmer.hmmalign(hmm, [sequence], trim=False)
-    row, reference = aligned.alignment[0], aligned.reference
-    columns, positions, column, position = [], [], 0, 0
-    for letter, mark in zip(row, reference):
-        match = mark not in ".-"
-        if letter.isalpha():
-            if match:
-                columns.append(column)
-                positions.append(position)
-            position += 1
-        if match:
-            column += 1
-    if not columns:
-        raise ValueError("hmmalign put none of the target's residues in the family's match columns")
-    return Placement(
-        np.array(columns),
-        np.array(positions),
-        f"aligned with HMMER (pyhmmer {pyhmmer.__version__} hmmalign; hmmsearch E-value {evalue:.1e}): "
-        f"{len(columns)} of its {len(target)} residues in {alignment.columns.shape[1]} match columns",
-    )
 
 
 def build_profile(

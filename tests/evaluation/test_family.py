@@ -173,7 +173,7 @@ def test_target_absent_from_a_domain_alignment_is_placed_with_hmmer(blat):
     """A domain alignment (match columns 41-270 of the real a3m, TEM-1 and every row found in it left out):
     HMMER puts TEM-1's residues back in the columns they came from."""
     from megatron_plm.data.preprocess.msa import Alignment
-    from megatron_plm.evaluation.profile import place_target
+    from megatron_plm.data.preprocess.msa_target import place_target
 
     alignment, _ = blat
     target = alignment.query
@@ -251,7 +251,8 @@ def test_family_scoring_options_are_checked_naming_the_flag():
 def test_an_unrelated_protein_is_not_placed(shared_data, blat):
     """hmmalign aligns anything; only a homolog found by hmmsearch is placed (RAS is no beta-lactamase)."""
     from megatron_plm.evaluation.dms import load_assays
-    from megatron_plm.evaluation.profile import build_profile, place_target
+    from megatron_plm.data.preprocess.msa_target import place_target
+    from megatron_plm.evaluation.profile import build_profile
 
     alignment, _ = blat
     (ras,) = load_assays(shared_data / "dms", ["RASH_HUMAN_Bandaru_2017"])

@@ -42,6 +42,7 @@ from megatron_plm.data.preprocess.fasta import (
     problem_to_error,
 )
 from megatron_plm.data.preprocess.msa import MSA_FORMATS, msa_as_fasta
+from megatron_plm.data.preprocess.msa_target import cropped_homologs, read_target
 from megatron_plm.data.preprocess.inputs import detect_format, resolve_inputs
 from megatron_plm.data.tokenizers.subword import SubwordTokenizer
 from megatron_plm.data.tokenizers.protein import ProteinTokenizer
@@ -90,6 +91,15 @@ class PreprocessConfig:
     """Drop sequences with fewer residues."""
     max_length: int | None = field(default=None, metadata={"cli": {"group": "filters"}})
     """Drop sequences with more residues (None: keep all; datasets crop long ones)."""
+    crop_to_target: str | None = field(default=None, metadata={"cli": {"group": "filters", "metavar": "SEQ|FASTA"}})
+    """Alignment inputs: keep of each homolog only what aligns to the region of this protein (a sequence, or a
+    FASTA file of one record) that the family covers -- from the first to the last of its match columns holding
+    residues in at least ``--min-coverage`` of the rows, insertions between included -- so that a family
+    model learns the part of the protein it will score (``evaluate dms --region covered``). The target is
+    placed as ``evaluate dms --msa`` places it (the first record, a record that is a piece of it, or HMMER);
+    rows with no residue in the region are dropped, and the summary says how many."""
+    min_coverage: float = field(default=0.7, metadata={"cli": {"group": "filters"}})
+    """With ``--crop-to-target``: the share of rows a match column needs residues in to be covered (EVE: 0.7)."""
     dedup: bool = field(default=False, metadata={"cli": {"group": "filters"}})
     """Drop exact duplicate sequences (after normalisation), keeping the first."""
     unknown: Literal["error", "unk", "skip"] = field(default="error", metadata={"cli": {"group": "filters"}})
@@ -141,6 +151,8 @@ class PreprocessConfig:
             self.shard_position()
             if self.dedup:
                 raise ValueError("--dedup cannot be combined with --shard: a shard cannot see the others' sequences")
+        if not 0 < self.min_coverage <= 1:
+            raise ValueError(f"--min-coverage must be in (0, 1], got {self.min_coverage}")
         if not self.cluster_memory_gb > 0:
             raise ValueError(f"--cluster-memory-gb must be > 0, got {self.cluster_memory_gb}")
 
@@ -204,6 +216,8 @@ class PreprocessSummary:
     """Uncompressed input bytes."""
     seconds: float = 0.0
     sources: dict[str, SourceCounts] = field(default_factory=dict)
+    crops: list[str] = field(default_factory=list)
+    """What ``--crop-to-target`` did to each alignment."""
 
     @property
     def megabytes_per_second(self) -> float:
@@ -244,6 +258,7 @@ class PreprocessSummary:
                 f"repeated ids       {self.repeated_ids:,} documents reuse an earlier record id (first: "
                 f"{self.first_repeated_id!r}); ids.txt does not identify them uniquely"
             )
+        lines.extend(f"cropped            {note}" for note in self.crops)
         for label, counts in self.sources.items():
             lines.append(f"source {label!r}: {counts.documents:,} documents, {counts.tokens:,} residues")
         lines.append(
@@ -352,6 +367,7 @@ def _preprocess_with(
     )
     summary.sources = {label: SourceCounts() for label in labels}
     seen: set[bytes] = set()
+    target = read_target(cfg.crop_to_target, flag="--crop-to-target") if cfg.crop_to_target else None
 
     if cfg.workers == 1:
         executor = _SerialExecutor()
@@ -371,7 +387,7 @@ def _preprocess_with(
         with executor:
             for path, label in inputs:
                 records_before = summary.records_read
-                jobs = _jobs(path, formats[path], fasta_encoder, cfg, tokenizer, unknown)
+                jobs = _jobs(path, formats[path], fasta_encoder, cfg, tokenizer, unknown, target, summary.crops)
                 for first_line, size, encoded in _ordered(executor, jobs, max_in_flight=2 * cfg.workers):
                     if encoded.problem is not None:
                         raise problem_to_error(encoded.problem, path, first_line)
@@ -404,6 +420,7 @@ def _preprocess_with(
                 "unknown": cfg.unknown,
                 "clusters": os.path.abspath(cfg.clusters) if cfg.clusters else None,
                 "exclude": _exclusion_meta(exclusions, summary),
+                "crop_to_target": {"target": target, "min_coverage": cfg.min_coverage} if target else None,
             },
             "summary": {
                 k: v
@@ -471,9 +488,15 @@ def estimate_output_bytes(paths: list[str], token_bytes: int, with_clusters: boo
     )
 
 
-def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown) -> Iterator[tuple]:
-    if fmt in MSA_FORMATS:  # one job: the alignment as FASTA, line numbers kept
-        fasta = msa_as_fasta(path, fmt)
+def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown, target, crops: list[str]) -> Iterator[tuple]:
+    if target is not None and fmt not in MSA_FORMATS:
+        raise ValueError(f"--crop-to-target crops alignments (a3m, a2m, afa, sto), but {path} is read as {fmt}")
+    if fmt in MSA_FORMATS:  # one job: the alignment as FASTA (line numbers kept unless cropped)
+        if target is not None:
+            fasta, note = cropped_homologs(path, fmt, target, cfg.min_coverage)
+            crops.append(note)
+        else:
+            fasta = msa_as_fasta(path, fmt)
         yield (
             _encode_with_position,
             fasta_encoder,
