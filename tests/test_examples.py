@@ -28,5 +28,9 @@ def test_family_prepare_runs_twice(tmp_path):
         )
         assert done.returncode == 0, f"run {attempt}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     family = work / "outputs" / "family"
-    assert {"blat.idx", "blat_w.idx", "blat_w.cluster.npy", "blat80.clusters.tsv"} <= {p.name for p in family.iterdir()}
+    written = {p.name for p in family.iterdir()}
+    assert {"blat.idx", "blat_w.idx", "blat_w.cluster.npy", "blat80.clusters.tsv", "blat_crop_w.idx"} <= written
     assert "source 'blat': 4,501 documents, 1,207,076 residues" in done.stdout  # the homologs (its README's figures)
+    # the corpus cut to TEM-1's covered region (clm-cropped trains on it)
+    assert "cropped to the target's residues 17-282 of 286" in done.stdout
+    assert "source 'blat': 4,501 documents, 1,162,416 residues" in done.stdout

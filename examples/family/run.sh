@@ -3,7 +3,7 @@
 #   examples/family/run.sh prepare                 # corpora: plain, and with 80%-identity clusters
 #   examples/family/run.sh prepare-domain          # a Pfam-style domain alignment (Stockholm) and its corpus
 #   examples/family/run.sh VARIANT [overrides...]  # train one variant, then score it on the assay
-# VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-cropped | clm-finetune | clm-domain
+# VARIANT: mlm | mlm-unweighted | mlm-finetune | clm | clm-unweighted | clm-cropped | clm-finetune | clm-domain | clm-domain-cropped
 # (the fine-tuned ones start from the quickstart's pretrained tiny CLM, outputs/tiny_clm: run `make quickstart`
 # first; the MLM takes its body, as in the CLM -> MLM transfer).
 # Each run's log, wall time and scores land in outputs/family/<variant>/ (or outputs/family/$RUN_NAME/).
@@ -33,6 +33,9 @@ if [ "$variant" = prepare-domain ]; then  # a Pfam-style domain alignment (Stock
     $PY -m megatron_plm msa-weights $OUT/blat_domain.sto --output-prefix $OUT/dom80
     $PY -m megatron_plm preprocess --input $OUT/blat_domain.sto --output-prefix $OUT/dom_w --source-label blat_domain \
         --no-progress --clusters $OUT/dom80.clusters.tsv --overwrite
+    awk '/^>/ {keep = /^>BLAT_ECOLX_Stiffler_2015/} keep' $DATA/dms/wildtype.fasta > $OUT/tem1.fasta
+    $PY -m megatron_plm preprocess --input $OUT/blat_domain.sto --output-prefix $OUT/dom_crop_w --source-label blat_domain \
+        --no-progress --clusters $OUT/dom80.clusters.tsv --crop-to-target $OUT/tem1.fasta --overwrite
     exit 0
 fi
 MSA=$A3M
@@ -45,6 +48,7 @@ case $variant in
     clm-cropped)    args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/blat_crop_w}]") ;;
     clm-finetune)   args=(--config examples/family/clm.yaml checkpoint.init_from=outputs/tiny_clm model.hidden_size=64) ;;
     clm-domain)     args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/dom_w}]"); MSA=$OUT/blat_domain.sto ;;
+    clm-domain-cropped) args=(--config examples/family/clm.yaml "data.sources=[{prefix: $OUT/dom_crop_w}]"); MSA=$OUT/blat_domain.sto ;;
     *) echo "unknown variant $variant" >&2; exit 2 ;;
 esac
 dir=$OUT/${RUN_NAME:-$variant}  # RUN_NAME=... keeps variants of one recipe (overrides) apart
@@ -56,4 +60,4 @@ $PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --as
     --msa $MSA --profile-prior --output $dir/scores.csv | tee $dir/dms.txt
 # the same, scoring only the residues the alignment covers (the table counts the mutants left out)
 $PY -m megatron_plm evaluate dms --model $dir/checkpoint --assays $DATA/dms --assay BLAT_ECOLX_Stiffler_2015 \
-    --msa $MSA --region covered --no-progress | tee -a $dir/dms.txt
+    --msa $MSA --region covered --profile-prior --no-progress | tee -a $dir/dms.txt
