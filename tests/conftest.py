@@ -224,3 +224,10 @@ def trained(runtime, sample_corpus, tmp_path_factory, _trained_checkpoints):
             train(config, runtime)
             _trained_checkpoints[objective] = root / objective
     return dict(_trained_checkpoints)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first: pytest-xdist hands tests out in collection order, and a
+    minutes-long test started near the end would leave one worker running it alone (longest first
+    keeps both workers busy to the end of ``make test``)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

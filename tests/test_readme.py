@@ -46,6 +46,7 @@ ADDED = {
     "megatron-plm train --config examples/configs/tiny_clm.yaml training.train_iters=200": "training.train_iters=8",
     "examples/launch/torchrun.sh examples/configs/tiny_clm.yaml 4": "training.train_iters=9",
     "megatron-plm evaluate dms": "--assay IF1_ECOLI_Kelsic_2016",
+    "--limit 20 --pseudo": "--limit 4",  # exact pseudo-perplexity: one forward pass per residue
     "megatron-plm scaling fit": "--bootstrap 10",
     "data.tokenizer=tokenizers/bpe1k": "training.train_iters=6",
 }
