@@ -368,6 +368,11 @@ def _preprocess_with(
     summary.sources = {label: SourceCounts() for label in labels}
     seen: set[bytes] = set()
     target = read_target(cfg.crop_to_target, flag="--crop-to-target") if cfg.crop_to_target else None
+    for path, _ in inputs if target is not None else []:
+        if formats[path] not in MSA_FORMATS:
+            raise ValueError(
+                f"--crop-to-target crops alignments (a3m, a2m, afa, sto), but {path} is read as {formats[path]}"
+            )
 
     if cfg.workers == 1:
         executor = _SerialExecutor()
@@ -489,8 +494,6 @@ def estimate_output_bytes(paths: list[str], token_bytes: int, with_clusters: boo
 
 
 def _jobs(path, fmt, fasta_encoder, cfg, tokenizer, unknown, target, crops: list[str]) -> Iterator[tuple]:
-    if target is not None and fmt not in MSA_FORMATS:
-        raise ValueError(f"--crop-to-target crops alignments (a3m, a2m, afa, sto), but {path} is read as {fmt}")
     if fmt in MSA_FORMATS:  # one job: the alignment as FASTA (line numbers kept unless cropped)
         if target is not None:
             fasta, note = cropped_homologs(path, fmt, target, cfg.min_coverage)
