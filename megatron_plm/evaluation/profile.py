@@ -22,7 +22,7 @@ import numpy as np
 
 from megatron_plm.data.preprocess.homologs import AMINO_ACIDS, homolog_weights, one_hot
 from megatron_plm.data.preprocess.msa import Alignment
-from megatron_plm.data.preprocess.msa_target import place_target
+from megatron_plm.data.preprocess.msa_target import covered_span, place_target
 
 _INDEX = {chr(letter): i for i, letter in enumerate(AMINO_ACIDS)}
 _GAP = ord("-")
@@ -70,10 +70,8 @@ class Profile:
         positions = self.positions_in(wild_type)
         if positions is None or self.coverage is None:
             return None
-        covered = positions[self.coverage >= min_coverage]
-        if not len(covered):
-            return None
-        return int(covered.min()), int(covered.max()) + 1
+        span = covered_span(self.coverage, min_coverage)
+        return None if span is None else (int(positions[span[0]]), int(positions[span[1]]) + 1)
 
 
 def build_profile(

@@ -147,14 +147,20 @@ class CoveredRegion:
     """The match column of its residue ``end - 1``."""
 
 
+def covered_span(coverage: np.ndarray, min_coverage: float) -> tuple[int, int] | None:
+    """Indices of the first and last of the target's placed residues whose match column's ``coverage``
+    (share of rows with a residue) is at least ``min_coverage``, or None when none is."""
+    (kept,) = np.nonzero(coverage >= min_coverage)
+    return (int(kept[0]), int(kept[-1])) if len(kept) else None
+
+
 def covered_region(alignment: Alignment, placement: TargetPlacement, min_coverage: float) -> CoveredRegion | None:
     """The target from its first to its last residue whose match column holds a residue in at least
     ``min_coverage`` of the rows, or None when no column is that full."""
-    coverage = (alignment.columns != _GAP).mean(axis=0)[placement.columns]
-    (kept,) = np.nonzero(coverage >= min_coverage)
-    if not len(kept):
+    span = covered_span((alignment.columns != _GAP).mean(axis=0)[placement.columns], min_coverage)
+    if span is None:
         return None
-    first, last = kept[0], kept[-1]
+    first, last = span
     return CoveredRegion(
         start=int(placement.positions[first]),
         end=int(placement.positions[last]) + 1,
