@@ -14,6 +14,8 @@ DATA=${MEGATRON_PLM_SHARED_DATA:-data}  # the checkout's shipped data, or a copy
 A3M=$DATA/family/BLAT_ECOLX_ColabFold_2202.a3m
 OUT=outputs/family
 mkdir -p $OUT
+# TEM-1, the assay's wild type: --crop-to-target cuts the homologs to the part of it the family covers
+awk '/^>/ {keep = /^>BLAT_ECOLX_Stiffler_2015/} keep' $DATA/dms/wildtype.fasta > $OUT/tem1.fasta
 
 variant=${1:?usage: run.sh prepare | VARIANT [dotted.key=value ...]}
 shift
@@ -23,7 +25,6 @@ if [ "$variant" = prepare ]; then  # rebuilds the corpora each time it runs (the
     $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat_w --source-label blat --no-progress \
         --clusters $OUT/blat80.clusters.tsv --overwrite
     # each homolog cut to what aligns to TEM-1's covered region (the residues the assay is scored on)
-    awk '/^>/ {keep = /^>BLAT_ECOLX_Stiffler_2015/} keep' $DATA/dms/wildtype.fasta > $OUT/tem1.fasta
     $PY -m megatron_plm preprocess --input $A3M --output-prefix $OUT/blat_crop_w --source-label blat --no-progress \
         --clusters $OUT/blat80.clusters.tsv --crop-to-target $OUT/tem1.fasta --overwrite
     exit 0
@@ -33,7 +34,6 @@ if [ "$variant" = prepare-domain ]; then  # a Pfam-style domain alignment (Stock
     $PY -m megatron_plm msa-weights $OUT/blat_domain.sto --output-prefix $OUT/dom80
     $PY -m megatron_plm preprocess --input $OUT/blat_domain.sto --output-prefix $OUT/dom_w --source-label blat_domain \
         --no-progress --clusters $OUT/dom80.clusters.tsv --overwrite
-    awk '/^>/ {keep = /^>BLAT_ECOLX_Stiffler_2015/} keep' $DATA/dms/wildtype.fasta > $OUT/tem1.fasta
     $PY -m megatron_plm preprocess --input $OUT/blat_domain.sto --output-prefix $OUT/dom_crop_w --source-label blat_domain \
         --no-progress --clusters $OUT/dom80.clusters.tsv --crop-to-target $OUT/tem1.fasta --overwrite
     exit 0

@@ -111,3 +111,21 @@ def test_crop_errors_name_the_flag_and_the_file(shared_data, tmp_path):
     with pytest.raises(ValueError, match=r"not in .*family.a3m's family"):
         _preprocess(path, tmp_path / "x", crop_to_target=unrelated)
     assert not (tmp_path / "x.bin").exists()
+
+
+def test_a_record_that_is_a_piece_of_the_target_places_it(shared_data):
+    """A Pfam-style row ``TEM1/11-286`` (TEM-1 from residue 11, gaps before it) with another protein leading:
+    TEM-1 is placed by that record, each residue in the column it came from."""
+    from megatron_plm.data.preprocess.msa_target import covered_region, place_target
+
+    alignment = read_msa(shared_data / FAMILY, "a3m")
+    tem1 = alignment.query
+    piece = b"-" * 10 + alignment.columns[0, 10:].tobytes()
+    rows = [alignment.rows[1], *alignment.rows[2:200], piece]
+    ids = [alignment.ids[1], *alignment.ids[2:200], "TEM1/11-286"]
+    columns = np.array([np.frombuffer(bytes(c for c in r if not 97 <= c <= 122), np.uint8) for r in rows])
+    placement = place_target(Alignment(ids=ids, columns=columns, rows=rows), tem1)
+    assert placement.how == "found as record TEM1/11-286"
+    assert (placement.columns == placement.positions).all() and placement.positions.tolist() == list(range(10, 286))
+    region = covered_region(Alignment(ids=ids, columns=columns, rows=rows), placement, 0.7)
+    assert region.first_column == region.start and region.last_column == region.end - 1

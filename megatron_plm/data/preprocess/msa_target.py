@@ -17,6 +17,7 @@ it will be asked.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,21 @@ class TargetPlacement:
     """How it was put in (printed under the table)."""
 
 
+def _in_match_columns(letters: Iterable[tuple[str, bool]], start: int) -> tuple[np.ndarray, np.ndarray]:
+    """From an aligned row as ``(letter, in a match column)`` pairs, whose first residue is the target's
+    ``start``: the match column and the target position of each residue in a match column."""
+    columns, positions, column, position = [], [], 0, start
+    for letter, match in letters:
+        if letter.isalpha():
+            if match:
+                columns.append(column)
+                positions.append(position)
+            position += 1
+        if match:
+            column += 1
+    return np.array(columns, dtype=np.int64), np.array(positions, dtype=np.int64)
+
+
 def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> TargetPlacement | None:
     """The target in the alignment's match columns: the first record, a record that is a piece of it
     with residues in at least ``min_filled`` of the match columns (a short fragment would place only
@@ -79,17 +95,8 @@ def place_target(alignment: Alignment, target: str, min_filled: float = 0.9) -> 
         start = target.find(segment)
         if start < 0:
             continue
-        columns, positions, column, position = [], [], 0, start
-        for letter in text:
-            insertion = letter.islower() or letter == "."
-            if letter.isalpha():
-                if not insertion:
-                    columns.append(column)
-                    positions.append(position)
-                position += 1
-            if not insertion:
-                column += 1
-        return TargetPlacement(np.array(columns), np.array(positions), f"found as record {alignment.ids[i]}")
+        columns, positions = _in_match_columns(((c, not (c.islower() or c == ".")) for c in text), start)
+        return TargetPlacement(columns, positions, f"found as record {alignment.ids[i]}")
     return hmmalign_target(alignment, target)
 
 
@@ -113,21 +120,12 @@ def hmmalign_target(alignment: Alignment, target: str, max_evalue: float = 1e-5)
     evalue = hits[0].evalue
     aligned = pyhmmer.hmmer.hmmalign(hmm, [sequence], trim=False)
     row, reference = aligned.alignment[0], aligned.reference
-    columns, positions, column, position = [], [], 0, 0
-    for letter, mark in zip(row, reference):
-        match = mark not in ".-"
-        if letter.isalpha():
-            if match:
-                columns.append(column)
-                positions.append(position)
-            position += 1
-        if match:
-            column += 1
-    if not columns:
+    columns, positions = _in_match_columns(((c, mark not in ".-") for c, mark in zip(row, reference)), 0)
+    if not len(columns):
         raise ValueError("hmmalign put none of the target's residues in the family's match columns")
     return TargetPlacement(
-        np.array(columns),
-        np.array(positions),
+        columns,
+        positions,
         f"aligned with HMMER (pyhmmer {pyhmmer.__version__} hmmalign; hmmsearch E-value {evalue:.1e}): "
         f"{len(columns)} of its {len(target)} residues in {alignment.columns.shape[1]} match columns",
     )

@@ -368,11 +368,12 @@ def _preprocess_with(
     summary.sources = {label: SourceCounts() for label in labels}
     seen: set[bytes] = set()
     target = read_target(cfg.crop_to_target, flag="--crop-to-target") if cfg.crop_to_target else None
-    for path, _ in inputs if target is not None else []:
-        if formats[path] not in MSA_FORMATS:
-            raise ValueError(
-                f"--crop-to-target crops alignments (a3m, a2m, afa, sto), but {path} is read as {formats[path]}"
-            )
+    unaligned = [path for path, _ in inputs if formats[path] not in MSA_FORMATS] if target is not None else []
+    if unaligned:
+        raise ValueError(
+            f"--crop-to-target crops alignments (a3m, a2m, afa, sto), but {unaligned[0]} is read as "
+            f"{formats[unaligned[0]]}"
+        )
 
     if cfg.workers == 1:
         executor = _SerialExecutor()
